@@ -1,0 +1,282 @@
+"""Typed experiment configuration: a YAML file plus dotted overrides, into dataclasses.
+
+`model`, `data`, `hub` and `card` are our own dataclasses, validated by OmegaConf. `training` is
+passed through to `transformers.TrainingArguments`, so it is checked against that class's fields
+and type hints instead of being mirrored here (it has ~150 fields and changes between releases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+@dataclass
+class ModelConfig:
+    # A Hub id or a local folder holding a checkpoint; its classification head is replaced.
+    name_or_path: Optional[str] = None
+    # Instead of a checkpoint: `model_type` plus config fields, for a random-init model.
+    from_config: Optional[Dict[str, Any]] = None
+    # Image-processor fields that override the checkpoint's (or, for from_config, the defaults).
+    image_processor: Optional[Dict[str, Any]] = None
+    revision: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    dataset_name: Optional[str] = None
+    dataset_config: Optional[str] = None
+    dataset_revision: Optional[str] = None
+    train_dir: Optional[str] = None
+    validation_dir: Optional[str] = None
+    test_dir: Optional[str] = None
+    synthetic: bool = False
+    synthetic_num_images: int = 2000
+    synthetic_image_size: int = 96
+    image_column: str = "image"
+    label_column: str = "label"
+    # Fractions of the training split held out, stratified, when the source lacks that split.
+    validation_split: float = 0.15
+    test_split: float = 0.0
+    # Expected number of classes; None means the face-mask default of two.
+    num_labels: Optional[int] = None
+    # Class whose precision/recall/F1 are reported; None picks the "with mask" class.
+    positive_label: Optional[str] = None
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    augment: bool = True
+    crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip_prob: float = 0.5
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class HubConfig:
+    push: bool = False
+    model_id: Optional[str] = None
+    private: bool = True
+    revision: Optional[str] = None
+
+
+@dataclass
+class CardConfig:
+    license: str = "apache-2.0"
+    model_name: Optional[str] = None
+    language: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: Dict[str, Any] = field(default_factory=dict)
+    hub: HubConfig = field(default_factory=HubConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.training.get("seed", 42))
+
+
+def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    valid = sorted(valid)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if match:
+        return f"did you mean '{match[0]}'?"
+    return "valid keys: " + ", ".join(valid)
+
+
+def _check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> None:
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown key '{full}'; {_nearest(key, names)}")
+        sub = _field_types(schema)[key]
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            _check_keys(value, sub, f"{full}.", origin)
+        elif key == "training" and prefix == "":
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{origin}: 'training' must be a mapping of TrainingArguments fields")
+            for tkey in value or {}:
+                if tkey not in training_argument_types():
+                    raise ConfigError(
+                        f"{origin}: unknown key 'training.{tkey}' (not a transformers.TrainingArguments "
+                        f"field); {_nearest(tkey, training_argument_types())}"
+                    )
+
+
+def _field_types(schema: type) -> Dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+_TRAINING_TYPES: Dict[str, Any] = {}
+
+
+def training_argument_types() -> Dict[str, Any]:
+    """TrainingArguments' init fields and their type hints (cached: the import is slow)."""
+    if not _TRAINING_TYPES:
+        from transformers import TrainingArguments
+
+        hints = typing.get_type_hints(TrainingArguments)
+        for f in dataclasses.fields(TrainingArguments):
+            if f.init:
+                _TRAINING_TYPES[f.name] = hints.get(f.name, Any)
+    return _TRAINING_TYPES
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return "one of " + ", ".join(repr(m.value) for m in tp)
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce_training_value(key: str, value: Any, tp: Any) -> Any:
+    """Check (and where lossless, convert) one TrainingArguments value against its type hint."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    options = typing.get_args(tp) if origin in (typing.Union, types.UnionType) else (tp,)
+    if value is None and type(None) in options:
+        return None
+    # Strategy fields are typed `SomeEnum | str`: the string branch would accept a typo, so an
+    # enum in the union decides on its own.
+    enums = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
+    if enums and value is False and any("no" in {m.value for m in e} for e in enums):
+        # YAML 1.1 reads a bare `no` as false: `eval_strategy: no` means the strategy "no".
+        return "no"
+    if enums and isinstance(value, str):
+        if any(value in {m.value for m in e} for e in enums):
+            return value
+        raise ConfigError(f"bad value for 'training.{key}': expected {_type_name(enums[0])}, got {value!r}")
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is str and isinstance(value, str):
+            return value
+        if base in (list, tuple) and isinstance(value, (list, tuple)):
+            return list(value)
+        if base is dict and isinstance(value, dict):
+            return value
+    expected = " or ".join(_type_name(o) for o in options if o is not type(None))
+    raise ConfigError(f"bad value for 'training.{key}': expected {expected}, got {value!r}")
+
+
+def _parse_overrides(overrides: List[str]) -> Dict[str, Any]:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides {overrides}: {err}") from None
+
+
+def load_config(path: str | Path | None, overrides: List[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply `section.key=value` overrides, validate, return dataclasses."""
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        layers.append((str(path), raw))
+    if overrides:
+        layers.append(("command line", _parse_overrides(overrides)))
+
+    for origin, tree in layers:
+        _check_keys(tree, ExperimentConfig, "", origin)
+
+    merged = OmegaConf.structured(ExperimentConfig)
+    for origin, tree in layers:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(tree))
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or "?"
+            message = str(getattr(err, "msg", err)).splitlines()[0]
+            raise ConfigError(f"{origin}: bad value for '{key}': {message}") from None
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+
+    types_ = training_argument_types()
+    cfg.training = {k: _coerce_training_value(k, v, types_[k]) for k, v in cfg.training.items()}
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    if not cfg.training.get("output_dir"):
+        raise ConfigError("'training.output_dir' is required: the folder the model and results go to")
+    m = cfg.model
+    if (m.name_or_path is None) == (m.from_config is None):
+        raise ConfigError("set exactly one of 'model.name_or_path' (a checkpoint) or 'model.from_config'")
+    if m.from_config is not None and "model_type" not in m.from_config:
+        raise ConfigError("'model.from_config' needs a 'model_type' key, e.g. vit or beit")
+    d = cfg.data
+    sources = [
+        name
+        for name, on in (
+            ("data.dataset_name", d.dataset_name is not None),
+            ("data.train_dir", d.train_dir is not None),
+            ("data.synthetic", d.synthetic),
+        )
+        if on
+    ]
+    if len(sources) != 1:
+        found = ", ".join(sources) if sources else "none"
+        raise ConfigError(
+            "set exactly one data source: data.dataset_name, data.train_dir or data.synthetic=true "
+            f"(found: {found})"
+        )
+    for key in ("validation_split", "test_split"):
+        value = getattr(d, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"bad value for 'data.{key}': expected a fraction in [0, 1), got {value}")
+    if d.validation_split + d.test_split >= 1.0:
+        raise ConfigError("'data.validation_split' + 'data.test_split' must leave some training data")
+    for key in ("crop_scale", "crop_ratio"):
+        pair = getattr(d, key)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if d.num_labels is not None and d.num_labels < 2:
+        raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
+    if cfg.hub.push and not cfg.hub.model_id:
+        raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML that `load_config` reads back to an equal config."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

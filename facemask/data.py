@@ -1,0 +1,242 @@
+"""Datasets (Hub, image folders or synthetic) into train/validation/test splits, and their transforms."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .config import ConfigError, DataConfig
+from . import synthetic
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
+
+
+@dataclass
+class PreparedData:
+    splits: datasets.DatasetDict
+    labels: List[str]
+    image_column: str
+    label_column: str
+    source: str
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+def synthetic_dataset(num_images: int, size: int, seed: int) -> datasets.Dataset:
+    images, labels = [], []
+    for image, label in synthetic.iter_samples(num_images, size, seed):
+        images.append(image)
+        labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=synthetic.CLASS_NAMES)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def _folder_files(directory: str, key: str) -> str:
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"'data.{key}' is not a folder: {path} (expected one sub-folder per class)")
+    return str(path / "**")
+
+
+def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
+    if cfg.synthetic:
+        full = synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed)
+        return datasets.DatasetDict({"train": full}), f"synthetic ({cfg.synthetic_num_images} images, seed {seed})"
+    if cfg.train_dir is not None:
+        files = {"train": _folder_files(cfg.train_dir, "train_dir")}
+        if cfg.validation_dir:
+            files["validation"] = _folder_files(cfg.validation_dir, "validation_dir")
+        if cfg.test_dir:
+            files["test"] = _folder_files(cfg.test_dir, "test_dir")
+        raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cfg.cache_dir)
+        return raw, str(Path(cfg.train_dir).expanduser())
+    raw = datasets.load_dataset(
+        cfg.dataset_name, cfg.dataset_config, revision=cfg.dataset_revision, cache_dir=cfg.cache_dir
+    )
+    return raw, cfg.dataset_name
+
+
+def _check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str) -> None:
+    for key in ("image_column", "label_column"):
+        name = getattr(cfg, key)
+        if name not in ds.column_names:
+            raise ConfigError(
+                f"'data.{key}' is '{name}' but the {split} split has no such column; "
+                f"its columns are: {', '.join(ds.column_names)}"
+            )
+
+
+def _ensure_class_label(ds: datasets.Dataset, column: str, names: Optional[List[str]]) -> datasets.Dataset:
+    feature = ds.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return ds
+    if names is None:
+        return ds.class_encode_column(column)
+    return ds.cast_column(column, datasets.ClassLabel(names=names))
+
+
+def _stratified_holdout(ds: datasets.Dataset, fraction: float, label: str, seed: int) -> tuple:
+    parts = ds.train_test_split(test_size=fraction, stratify_by_column=label, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def load_data(cfg: DataConfig, seed: int) -> PreparedData:
+    """Load the configured source and return train/validation (and test, if any) splits."""
+    raw, source = _load_raw(cfg, seed)
+    for alias in VALIDATION_ALIASES[1:]:
+        if alias in raw and "validation" not in raw:
+            raw["validation"] = raw.pop(alias)
+    if "train" not in raw:
+        raise ConfigError(f"{source}: no 'train' split; splits found: {', '.join(raw)}")
+    for split in raw:
+        _check_columns(raw[split], cfg, split)
+
+    train = _ensure_class_label(raw["train"], cfg.label_column, None)
+    labels = list(train.features[cfg.label_column].names)
+    splits = {"train": train}
+    for split in ("validation", "test"):
+        if split in raw:
+            ds = _ensure_class_label(raw[split], cfg.label_column, labels)
+            other = ds.features[cfg.label_column].names
+            if list(other) != labels:
+                raise ConfigError(
+                    f"{source}: the {split} split's classes {list(other)} differ from train's {labels}; "
+                    "use the same class folder names in every split"
+                )
+            splits[split] = ds
+
+    expected = cfg.num_labels or 2
+    if len(labels) != expected:
+        hint = "" if cfg.num_labels else " (set data.num_labels to train on another number of classes)"
+        raise ConfigError(f"{source}: found {len(labels)} classes {labels}, expected {expected}{hint}")
+
+    # Hold-outs come from train, test first, so validation_split stays a fraction of the whole.
+    if "test" not in splits and cfg.test_split > 0:
+        splits["train"], splits["test"] = _stratified_holdout(splits["train"], cfg.test_split, cfg.label_column, seed)
+    if "validation" not in splits and cfg.validation_split > 0:
+        fraction = cfg.validation_split / (1.0 - (cfg.test_split if "test" in splits and "test" not in raw else 0))
+        splits["train"], splits["validation"] = _stratified_holdout(splits["train"], fraction, cfg.label_column, seed)
+
+    if cfg.max_train_samples is not None:
+        splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(cfg.max_train_samples, len(splits["train"]))))
+    if cfg.max_eval_samples is not None:
+        for split in ("validation", "test"):
+            if split in splits:
+                n = min(cfg.max_eval_samples, len(splits[split]))
+                splits[split] = splits[split].shuffle(seed=seed).select(range(n))
+    for split, ds in splits.items():
+        if len(ds) == 0:
+            raise ConfigError(f"{source}: the {split} split is empty")
+    return PreparedData(datasets.DatasetDict(splits), labels, cfg.image_column, cfg.label_column, source)
+
+
+def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:
+    counts = np.bincount(np.asarray(ds[label_column]), minlength=len(labels))
+    return {name: int(n) for name, n in zip(labels, counts)}
+
+
+_NEGATIVE = re.compile(r"(^|[^a-z])(no|non|not|without|un)($|[^a-z])|^no|without|unmask|nomask", re.I)
+
+
+def resolve_positive_label(labels: List[str], configured: Optional[str]) -> int:
+    """Index of the class scored as positive: the configured one, else the 'with mask' class."""
+    if configured is not None:
+        if configured not in labels:
+            raise ConfigError(f"'data.positive_label' is '{configured}' but the classes are: {', '.join(labels)}")
+        return labels.index(configured)
+    masked = [i for i, name in enumerate(labels) if "mask" in name.lower() and not _NEGATIVE.search(name)]
+    if len(masked) == 1:
+        return masked[0]
+    # Not a face-mask naming we recognise: follow scikit-learn's convention for binary labels.
+    return len(labels) - 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright RGB, whatever the file's orientation tag and colour mode."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        high = arr.max() or 1.0
+        return Image.fromarray((arr / high * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: List[float], ratio: List[float], generator: Optional[torch.Generator] = None
+) -> tuple[int, int, int, int]:
+    """A crop box (left, top, right, bottom) as torchvision's RandomResizedCrop samples it."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+            return left, top, left + w, top + h
+    # Fallback: the largest centred crop within the ratio bounds.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_column: str) -> tuple[Callable, Callable]:
+    """Batch transforms for `Dataset.set_transform`: (train with augmentation, evaluation)."""
+
+    def _encode(images: List[Image.Image], batch: Dict[str, List[Any]]) -> Dict[str, Any]:
+        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": batch[label_column]}
+
+    def train_transform(batch: Dict[str, List[Any]]) -> Dict[str, Any]:
+        images = []
+        for image in batch[image_column]:
+            image = to_rgb(image)
+            if cfg.augment:
+                image = image.crop(random_resized_crop_box(image.width, image.height, cfg.crop_scale, cfg.crop_ratio))
+                if torch.rand(1).item() < cfg.hflip_prob:
+                    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            images.append(image)
+        return _encode(images, batch)
+
+    def eval_transform(batch: Dict[str, List[Any]]) -> Dict[str, Any]:
+        return _encode([to_rgb(image) for image in batch[image_column]], batch)
+
+    return train_transform, eval_transform
+
+
+def collate(examples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
+    }
