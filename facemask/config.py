@@ -199,6 +199,21 @@ def _parse_overrides(overrides: List[str]) -> Dict[str, Any]:
         raise ConfigError(f"cannot parse overrides {overrides}: {err}") from None
 
 
+_SOURCE_KEYS = ("dataset_name", "train_dir", "synthetic")
+
+
+def _let_overrides_pick_source(file_tree: Dict[str, Any], cli_tree: Dict[str, Any]) -> None:
+    """A data source chosen on the command line replaces the file's, so `data.train_dir=DIR` alone
+    retargets a config written for synthetic data (and vice versa) instead of clashing with it."""
+    cli_data = cli_tree.get("data") or {}
+    if not any(cli_data.get(key) for key in _SOURCE_KEYS):
+        return
+    file_data = file_tree.get("data") or {}
+    for key in _SOURCE_KEYS:
+        if key not in cli_data:
+            file_data.pop(key, None)
+
+
 def load_config(path: str | Path | None, overrides: List[str] | None = None) -> ExperimentConfig:
     """Read a YAML config, apply `section.key=value` overrides, validate, return dataclasses."""
     layers = []
@@ -220,6 +235,8 @@ def load_config(path: str | Path | None, overrides: List[str] | None = None) -> 
 
     for origin, tree in layers:
         _check_keys(tree, ExperimentConfig, "", origin)
+    if len(layers) == 2:
+        _let_overrides_pick_source(layers[0][1], layers[1][1])
 
     merged = OmegaConf.structured(ExperimentConfig)
     for origin, tree in layers:

@@ -55,17 +55,29 @@ def _folder_files(directory: str, key: str) -> str:
     return str(path / "**")
 
 
+def _label_from_folder(ds: datasets.Dataset) -> datasets.Dataset:
+    """imagefolder adds no label column when all files share one class folder; add it by name."""
+    if "label" in ds.column_names:
+        return ds
+    paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    return ds.add_column("label", [Path(p["path"]).parent.name for p in paths])
+
+
 def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
     if cfg.synthetic:
         full = synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed)
         return datasets.DatasetDict({"train": full}), f"synthetic ({cfg.synthetic_num_images} images, seed {seed})"
     if cfg.train_dir is not None:
-        files = {"train": _folder_files(cfg.train_dir, "train_dir")}
-        if cfg.validation_dir:
-            files["validation"] = _folder_files(cfg.validation_dir, "validation_dir")
-        if cfg.test_dir:
-            files["test"] = _folder_files(cfg.test_dir, "test_dir")
-        raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cfg.cache_dir)
+        # One load per folder: imagefolder infers labels from folder names only when every file
+        # sits at the same depth, which separate train/validation folders need not share.
+        folders = {"train": ("train_dir", cfg.train_dir), "validation": ("validation_dir", cfg.validation_dir),
+                   "test": ("test_dir", cfg.test_dir)}
+        raw = datasets.DatasetDict()
+        for split, (key, folder) in folders.items():
+            if folder:
+                files = {split: _folder_files(folder, key)}
+                ds = datasets.load_dataset("imagefolder", data_files=files, split=split, cache_dir=cfg.cache_dir)
+                raw[split] = _label_from_folder(ds)
         return raw, str(Path(cfg.train_dir).expanduser())
     raw = datasets.load_dataset(
         cfg.dataset_name, cfg.dataset_config, revision=cfg.dataset_revision, cache_dir=cfg.cache_dir
@@ -83,13 +95,23 @@ def _check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str) -> None:
             )
 
 
-def _ensure_class_label(ds: datasets.Dataset, column: str, names: Optional[List[str]]) -> datasets.Dataset:
+def _align_labels(ds: datasets.Dataset, column: str, names: List[str], split: str, source: str) -> datasets.Dataset:
+    """Give `ds` the train split's label ids, matching classes by name, never by position."""
     feature = ds.features[column]
-    if isinstance(feature, datasets.ClassLabel):
+    own = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    if own == names:
         return ds
-    if names is None:
-        return ds.class_encode_column(column)
-    return ds.cast_column(column, datasets.ClassLabel(names=names))
+    values = [own[i] for i in ds[column]] if own is not None else [str(v) for v in ds[column]]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{source}: the {split} split has classes {unknown} that the train split lacks (train has {names}); "
+            "use the same class folder names in every split"
+        )
+    ids = [names.index(v) for v in values]
+    features = ds.features.copy()
+    features[column] = datasets.ClassLabel(names=names)
+    return ds.remove_columns(column).add_column(column, ids, feature=features[column])
 
 
 def _stratified_holdout(ds: datasets.Dataset, fraction: float, label: str, seed: int) -> tuple:
@@ -108,19 +130,14 @@ def load_data(cfg: DataConfig, seed: int) -> PreparedData:
     for split in raw:
         _check_columns(raw[split], cfg, split)
 
-    train = _ensure_class_label(raw["train"], cfg.label_column, None)
+    train = raw["train"]
+    if not isinstance(train.features[cfg.label_column], datasets.ClassLabel):
+        train = train.class_encode_column(cfg.label_column)
     labels = list(train.features[cfg.label_column].names)
     splits = {"train": train}
     for split in ("validation", "test"):
         if split in raw:
-            ds = _ensure_class_label(raw[split], cfg.label_column, labels)
-            other = ds.features[cfg.label_column].names
-            if list(other) != labels:
-                raise ConfigError(
-                    f"{source}: the {split} split's classes {list(other)} differ from train's {labels}; "
-                    "use the same class folder names in every split"
-                )
-            splits[split] = ds
+            splits[split] = _align_labels(raw[split], cfg.label_column, labels, split, source)
 
     expected = cfg.num_labels or 2
     if len(labels) != expected:

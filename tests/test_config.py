@@ -1,0 +1,93 @@
+import pytest
+
+from facemask.config import ConfigError, load_config, to_yaml
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BASE = """
+model:
+  from_config: {model_type: vit, image_size: 32}
+data:
+  synthetic: true
+training:
+  output_dir: OUT
+  learning_rate: 3.0e-5
+  eval_strategy: epoch
+"""
+
+
+def test_file_and_overrides_become_typed_dataclasses(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["training.learning_rate=1e-4", "data.validation_split=0.2",
+                                              "training.num_train_epochs=2", "hub.private=false"])
+    assert cfg.training["learning_rate"] == pytest.approx(1e-4)
+    assert isinstance(cfg.training["num_train_epochs"], float)  # TrainingArguments declares it float
+    assert cfg.data.validation_split == pytest.approx(0.2)
+    assert cfg.hub.private is False
+    assert cfg.model.from_config == {"model_type": "vit", "image_size": 32}
+    assert cfg.data.image_column == "image" and cfg.data.label_column == "label"
+
+
+def test_yaml_no_means_the_strategy_no(tmp_path):
+    cfg = load_config(write(tmp_path, BASE.replace("eval_strategy: epoch", "eval_strategy: no")))
+    assert cfg.training["eval_strategy"] == "no"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("training.lerning_rate=1", "unknown key 'training.lerning_rate'.*did you mean 'learning_rate'"),
+        ("data.valdation_split=0.1", "unknown key 'data.valdation_split'.*did you mean 'validation_split'"),
+        ("modle.name_or_path=x", "unknown key 'modle'.*did you mean 'model'"),
+        ("data.validation_split=abc", "'data.validation_split'.*Float"),
+        ("training.learning_rate=fast", "'training.learning_rate': expected float, got 'fast'"),
+        ("training.eval_strategy=epochs", "'training.eval_strategy': expected one of 'no', 'steps', 'epoch'"),
+        ("training.bf16=maybe", "'training.bf16': expected bool"),
+        ("data.validation_split=1.5", "'data.validation_split': expected a fraction"),
+        ("trainingoutput_dir", "section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(tmp_path, override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, BASE), [override])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = write(tmp_path, BASE.replace("  synthetic: true", "  synthetic: true\n  image_colum: img"))
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'data.image_colum'; did you mean 'image_column'"):
+        load_config(path)
+
+
+def test_missing_output_dir_and_conflicting_sources_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="training.output_dir"):
+        load_config(write(tmp_path, BASE.replace("  output_dir: OUT\n", "")))
+    with pytest.raises(ConfigError, match="exactly one data source"):
+        load_config(write(tmp_path, BASE.replace("synthetic: true", "synthetic: false")))
+    with pytest.raises(ConfigError, match="exactly one of 'model.name_or_path'"):
+        load_config(write(tmp_path, BASE), ["model.name_or_path=google/vit-base-patch16-224-in21k"])
+
+
+def test_a_source_on_the_command_line_replaces_the_files(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), [f"data.train_dir={tmp_path}"])
+    assert cfg.data.train_dir == str(tmp_path) and cfg.data.synthetic is False
+
+
+def test_written_config_reads_back_equal(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["training.seed=7", "data.test_split=0.1"])
+    again = load_config(write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", ["quickstart", "quickstart-beit", "vit-base-facemask", "beit-base-facemask"])
+def test_shipped_configs_load_and_state_their_command(name):
+    from conftest import REPO
+
+    path = REPO / "configs" / f"{name}.yaml"
+    header = path.read_text(encoding="utf-8").split("\nmodel:")[0]
+    assert "train.py configs/" + name + ".yaml" in header and "Expected" in header
+    cfg = load_config(path)
+    assert cfg.training["output_dir"]
