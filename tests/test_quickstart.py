@@ -1,0 +1,22 @@
+"""The README's quickstart, run as a user would, held to the accuracy its config promises."""
+
+import json
+
+import pytest
+
+import train
+from conftest import REPO
+
+
+def run_quickstart(name, tmp_path):
+    train.main([str(REPO / "configs" / f"{name}.yaml"), f"training.output_dir={tmp_path / name}"])
+    return json.loads((tmp_path / name / "test_results.json").read_text())
+
+
+def test_vit_quickstart_reaches_its_promised_accuracy(tmp_path):
+    assert run_quickstart("quickstart", tmp_path)["test_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_beit_quickstart_reaches_its_promised_accuracy(tmp_path):
+    assert run_quickstart("quickstart-beit", tmp_path)["test_accuracy"] >= 0.95

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+import train
+from conftest import REPO, tiny_config
+from facemask.config import load_config
+from facemask.synthetic import sample
+
+RESULT_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "runtime", "samples_per_second"}
+
+
+@pytest.mark.parametrize("model_type", ["vit", "beit"])
+def test_two_step_training_writes_a_loadable_model_and_results(tmp_path, capsys, model_type):
+    config = tiny_config(tmp_path, model_type)
+    results = train.main([str(config)])
+    out = tmp_path / "out"
+    printed = capsys.readouterr().out
+    for block in ("train", "eval", "test"):
+        assert f"***** {block} metrics *****" in printed
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "experiment.yaml",
+                 "train_results.json", "eval_results.json", "test_results.json", "all_results.json",
+                 "trainer_state.json", "eval_confusion_matrix.json", "test_confusion_matrix.json"):
+        assert (out / name).is_file(), name
+    for split, prefix in (("eval", "eval"), ("test", "test")):
+        saved = json.loads((out / f"{split}_results.json").read_text())
+        assert {f"{prefix}_{k}" for k in RESULT_KEYS} <= set(saved)
+        assert saved == pytest.approx({k: v for k, v in results[prefix].items()})
+        assert 0.0 <= saved[f"{prefix}_accuracy"] <= 1.0
+    train_saved = json.loads((out / "train_results.json").read_text())
+    assert train_saved["train_loss"] > 0 and train_saved["epoch"] > 0
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert {"train_loss", "eval_accuracy", "test_accuracy"} <= set(all_results)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+    # 60 images: 20% test (12), then 15% of all (9) validation, stratified.
+    matrix = json.loads((out / "eval_confusion_matrix.json").read_text())
+    assert matrix["labels"] == ["with_mask", "without_mask"]
+    assert sum(map(sum, matrix["matrix"])) == 9
+    correct = matrix["matrix"][0][0] + matrix["matrix"][1][1]
+    assert correct / 9 == pytest.approx(results["eval"]["eval_accuracy"])
+
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["id2label"] == {"0": "with_mask", "1": "without_mask"}
+    assert saved_config["label2id"] == {"with_mask": 0, "without_mask": 1}
+    assert load_config(out / "experiment.yaml") == load_config(config)
+
+
+def test_saved_model_classifies_through_pipeline(tmp_path):
+    from transformers import pipeline
+
+    train.main([str(tiny_config(tmp_path, "vit"))])
+    classifier = pipeline("image-classification", model=str(tmp_path / "out"), device="cpu")
+    image, _ = sample(seed=99, index=0, size=80)
+    predictions = classifier(image)
+    assert {p["label"] for p in predictions} == {"with_mask", "without_mask"}
+    assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_image_folder_run_needs_only_train_dir(tmp_path, synth_folder):
+    results = train.main([str(REPO / "configs" / "quickstart.yaml"), f"data.train_dir={synth_folder}",
+                          f"training.output_dir={tmp_path / 'out'}", "training.max_steps=2"])
+    assert "eval_accuracy" in results["eval"] and "test_accuracy" in results["test"]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_best_checkpoint_is_really_reloaded(tmp_path):
+    # transformers 5 reloads the best checkpoint with a non-strict load_state_dict that misses every
+    # ViT encoder weight; FaceMaskTrainer must restore the checkpoint's exact weights.
+    from transformers import AutoModelForImageClassification
+
+    from facemask.data import load_data
+    from facemask.modeling import build_model, load_image_processor
+    from facemask.training import attach_transforms, build_trainer, training_arguments
+
+    cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
+                                                              "max_steps": 3, "learning_rate": 0.05}))
+    data = load_data(cfg.data, cfg.seed)
+    processor = load_image_processor(cfg.model)
+    model = build_model(cfg.model, data.id2label, data.label2id)
+    attach_transforms(data, processor, cfg)
+    trainer = build_trainer(model, training_arguments(cfg), data, processor, cfg)
+    trainer.train()
+    first = str(tmp_path / "out" / "checkpoint-1")
+    expected = AutoModelForImageClassification.from_pretrained(first).state_dict()
+    current = trainer.model.state_dict()
+    assert not all(torch.equal(v, current[k]) for k, v in expected.items())  # training moved the weights
+    trainer.state.best_model_checkpoint = first
+    trainer._load_best_model()
+    current = trainer.model.state_dict()
+    assert all(torch.equal(v, current[k]) for k, v in expected.items())
