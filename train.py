@@ -12,37 +12,54 @@ from typing import Dict, List, Optional
 
 from transformers import set_seed
 
+from facemask.card import write_card
 from facemask.config import ConfigError, load_config, to_yaml
-from facemask.data import class_counts, load_data
+from facemask.data import load_data
+from facemask.hub import PushError, check_write_access, push_run
 from facemask.metrics import confusion
 from facemask.modeling import build_model, load_image_processor
-from facemask.training import attach_transforms, build_trainer, logger, parse_args, setup_logging, training_arguments
+from facemask.training import (
+    attach_transforms,
+    build_trainer,
+    logger,
+    parse_args,
+    run_info,
+    setup_logging,
+    training_arguments,
+)
 
 # Trainer's metric prefix for each split, as in transformers' example scripts.
 PREFIXES = {"validation": "eval", "test": "test"}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
-    """Train, evaluate on validation (and test), save model and results; returns the metrics."""
+    """Train, evaluate on validation (and test), save model, results and card; returns the metrics."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv, __doc__)
     cfg = load_config(args.config, args.overrides)
     training_args = training_arguments(cfg)
     setup_logging(training_args)
+    if cfg.hub.push and training_args.process_index == 0:
+        # Before any training: a missing or read-only token should cost seconds, not a GPU-day.
+        logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
     set_seed(training_args.seed)
     data = load_data(cfg.data, training_args.seed)
     if "validation" not in data.splits and training_args.eval_strategy != "no":
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
-    for split, ds in data.splits.items():
-        logger.info("%s: %d images %s", split, len(ds), class_counts(ds, data.label_column, data.labels))
+    info = run_info(argv, data, training_args)
+    for split, summary in info["data"]["splits"].items():
+        logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     processor = load_image_processor(cfg.model)
     model = build_model(cfg.model, data.id2label, data.label2id)
     attach_transforms(data, processor, cfg)
     trainer = build_trainer(model, training_args, data, processor, cfg)
+    main_process = trainer.is_world_process_zero()
 
-    if trainer.is_world_process_zero():
+    if main_process:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         (cfg.output_dir / "experiment.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        (cfg.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     train_result = trainer.train()
     trainer.save_model()
@@ -60,17 +77,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
             trainer.log(metrics)
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)
-        if trainer.is_world_process_zero():
+        if main_process:
             matrix = confusion(output.label_ids, output.predictions, data.labels)
             path = cfg.output_dir / f"{prefix}_confusion_matrix.json"
             path.write_text(json.dumps(matrix, indent=2) + "\n", encoding="utf-8")
         results[prefix] = metrics
     trainer.save_state()
+
+    if main_process:
+        logger.info("model card: %s", write_card(cfg.output_dir))
+        if cfg.hub.push:
+            url = push_run(cfg.output_dir, cfg.hub.model_id, cfg.hub.private, cfg.hub.revision)
+            logger.info("pushed to %s", url)
     return results
 
 
 if __name__ == "__main__":
     try:
         main()
-    except ConfigError as err:
+    except (ConfigError, PushError) as err:
         sys.exit(f"error: {err}")

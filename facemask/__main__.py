@@ -1,4 +1,4 @@
-"""Command-line tools: `python -m facemask synth DIR --num-images N`."""
+"""Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,29 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    from .card import write_card
+
+    print(f"wrote {write_card(args.run_dir, args.output, args.model_id)}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .card import write_card
+    from .hub import PushError, check_write_access, push_run
+
+    try:
+        check_write_access()
+        # The card names the Hub id in its usage snippet, so it is rewritten for this id first.
+        write_card(args.run_dir, model_id=args.model_id)
+        url = push_run(args.run_dir, args.model_id, private=args.private, revision=args.revision)
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.run_dir} to {url}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +49,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     synth.add_argument("--format", choices=["png", "jpg", "mixed"], default="mixed",
                        help="file format; mixed alternates JPEG and PNG independently of the class")
     synth.set_defaults(func=_synth)
+
+    card = commands.add_parser("card", help="regenerate a run's model card from the files it left")
+    card.add_argument("run_dir", help="a training run's output folder")
+    card.add_argument("--output", help="where to write the card (default RUN_DIR/README.md); figures go beside it")
+    card.add_argument("--model-id", help="Hub id to name in the card (default: the run's hub.model_id)")
+    card.set_defaults(func=_card)
+
+    push = commands.add_parser("push", help="push a finished run (model, card, results, plots) to the Hub")
+    push.add_argument("run_dir")
+    push.add_argument("--model-id", required=True, help="e.g. your-name/vit-facemask")
+    push.add_argument("--revision", help="branch to push to (created if missing)")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True,
+                            help="create the repository as private (default)")
+    visibility.add_argument("--public", dest="private", action="store_false")
+    push.set_defaults(func=_push)
     args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")

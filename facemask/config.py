@@ -295,5 +295,11 @@ def _validate(cfg: ExperimentConfig) -> None:
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
-    """The resolved config as YAML that `load_config` reads back to an equal config."""
+    """The resolved config as YAML that `load_config` reads back to an equal config.
+
+    Secrets passed through to TrainingArguments (hub_token) are masked: this file is published.
+    """
+    cfg = dataclasses.replace(cfg, training={
+        key: ("***" if "token" in key and value else value) for key, value in cfg.training.items()
+    })
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -161,7 +161,8 @@ def load_data(cfg: DataConfig, seed: int) -> PreparedData:
     for split, ds in splits.items():
         if len(ds) == 0:
             raise ConfigError(f"{source}: the {split} split is empty")
-    return PreparedData(datasets.DatasetDict(splits), labels, cfg.image_column, cfg.label_column, source)
+    ordered = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
+    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source)
 
 
 def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:

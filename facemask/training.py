@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from typing import Any, Dict, List, Optional
 
 from transformers import Trainer, TrainingArguments
@@ -69,6 +70,40 @@ def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         return TrainingArguments(**{**_TRAINING_DEFAULTS, **cfg.training})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"training: {err}") from None
+
+
+def run_info(argv: List[str], data: PreparedData, args: TrainingArguments) -> Dict[str, Any]:
+    """What the card needs to say about a run and that its other files do not hold."""
+    import platform
+
+    import accelerate
+    import datasets
+    import huggingface_hub
+    import torch
+    import transformers
+
+    from . import __version__
+    from .card import redact
+    from .data import class_counts
+    from .metrics import evaluate
+
+    return {
+        "command": redact(" ".join(["python", "train.py", *map(shlex.quote, argv)])),
+        "world_size": args.world_size,
+        "data": {
+            "source": data.source,
+            "labels": data.labels,
+            "splits": {
+                split: {"num_images": len(ds), "class_counts": class_counts(ds, data.label_column, data.labels)}
+                for split, ds in data.splits.items()
+            },
+        },
+        "versions": {
+            "Python": platform.python_version(), "PyTorch": torch.__version__, "Transformers": transformers.__version__,
+            "Datasets": datasets.__version__, "Evaluate": evaluate.__version__, "Accelerate": accelerate.__version__,
+            "huggingface_hub": huggingface_hub.__version__, "facemask": __version__,
+        },
+    }
 
 
 def setup_logging(args: TrainingArguments) -> None:

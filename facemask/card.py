@@ -1,0 +1,274 @@
+"""Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
+
+Only files are read (experiment.yaml, *_results.json, trainer_state.json, config.json,
+run_info.json, *_confusion_matrix.json), never the model, so a card can be regenerated anywhere
+and the same files always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import jinja2
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import plots
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE = CARDS_DIR / "template.md.j2"
+NOT_RECORDED = "not recorded"
+
+METRICS = {"accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall", "roc_auc": "ROC-AUC"}
+# Trainer metric prefixes and the dataset split each one measured.
+SPLIT_NAMES = {"eval": "validation", "test": "test"}
+HYPERPARAMETERS = [
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed", "bf16",
+    "fp16", "load_best_model_at_end", "metric_for_best_model",
+]
+_TOKEN = re.compile(r"hf_[A-Za-z0-9]{16,}")
+
+
+def redact(text: str) -> str:
+    """Mask anything shaped like a Hugging Face token."""
+    return _TOKEN.sub("hf_***", text)
+
+
+@dataclass
+class RunFiles:
+    directory: Path
+    experiment: Dict[str, Any] = field(default_factory=dict)
+    results: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    run_info: Dict[str, Any] = field(default_factory=dict)
+    confusion: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _split_order(prefix: str) -> tuple:
+    return ({"train": 0, "eval": 1, "test": 2}.get(prefix, 3), prefix)
+
+
+def read_run(directory: str | Path) -> RunFiles:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"run folder not found: {directory}")
+    run = RunFiles(directory)
+    experiment = directory / "experiment.yaml"
+    if experiment.is_file():
+        run.experiment = yaml.safe_load(experiment.read_text(encoding="utf-8")) or {}
+    results = {p.name[: -len("_results.json")]: p for p in directory.glob("*_results.json") if p.name != "all_results.json"}
+    for prefix in sorted(results, key=_split_order):
+        run.results[prefix] = _read_json(results[prefix])
+    run.state = _read_json(directory / "trainer_state.json")
+    run.model_config = _read_json(directory / "config.json")
+    run.run_info = _read_json(directory / "run_info.json")
+    for path in sorted(directory.glob("*_confusion_matrix.json")):
+        run.confusion[path.name[: -len("_confusion_matrix.json")]] = _read_json(path)
+    return run
+
+
+def metrics_block(split: str, metrics: Dict[str, Any]) -> str:
+    """The block `Trainer.log_metrics` prints for these metrics, line for line."""
+    from transformers.trainer_pt_utils import metrics_format
+
+    formatted = metrics_format(metrics)
+    k_width = max(len(str(k)) for k in formatted)
+    v_width = max(len(str(v)) for v in formatted.values())
+    lines = [f"***** {split} metrics *****"]
+    lines += [f"  {key: <{k_width}} = {formatted[key]:>{v_width}}" for key in sorted(formatted)]
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def split_name(prefix: str) -> str:
+    return SPLIT_NAMES.get(prefix, prefix)
+
+
+def _dataset(run: RunFiles) -> Dict[str, Optional[str]]:
+    data = run.experiment.get("data") or {}
+    if data.get("dataset_name"):
+        name = data["dataset_name"] + (f" ({data['dataset_config']})" if data.get("dataset_config") else "")
+        return {"type": data["dataset_name"], "name": name, "hub_id": data["dataset_name"]}
+    if data.get("train_dir"):
+        return {"type": "imagefolder", "name": Path(data["train_dir"]).name or data["train_dir"], "hub_id": None}
+    if data.get("synthetic"):
+        seed = (run.experiment.get("training") or {}).get("seed", 42)
+        return {"type": "synthetic-face-mask", "name": f"synthetic face-mask images (seed {seed})", "hub_id": None}
+    return {"type": "unknown", "name": NOT_RECORDED, "hub_id": None}
+
+
+def _model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
+    card = run.experiment.get("card") or {}
+    return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
+
+
+def hub_model_id(run: RunFiles, override: Optional[str] = None) -> Optional[str]:
+    return override or (run.experiment.get("hub") or {}).get("model_id")
+
+
+def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
+    model = run.experiment.get("model") or {}
+    card = run.experiment.get("card") or {}
+    dataset = _dataset(run)
+    model_type = run.model_config.get("model_type")
+    tags = ["image-classification", "vision"] + ([model_type] if model_type else []) + ["face-mask"]
+    tags += [t for t in card.get("tags") or [] if t not in tags]
+    results = []
+    for prefix, metrics in run.results.items():
+        if prefix == "train":
+            continue
+        for metric, label in METRICS.items():
+            if f"{prefix}_{metric}" in metrics:
+                results.append(EvalResult(
+                    task_type="image-classification", task_name="Image Classification",
+                    dataset_type=dataset["type"], dataset_name=dataset["name"], dataset_split=split_name(prefix),
+                    metric_type=metric, metric_name=label, metric_value=metrics[f"{prefix}_{metric}"],
+                ))
+    return ModelCardData(
+        model_name=_model_name(run, model_id),
+        license=card.get("license", "apache-2.0"),
+        language=card.get("language"),
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=tags,
+        base_model=model.get("name_or_path"),
+        datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
+        metrics=list(METRICS),
+        eval_results=results or None,
+    )
+
+
+def _hyperparameters(run: RunFiles) -> List[Dict[str, Any]]:
+    training = run.experiment.get("training")
+    if not training:
+        return []
+    from transformers import TrainingArguments
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments) if f.default is not dataclasses.MISSING}
+    rows = []
+    for key in HYPERPARAMETERS:
+        value = training.get(key, defaults.get(key))
+        if key == "max_steps" and (value is None or value <= 0):
+            continue
+        rows.append({"name": key, "value": value, "default": key not in training})
+    world_size = run.run_info.get("world_size")
+    if world_size:
+        per_device = training.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+        accumulation = training.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"])
+        rows.append({"name": "total_train_batch_size", "value": per_device * accumulation * world_size,
+                     "default": False})
+    return rows
+
+
+def _augmentation(run: RunFiles) -> Optional[str]:
+    data = run.experiment.get("data")
+    if not data:
+        return None
+    if not data.get("augment", True):
+        return "none"
+    return (f"random resized crop (scale {data.get('crop_scale')}, ratio "
+            f"{[round(r, 4) for r in data.get('crop_ratio') or []]}), horizontal flip (p={data.get('hflip_prob')})")
+
+
+def _architecture(model_type: Optional[str]) -> Any:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARDS_DIR / "architectures")),
+                             keep_trailing_newline=False)
+    name = f"{model_type}.md.j2" if model_type and (CARDS_DIR / "architectures" / f"{model_type}.md.j2").is_file() \
+        else "default.md.j2"
+    return env.get_template(name)
+
+
+def figure_names(run: RunFiles) -> Dict[str, str]:
+    """File names of the card's figures, keyed by what they show."""
+    names = {f"confusion_{prefix}": f"{prefix}_confusion_matrix.png" for prefix in run.confusion}
+    if run.state.get("log_history"):
+        names["curves"] = "training_curves.png"
+    return names
+
+
+def write_figures(run: RunFiles, directory: Path) -> Dict[str, str]:
+    """Draw the figures into `directory`; returns those that were written."""
+    written = {}
+    for key, name in figure_names(run).items():
+        if key == "curves":
+            ok = plots.training_curves_png(run.state["log_history"], directory / name)
+        else:
+            prefix = key[len("confusion_"):]
+            ok = plots.confusion_matrix_png(run.confusion[prefix], f"{split_name(prefix)} split", directory / name)
+        if ok:
+            written[key] = name
+    return written
+
+
+def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] = None) -> str:
+    """The card's markdown; `figures` are the PNGs present beside it (see write_figures)."""
+    model_id = hub_model_id(run, model_id)
+    data = card_data(run, model_id)
+    config = run.model_config
+    architecture = _architecture(config.get("model_type")).module
+    base_model = (run.experiment.get("model") or {}).get("name_or_path")
+    info_data = run.run_info.get("data") or {}
+    labels = info_data.get("labels") or [config["id2label"][k] for k in sorted(config.get("id2label") or {}, key=int)]
+    splits = info_data.get("splits") or {}
+    arch_vars = {"config": config, "base_model": base_model}
+    content = ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        title=architecture.title(**arch_vars).strip(),
+        description=architecture.description(**arch_vars).strip(),
+        citation=architecture.citation(**arch_vars).strip(),
+        not_recorded=NOT_RECORDED,
+        model_ref=model_id or "path/to/" + run.directory.resolve().name,
+        hub_model_id=model_id,
+        dataset=_dataset(run),
+        image_size=config.get("image_size"),
+        labels=labels,
+        splits=splits,
+        hyperparameters=_hyperparameters(run),
+        augmentation=_augmentation(run),
+        command=run.run_info.get("command"),
+        has_experiment=bool(run.experiment),
+        train_block=_indent(metrics_block("train", run.results["train"])) if run.results.get("train") else None,
+        eval_sections=[
+            {"title": _section_title(prefix), "block": _indent(metrics_block(prefix, metrics))}
+            for prefix, metrics in run.results.items() if prefix != "train" and metrics
+        ],
+        confusion=[
+            {"split": split_name(prefix), "labels": m["labels"], "rows": list(zip(m["labels"], m["matrix"])),
+             "figure": figures.get(f"confusion_{prefix}")}
+            for prefix, m in run.confusion.items()
+        ],
+        curves_figure=figures.get("curves"),
+        versions=run.run_info.get("versions") or {},
+    ).content
+    return redact(content)
+
+
+def _section_title(prefix: str) -> str:
+    if prefix == "eval":
+        return "Evaluation Metrics"
+    return f"{split_name(prefix).replace('_', ' ').title()} Metrics"
+
+
+def write_card(run_dir: str | Path, output: Optional[str | Path] = None, model_id: Optional[str] = None) -> Path:
+    """Regenerate a run's card (and its figures, beside it); returns the card's path."""
+    run = read_run(run_dir)
+    path = Path(output) if output else run.directory / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(run, path.parent)
+    path.write_text(render_card(run, figures, model_id), encoding="utf-8")
+    return path

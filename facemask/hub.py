@@ -1,0 +1,75 @@
+"""Pushing a finished run to the Hugging Face Hub: the model and what describes it, nothing else."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import List, Optional
+
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+# Top-level files of a run folder that make up the published model. Checkpoints, optimizer and
+# scheduler state, RNG state and training_args.bin (which can hold a hub_token) never leave.
+PUSH_PATTERNS = [
+    "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "preprocessor_config.json", "README.md", "*_results.json", "*_confusion_matrix.json", "*.png",
+    "experiment.yaml", "run_info.json",
+]
+
+
+class PushError(RuntimeError):
+    """A push that could not be done; the message says what to do."""
+
+
+def retry_command(run_dir: str | Path, model_id: str) -> str:
+    return f"python -m facemask push {run_dir} --model-id {model_id}"
+
+
+def check_write_access(token: Optional[str] = None) -> str:
+    """The account a push would use; raises PushError when there is no token or it cannot write."""
+    try:
+        info = HfApi().whoami(token=token)
+    except LocalTokenNotFoundError:
+        raise PushError("hub.push is set but no Hugging Face token was found: run `hf auth login` "
+                        "or set HF_TOKEN to a token with write access") from None
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise PushError("the Hugging Face token was rejected (401): log in again with `hf auth login` "
+                            "or set HF_TOKEN to a valid token with write access") from None
+        raise PushError(f"could not check the Hugging Face token: {err}") from None
+    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PushError("the Hugging Face token is read-only: create a token with write access "
+                        "(https://huggingface.co/settings/tokens) and log in with it")
+    return info.get("name", "?")
+
+
+def files_to_push(run_dir: str | Path) -> List[Path]:
+    run_dir = Path(run_dir)
+    return sorted(
+        p for p in run_dir.iterdir()
+        if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)
+    )
+
+
+def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,
+             token: Optional[str] = None) -> str:
+    """Create the repository if needed and commit the run's model files; returns the commit URL."""
+    run_dir = Path(run_dir)
+    files = files_to_push(run_dir)
+    if not any(p.name == "config.json" for p in files):
+        raise PushError(f"{run_dir} holds no config.json: is it a finished run's output folder?")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(model_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(model_id, branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+        commit = api.create_commit(model_id, operations=operations, revision=revision,
+                                   commit_message=f"Upload face-mask classifier from {run_dir.name}")
+    except Exception as err:  # network, auth, quota: the local run stays as it is either way
+        raise PushError(f"push to {model_id} failed: {err}\nEvery local file is intact in {run_dir}; retry with:\n"
+                        f"  {retry_command(run_dir, model_id)}") from None
+    return commit.commit_url

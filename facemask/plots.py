@@ -1,0 +1,69 @@
+"""PNG figures for the model card: confusion matrix and training curves (matplotlib, optional)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+# PNGs without a timestamp or version stamp, so regenerated figures are byte-identical.
+_PNG_METADATA = {"Software": None}
+
+
+def _pyplot() -> Optional[Any]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def confusion_matrix_png(matrix: Dict[str, Any], title: str, path: Path) -> bool:
+    """Write the matrix as a heat map; False when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    labels: List[str] = matrix["labels"]
+    values = matrix["matrix"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(labels), 1.2 + 1.1 * len(labels)), dpi=100)
+    ax.imshow(values, cmap="Blues")
+    peak = max(max(row) for row in values) or 1
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:
+    """Training loss and evaluation accuracy against the step; False without data or matplotlib."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e and "step" in e]
+    plt = _pyplot()
+    if plt is None or not (train or evals):
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    lines = []
+    if train:
+        lines += ax.plot(*zip(*train), color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals:
+        acc = ax.twinx()
+        lines += acc.plot(*zip(*evals), color="tab:orange", marker="o", label="eval accuracy")
+        acc.set_ylabel("accuracy")
+        acc.set_ylim(0, 1.02)
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
