@@ -14,7 +14,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 PUSH_PATTERNS = [
     "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
     "preprocessor_config.json", "README.md", "*_results.json", "*_confusion_matrix.json", "*.png",
-    "experiment.yaml", "run_info.json",
+    "experiment.yaml", "run_info.json", "trainer_state.json",
 ]
 
 
@@ -22,8 +22,9 @@ class PushError(RuntimeError):
     """A push that could not be done; the message says what to do."""
 
 
-def retry_command(run_dir: str | Path, model_id: str) -> str:
-    return f"python -m facemask push {run_dir} --model-id {model_id}"
+def retry_command(run_dir: str | Path, model_id: str, revision: Optional[str] = None, private: bool = True) -> str:
+    command = f"python -m facemask push {run_dir} --model-id {model_id}"
+    return command + (f" --revision {revision}" if revision else "") + ("" if private else " --public")
 
 
 def check_write_access(token: Optional[str] = None) -> str:
@@ -71,5 +72,5 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
                                    commit_message=f"Upload face-mask classifier from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way
         raise PushError(f"push to {model_id} failed: {err}\nEvery local file is intact in {run_dir}; retry with:\n"
-                        f"  {retry_command(run_dir, model_id)}") from None
+                        f"  {retry_command(run_dir, model_id, revision, private)}") from None
     return commit.commit_url
