@@ -232,7 +232,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         description=architecture.description(**arch_vars).strip(),
         citation=architecture.citation(**arch_vars).strip(),
         not_recorded=NOT_RECORDED,
-        model_ref=model_id or "path/to/" + run.directory.resolve().name,
+        model_ref=model_id or "path/to/" + _model_name(run, None),
         hub_model_id=model_id,
         dataset=_dataset(run),
         image_size=config.get("image_size"),

@@ -1,0 +1,155 @@
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+import train
+from conftest import REPO, tiny_config
+from facemask.__main__ import main as cli
+from facemask.card import METRICS, read_run, render_card, write_card
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny ViT run with validation and test splits, and what it printed."""
+    tmp = tmp_path_factory.mktemp("run")
+    config = tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1, "logging_steps": 1})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        train.main([str(config), "card.tags=[synthetic]"])
+    return tmp / "out", printed.getvalue()
+
+
+def printed_blocks(text):
+    """The `***** split metrics *****` blocks as Trainer.log_metrics printed them."""
+    blocks = re.findall(r"^(\*\*\*\*\* \w+ metrics \*\*\*\*\*\n(?:  .*\n)+)", text, flags=re.M)
+    return [b.rstrip("\n") for b in blocks]
+
+
+def test_card_front_matter_parses_and_matches_results(trained):
+    out, _ = trained
+    text = (out / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"
+    assert meta["license"] == "apache-2.0"
+    assert meta["tags"] == ["image-classification", "vision", "vit", "face-mask", "synthetic"]
+    assert "base_model" not in meta  # random init: there is no base model
+
+    card = ModelCard.load(out / "README.md")
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        results = json.loads((out / f"{prefix}_results.json").read_text())
+        for metric in METRICS:
+            assert found[(split, metric)] == results[f"{prefix}_{metric}"]
+    assert len(found) == 2 * len(METRICS)
+
+
+def test_card_blocks_are_what_log_metrics_printed(trained):
+    out, printed = trained
+    text = (out / "README.md").read_text()
+    blocks = printed_blocks(printed)
+    assert [b.splitlines()[0] for b in blocks] == ["***** train metrics *****", "***** eval metrics *****",
+                                                   "***** test metrics *****"]
+    for block in blocks:
+        indented = "\n".join("    " + line for line in block.splitlines())
+        assert indented in text
+    for heading in ("## Training Metrics", "## Evaluation Metrics", "## Test Metrics"):
+        assert heading in text
+
+
+def test_card_sections(trained):
+    out, _ = trained
+    text = (out / "README.md").read_text()
+    assert text.count("![") == 3 and (out / "training_curves.png").is_file()
+    assert (out / "eval_confusion_matrix.png").is_file() and (out / "test_confusion_matrix.png").is_file()
+    assert "| true \\ predicted | with_mask | without_mask |" in text
+    assert "[CLS]" in text and "Dosovitskiy" in text  # ViT description and citation
+    assert "| learning_rate | 0.001 |" in text and "| max_steps | 2 |" in text
+    assert "python train.py " in text and "card.tags=[synthetic]" in text
+    assert "- Transformers " in text
+    # 60 images, 30 per class: 12 test (6 + 6), then 9 validation, stratified; train gets the rest.
+    assert "| test | 12 | 6 | 6 |" in text
+    assert re.search(r"\| validation \| 9 \| (4 \| 5|5 \| 4) \|", text)
+    assert re.search(r"\| train \| 39 \| (20 \| 19|19 \| 20) \|", text)
+    assert "not recorded" not in text
+
+
+def test_regenerating_gives_the_same_bytes(trained, tmp_path):
+    out, _ = trained
+    original = (out / "README.md").read_bytes()
+    assert cli(["card", str(out), "--output", str(tmp_path / "README.md")]) == 0
+    assert (tmp_path / "README.md").read_bytes() == original
+    for png in ("training_curves.png", "eval_confusion_matrix.png"):
+        assert (tmp_path / png).read_bytes() == (out / png).read_bytes()
+    assert cli(["card", str(out)]) == 0
+    assert (out / "README.md").read_bytes() == original
+
+
+def test_a_later_evaluation_adds_its_split(trained, tmp_path):
+    out, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoint-*", "*.safetensors"))
+    holdout = {"holdout_accuracy": 0.75, "holdout_f1": 0.7, "holdout_precision": 0.8, "holdout_recall": 0.6,
+               "holdout_roc_auc": 0.81, "holdout_loss": 0.5, "holdout_runtime": 1.25,
+               "holdout_samples_per_second": 80.0}
+    (run / "holdout_results.json").write_text(json.dumps(holdout))
+    write_card(run)
+    text = (run / "README.md").read_text()
+    assert "## Holdout Metrics" in text and "      holdout_accuracy           =       0.75" in text
+    card = ModelCard.load(run / "README.md")
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}[
+        ("holdout", "roc_auc")] == 0.81
+
+
+def test_missing_files_render_as_not_recorded(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "image_size": 224, "patch_size": 16,
+                                                      "hidden_size": 768, "num_hidden_layers": 12,
+                                                      "num_attention_heads": 12,
+                                                      "id2label": {"0": "mask", "1": "no_mask"}}))
+    path = write_card(tmp_path)
+    text = path.read_text()
+    card = ModelCard.load(path)
+    assert card.data.library_name == "transformers"
+    for section in ("## Training Metrics", "## Evaluation Metrics", "## Training curves", "## Framework versions"):
+        body = text.split(section)[1].split("\n## ")[0]
+        assert "not recorded" in body, section
+    assert "Hyperparameters: not recorded" in text and "Split sizes and class balance: not recorded" in text
+
+
+def test_checkpoint_runs_name_their_base_model_and_beit_gets_its_own_description(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "beit", "image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "use_relative_position_bias": True, "use_mean_pooling": True,
+        "layer_scale_init_value": 0.1, "id2label": {"0": "with_mask", "1": "without_mask"}}))
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": "microsoft/beit-base-patch16-224-pt22k-ft22k"},
+        "data": {"dataset_name": "someone/face-masks"}, "hub": {"model_id": "me/beit-facemask"}}))
+    text = render_card(read_run(tmp_path), figures={})
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["base_model"] == "microsoft/beit-base-patch16-224-pt22k-ft22k"
+    assert meta["datasets"] == ["someone/face-masks"] and "beit" in meta["tags"]
+    assert "relative position bias" in text and "mean pooling" in text and "masked image modelling" in text
+    assert "Bao" in text and 'pipeline("image-classification", model="me/beit-facemask")' in text
+
+
+def test_tokens_never_reach_the_card_or_the_experiment_file(tmp_path):
+    token = "hf_" + "Ab1" * 12
+    config = tiny_config(tmp_path, "vit", training={"hub_token": token})
+    train.main([str(config), f"training.hub_token={token}"])
+    out = tmp_path / "out"
+    for name in ("README.md", "experiment.yaml", "run_info.json", "trainer_state.json"):
+        assert token not in (out / name).read_text(), name
+
+
+@pytest.mark.parametrize("name", ["vit-base-facemask", "beit-base-facemask"])
+def test_reference_cards_are_current(name, tmp_path):
+    folder = REPO / "model_cards" / name
+    regenerated = write_card(folder / "run", output=tmp_path / "README.md")
+    assert regenerated.read_bytes() == (folder / "README.md").read_bytes(), (
+        f"model_cards/{name}/README.md is stale: python -m facemask card model_cards/{name}/run "
+        f"--output model_cards/{name}/README.md")

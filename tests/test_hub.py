@@ -1,0 +1,100 @@
+"""Pushing through huggingface_hub's real client to a stand-in Hub on 127.0.0.1."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, tiny_config
+from fake_hub import FakeHub
+
+TOKEN = "hf_" + "Zq9" * 12
+PUSHED = {
+    "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "experiment.yaml", "run_info.json",
+    "trainer_state.json", "train_results.json", "eval_results.json", "test_results.json", "all_results.json",
+    "eval_confusion_matrix.json", "test_confusion_matrix.json", "eval_confusion_matrix.png",
+    "test_confusion_matrix.png", "training_curves.png",
+}
+
+
+def run(args, hub, tmp_path, token=TOKEN):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pushed_run(tmp_path_factory):
+    """A tiny run trained with hub.push=true, checkpoints on, against the stand-in Hub."""
+    tmp = tmp_path_factory.mktemp("push")
+    config = tiny_config(tmp, "vit", training={"save_strategy": "steps", "save_steps": 1, "eval_strategy": "steps",
+                                               "eval_steps": 1, "logging_steps": 1})
+    with FakeHub() as hub:
+        result = run(["train.py", str(config), "hub.push=true", "hub.model_id=tester/vit-facemask"], hub, tmp)
+    return tmp, hub, result
+
+
+def test_training_pushes_exactly_the_model_files(pushed_run):
+    tmp, hub, result = pushed_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp / "out"
+    assert (out / "checkpoint-2").is_dir() and (out / "training_args.bin").is_file()
+    assert hub.repos["tester/vit-facemask"]["visibility"] == "private"
+    assert len(hub.commits) == 1
+    files = hub.commits[0]["files"]
+    assert set(files) == PUSHED  # no checkpoints, optimizer state or training_args.bin
+    for name, content in files.items():
+        assert content == (out / name).read_bytes(), name
+        assert TOKEN.encode() not in content, name
+    assert 'model="tester/vit-facemask"' in files["README.md"].decode()
+    assert any(auth == f"Bearer {TOKEN}" for auth in hub.authorizations)
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_push_command_pushes_a_finished_run_to_a_branch(pushed_run):
+    tmp, _, _ = pushed_run
+    with FakeHub() as hub:
+        result = run(["-m", "facemask", "push", str(tmp / "out"), "--model-id", "tester/later", "--revision", "v2",
+                      "--public"], hub, tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hub.repos["tester/later"]["visibility"] == "public"
+    assert hub.branches == [("tester/later", "v2")]
+    assert hub.commits[0]["revision"] == "v2" and set(hub.commits[0]["files"]) == PUSHED
+    assert 'model="tester/later"' in hub.commits[0]["files"]["README.md"].decode()
+
+
+def test_failed_push_keeps_every_local_file_and_says_how_to_retry(pushed_run):
+    tmp, _, _ = pushed_run
+    out = tmp / "out"
+    before = snapshot(out)
+    with FakeHub() as hub:
+        result = run(["-m", "facemask", "push", str(out), "--model-id", "tester/fail-repo"], hub, tmp)
+    assert result.returncode == 1
+    assert "every local file is intact" in result.stderr.lower()
+    assert f"python -m facemask push {out} --model-id tester/fail-repo" in result.stderr
+    after = snapshot(out)
+    assert set(after) == set(before)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed <= {"README.md"}  # only the card, rewritten to name the Hub id
+    assert TOKEN not in result.stderr
+
+
+@pytest.mark.parametrize("token, message", [(None, "no Hugging Face token was found"),
+                                            ("hf_read" + "x" * 30, "read-only")])
+def test_bad_token_stops_before_training(tmp_path, token, message):
+    config = tiny_config(tmp_path, "vit")
+    with FakeHub() as hub:
+        result = run(["train.py", str(config), "hub.push=true", "hub.model_id=tester/x"], hub, tmp_path, token=token)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not hub.repos and not hub.commits
