@@ -297,9 +297,8 @@ def _validate(cfg: ExperimentConfig) -> None:
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML that `load_config` reads back to an equal config.
 
-    Secrets passed through to TrainingArguments (hub_token) are masked: this file is published.
+    Secrets passed through to TrainingArguments (hub_token) are left out: this file is published,
+    and a rerun takes the token from the environment.
     """
-    cfg = dataclasses.replace(cfg, training={
-        key: ("***" if "token" in key and value else value) for key, value in cfg.training.items()
-    })
+    cfg = dataclasses.replace(cfg, training={key: value for key, value in cfg.training.items() if "token" not in key})
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

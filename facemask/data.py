@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from PIL import Image, ImageOps
 from .config import ConfigError, DataConfig
 from . import synthetic
 
-logger = logging.getLogger(__name__)
 
 VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
 

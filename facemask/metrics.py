@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import datasets
 import numpy as np
@@ -128,6 +128,3 @@ def confusion(labels: np.ndarray, logits: np.ndarray, names: List[str]) -> Dict[
     matrix = confusion_matrix(labels, np.asarray(logits).argmax(axis=-1), labels=list(range(len(names))))
     return {"labels": list(names), "matrix": matrix.tolist()}
 
-
-def positive_label_name(names: List[str], pos_label: int) -> Optional[str]:
-    return names[pos_label] if len(names) == 2 else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
@@ -14,7 +13,6 @@ from transformers.models.auto.image_processing_auto import (
 
 from .config import ConfigError, ModelConfig, _nearest
 
-logger = logging.getLogger(__name__)
 
 # The PIL backend: torchvision has no CPU build everywhere this runs, and one backend everywhere
 # means training, evaluation and the Hub pipeline preprocess identically.
