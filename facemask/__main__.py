@@ -1,9 +1,11 @@
-"""Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub)."""
+"""Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
+predict (classify image files)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -38,6 +40,30 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .evaluation import collect_paths, format_rows, load_model, predict_files, write_rows
+
+    try:
+        model, processor = load_model(args.model)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths, skipped = collect_paths(args.paths)
+    rows, unreadable = predict_files(model, processor, paths, args.batch_size)
+    skipped += unreadable
+    if args.output:
+        write_rows(rows, Path(args.output))
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    else:
+        sys.stdout.write(format_rows(rows))
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} of {len(rows) + len(skipped)} inputs skipped", file=sys.stderr)
+    return 1 if skipped else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +91,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                             help="create the repository as private (default)")
     visibility.add_argument("--public", dest="private", action="store_false")
     push.set_defaults(func=_push)
+
+    predict = commands.add_parser("predict", help="classify image files; exit code 1 if any input was skipped")
+    predict.add_argument("model", help="a training run's output folder or a Hub model id")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    predict.add_argument("--output", help="write FILE.csv or FILE.json instead of printing")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(func=_predict)
     args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")

@@ -67,3 +67,28 @@ def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
+
+
+def roc_curve_png(label_ids: Any, probs: Any, labels: List[str], pos_label: int, title: str, path: Path) -> bool:
+    """ROC curve of the positive class (binary) or one-vs-rest per class; False if undefined."""
+    import numpy as np
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _pyplot()
+    label_ids, probs = np.asarray(label_ids), np.asarray(probs)
+    classes = [pos_label] if len(labels) == 2 else list(range(len(labels)))
+    if plt is None or any(len(np.unique(label_ids == c)) < 2 for c in classes):
+        return False
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
+    for c in classes:
+        fpr, tpr, _ = roc_curve(label_ids == c, probs[:, c])
+        ax.plot(fpr, tpr, label=f"{labels[c]} (AUC {auc(fpr, tpr):.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True

@@ -1,0 +1,191 @@
+import csv
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+
+import train
+from conftest import REPO, TINY_MODELS, tiny_config
+from facemask.__main__ import main as cli
+from facemask.config import ConfigError, ModelConfig
+from facemask.modeling import build_model, load_image_processor
+
+# The entry point is loaded by path: under pytest the name `evaluate` belongs to the library.
+_spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+evaluate_main = evaluate_script.main
+KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "loss", "runtime", "samples_per_second")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A short run of the quickstart config (its model, fewer images and steps)."""
+    out = tmp_path_factory.mktemp("qs") / "run"
+    train.main([str(REPO / "configs" / "quickstart.yaml"), f"training.output_dir={out}", "training.max_steps=30",
+                "data.synthetic_num_images=300", "training.eval_strategy=no", "training.save_strategy=no",
+                "training.load_best_model_at_end=false"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalset")
+    assert cli(["synth", str(root), "--num-images", "41", "--image-size", "64", "--seed", "11"]) == 0
+    return root
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_loading_the_script_leaves_the_library_in_place():
+    import evaluate
+
+    assert hasattr(evaluate, "Metric") and evaluate is not evaluate_script
+
+
+def test_results_match_the_predictions_csv(run_dir, eval_folder, tmp_path, capsys):
+    out = tmp_path / "eval"
+    metrics = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out)])
+    assert "***** test metrics *****" in capsys.readouterr().out
+    saved = json.loads((out / "test_results.json").read_text())
+    assert {f"test_{k}" for k in KEYS} <= set(saved) and saved == pytest.approx(metrics)
+
+    rows = read_csv(out / "test_predictions.csv")
+    assert len(rows) == 41 and len({r["file"] for r in rows}) == 41
+    for row in rows:
+        assert row["true_label"] == row["file"].split("/")[-2]  # the class folder the file is in
+        probs = {k[len("prob_"):]: float(v) for k, v in row.items() if k.startswith("prob_")}
+        assert set(probs) == {"with_mask", "without_mask"} and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+        assert row["predicted_label"] == max(probs, key=probs.get)
+    by_hand = sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows)
+    assert saved["test_accuracy"] == pytest.approx(by_hand)
+
+    matrix = json.loads((out / "test_confusion_matrix.json").read_text())
+    assert sum(map(sum, matrix["matrix"])) == 41
+    report = json.loads((out / "test_classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(by_hand) and report["with_mask"]["support"] == 21
+    for png in ("test_confusion_matrix.png", "test_roc_curve.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_update_card_adds_the_split(run_dir, eval_folder, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    evaluate_main([str(run), "--data", str(eval_folder), "--split", "holdout", "--update-card"])
+    text = (run / "README.md").read_text()
+    assert "## Holdout Metrics" in text and "holdout_accuracy" in text
+    results = json.loads((run / "holdout_results.json").read_text())
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in ModelCard.load(run / "README.md").data.eval_results}
+    assert found[("holdout", "accuracy")] == results["holdout_accuracy"]
+    assert ("test", "accuracy") in found  # the training run's own splits stay
+
+
+def test_class_names_match_by_name_not_position(run_dir, eval_folder, tmp_path):
+    # Sorted, "Without-Mask" comes before "with mask" here: matching by position would swap them.
+    data = tmp_path / "renamed"
+    shutil.copytree(eval_folder / "with_mask", data / "with mask")
+    shutil.copytree(eval_folder / "without_mask", data / "Without-Mask")
+    reference = tmp_path / "ref"
+    evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(reference)])
+    evaluate_main([str(run_dir), "--data", str(data), "--output-dir", str(tmp_path / "out")])
+    a = json.loads((reference / "test_results.json").read_text())
+    b = json.loads((tmp_path / "out" / "test_results.json").read_text())
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_roc_auc"] == b["test_roc_auc"]
+
+
+def test_synthetic_data_and_a_dataset_folder_with_splits(run_dir, eval_folder, tmp_path):
+    metrics = evaluate_main([str(run_dir), "--data", "synthetic", "--num-images", "20", "--image-size", "48",
+                             "--output-dir", str(tmp_path / "s")])
+    rows = read_csv(tmp_path / "s" / "test_predictions.csv")
+    assert [r["file"] for r in rows] == [str(i) for i in range(20)] and 0 <= metrics["test_accuracy"] <= 1
+    dataset = tmp_path / "dataset"
+    shutil.copytree(eval_folder, dataset / "validation")
+    evaluate_main([str(run_dir), "--data", str(dataset), "--split", "validation", "--output-dir", str(tmp_path / "d")])
+    assert len(read_csv(tmp_path / "d" / "validation_predictions.csv")) == 41
+
+
+def test_config_data_section(run_dir, tmp_path):
+    config = tiny_config(tmp_path, "vit")  # synthetic, 60 images, 20% test
+    evaluate_main([str(run_dir), "--config", str(config), "--output-dir", str(tmp_path / "c")])
+    assert len(read_csv(tmp_path / "c" / "test_predictions.csv")) == 12
+
+
+def test_mismatched_class_names(run_dir, eval_folder, tmp_path):
+    data = tmp_path / "pets"
+    shutil.copytree(eval_folder / "with_mask", data / "cat")
+    shutil.copytree(eval_folder / "without_mask", data / "dog")
+    with pytest.raises(ConfigError, match=r"data has \['cat', 'dog'\], model has \['with_mask', 'without_mask'\]"):
+        evaluate_main([str(run_dir), "--data", str(data), "--output-dir", str(tmp_path / "o")])
+
+
+def test_empty_folder(run_dir, tmp_path):
+    (tmp_path / "empty" / "with_mask").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holds no images"):
+        evaluate_main([str(run_dir), "--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "o")])
+
+
+def test_missing_model(eval_folder, tmp_path):
+    with pytest.raises(ConfigError, match="model not found: 'nobody/no-such-model'"):
+        evaluate_main(["nobody/no-such-model", "--data", str(eval_folder), "--output-dir", str(tmp_path / "o")])
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        evaluate_main([str(tmp_path / "notarun"), "--data", str(eval_folder)])
+
+
+def test_model_with_another_number_of_labels(eval_folder, tmp_path):
+    cfg = ModelConfig(from_config=TINY_MODELS["vit"])
+    names = ["with_mask", "without_mask", "mask_under_chin"]
+    build_model(cfg, dict(enumerate(names)), {n: i for i, n in enumerate(names)}).save_pretrained(tmp_path / "m3")
+    load_image_processor(cfg).save_pretrained(tmp_path / "m3")
+    with pytest.raises(ConfigError, match=r"the model has 3 labels .* but the data has 2 classes"):
+        evaluate_main([str(tmp_path / "m3"), "--data", str(eval_folder), "--output-dir", str(tmp_path / "o")])
+
+
+def test_each_sample_counted_once_with_two_processes(run_dir, eval_folder, tmp_path):
+    single = tmp_path / "one"
+    evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(single)])
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "evaluate.py", str(run_dir), "--data",
+         str(eval_folder), "--output-dir", str(tmp_path / "two")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    rows = read_csv(tmp_path / "two" / "test_predictions.csv")  # 41 images: uneven across 2 processes
+    assert sorted(r["file"] for r in rows) == sorted(r["file"] for r in read_csv(single / "test_predictions.csv"))
+    assert all(r["true_label"] == r["file"].split("/")[-2] for r in rows)
+    two = json.loads((tmp_path / "two" / "test_results.json").read_text())
+    one = json.loads((single / "test_results.json").read_text())
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"])
+
+
+def test_predict_lists_and_skips_bad_files(run_dir, eval_folder, tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    shutil.copytree(eval_folder / "with_mask", inputs / "a")
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (inputs / "empty.png").write_bytes(b"")
+    out = tmp_path / "pred.csv"
+    code = cli(["predict", str(run_dir), str(inputs), str(eval_folder / "without_mask" / "*.png"),
+                str(tmp_path / "missing.jpg"), "--output", str(out), "--batch-size", "4"])
+    assert code == 1
+    err = capsys.readouterr().err
+    for name in ("notes.txt", "broken.jpg", "empty.png", "missing.jpg"):
+        assert name in err
+    assert "4 of" in err
+    rows = read_csv(out)
+    pngs = len(list((eval_folder / "without_mask").glob("*.png")))
+    assert len(rows) == 21 + pngs
+    for row in rows:
+        probs = {k: float(v) for k, v in row.items() if k.startswith("prob_")}
+        assert float(row["confidence"]) == pytest.approx(max(probs.values()))
+        assert row["label"] == max(probs, key=probs.get)[len("prob_"):]
+
+    assert cli(["predict", str(run_dir), str(eval_folder / "with_mask"), "--output", str(tmp_path / "p.json")]) == 0
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 21
