@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from transformers import set_seed
 
+from facemask.audit import drop_bad, refusal, run_audit, write_audit
 from facemask.card import write_card
 from facemask.config import ConfigError, load_config, to_yaml
 from facemask.data import load_data
@@ -47,6 +48,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     data = load_data(cfg.data, training_args.seed)
     if "validation" not in data.splits and training_args.eval_strategy != "no":
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
+    skipped = None
+    if cfg.data.audit:
+        report = run_audit(data, cfg.data, training_args.seed)
+        if training_args.process_index == 0:
+            write_audit(report, cfg.output_dir)
+        for warning in report["warnings"]:
+            logger.warning("data audit: %s", warning)
+        reason = refusal(report)
+        if reason:
+            raise ConfigError(f"{reason}\n(full report: {cfg.output_dir / 'data_audit.json'})")
+        if cfg.data.on_bad_image == "skip":
+            skipped = len(report["bad_files"])
+            data = drop_bad(data, report)
     info = run_info(argv, data, training_args)
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
@@ -63,6 +77,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
     train_result = trainer.train()
     trainer.save_model()
+    if skipped is not None:
+        train_result.metrics["train_bad_images_skipped"] = skipped
     results = {"train": train_result.metrics}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

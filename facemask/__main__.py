@@ -1,5 +1,5 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
-predict (classify image files)."""
+predict (classify image files), audit (check a config's data)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import refusal, run_audit, summary_markdown, write_audit
+    from .config import ConfigError, load_config
+    from .data import load_data
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        report = run_audit(load_data(cfg.data, cfg.seed), cfg.data, cfg.seed)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_audit(report, cfg.output_dir)
+    print(summary_markdown(report))
+    print(f"full report: {cfg.output_dir / 'data_audit.json'}")
+    reason = refusal(report)
+    if reason:
+        print(reason, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +112,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                             help="create the repository as private (default)")
     visibility.add_argument("--public", dest="private", action="store_false")
     push.set_defaults(func=_push)
+
+    audit = commands.add_parser("audit", help="check a config's data: bad files, leaks, shortcuts, balance")
+    audit.add_argument("config")
+    audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_dir=photos")
+    audit.set_defaults(func=_audit)
 
     predict = commands.add_parser("predict", help="classify image files; exit code 1 if any input was skipped")
     predict.add_argument("model", help="a training run's output folder or a Hub model id")

@@ -1,7 +1,7 @@
 """Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
 
 Only files are read (experiment.yaml, *_results.json, trainer_state.json, config.json,
-run_info.json, *_confusion_matrix.json), never the model, so a card can be regenerated anywhere
+run_info.json, *_confusion_matrix.json, data_audit.md), never the model, so a card can be regenerated anywhere
 and the same files always give the same bytes.
 """
 
@@ -49,6 +49,7 @@ class RunFiles:
     model_config: Dict[str, Any] = field(default_factory=dict)
     run_info: Dict[str, Any] = field(default_factory=dict)
     confusion: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    audit: Optional[str] = None
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -73,6 +74,8 @@ def read_run(directory: str | Path) -> RunFiles:
     run.state = _read_json(directory / "trainer_state.json")
     run.model_config = _read_json(directory / "config.json")
     run.run_info = _read_json(directory / "run_info.json")
+    if (directory / "data_audit.md").is_file():
+        run.audit = (directory / "data_audit.md").read_text(encoding="utf-8").strip()
     for path in sorted(directory.glob("*_confusion_matrix.json")):
         run.confusion[path.name[: -len("_confusion_matrix.json")]] = _read_json(path)
     return run
@@ -254,6 +257,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         ],
         curves_figure=figures.get("curves"),
         versions=run.run_info.get("versions") or {},
+        audit=run.audit,
     ).content
     return redact(content)
 

@@ -63,6 +63,14 @@ class DataConfig:
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip_prob: float = 0.5
     cache_dir: Optional[str] = None
+    # Data audit (python -m facemask audit; also before every training run).
+    audit: bool = True
+    on_bad_image: str = "error"  # or "skip": leave unreadable images out, counted
+    allow_leaks: bool = False
+    min_image_side: int = 8
+    near_duplicate_distance: int = 12  # of 256 perceptual-hash bits
+    shortcut_threshold: float = 0.75  # balanced accuracy of a one-attribute classifier
+    max_class_ratio: float = 1.5
 
 
 @dataclass
@@ -288,6 +296,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if d.on_bad_image not in ("error", "skip"):
+        raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
+    if d.on_bad_image == "skip" and not d.audit:
+        raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
     if d.num_labels is not None and d.num_labels < 2:
         raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
     if cfg.hub.push and not cfg.hub.model_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -159,7 +160,10 @@ def load_data(cfg: DataConfig, seed: int) -> PreparedData:
     for split, ds in splits.items():
         if len(ds) == 0:
             raise ConfigError(f"{source}: the {split} split is empty")
-    ordered = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
+    # Images stay undecoded until the transform, which opens every file the same way (load_image).
+    undecoded = datasets.Image(decode=False)
+    ordered = {name: splits[name].cast_column(cfg.image_column, undecoded)
+               for name in ("train", "validation", "test") if name in splits}
     return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source)
 
 
@@ -182,6 +186,26 @@ def resolve_positive_label(labels: List[str], configured: Optional[str]) -> int:
         return masked[0]
     # Not a face-mask naming we recognise: follow scikit-learn's convention for binary labels.
     return len(labels) - 1
+
+
+def load_image(item: Any, draft_side: Optional[int] = None) -> Image.Image:
+    """Open a stored image (datasets' {"bytes", "path"}, a path or a PIL image) as upright RGB.
+
+    JPEGs are decoded at the smallest DCT scale that keeps `draft_side` pixels, so a 40-megapixel
+    photo costs a fraction of its full decode and memory.
+    """
+    if isinstance(item, Image.Image):
+        image = item
+    else:
+        if isinstance(item, dict):
+            source = io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"]
+        else:
+            source = item
+        image = Image.open(source)
+        if draft_side and image.format == "JPEG":
+            image.draft("RGB", (draft_side, draft_side))
+        image.load()
+    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -229,6 +253,10 @@ def random_resized_crop_box(
 
 def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_column: str) -> tuple[Callable, Callable]:
     """Batch transforms for `Dataset.set_transform`: (train with augmentation, evaluation)."""
+    from .modeling import processor_image_size
+
+    # Twice the model's input keeps a random crop of half the area at full resolution.
+    draft_side = 2 * processor_image_size(processor)
 
     def _encode(images: List[Image.Image], batch: Dict[str, List[Any]]) -> Dict[str, Any]:
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
@@ -236,8 +264,8 @@ def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_co
 
     def train_transform(batch: Dict[str, List[Any]]) -> Dict[str, Any]:
         images = []
-        for image in batch[image_column]:
-            image = to_rgb(image)
+        for item in batch[image_column]:
+            image = load_image(item, draft_side)
             if cfg.augment:
                 image = image.crop(random_resized_crop_box(image.width, image.height, cfg.crop_scale, cfg.crop_ratio))
                 if torch.rand(1).item() < cfg.hflip_prob:
@@ -246,7 +274,7 @@ def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_co
         return _encode(images, batch)
 
     def eval_transform(batch: Dict[str, List[Any]]) -> Dict[str, Any]:
-        return _encode([to_rgb(image) for image in batch[image_column]], batch)
+        return _encode([load_image(item, draft_side) for item in batch[image_column]], batch)
 
     return train_transform, eval_transform
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .config import ConfigError
-from .data import PreparedData, synthetic_dataset, to_rgb
+from .data import PreparedData, load_image, synthetic_dataset
 from .modeling import BACKEND
 
 
@@ -109,6 +109,7 @@ def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: in
         ds = ds.class_encode_column(label_column)
     if len(ds) == 0:
         raise ConfigError(f"{source}: the {split} split is empty")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
     return EvalData(ds, list(ds.features[label_column].names), image_column, label_column, source, split)
 
 
@@ -186,16 +187,13 @@ def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, 
     return unique, missing
 
 
-def open_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
-
-
 def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32
                   ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
     """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason."""
+    from .modeling import processor_image_size
+
     labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    draft_side = 2 * processor_image_size(processor)
     rows, skipped = [], []
     images, kept = [], []
     model.eval()
@@ -217,7 +215,7 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
         try:
             if path.stat().st_size == 0:
                 raise ValueError("empty file")
-            image = open_image(path)
+            image = load_image(path, draft_side)
         except (UnidentifiedImageError, ValueError, OSError, Image.DecompressionBombError) as err:
             reason = "not an image file" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
             skipped.append((str(path), reason))

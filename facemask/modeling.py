@@ -63,6 +63,6 @@ def build_model(cfg: ModelConfig, id2label: Dict[int, str], label2id: Dict[str, 
 
 def processor_image_size(processor: Any) -> int:
     size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
-    if isinstance(size, dict):
+    if hasattr(size, "get"):  # a dict, or transformers' SizeDict once the processor is loaded
         return int(size.get("height") or size.get("shortest_edge"))
     return int(size)
