@@ -8,6 +8,7 @@ from facemask.config import ConfigError, DataConfig
 from facemask.data import (
     class_counts,
     load_data,
+    load_image,
     random_resized_crop_box,
     resolve_positive_label,
     to_rgb,
@@ -23,8 +24,8 @@ def test_image_folder_labels_come_from_folder_names(synth_folder):
     # Stratified: a quarter of each class is held out.
     assert class_counts(data.splits["validation"], "label", data.labels) == {"with_mask": 5, "without_mask": 5}
     assert class_counts(data.splits["train"], "label", data.labels) == {"with_mask": 15, "without_mask": 15}
-    first = data.splits["train"][0]
-    assert isinstance(first["image"], Image.Image)
+    first = data.splits["train"][0]["image"]  # stored undecoded: the transform opens it (load_image)
+    assert first["path"].startswith(str(synth_folder)) and isinstance(load_image(first), Image.Image)
 
 
 def test_split_is_deterministic_by_seed_and_holds_out_test_first(synth_folder):
@@ -34,7 +35,7 @@ def test_split_is_deterministic_by_seed_and_holds_out_test_first(synth_folder):
     c = load_data(cfg, seed=2)
     sizes = {k: len(v) for k, v in a.splits.items()}
     assert sizes == {"train": 24, "validation": 8, "test": 8}
-    paths = lambda d, s: [im.filename for im in d.splits[s]["image"]]  # noqa: E731
+    paths = lambda d, s: [im["path"] for im in d.splits[s]["image"]]  # noqa: E731
     assert paths(a, "test") == paths(b, "test")
     assert paths(a, "test") != paths(c, "test")
     assert not set(paths(a, "test")) & set(paths(a, "train"))
@@ -82,7 +83,7 @@ def test_synthetic_source(tmp_path):
     data = load_data(DataConfig(synthetic=True, synthetic_num_images=20, synthetic_image_size=32,
                                 validation_split=0.2, test_split=0.2), seed=0)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 12, "validation": 4, "test": 4}
-    assert data.splits["train"][0]["image"].size == (32, 32)
+    assert load_image(data.splits["train"][0]["image"]).size == (32, 32)
 
 
 @pytest.mark.parametrize(

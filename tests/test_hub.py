@@ -15,7 +15,7 @@ PUSHED = {
     "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "experiment.yaml", "run_info.json",
     "trainer_state.json", "train_results.json", "eval_results.json", "test_results.json", "all_results.json",
     "eval_confusion_matrix.json", "test_confusion_matrix.json", "eval_confusion_matrix.png",
-    "test_confusion_matrix.png", "training_curves.png",
+    "test_confusion_matrix.png", "training_curves.png", "data_audit.json", "data_audit.md",
 }
 
 
