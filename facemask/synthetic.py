@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -271,11 +271,6 @@ def sample(seed: int, index: int, size: int) -> Tuple[Image.Image, int]:
     rng = random.Random(f"facemask-synthetic:{seed}:{index}")
     label = WITH_MASK if index % 2 == 0 else WITHOUT_MASK
     return draw_face(rng, size, wearing_mask=label == WITH_MASK), label
-
-
-def iter_samples(num_images: int, size: int, seed: int) -> Iterator[Tuple[Image.Image, int]]:
-    for index in range(num_images):
-        yield sample(seed, index, size)
 
 
 def write_image_folder(directory: str | Path, num_images: int, size: int, seed: int, fmt: str = "mixed") -> Path:
