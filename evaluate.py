@@ -77,6 +77,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     out_dir = Path(args.output_dir) if args.output_dir else (
         model_dir if local else Path("outputs") / "eval" / args.model.replace("/", "__"))
     training_args = TrainingArguments(output_dir=str(out_dir), per_device_eval_batch_size=args.batch_size,
+                                      use_cpu=not torch.cuda.is_available(),
                                       report_to="none", remove_unused_columns=False, label_names=["labels"],
                                       disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
     setup_logging(training_args)
@@ -113,8 +114,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     confusion_matrix_png(matrix, f"{args.split} split", Path(f"{prefix}_confusion_matrix.png"))
     roc_curve_png(output.label_ids, probs, data.labels, pos_label, f"{args.split} split",
                   Path(f"{prefix}_roc_curve.png"))
-    logger.info("%s: %d images from %s at %.1f images/s; results in %s", args.split, len(names), data.source,
-                metrics[f"{args.split}_samples_per_second"], out_dir)
+    logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split, len(names),
+                data.source, metrics[f"{args.split}_samples_per_second"], training_args.world_size, out_dir)
     if args.update_card:
         if out_dir.resolve() != model_dir.resolve():
             for suffix in ("_results.json", "_confusion_matrix.json"):

@@ -1,7 +1,10 @@
 """Fine-tune a ViT/BEiT face-mask classifier.
 
-    python train.py configs/quickstart.yaml [section.key=value ...]
+    python train.py configs/quickstart.yaml [section.key=value ...] [--resume [CHECKPOINT] | --overwrite]
     accelerate launch train.py configs/vit-base-facemask.yaml
+
+A training.output_dir that already holds a run is never reused silently: --resume continues it
+from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and starts over.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from facemask.modeling import build_model, load_image_processor
 from facemask.training import (
     attach_transforms,
     build_trainer,
+    clear_output_dir,
     logger,
     parse_args,
+    resolve_resume,
     run_info,
     setup_logging,
     training_arguments,
@@ -40,7 +45,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     cfg = load_config(args.config, args.overrides)
     training_args = training_arguments(cfg)
     setup_logging(training_args)
-    if cfg.hub.push and training_args.process_index == 0:
+    checkpoint = resolve_resume(cfg.output_dir, args.resume, args.overwrite)
+    main_process = training_args.process_index == 0
+    if args.overwrite and main_process:
+        clear_output_dir(cfg.output_dir)
+    logger.info(
+        "effective batch size %d = %d per device x %d accumulation steps x %d processes; learning rate %g is "
+        "used as given, not scaled with the batch size", training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps * training_args.world_size,
+        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
+        training_args.world_size, training_args.learning_rate)
+    if cfg.hub.push and main_process:
         # Before any training: a missing or read-only token should cost seconds, not a GPU-day.
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
@@ -51,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     skipped = None
     if cfg.data.audit:
         report = run_audit(data, cfg.data, training_args.seed)
-        if training_args.process_index == 0:
+        if main_process:
             write_audit(report, cfg.output_dir)
         for warning in report["warnings"]:
             logger.warning("data audit: %s", warning)
@@ -61,21 +76,25 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         if cfg.data.on_bad_image == "skip":
             skipped = len(report["bad_files"])
             data = drop_bad(data, report)
-    info = run_info(argv, data, training_args)
+    info = run_info(argv, data, training_args, cfg)
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     processor = load_image_processor(cfg.model)
     model = build_model(cfg.model, data.id2label, data.label2id)
     attach_transforms(data, processor, cfg)
     trainer = build_trainer(model, training_args, data, processor, cfg)
-    main_process = trainer.is_world_process_zero()
 
     if main_process:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.output_dir / "experiment.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        experiment = cfg.output_dir / "experiment.yaml"
+        if checkpoint and experiment.is_file() and experiment.read_text(encoding="utf-8") != to_yaml(cfg):
+            logger.warning("resuming with a configuration that differs from the interrupted run's experiment.yaml")
+        experiment.write_text(to_yaml(cfg), encoding="utf-8")
         (cfg.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-    train_result = trainer.train()
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     if skipped is not None:
         train_result.metrics["train_bad_images_skipped"] = skipped

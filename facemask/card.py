@@ -258,6 +258,8 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         curves_figure=figures.get("curves"),
         versions=run.run_info.get("versions") or {},
         audit=run.audit,
+        reproducibility={key: run.run_info.get(key) for key in
+                         ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint")},
     ).content
     return redact(content)
 

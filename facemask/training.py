@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shlex
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from transformers import Trainer, TrainingArguments
@@ -57,10 +61,108 @@ class FaceMaskTrainer(Trainer):
 
 
 def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment YAML file, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=3e-5")
-    return parser.parse_args(argv)
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                        help="continue the run in training.output_dir from its latest checkpoint, or from CHECKPOINT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete what training.output_dir holds and start the run over")
+    args = parser.parse_args(argv)
+    # `--resume section.key=value` would take the override as a checkpoint path: give it back.
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    return args
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[str]:
+    """The newest checkpoint that was written completely: a kill mid-save leaves one without its
+    trainer_state.json (the Trainer's last write), which cannot be resumed from."""
+    if not output_dir.is_dir():
+        return None
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+                and p.name.split("-")[-1].isdigit()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def previous_run(output_dir: Path) -> Optional[str]:
+    """What an earlier run left in output_dir: 'finished', 'interrupted', or None for nothing."""
+    if not output_dir.is_dir():
+        return None
+    if (output_dir / "train_results.json").is_file():
+        return "finished"
+    if any(output_dir.glob("checkpoint-*")) or (output_dir / "experiment.yaml").is_file():
+        return "interrupted"
+    return None
+
+
+def resolve_resume(output_dir: Path, resume: Optional[str], overwrite: bool) -> Optional[str]:
+    """The checkpoint to resume from, None to start afresh; refuses to silently reuse a run folder."""
+    if resume == "latest":
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ConfigError(f"--resume: {output_dir} holds no complete checkpoint-* folder to resume from")
+        return checkpoint
+    if resume:
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise ConfigError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
+        return resume
+    state = previous_run(output_dir)
+    if state and not overwrite:
+        raise ConfigError(
+            f"{output_dir} already holds a {state} run. Pass --resume to continue it from its latest checkpoint "
+            "(or --resume CHECKPOINT), or --overwrite to delete it and start over; or choose another "
+            "training.output_dir"
+        )
+    return None
+
+
+def clear_output_dir(output_dir: Path) -> None:
+    """--overwrite: empty the folder (the user asked for it by name)."""
+    if output_dir.is_dir():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def git_state() -> Dict[str, Any]:
+    """The code's commit and whether the working tree differed from it, if it is a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any]:
+    """Enough to tell whether later data is the same: files and sizes, Hub revision, or generator."""
+    d = cfg.data
+    if d.synthetic:
+        from . import synthetic
+
+        digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+        return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
+                "seed": cfg.seed, "generator_sha256": digest}
+    if d.dataset_name:
+        return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
+                "revision": d.dataset_revision or "main",
+                "fingerprints": {split: ds._fingerprint for split, ds in data.splits.items()}}
+    listing = hashlib.sha256()
+    count = 0
+    for key in ("train_dir", "validation_dir", "test_dir"):
+        folder = getattr(d, key)
+        if not folder:
+            continue
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            listing.update(f"{key}/{path.relative_to(folder).as_posix()}\t{path.stat().st_size}\n".encode())
+            count += 1
+    return {"kind": "folders", "files": count, "listing_sha256": listing.hexdigest()}
 
 
 def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
@@ -72,7 +174,7 @@ def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         raise ConfigError(f"training: {err}") from None
 
 
-def run_info(argv: List[str], data: PreparedData, args: TrainingArguments) -> Dict[str, Any]:
+def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig) -> Dict[str, Any]:
     """What the card needs to say about a run and that its other files do not hold."""
     import platform
 
@@ -89,7 +191,11 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments) -> Di
 
     return {
         "command": redact(" ".join(["python", "train.py", *map(shlex.quote, argv)])),
+        "seed": args.seed,
         "world_size": args.world_size,
+        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "git": git_state(),
+        "data_fingerprint": data_fingerprint(cfg, data),
         "data": {
             "source": data.source,
             "labels": data.labels,

@@ -152,11 +152,11 @@ def test_each_sample_counted_once_with_two_processes(run_dir, eval_folder, tmp_p
     single = tmp_path / "one"
     evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(single)])
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "evaluate.py", str(run_dir), "--data",
-         str(eval_folder), "--output-dir", str(tmp_path / "two")],
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/multi-cpu.yaml",
+         "evaluate.py", str(run_dir), "--data", str(eval_folder), "--output-dir", str(tmp_path / "two")],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "with 2 process(es)" in launched.stderr
     rows = read_csv(tmp_path / "two" / "test_predictions.csv")  # 41 images: uneven across 2 processes
     assert sorted(r["file"] for r in rows) == sorted(r["file"] for r in read_csv(single / "test_predictions.csv"))
     assert all(r["true_label"] == r["file"].split("/")[-2] for r in rows)
