@@ -81,8 +81,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     processor = load_image_processor(cfg.model)
     model = build_model(cfg.model, data.id2label, data.label2id)
-    attach_transforms(data, processor, cfg)
-    trainer = build_trainer(model, training_args, data, processor, cfg)
+    clock = attach_transforms(data, processor, cfg)
+    trainer = build_trainer(model, training_args, data, processor, cfg, clock)
 
     if main_process:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)

@@ -268,8 +268,31 @@ def random_resized_crop_box(
     return left, top, left + w, top + h
 
 
-def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_column: str) -> tuple[Callable, Callable]:
-    """Batch transforms for `Dataset.set_transform`: (train with augmentation, evaluation)."""
+INDEX_COLUMN = "__sample_index"
+
+
+class AugmentationClock:
+    """Keys each training sample's augmentation by (seed, epoch, sample index).
+
+    Drawing crops and flips from the global torch RNG would tie them to everything else that
+    consumes it (a resumed run creates one more DataLoader iterator, which draws a seed), so a
+    resumed run would see other crops than an uninterrupted one. A Trainer callback sets `epoch`.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63)
+
+
+def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_column: str,
+                    clock: Optional[AugmentationClock] = None) -> tuple[Callable, Callable]:
+    """Batch transforms for `Dataset.set_transform`: (train with augmentation, evaluation).
+
+    With a clock, the train split must carry INDEX_COLUMN; without one, the global RNG is used.
+    """
     from .modeling import processor_image_size
 
     # Twice the model's input keeps a random crop of half the area at full resolution.
@@ -281,11 +304,14 @@ def make_transforms(processor: Any, cfg: DataConfig, image_column: str, label_co
 
     def train_transform(batch: Dict[str, List[Any]]) -> Dict[str, Any]:
         images = []
-        for item in batch[image_column]:
+        indices = batch.get(INDEX_COLUMN) or [None] * len(batch[image_column])
+        for item, index in zip(batch[image_column], indices):
             image = load_image(item, draft_side)
             if cfg.augment:
-                image = image.crop(random_resized_crop_box(image.width, image.height, cfg.crop_scale, cfg.crop_ratio))
-                if torch.rand(1).item() < cfg.hflip_prob:
+                gen = clock.generator(index) if clock is not None and index is not None else None
+                box = random_resized_crop_box(image.width, image.height, cfg.crop_scale, cfg.crop_ratio, gen)
+                image = image.crop(box)
+                if torch.rand(1, generator=gen).item() < cfg.hflip_prob:
                     image = image.transpose(Image.FLIP_LEFT_RIGHT)
             images.append(image)
         return _encode(images, batch)

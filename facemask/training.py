@@ -12,10 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import ConfigError, ExperimentConfig
-from .data import PreparedData, collate, make_transforms, resolve_positive_label
+from .data import INDEX_COLUMN, AugmentationClock, PreparedData, collate, make_transforms, resolve_positive_label
 from .metrics import make_compute_metrics
 
 logger = logging.getLogger("facemask")
@@ -218,14 +218,30 @@ def setup_logging(args: TrainingArguments) -> None:
     logger.setLevel(level)
 
 
-def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig) -> None:
-    train_tf, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column)
+class AugmentationEpochCallback(TrainerCallback):
+    """Moves the augmentation clock to the epoch being trained, also when resuming mid-epoch."""
+
+    def __init__(self, clock: AugmentationClock) -> None:
+        self.clock = clock
+
+    def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.clock.epoch = int(state.epoch + 1e-6)  # a resumed 4.6 is epoch 4; a computed 3.9999 is 4
+
+
+def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig) -> AugmentationClock:
+    """Set the splits' transforms; the returned clock keys training augmentation by epoch."""
+    clock = AugmentationClock(cfg.seed)
+    train_tf, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column, clock)
+    train = data.splits["train"]
+    data.splits["train"] = train.add_column(INDEX_COLUMN, list(range(len(train))))
     for split, ds in data.splits.items():
         ds.set_transform(train_tf if split == "train" else eval_tf)
+    return clock
 
 
 def build_trainer(
-    model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig
+    model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig,
+    clock: Optional[AugmentationClock] = None,
 ) -> FaceMaskTrainer:
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
     return FaceMaskTrainer(
@@ -236,4 +252,5 @@ def build_trainer(
         data_collator=collate,
         processing_class=processor,
         compute_metrics=make_compute_metrics(pos_label),
+        callbacks=[AugmentationEpochCallback(clock)] if clock is not None else None,
     )

@@ -31,6 +31,7 @@ def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = Non
                      "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True, "report_to": "none",
                      "seed": 0, **(training or {})},
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path

@@ -1,0 +1,118 @@
+"""accelerate launch with two CPU processes, resuming after SIGKILL, and reproducible runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import REPO, tiny_config
+from facemask.config import ConfigError
+
+TIMING = ("runtime", "per_second", "preparation_time")
+
+
+def stable(metrics):
+    """Metrics without the wall-clock ones, which differ from run to run by nature."""
+    return {k: v for k, v in metrics.items() if not any(t in k for t in TIMING)}
+
+
+def launch(args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           "configs/accelerate/multi-cpu.yaml", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_two_processes_train_and_count_each_sample_once(tmp_path):
+    config = tiny_config(tmp_path, "vit", training={"max_steps": 4, "eval_strategy": "steps", "eval_steps": 2})
+    result = launch(["train.py", str(config)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["effective_batch_size"] == 16
+    assert "effective batch size 16 = 8 per device x 1 accumulation steps x 2 processes" in result.stderr
+    assert result.stderr.count("model card:") == 1  # only the main process writes the card
+    sizes = {s: info["data"]["splits"][s]["num_images"] for s in ("validation", "test")}
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
+        assert sum(map(sum, matrix["matrix"])) == sizes[split]  # 9 and 12: odd and uneven across 2 processes
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert "Processes: 2 (effective batch size 16)" in (out / "README.md").read_text()
+
+
+def test_a_finished_run_is_never_reused_silently(tmp_path):
+    config = tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 2})
+    first = train.main([str(config)])
+    with pytest.raises(ConfigError, match=r"already holds a finished run.*--resume.*--overwrite"):
+        train.main([str(config)])
+    # --resume on a finished run continues from its last checkpoint: nothing is left to do, so the
+    # model and its metrics are the same (the Trainer recounts the epoch fraction on resume).
+    resumed = train.main([str(config), "--resume"])
+    without_epoch = lambda m: {k: v for k, v in stable(m).items() if k != "epoch"}  # noqa: E731
+    assert without_epoch(resumed["eval"]) == without_epoch(first["eval"])
+    marker = tmp_path / "out" / "stale.txt"
+    marker.write_text("from an older run")
+    train.main([str(config), "--overwrite"])
+    assert not marker.exists() and (tmp_path / "out" / "train_results.json").is_file()
+    with pytest.raises(ConfigError, match="not a checkpoint folder"):
+        train.main([str(config), f"--resume={tmp_path}"])
+
+
+def test_same_seed_same_results(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        config = tiny_config(tmp_path / name, "vit", training={"max_steps": 3})
+        runs.append(train.main([str(config)]))
+    assert stable(runs[0]["eval"]) == stable(runs[1]["eval"])
+    assert stable(runs[0]["test"]) == stable(runs[1]["test"])
+    a = load_file(tmp_path / "a" / "out" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "out" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((tmp_path / "a" / "out" / "run_info.json").read_text())
+    assert info["seed"] == 0 and info["world_size"] == 1
+    assert info["data_fingerprint"]["kind"] == "synthetic" and info["data_fingerprint"]["num_images"] == 60
+    assert set(info["git"]) <= {"commit", "dirty"} and {"PyTorch", "Transformers"} <= set(info["versions"])
+    card = (tmp_path / "a" / "out" / "README.md").read_text()
+    assert "- Seed: 0" in card and "- Data fingerprint: `{" in card
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # Bit-for-bit on CPU: the Trainer restores model, optimizer, scheduler and RNG states and skips
+    # the batches already seen; the transforms draw their randomness from the restored torch RNG.
+    training = {"max_steps": 60, "save_strategy": "steps", "save_steps": 10, "per_device_train_batch_size": 16,
+                "logging_steps": 5}
+    data = {"synthetic": True, "synthetic_num_images": 300, "synthetic_image_size": 40, "test_split": 0.2}
+    config = tiny_config(tmp_path / "killed", "vit", data=data, training=training)
+    out = tmp_path / "killed" / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "train.py", str(config)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-10" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "train_results.json").exists()  # it really was cut short
+    with pytest.raises(ConfigError, match="interrupted run"):
+        train.main([str(config)])
+
+    resumed = subprocess.run([sys.executable, "train.py", str(config), "--resume"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+
+    straight = tiny_config(tmp_path / "straight", "vit", data=data, training=training)
+    subprocess.run([sys.executable, "train.py", str(straight)], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+    for name in ("eval_results.json", "test_results.json"):
+        a = json.loads((out / name).read_text())
+        b = json.loads((tmp_path / "straight" / "out" / name).read_text())
+        assert stable(a) == stable(b), name
