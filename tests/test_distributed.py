@@ -29,22 +29,24 @@ def launch(args, **kwargs):
                           timeout=600, **kwargs)
 
 
-def test_two_processes_train_and_count_each_sample_once(tmp_path):
-    config = tiny_config(tmp_path, "vit", training={"max_steps": 4, "eval_strategy": "steps", "eval_steps": 2})
-    result = launch(["train.py", str(config)])
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_processes_train_the_quickstart_model_and_count_each_sample_once(tmp_path):
     out = tmp_path / "out"
+    result = launch(["train.py", "configs/quickstart.yaml", f"training.output_dir={out}", "training.max_steps=4",
+                     "training.eval_strategy=steps", "training.eval_steps=2", "training.save_strategy=no",
+                     "training.load_best_model_at_end=false", "data.synthetic_num_images=190"])
+    assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
-    assert info["world_size"] == 2 and info["effective_batch_size"] == 16
-    assert "effective batch size 16 = 8 per device x 1 accumulation steps x 2 processes" in result.stderr
+    assert info["world_size"] == 2 and info["effective_batch_size"] == 64
+    assert "effective batch size 64 = 32 per device x 1 accumulation steps x 2 processes" in result.stderr
     assert result.stderr.count("model card:") == 1  # only the main process writes the card
     sizes = {s: info["data"]["splits"][s]["num_images"] for s in ("validation", "test")}
     for prefix, split in (("eval", "validation"), ("test", "test")):
         matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
-        assert sum(map(sum, matrix["matrix"])) == sizes[split]  # 9 and 12: odd and uneven across 2 processes
+        assert sum(map(sum, matrix["matrix"])) == sizes[split]  # 19 and 19: odd, uneven across 2 processes
+    assert sizes == {"validation": 19, "test": 19}
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4
-    assert "Processes: 2 (effective batch size 16)" in (out / "README.md").read_text()
+    assert "Processes: 2 (effective batch size 64)" in (out / "README.md").read_text()
 
 
 def test_a_finished_run_is_never_reused_silently(tmp_path):
