@@ -71,7 +71,7 @@ def _folder_files(directory: str, key: str) -> str:
     return str(path / "**")
 
 
-def _label_from_folder(ds: datasets.Dataset) -> datasets.Dataset:
+def label_from_folder(ds: datasets.Dataset) -> datasets.Dataset:
     """imagefolder adds no label column when all files share one class folder; add it by name."""
     if "label" in ds.column_names:
         return ds
@@ -93,7 +93,7 @@ def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
             if folder:
                 files = {split: _folder_files(folder, key)}
                 ds = datasets.load_dataset("imagefolder", data_files=files, split=split, cache_dir=cfg.cache_dir)
-                raw[split] = _label_from_folder(ds)
+                raw[split] = label_from_folder(ds)
         return raw, str(Path(cfg.train_dir).expanduser())
     raw = datasets.load_dataset(
         cfg.dataset_name, cfg.dataset_config, revision=cfg.dataset_revision, cache_dir=cfg.cache_dir

@@ -82,7 +82,7 @@ def _has_split_folders(folder: Path) -> bool:
 def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: int = 128, seed: int = 0,
                    image_column: str = "image", label_column: str = "label") -> EvalData:
     """DATA as an image folder, `synthetic`, or a Hub dataset id (its SPLIT)."""
-    from .data import _label_from_folder
+    from .data import label_from_folder
 
     if data == "synthetic":
         ds = synthetic_dataset(num_images, image_size, seed)
@@ -91,7 +91,7 @@ def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: in
         folder = Path(data).expanduser()
         if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
             raise ConfigError(f"data folder {folder} holds no images: expected one sub-folder of images per class")
-        ds = _label_from_folder(datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split))
+        ds = label_from_folder(datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split))
         source = str(folder)
     else:
         try:
@@ -162,8 +162,6 @@ def classification_report(label_ids: np.ndarray, probs: np.ndarray, labels: List
 
 
 # --- prediction on files ---------------------------------------------------------------------
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
