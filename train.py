@@ -26,6 +26,7 @@ from facemask.training import (
     attach_transforms,
     build_trainer,
     clear_output_dir,
+    log_batch_size,
     logger,
     parse_args,
     resolve_resume,
@@ -49,12 +50,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     main_process = training_args.process_index == 0
     if args.overwrite and main_process:
         clear_output_dir(cfg.output_dir)
-    logger.info(
-        "effective batch size %d = %d per device x %d accumulation steps x %d processes; learning rate %g is "
-        "used as given, not scaled with the batch size", training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps * training_args.world_size,
-        training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
-        training_args.world_size, training_args.learning_rate)
+    log_batch_size(training_args)
     if cfg.hub.push and main_process:
         # Before any training: a missing or read-only token should cost seconds, not a GPU-day.
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())

@@ -174,6 +174,17 @@ def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         raise ConfigError(f"training: {err}") from None
 
 
+def effective_batch_size(args: TrainingArguments) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def log_batch_size(args: TrainingArguments) -> None:
+    logger.info(
+        "effective batch size %d = %d per device x %d accumulation steps x %d processes; learning rate %g is "
+        "used as given, not scaled with the batch size", effective_batch_size(args),
+        args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size, args.learning_rate)
+
+
 def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig) -> Dict[str, Any]:
     """What the card needs to say about a run and that its other files do not hold."""
     import platform
@@ -193,7 +204,7 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
         "command": redact(" ".join(["python", "train.py", *map(shlex.quote, argv)])),
         "seed": args.seed,
         "world_size": args.world_size,
-        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "effective_batch_size": effective_batch_size(args),
         "git": git_state(),
         "data_fingerprint": data_fingerprint(cfg, data),
         "data": {
