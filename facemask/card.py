@@ -244,7 +244,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         hyperparameters=_hyperparameters(run),
         augmentation=_augmentation(run),
         command=run.run_info.get("command"),
-        has_experiment=bool(run.experiment),
+        has_experiment=bool(run.experiment.get("training")),  # a complete config, one train.py can rerun
         train_block=_indent(metrics_block("train", run.results["train"])) if run.results.get("train") else None,
         eval_sections=[
             {"title": _section_title(prefix), "block": _indent(metrics_block(prefix, metrics))}
