@@ -64,19 +64,26 @@ def synthetic_dataset(num_images: int, size: int, seed: int) -> datasets.Dataset
     return datasets.Dataset.from_dict({"image": images, "label": [label for _, label in samples]}, features=features)
 
 
-def _folder_files(directory: str, key: str) -> str:
+def _folder(directory: str, key: str) -> Path:
     path = Path(directory).expanduser()
     if not path.is_dir():
         raise ConfigError(f"'data.{key}' is not a folder: {path} (expected one sub-folder per class)")
-    return str(path / "**")
+    return path
 
 
-def label_from_folder(ds: datasets.Dataset) -> datasets.Dataset:
-    """imagefolder adds no label column when all files share one class folder; add it by name."""
+def load_image_folder(folder: Path, split: str, cache_dir: Optional[str] = None) -> datasets.Dataset:
+    """One folder of class sub-folders as a labelled split (imagefolder, plus the label column it
+    leaves out when every file sits in the same class folder)."""
+    ds = datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split, cache_dir=cache_dir)
     if "label" in ds.column_names:
         return ds
     paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
     return ds.add_column("label", [Path(p["path"]).parent.name for p in paths])
+
+
+def with_label_ids(ds: datasets.Dataset, column: str, ids: List[int], names: List[str]) -> datasets.Dataset:
+    """`ds` with its label column replaced by `ids` over the classes `names`."""
+    return ds.remove_columns(column).add_column(column, ids, feature=datasets.ClassLabel(names=names))
 
 
 def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
@@ -91,9 +98,7 @@ def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
         raw = datasets.DatasetDict()
         for split, (key, folder) in folders.items():
             if folder:
-                files = {split: _folder_files(folder, key)}
-                ds = datasets.load_dataset("imagefolder", data_files=files, split=split, cache_dir=cfg.cache_dir)
-                raw[split] = label_from_folder(ds)
+                raw[split] = load_image_folder(_folder(folder, key), split, cfg.cache_dir)
         return raw, str(Path(cfg.train_dir).expanduser())
     raw = datasets.load_dataset(
         cfg.dataset_name, cfg.dataset_config, revision=cfg.dataset_revision, cache_dir=cfg.cache_dir
@@ -124,10 +129,7 @@ def _align_labels(ds: datasets.Dataset, column: str, names: List[str], split: st
             f"{source}: the {split} split has classes {unknown} that the train split lacks (train has {names}); "
             "use the same class folder names in every split"
         )
-    ids = [names.index(v) for v in values]
-    features = ds.features.copy()
-    features[column] = datasets.ClassLabel(names=names)
-    return ds.remove_columns(column).add_column(column, ids, feature=features[column])
+    return with_label_ids(ds, column, [names.index(v) for v in values], names)
 
 
 def _stratified_holdout(ds: datasets.Dataset, fraction: float, label: str, seed: int) -> tuple:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .config import ConfigError
-from .data import PreparedData, load_image, synthetic_dataset
+from .data import PreparedData, load_image, load_image_folder, synthetic_dataset, with_label_ids
 from .modeling import BACKEND
 
 
@@ -82,8 +82,6 @@ def _has_split_folders(folder: Path) -> bool:
 def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: int = 128, seed: int = 0,
                    image_column: str = "image", label_column: str = "label") -> EvalData:
     """DATA as an image folder, `synthetic`, or a Hub dataset id (its SPLIT)."""
-    from .data import label_from_folder
-
     if data == "synthetic":
         ds = synthetic_dataset(num_images, image_size, seed)
         source = f"synthetic ({num_images} images, seed {seed})"
@@ -91,7 +89,7 @@ def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: in
         folder = Path(data).expanduser()
         if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
             raise ConfigError(f"data folder {folder} holds no images: expected one sub-folder of images per class")
-        ds = label_from_folder(datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split))
+        ds = load_image_folder(folder, split)
         source = str(folder)
     else:
         try:
@@ -125,8 +123,8 @@ def remap_labels(data: EvalData, mapping: Dict[int, int], id2label: Dict[int, st
     column = data.label_column
     ids = [mapping[i] for i in data.dataset[column]]
     names = [id2label[i] for i in sorted(id2label)]
-    ds = data.dataset.remove_columns(column).add_column(column, ids, feature=datasets.ClassLabel(names=names))
-    return EvalData(ds, names, data.image_column, column, data.source, data.split)
+    return EvalData(with_label_ids(data.dataset, column, ids, names), names, data.image_column, column, data.source,
+                    data.split)
 
 
 def sample_names(ds: datasets.Dataset, image_column: str) -> List[str]:
