@@ -82,10 +82,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
     if main_process:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        experiment = cfg.output_dir / "experiment.yaml"
-        if checkpoint and experiment.is_file() and experiment.read_text(encoding="utf-8") != to_yaml(cfg):
+        experiment, resolved = cfg.output_dir / "experiment.yaml", to_yaml(cfg)
+        if checkpoint and experiment.is_file() and experiment.read_text(encoding="utf-8") != resolved:
             logger.warning("resuming with a configuration that differs from the interrupted run's experiment.yaml")
-        experiment.write_text(to_yaml(cfg), encoding="utf-8")
+        experiment.write_text(resolved, encoding="utf-8")
         (cfg.output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     if checkpoint:

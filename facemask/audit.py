@@ -144,13 +144,10 @@ def _pairs_across(records: List[Dict[str, Any]], max_distance: int) -> Tuple[Lis
     for r in records:
         if r["inspection"].sha256:
             by_hash[r["inspection"].sha256].append(r)
-    exact_keys = set()
     for group in by_hash.values():
         for i in range(len(group)):
             for j in range(i + 1, len(group)):
-                a, b = group[i], group[j]
-                exact.append(_pair(a, b, 0))
-                exact_keys.add((id(a), id(b)))
+                exact.append(_pair(group[i], group[j], 0))
     hashed = [r for r in records if r["inspection"].phash is not None]
     if len(hashed) > 1:
         bits = np.packbits(np.stack([r["inspection"].phash for r in hashed]), axis=1).view(np.uint64)
@@ -158,7 +155,7 @@ def _pairs_across(records: List[Dict[str, Any]], max_distance: int) -> Tuple[Lis
             distance = np.bitwise_count(bits[i] ^ bits[i + 1:]).sum(axis=1)
             for offset in np.flatnonzero(distance <= max_distance):
                 a, b = hashed[i], hashed[i + 1 + offset]
-                if (id(a), id(b)) not in exact_keys and a["inspection"].sha256 != b["inspection"].sha256:
+                if a["inspection"].sha256 != b["inspection"].sha256:  # same bytes: listed as exact already
                     near.append(_pair(a, b, int(distance[offset])))
     return exact, near
 
