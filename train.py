@@ -22,13 +22,15 @@ from facemask.data import load_data
 from facemask.hub import PushError, check_write_access, push_run
 from facemask.metrics import confusion
 from facemask.modeling import build_model, load_image_processor
+from facemask.performance import uses_gpu
 from facemask.training import (
-    attach_transforms,
     build_trainer,
     clear_output_dir,
     log_batch_size,
+    log_dataloader,
     logger,
     parse_args,
+    prepare_inputs,
     resolve_resume,
     run_info,
     setup_logging,
@@ -51,6 +53,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     if args.overwrite and main_process:
         clear_output_dir(cfg.output_dir)
     log_batch_size(training_args)
+    log_dataloader(cfg, training_args)
     if cfg.hub.push and main_process:
         # Before any training: a missing or read-only token should cost seconds, not a GPU-day.
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
@@ -76,9 +79,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     processor = load_image_processor(cfg.model)
-    model = build_model(cfg.model, data.id2label, data.label2id)
-    clock = attach_transforms(data, processor, cfg)
-    trainer = build_trainer(model, training_args, data, processor, cfg, clock)
+    model = build_model(cfg.model, data.id2label, data.label2id, gpu=uses_gpu(cfg.training))
+    pipeline = prepare_inputs(data, processor, cfg, training_args)
+    info["preprocessing"] = [report.__dict__ for report in pipeline.cache_reports]
+    trainer = build_trainer(model, training_args, data, processor, cfg, pipeline)
 
     if main_process:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     for split, prefix in PREFIXES.items():
         if split not in data.splits:
             continue
-        output = trainer.predict(data.splits[split], metric_key_prefix=prefix)
+        output = trainer.predict(pipeline.splits[split], metric_key_prefix=prefix)
         metrics = output.metrics
         if prefix == "eval":
             # Records the final evaluation in the log history and adds the epoch, as evaluate() does.

@@ -34,6 +34,9 @@ class ModelConfig:
     image_processor: Optional[Dict[str, Any]] = None
     revision: Optional[str] = None
     cache_dir: Optional[str] = None
+    # Attention kernel: None (transformers' default: sdpa where the model has it), "sdpa", "eager",
+    # "flash_attention_2"; one the machine or model cannot run falls back, with a warning.
+    attn_implementation: Optional[str] = None
 
 
 @dataclass
@@ -63,6 +66,13 @@ class DataConfig:
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip_prob: float = 0.5
     cache_dir: Optional[str] = None
+    # Input pipeline: "cache" decodes every image once into a uint8 cache and augments whole
+    # batches; "per_image" opens, converts and resizes each image with PIL every epoch.
+    preprocess: str = "cache"
+    # Where caches live (default: <datasets cache>/facemask-preprocessed); reused across runs.
+    preprocess_dir: Optional[str] = None
+    preprocess_num_proc: Optional[int] = None  # default: all cores, for sets large enough
+    preprocess_scale: float = 8 / 7  # training images are cached at this multiple of the model side
     # Data audit (python -m facemask audit; also before every training run).
     audit: bool = True
     on_bad_image: str = "error"  # or "skip": leave unreadable images out, counted
@@ -262,10 +272,16 @@ def load_config(path: str | Path | None, overrides: List[str] | None = None) -> 
     return cfg
 
 
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 def _validate(cfg: ExperimentConfig) -> None:
     if not cfg.training.get("output_dir"):
         raise ConfigError("'training.output_dir' is required: the folder the model and results go to")
     m = cfg.model
+    if m.attn_implementation is not None and m.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"bad value for 'model.attn_implementation': {m.attn_implementation!r}; "
+                          f"{_nearest(m.attn_implementation, ATTENTION_IMPLEMENTATIONS)}")
     if (m.name_or_path is None) == (m.from_config is None):
         raise ConfigError("set exactly one of 'model.name_or_path' (a checkpoint) or 'model.from_config'")
     if m.from_config is not None and "model_type" not in m.from_config:
@@ -296,6 +312,12 @@ def _validate(cfg: ExperimentConfig) -> None:
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if d.preprocess not in ("cache", "per_image"):
+        raise ConfigError(f"bad value for 'data.preprocess': expected 'cache' or 'per_image', got {d.preprocess!r}")
+    if d.preprocess_scale < 1.0:
+        raise ConfigError(f"bad value for 'data.preprocess_scale': expected at least 1.0, got {d.preprocess_scale}")
+    if d.preprocess_num_proc is not None and d.preprocess_num_proc < 1:
+        raise ConfigError(f"bad value for 'data.preprocess_num_proc': expected at least 1, got {d.preprocess_num_proc}")
     if d.on_bad_image not in ("error", "skip"):
         raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
     if d.on_bad_image == "skip" and not d.audit:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import logging
+from typing import Any, Dict, Optional
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -12,6 +13,9 @@ from transformers.models.auto.image_processing_auto import (
 )
 
 from .config import ConfigError, ModelConfig, _nearest
+from .performance import attention_implementation
+
+logger = logging.getLogger("facemask")
 
 
 # The PIL backend: torchvision has no CPU build everywhere this runs, and one backend everywhere
@@ -48,17 +52,33 @@ def load_image_processor(cfg: ModelConfig) -> Any:
     return processor_class(**{**defaults, **overrides})
 
 
-def build_model(cfg: ModelConfig, id2label: Dict[int, str], label2id: Dict[str, int]) -> PreTrainedModel:
+def build_model(cfg: ModelConfig, id2label: Dict[int, str], label2id: Dict[str, int],
+                gpu: bool = False) -> PreTrainedModel:
     """A classifier with a fresh head of len(id2label) outputs."""
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
+    attention, notes = attention_implementation(cfg.attn_implementation, gpu)
+    for note in notes:
+        logger.warning(note)
+    try:
+        return _build(cfg, labels, attention)
+    except (ValueError, ImportError) as err:
+        if attention is None or "attn" not in str(err).lower() and "attention" not in str(err).lower():
+            raise
+        logger.warning("model.attn_implementation=%s is not available for this model (%s): using the default",
+                       attention, str(err).splitlines()[0])
+        return _build(cfg, labels, None)
+
+
+def _build(cfg: ModelConfig, labels: Dict[str, Any], attention: Optional[str]) -> PreTrainedModel:
+    extra = {"attn_implementation": attention} if attention else {}
     if cfg.name_or_path is not None:
         # The checkpoint's head (e.g. 21,843 ImageNet-22k classes, or none) never fits our labels.
         return AutoModelForImageClassification.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir, ignore_mismatched_sizes=True, **labels
-        )
+            cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir, ignore_mismatched_sizes=True,
+            **labels, **extra)
     model_type, fields = _from_config_fields(cfg)
     config = AutoConfig.for_model(model_type, **fields, **labels)
-    return AutoModelForImageClassification.from_config(config)
+    return AutoModelForImageClassification.from_config(config, **extra)
 
 
 def processor_image_size(processor: Any) -> int:

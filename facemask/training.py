@@ -9,14 +9,18 @@ import os
 import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .augment import BatchTransform
+from .cache import CacheReport, CacheSpec, build_or_load, collate_cached, default_cache_root
 from .config import ConfigError, ExperimentConfig
 from .data import INDEX_COLUMN, AugmentationClock, PreparedData, collate, make_transforms, resolve_positive_label
 from .metrics import make_compute_metrics
+from .performance import dataloader_settings, hardware_switches, uses_gpu
 
 logger = logging.getLogger("facemask")
 
@@ -26,13 +30,26 @@ _TRAINING_DEFAULTS: Dict[str, Any] = {"remove_unused_columns": False, "label_nam
 
 
 class FaceMaskTrainer(Trainer):
-    """Trainer whose checkpoint reloads go through `from_pretrained`.
+    """Trainer that turns cached uint8 batches into model inputs on the device, and whose
+    checkpoint reloads go through `from_pretrained`.
 
     transformers 5 saves checkpoints under the original (Hub) parameter names but reloads the best
     model and resumed checkpoints with a plain non-strict `load_state_dict`, so for ViT every
     encoder weight is reported missing and silently left as it was (huggingface/transformers#43701).
     `from_pretrained` applies the name conversion; the weights are then copied in strictly.
     """
+
+    def __init__(self, *args: Any, batch_transform: Optional[BatchTransform] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_transform = batch_transform
+
+    def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        if self.batch_transform is not None and "pixels" in inputs:
+            # After the move to the device: a GPU crops and normalises its own batches, and the
+            # host sends a quarter of the bytes (uint8, not float32).
+            inputs = self.batch_transform(inputs, train=self.model.training)
+        return inputs
 
     def _reload(self, checkpoint: str, model: Any) -> None:
         target = self.accelerator.unwrap_model(model)
@@ -166,12 +183,27 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
 
 
 def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
+    """TrainingArguments from the config, with the machine-dependent fields it leaves unset filled
+    in, and switches this machine cannot honour (fp16 on CPU, ...) turned off with a warning."""
     if cfg.training.get("remove_unused_columns"):
         raise ConfigError("'training.remove_unused_columns' must stay false: the image column feeds the transform")
+    values, notes = hardware_switches(cfg.training)
+    for note in notes:
+        logger.warning(note)
+    values.update(dataloader_settings(cfg.training, cfg.data.preprocess))
     try:
-        return TrainingArguments(**{**_TRAINING_DEFAULTS, **cfg.training})
+        return TrainingArguments(**{**_TRAINING_DEFAULTS, **values})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"training: {err}") from None
+
+
+def log_dataloader(cfg: ExperimentConfig, args: TrainingArguments) -> None:
+    chosen = "set in the config" if "dataloader_num_workers" in cfg.training else (
+        f"chosen for {os.cpu_count()} cores, {'GPU' if uses_gpu(cfg.training) else 'CPU'} training; "
+        "training.dataloader_* overrides")
+    logger.info("input pipeline: %s; DataLoader with %d worker(s), pin_memory=%s, persistent_workers=%s (%s)",
+                cfg.data.preprocess, args.dataloader_num_workers, args.dataloader_pin_memory,
+                args.dataloader_persistent_workers, chosen)
 
 
 def effective_batch_size(args: TrainingArguments) -> int:
@@ -239,29 +271,70 @@ class AugmentationEpochCallback(TrainerCallback):
         self.clock.epoch = int(state.epoch + 1e-6)  # a resumed 4.6 is epoch 4; a computed 3.9999 is 4
 
 
-def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig) -> AugmentationClock:
-    """Set the splits' transforms; the returned clock keys training augmentation by epoch."""
+@dataclass
+class InputPipeline:
+    """The splits as the Trainer reads them, and what turns their batches into model inputs."""
+
+    splits: Dict[str, Any]
+    collate: Callable
+    clock: AugmentationClock
+    batch_transform: Optional[BatchTransform] = None
+    cache_reports: List[CacheReport] = field(default_factory=list)
+
+
+def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig) -> InputPipeline:
+    """The per-image path: every epoch opens, converts and resizes each image with PIL."""
     clock = AugmentationClock(cfg.seed)
     train_tf, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column, clock)
-    train = data.splits["train"]
-    data.splits["train"] = train.add_column(INDEX_COLUMN, list(range(len(train))))
-    for split, ds in data.splits.items():
+    splits = dict(data.splits)
+    splits["train"] = splits["train"].add_column(INDEX_COLUMN, list(range(len(splits["train"]))))
+    for split, ds in splits.items():
         ds.set_transform(train_tf if split == "train" else eval_tf)
-    return clock
+    return InputPipeline(splits, collate, clock)
 
 
-def build_trainer(
-    model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig,
-    clock: Optional[AugmentationClock] = None,
-) -> FaceMaskTrainer:
+def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
+                  args: Optional[TrainingArguments] = None) -> InputPipeline:
+    """The cached path: each split decoded once into a uint8 cache (built by the main process
+    while the others wait, then read by all), augmented and normalised per batch."""
+    from contextlib import nullcontext
+
+    from .modeling import processor_image_size
+
+    d = cfg.data
+    root = Path(d.preprocess_dir).expanduser() if d.preprocess_dir else default_cache_root()
+    clock = AugmentationClock(cfg.seed)
+    splits, reports = {}, []
+    for split, ds in data.splits.items():
+        spec = CacheSpec.for_split(processor, train=split == "train" and d.augment, scale=d.preprocess_scale)
+        waiting = args.main_process_first(desc=f"preprocessing cache ({split})") if args is not None else nullcontext()
+        with waiting:
+            splits[split], report = build_or_load(ds, split, data.image_column, data.label_column, spec, processor,
+                                                  root, d.preprocess_num_proc)
+        logger.info(report.describe())
+        reports.append(report)
+    transform = BatchTransform(processor, d, processor_image_size(processor), clock)
+    return InputPipeline(splits, collate_cached, clock, transform, reports)
+
+
+def prepare_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
+                   args: Optional[TrainingArguments] = None) -> InputPipeline:
+    if cfg.data.preprocess == "per_image":
+        return attach_transforms(data, processor, cfg)
+    return cached_inputs(data, processor, cfg, args)
+
+
+def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig,
+                  pipeline: InputPipeline) -> FaceMaskTrainer:
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
     return FaceMaskTrainer(
         model=model,
         args=args,
-        train_dataset=data.splits["train"],
-        eval_dataset=data.splits.get("validation"),
-        data_collator=collate,
+        train_dataset=pipeline.splits["train"],
+        eval_dataset=pipeline.splits.get("validation"),
+        data_collator=pipeline.collate,
         processing_class=processor,
         compute_metrics=make_compute_metrics(pos_label),
-        callbacks=[AugmentationEpochCallback(clock)] if clock is not None else None,
+        callbacks=[AugmentationEpochCallback(pipeline.clock)],
+        batch_transform=pipeline.batch_transform,
     )

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # datasets' caches (imagefolder tables, the preprocessing cache) go to a folder of this session.
+    config._facemask_cache = tempfile.mkdtemp(prefix="facemask-test-cache-")
+    os.environ["HF_DATASETS_CACHE"] = config._facemask_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_facemask_cache", ""), ignore_errors=True)
 
 TINY_MODELS = {
     "vit": {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
