@@ -1,0 +1,290 @@
+"""Input-pipeline benchmark: is training and evaluation as fast as the model allows?
+
+    python bench/pipeline.py [--sizes 96 224] [--images 384] [--output bench/results/pipeline.json]
+
+For the quickstart's tiny ViT at each size, on a folder of real-sized JPEGs and PNGs (100-2000 px)
+that the script draws, it measures, each in a fresh process (so peak memory is its own):
+  1. model only: training steps and inference on pre-made tensors (the limit);
+  2. the project's pipeline: Trainer training and prediction from the preprocessing cache,
+     as a ratio to (1); building that cache is timed on its own and reported;
+  3. the per-image path (data.preprocess=per_image: PIL open, convert, crop, resize every sample,
+     every epoch), as a ratio to (2);
+  4. the input pipeline alone on one core (no model): images/s from the cache (gather, crop,
+     flip, normalise) against the per-image path;
+  5. peak resident memory of each process.
+Training throughput is timed over steps after a warm-up; evaluation is Trainer.predict's own
+samples/s over the split (metrics included), against model-only inference at the same batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TRAIN_BATCH, EVAL_BATCH = 32, 128
+MODEL = {"model_type": "vit", "patch_size": 8, "num_channels": 3, "hidden_size": 64, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "intermediate_size": 128}
+
+
+def make_folder(root: Path, num_images: int, seed: int = 0) -> Path:
+    """Drawn faces at 100-2000 px with photo-like noise: three in four JPEG, the rest PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from facemask import synthetic
+
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    for index in range(num_images):
+        image, label = synthetic.sample(seed, index, 160)
+        side = rng.randint(100, 2000)
+        aspect = rng.uniform(0.75, 1.33)
+        image = image.resize((side, max(100, int(side * aspect))), Image.BICUBIC)
+        grain = noise.normal(0, 6, (image.height, image.width, 1))
+        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
+        folder = root / synthetic.CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        if index % 4 == 3:
+            image.save(folder / f"{index:05d}.png", compress_level=6)
+        else:
+            image.save(folder / f"{index:05d}.jpg", quality=90)
+    return root
+
+
+def _config(folder: str, cache: str, size: int, preprocess: str):
+    from facemask.config import load_config
+
+    overrides = [f"data.train_dir={folder}", "data.validation_split=0.5", f"data.preprocess={preprocess}",
+                 f"data.preprocess_dir={cache}", "data.audit=false",
+                 f"training.per_device_train_batch_size={TRAIN_BATCH}",
+                 f"training.per_device_eval_batch_size={EVAL_BATCH}", "training.report_to=none",
+                 "training.disable_tqdm=true", "training.save_strategy=no", "training.eval_strategy=no",
+                 "training.logging_strategy=no", "training.use_cpu=true", "training.seed=0",
+                 f"training.output_dir={Path(cache).parent / 'out'}",
+                 *(f"model.from_config.{k}={v}" for k, v in {**MODEL, "image_size": size}.items())]
+    return load_config(None, overrides)
+
+
+def measure_model(size: int, steps: int) -> dict:
+    import torch
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForImageClassification.from_config(AutoConfig.for_model(**MODEL, image_size=size, num_labels=2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(TRAIN_BATCH, 3, size, size), torch.randint(0, 2, (TRAIN_BATCH,))
+
+    def step() -> None:
+        model(pixel_values=x, labels=y).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    train = steps * TRAIN_BATCH / (time.perf_counter() - start)
+    model.eval()
+    xe = torch.randn(EVAL_BATCH, 3, size, size)
+    with torch.inference_mode():
+        model(pixel_values=xe)
+        batches = max(2, steps // 3)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(pixel_values=xe).logits.cpu()
+        infer = batches * EVAL_BATCH / (time.perf_counter() - start)
+    return {"train_images_per_s": train, "eval_images_per_s": infer}
+
+
+def _pipeline(folder: str, cache: str, size: int, preprocess: str):
+    from facemask.data import load_data
+    from facemask.modeling import load_image_processor
+    from facemask.training import prepare_inputs, training_arguments
+
+    cfg = _config(folder, cache, size, preprocess)
+    args = training_arguments(cfg)
+    data = load_data(cfg.data, cfg.seed)
+    processor = load_image_processor(cfg.model)
+    pipeline = prepare_inputs(data, processor, cfg, args)
+    return cfg, data, processor, pipeline
+
+
+def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> dict:
+    """Every split's cache, built as a first run builds it (fingerprinting included)."""
+    from facemask.data import load_data
+    from facemask.modeling import load_image_processor
+    from facemask.training import prepare_inputs
+
+    cfg = _config(folder, cache, size, "cache")
+    cfg.data.preprocess_num_proc = num_proc
+    data = load_data(cfg.data, cfg.seed)
+    reports = prepare_inputs(data, load_image_processor(cfg.model), cfg).cache_reports
+    if any(r.reused for r in reports):
+        raise RuntimeError(f"{cache} already held a cache: the build was not measured")
+    images, seconds = sum(r.images for r in reports), sum(r.seconds for r in reports)
+    return {"images": images, "seconds": seconds, "processes": num_proc, "images_per_s": images / seconds}
+
+
+def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps: int) -> dict:
+    from transformers import TrainerCallback
+
+    from facemask.modeling import build_model
+    from facemask.training import build_trainer, training_arguments
+
+    cfg, data, processor, pipeline = _pipeline(folder, cache, size, preprocess)
+    built = [r.images for r in pipeline.cache_reports if not r.reused]
+    warmup = 3
+    cfg.training["max_steps"] = warmup + steps
+    args = training_arguments(cfg)
+    model = build_model(cfg.model, data.id2label, data.label2id)
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer = build_trainer(model, args, data, processor, cfg, pipeline)
+    trainer.add_callback(Clock())
+    trainer.train()
+    train = steps * TRAIN_BATCH / (stamps[-1] - stamps[warmup - 1])
+    # Twice over the validation split; the second, warm pass is reported.
+    evaluation = [trainer.predict(pipeline.splits["validation"]).metrics["test_samples_per_second"]
+                  for _ in range(2)][-1]
+    return {"train_images_per_s": train, "eval_images_per_s": evaluation, "eval_images": len(pipeline.splits["validation"]),
+            "cache_images_built_here": sum(built)}
+
+
+def measure_input_only(folder: str, cache: str, size: int, preprocess: str, batches: int) -> dict:
+    """Batches as training reads them, without a model, on one core."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg, data, processor, pipeline = _pipeline(folder, cache, size, preprocess)
+    loader = torch.utils.data.DataLoader(pipeline.splits["train"], batch_size=TRAIN_BATCH, shuffle=True,
+                                         collate_fn=pipeline.collate, num_workers=0,
+                                         generator=torch.Generator().manual_seed(0))
+    transform = pipeline.batch_transform
+    images, start = 0, None
+    while images < (batches + 1) * TRAIN_BATCH:
+        for batch in loader:
+            values = transform(batch, train=True)["pixel_values"] if transform else batch["pixel_values"]
+            assert values.shape[-1] == size and values.dtype == torch.float32
+            if start is None:  # the first batch pays for the loader's start
+                start = time.perf_counter()
+                continue
+            images += len(values)
+            if images >= batches * TRAIN_BATCH:
+                break
+    return {"images_per_s_per_core": images / (time.perf_counter() - start)}
+
+
+def child(argv: list) -> int:
+    kind, params = argv[0], json.loads(argv[1])
+    result = globals()[f"measure_{kind}"](**params)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def run(kind: str, **params) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(params)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"{kind} {params} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
+    parser.add_argument("--images", type=int, default=384, help="images in the drawn folder (half train, half eval)")
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "pipeline.json"))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+
+    cores = os.cpu_count()
+    report = {"cores": cores, "images": args.images, "train_batch": TRAIN_BATCH, "eval_batch": EVAL_BATCH,
+              "model": MODEL, "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp) / "photos", args.images)
+        megapixels = sum(_pixels(p) for p in folder.rglob("*.*")) / args.images / 1e6
+        report["mean_megapixels"] = round(megapixels, 2)
+        for size in args.sizes:
+            cache = str(Path(tmp) / f"cache-{size}")
+            steps = 30 if size <= 128 else 6
+            row = {"model": run("model", size=size, steps=steps)}
+            # First at one process, per core; then rebuilt on every core, as a run builds it.
+            row["cache_build_1_core"] = run("cache_build", folder=str(folder), cache=cache + "-1", size=size,
+                                            num_proc=1)
+            row["cache_build"] = run("cache_build", folder=str(folder), cache=cache, size=size, num_proc=cores)
+            row["cached"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="cache", steps=steps)
+            row["per_image"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="per_image",
+                                   steps=steps)
+            row["input_cached"] = run("input_only", folder=str(folder), cache=cache, size=size, preprocess="cache",
+                                      batches=40)
+            row["input_per_image"] = run("input_only", folder=str(folder), cache=cache, size=size,
+                                         preprocess="per_image", batches=4)
+            report["sizes"][str(size)] = row
+            print_table(report, size)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+def _pixels(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.width * image.height
+
+
+def print_table(report: dict, size: int) -> None:
+    row = report["sizes"][str(size)]
+    m, c, p = row["model"], row["cached"], row["per_image"]
+    ic, ip = row["input_cached"], row["input_per_image"]
+    b1, b = row["cache_build_1_core"], row["cache_build"]
+    print(f"\n{size}x{size}, tiny ViT, {report['cores']} cores, {report['images']} images of "
+          f"{report['mean_megapixels']} MP on average (JPEG/PNG)")
+    print(f"{'measurement':<44}{'images/s':>10}{'ratio':>22}{'peak RSS MB':>13}")
+    rows = [
+        ("1. model only, train step", m["train_images_per_s"], "", m["peak_rss_mb"]),
+        ("1. model only, inference", m["eval_images_per_s"], "", m["peak_rss_mb"]),
+        ("2. pipeline (cache), training", c["train_images_per_s"],
+         f"{c['train_images_per_s'] / m['train_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
+        ("2. pipeline (cache), evaluation", c["eval_images_per_s"],
+         f"{c['eval_images_per_s'] / m['eval_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
+        ("3. per-image path, training", p["train_images_per_s"],
+         f"{p['train_images_per_s'] / c['train_images_per_s']:.3f} of (2)", p["peak_rss_mb"]),
+        ("3. per-image path, evaluation", p["eval_images_per_s"],
+         f"{p['eval_images_per_s'] / c['eval_images_per_s']:.3f} of (2)", p["peak_rss_mb"]),
+        ("4. input only, from the cache, per core", ic["images_per_s_per_core"],
+         f"{ic['images_per_s_per_core'] / ip['images_per_s_per_core']:.1f}x per-image", ic["peak_rss_mb"]),
+        ("4. input only, per-image path, per core", ip["images_per_s_per_core"], "", ip["peak_rss_mb"]),
+        ("   cache build, 1 process, per core", b1["images_per_s"], "", b1["peak_rss_mb"]),
+        (f"   cache build, {b['processes']} processes", b["images_per_s"],
+         f"{b['images']} images in {b['seconds']:.1f} s", b["peak_rss_mb"]),
+    ]
+    for name, rate, ratio, rss in rows:
+        print(f"{name:<44}{rate:>10.1f}{ratio:>22}{rss:>13.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The preprocessing cache and the batched augmentation (the input pipeline of issue 7)."""
+
+import io
+import json
+import logging
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from conftest import tiny_config
+from facemask.augment import BatchTransform
+from facemask.cache import CacheSpec, build_or_load, collate_cached
+from facemask.config import DataConfig, ModelConfig
+from facemask.data import INDEX_COLUMN, AugmentationClock, make_transforms, synthetic_dataset
+from facemask.modeling import load_image_processor
+
+
+def _processor(side=32, **overrides):
+    return load_image_processor(ModelConfig(from_config={"model_type": "vit", "image_size": side},
+                                            image_processor=overrides or None))
+
+
+def _photos(count=12, seed=0, replace=None):
+    """Images of mixed sizes, aspect ratios and modes, as datasets stores undecoded files;
+    `replace` maps positions to other stored items."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(count):
+        w, h = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        base = rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((w, h), Image.BICUBIC)
+        if i % 3 == 1:
+            image = image.convert("L")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        items.append({"bytes": buffer.getvalue(), "path": None})
+    for index, item in (replace or {}).items():
+        items[index] = item
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=["a", "b"])})
+    return datasets.Dataset.from_dict({"image": items, "label": [i % 2 for i in range(count)]}, features=features)
+
+
+def _batch(cached, indices=None):
+    return collate_cached(cached.__getitems__(list(range(len(cached))) if indices is None else indices))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+                                            "resample": 3}])
+def test_evaluation_batches_equal_the_image_processor(tmp_path, overrides):
+    processor = _processor(32, **overrides)
+    ds = _photos()
+    spec = CacheSpec.for_split(processor, train=False)
+    cached, _ = build_or_load(ds, "validation", "image", "label", spec, processor, tmp_path)
+    ours = BatchTransform(processor, DataConfig(), 32)(_batch(cached), train=False)["pixel_values"]
+    images = [Image.open(io.BytesIO(item["bytes"])).convert("RGB") for item in ds["image"]]
+    reference = processor(images, return_tensors="pt")["pixel_values"]
+    assert type(processor).__name__ == "ViTImageProcessorPil"
+    assert ours.shape == reference.shape == (12, 3, 32, 32) and ours.dtype == reference.dtype
+    assert torch.equal(ours, reference)
+
+
+def test_cache_is_reused_and_rebuilt_when_an_image_or_setting_changes(tmp_path):
+    processor = _processor(32)
+    ds = _photos()
+    spec = CacheSpec.for_split(processor, train=True)
+    first, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path)
+    assert not report.reused and report.images == 12 and "decoded" in report.describe()
+    again, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path)
+    assert report.reused and "no decoding" in report.describe() and report.path == str(first.path)
+    assert torch.equal(_batch(again)["pixels"], _batch(first)["pixels"])
+
+    changed = _photos(replace={5: _photos(seed=1)[5]["image"]})
+    _, report = build_or_load(changed, "train", "image", "label", spec, processor, tmp_path)
+    assert not report.reused
+    bigger = CacheSpec.for_split(processor, train=True, scale=1.5)
+    assert bigger.side == 48
+    cached, report = build_or_load(ds, "train", "image", "label", bigger, processor, tmp_path)
+    assert not report.reused and _batch(cached)["pixels"].shape == (12, 48, 48, 3)
+    assert len(list(tmp_path.iterdir())) == 3  # no partial folders left behind
+
+
+def test_a_file_touched_on_disk_rebuilds_its_cache(tmp_path, synth_folder):
+    from facemask.data import load_image_folder
+
+    ds = load_image_folder(synth_folder, "train").cast_column("image", datasets.Image(decode=False))
+    processor = _processor(32)
+    spec = CacheSpec.for_split(processor, train=False)
+    _, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path / "c")
+    assert not report.reused
+    path = ds[0]["image"]["path"]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    _, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path / "c")
+    assert not report.reused
+
+
+def test_several_processes_build_the_same_cache_in_order(tmp_path):
+    processor = _processor(32)
+    ds = _photos(40)
+    spec = CacheSpec.for_split(processor, train=True)
+    one, _ = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path / "one", num_proc=1)
+    two, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path / "two", num_proc=2)
+    assert report.processes == 2 and len(json.loads((tmp_path / "two").glob("*/cache.json").__next__().read_text())
+                                             ["files"]) == 2
+    indices = [39, 0, 21, 20, 19, 5]
+    assert torch.equal(_batch(one, indices)["pixels"], _batch(two, indices)["pixels"])
+    assert _batch(two, indices)["labels"].tolist() == [i % 2 for i in indices]
+
+
+def test_undecodable_image_names_itself(tmp_path):
+    ds = _photos(4, replace={2: {"bytes": b"not an image", "path": "photos/broken.jpg"}})
+    processor = _processor(32)
+    with pytest.raises(ValueError, match=r"cannot decode photos/broken.jpg.*on_bad_image=skip"):
+        build_or_load(ds, "train", "image", "label", CacheSpec.for_split(processor, True), processor, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_full_crop_with_flip_is_the_mirrored_image(tmp_path):
+    processor = _processor(32)
+    ds = _photos(6)
+    cfg = DataConfig(crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0], hflip_prob=1.0)
+    spec = CacheSpec.for_split(processor, train=True, scale=1.0)
+    cached, _ = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path)
+    batch = _batch(cached)
+    # As if the sources were square: the crop is then the whole image, resampled 1:1.
+    batch["width"] = batch["height"] = torch.full((6,), 50)
+    transform = BatchTransform(processor, cfg, 32, AugmentationClock(0))
+    flipped = transform(batch, train=True)["pixel_values"]
+    plain = transform(batch, train=False)["pixel_values"]
+    assert torch.allclose(flipped, plain.flip(-1), atol=1e-5)
+    assert not torch.allclose(flipped, plain, atol=0.1)
+
+
+def test_batched_augmentation_matches_the_per_image_path(tmp_path):
+    """Same (seed, epoch, index) -> same crop and flip in both paths, up to resampling."""
+    processor = _processor(48)
+    ds = synthetic_dataset(24, 64, seed=5).cast_column("image", datasets.Image(decode=False))
+    cfg = DataConfig(crop_scale=[0.3, 1.0])
+    clock = AugmentationClock(seed=11)
+    per_image, _ = make_transforms(processor, cfg, "image", "label", clock)
+    indexed = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
+    indexed.set_transform(per_image)
+
+    cached, _ = build_or_load(ds, "train", "image", "label", CacheSpec.for_split(processor, True), processor,
+                              tmp_path)
+    transform = BatchTransform(processor, cfg, 48, clock)
+
+    def gaps(epoch_per_image, epoch_batched):
+        clock.epoch = epoch_per_image
+        reference = torch.stack([indexed[i]["pixel_values"] for i in range(len(ds))])
+        clock.epoch = epoch_batched
+        ours = transform(_batch(cached), train=True)["pixel_values"]
+        assert ours.shape == reference.shape
+        return (ours - reference).abs().mean(dim=(1, 2, 3))
+
+    same = gaps(3, 3)
+    other = gaps(3, 4)
+    assert same.max() < 0.08, same
+    assert other.mean() > 4 * same.mean()
+
+
+def test_second_run_reuses_the_cache_and_the_first_reports_its_build(tmp_path, caplog):
+    cache = tmp_path / "cache"
+    config = tiny_config(tmp_path, data={"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40,
+                                         "test_split": 0.2, "preprocess_dir": str(cache)})
+    caplog.set_level(logging.INFO, logger="facemask")
+    train.main([str(config)])
+    first = json.loads((tmp_path / "out" / "run_info.json").read_text())["preprocessing"]
+    assert [r["split"] for r in first] == ["train", "validation", "test"]
+    assert not any(r["reused"] for r in first) and all(r["seconds"] > 0 for r in first)
+    assert "built the preprocessing cache" in caplog.text
+    caplog.clear()
+    train.main([str(config), "--overwrite"])
+    second = json.loads((tmp_path / "out" / "run_info.json").read_text())["preprocessing"]
+    assert all(r["reused"] for r in second) and [r["path"] for r in second] == [r["path"] for r in first]
+    assert "reused the preprocessing cache" in caplog.text and "built the" not in caplog.text
+
+
+def test_per_image_path_still_trains(tmp_path):
+    results = train.main([str(tiny_config(tmp_path)), "data.preprocess=per_image"])
+    assert results["train"]["train_loss"] > 0 and "test_accuracy" in results["test"]
+    assert json.loads((tmp_path / "out" / "run_info.json").read_text())["preprocessing"] == []
