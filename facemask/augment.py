@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
-from .data import AugmentationClock, random_resized_crop_box
+from .data import AugmentationClock, crop_and_flip
 
 
 def _per_channel(value: Any, default: float) -> List[float]:
@@ -36,6 +36,7 @@ class BatchTransform:
         self.do_normalize = bool(getattr(processor, "do_normalize", True))
         self.mean = torch.tensor(_per_channel(getattr(processor, "image_mean", None), 0.5)).view(1, 3, 1, 1)
         self.std = torch.tensor(_per_channel(getattr(processor, "image_std", None), 0.5)).view(1, 3, 1, 1)
+        self._divisor = self._exact_divisor() if self.do_rescale else None
 
     def __call__(self, batch: Dict[str, torch.Tensor], train: bool) -> Dict[str, torch.Tensor]:
         pixels = batch["pixels"].permute(0, 3, 1, 2)
@@ -50,33 +51,52 @@ class BatchTransform:
         widths, heights = batch["width"].tolist(), batch["height"].tolist()
         for width, height, index in zip(widths, heights, batch["index"].tolist()):
             gen = self.clock.generator(index) if self.clock is not None else None
-            left, top, right, bottom = random_resized_crop_box(width, height, self.cfg.crop_scale,
-                                                               self.cfg.crop_ratio, gen)
-            flip = torch.rand(1, generator=gen).item() < self.cfg.hflip_prob
+            (left, top, right, bottom), flip = crop_and_flip(width, height, self.cfg, gen)
             rows.append((left / width, top / height, right / width, bottom / height, float(flip)))
         return torch.tensor(rows, dtype=torch.float32)
 
     def crop_and_flip(self, pixels: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        boxes = self.boxes(batch)
-        left, top, right, bottom, flip = boxes.unbind(1)
-        # affine_grid maps output coordinates in [-1, 1] to input ones; a negative x scale mirrors.
-        theta = torch.zeros(len(boxes), 2, 3)
-        theta[:, 0, 0] = (right - left) * (1 - 2 * flip)
-        theta[:, 0, 2] = left + right - 1
-        theta[:, 1, 1] = bottom - top
-        theta[:, 1, 2] = top + bottom - 1
-        size = (len(boxes), pixels.shape[1], self.side, self.side)
-        grid = F.affine_grid(theta.to(pixels.device), size, align_corners=False)
-        return F.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        left, top, right, bottom, flip = self.boxes(batch).to(pixels.device).unbind(1)
+        # The sampling grid of grid_sample, in [-1, 1] over the cached image: crops are axis-aligned,
+        # so x depends on the column only and y on the row only (affine_grid would cost a batched
+        # matrix product per pixel). A negative x scale mirrors.
+        steps = (torch.arange(self.side, device=pixels.device, dtype=torch.float32) * 2 + 1) / self.side - 1
+        xs = ((right - left) * (1 - 2 * flip))[:, None] * steps + (left + right - 1)[:, None]
+        ys = (bottom - top)[:, None] * steps + (top + bottom - 1)[:, None]
+        n = len(xs)
+        grid = torch.stack((xs[:, None, :].expand(n, self.side, self.side),
+                            ys[:, :, None].expand(n, self.side, self.side)), dim=-1)
+        return F.grid_sample(pixels.contiguous().float(), grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+
+    def _exact_divisor(self) -> Optional[float]:
+        """A float32 divisor that reproduces the processor's rescale bit for bit, if there is one.
+
+        The processor rescales in float64 and rounds to float32 (numpy's `astype`); multiplying in
+        float32 instead differs in the last bit for half of the 256 values, while a correctly
+        rounded float32 division by 255 matches all of them (checked here, for this factor).
+        """
+        values = torch.arange(256, dtype=torch.float64)
+        reference = (values * self.rescale_factor).float()
+        divisor = float(torch.tensor(1.0 / self.rescale_factor, dtype=torch.float32))
+        return divisor if torch.equal(values.float().div_(divisor), reference) else None
 
     def normalize(self, values: torch.Tensor, exact: bool) -> torch.Tensor:
-        if self.do_rescale and exact:
-            # The processor rescales in float64 and rounds to float32 (numpy's `astype`), then
-            # normalises in float32: the same steps give the same numbers.
-            values = values.double() * self.rescale_factor
-        elif self.do_rescale:
-            values = values.float() * self.rescale_factor
-        values = values.float()
+        # uint8 is made contiguous before the float conversion: a quarter of the bytes to move.
+        values = values.contiguous()
+        if exact:
+            if not self.do_rescale:
+                values = values.float()
+            elif self._divisor is not None:
+                values = values.float().div_(self._divisor)
+            else:
+                values = (values.double() * self.rescale_factor).float()
+            if self.do_normalize:
+                values = values.sub_(self.mean.to(values.device)).div_(self.std.to(values.device))
+            return values
+        # Training crops: one fused multiply-add per pixel, equal to the above within float rounding.
+        scale = torch.full_like(self.mean, self.rescale_factor if self.do_rescale else 1.0)
+        shift = torch.zeros_like(self.mean)
         if self.do_normalize:
-            values = (values - self.mean.to(values.device)) / self.std.to(values.device)
-        return values.contiguous()
+            scale, shift = scale / self.std, -self.mean / self.std
+        return torch.addcmul(shift.to(values.device), values.float(), scale.to(values.device))
