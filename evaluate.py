@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from facemask.augment import BatchTransform
+from facemask.cache import CacheSpec, build_or_load, collate_cached, default_cache_root
 from facemask.card import write_card
 from facemask.config import ConfigError, DataConfig, load_config
 from facemask.data import collate, load_data, make_transforms, resolve_positive_label
@@ -57,6 +59,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=1000, help="with --data synthetic")
     parser.add_argument("--image-size", type=int, default=128, help="with --data synthetic")
     parser.add_argument("--seed", type=int, default=1, help="with --data synthetic: other than training's 42")
+    parser.add_argument("--preprocess", choices=["cache", "per_image"], default="cache",
+                        help="decode each image once into the preprocessing cache (reused by later runs), "
+                             "or open and resize each image as it is read")
+    parser.add_argument("--cache-dir", help="preprocessing cache folder (default: <datasets cache>/facemask-preprocessed)")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.split):
         parser.error(f"--split must be letters, digits or _ (it names files and metric keys), got {args.split!r}")
@@ -91,11 +97,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     data = remap_labels(data, match_labels(data.labels, id2label), id2label)
     names = sample_names(data.dataset, data.image_column)
     pos_label = resolve_positive_label(data.labels, args.positive_label)
-    data.dataset.set_transform(make_transforms(processor, DataConfig(), data.image_column, data.label_column)[1])
+    if args.preprocess == "cache":
+        spec = CacheSpec.for_split(processor, train=False)
+        root = Path(args.cache_dir) if args.cache_dir else default_cache_root()
+        with training_args.main_process_first(desc="preprocessing cache"):
+            dataset, report = build_or_load(data.dataset, args.split, data.image_column, data.label_column, spec,
+                                            processor, root)
+        logger.info(report.describe())
+        collator, transform = collate_cached, BatchTransform(processor, DataConfig(), spec.side)
+    else:
+        dataset, collator, transform = data.dataset, collate, None
+        dataset.set_transform(make_transforms(processor, DataConfig(), data.image_column, data.label_column)[1])
 
-    trainer = FaceMaskTrainer(model=model, args=training_args, data_collator=collate, processing_class=processor,
-                              compute_metrics=make_compute_metrics(pos_label))
-    output = trainer.predict(data.dataset, metric_key_prefix=args.split)
+    trainer = FaceMaskTrainer(model=model, args=training_args, data_collator=collator, processing_class=processor,
+                              compute_metrics=make_compute_metrics(pos_label), batch_transform=transform)
+    output = trainer.predict(dataset, metric_key_prefix=args.split)
     if len(output.label_ids) != len(names):
         raise RuntimeError(f"evaluated {len(output.label_ids)} samples for {len(names)} images")
     metrics = output.metrics

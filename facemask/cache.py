@@ -123,13 +123,17 @@ def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_colu
 
 class CachedImages(torch.utils.data.Dataset):
     """A cached split as a map-style dataset whose batches are gathered straight from the
-    memory-mapped Arrow files: {"pixels": uint8 (B, S, S, 3), "labels", "index", "width", "height"}."""
+    memory-mapped Arrow files: {"pixels": uint8 (B, S, S, 3), "labels", "index", "width", "height"}.
 
-    def __init__(self, table: datasets.Dataset, spec: CacheSpec, label_column: str, path: Path) -> None:
+    Labels come from the split, not the cache, which is keyed by images alone: relabelling a
+    dataset must not need a rebuild, nor be hidden by one.
+    """
+
+    def __init__(self, table: datasets.Dataset, spec: CacheSpec, labels: np.ndarray, path: Path) -> None:
         self.spec, self.path = spec, path
         arrow = table.data.table
-        self.labels, self.width, self.height = (arrow.column(name).to_numpy().astype(np.int64)
-                                                for name in (label_column, "width", "height"))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.width, self.height = (arrow.column(name).to_numpy().astype(np.int64) for name in ("width", "height"))
         # Each image is one fixed-size binary value; a chunk's values sit back to back in one
         # buffer, read here as an array without a copy.
         item = spec.side * spec.side * 3
@@ -192,11 +196,11 @@ def default_num_proc(num_images: int) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(num_images / _MIN_IMAGES_PER_PROCESS)))
 
 
-def _load(folder: Path, spec: CacheSpec, label_column: str) -> CachedImages:
+def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
     record = json.loads((folder / "cache.json").read_text(encoding="utf-8"))
     parts = [datasets.Dataset.from_file(str(folder / name)) for name in record["files"]]
     table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    return CachedImages(table, spec, label_column, folder)
+    return CachedImages(table, spec, labels, folder)
 
 
 def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_column: str, spec: CacheSpec,
@@ -205,8 +209,9 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     start = time.perf_counter()
     key = cache_key(ds, image_column, spec)
     folder = root / f"{spec.mode}-{spec.side}px-{key}"
+    labels = ds.select_columns([label_column]).with_format("numpy")[label_column]
     if (folder / "cache.json").is_file():
-        cached = _load(folder, spec, label_column)
+        cached = _load(folder, spec, labels)
         return cached, CacheReport(split, str(folder), len(cached), True, time.perf_counter() - start, 0)
 
     num_proc = num_proc or default_num_proc(len(ds))
@@ -216,9 +221,9 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     staging.mkdir()
     features = datasets.Features({
         "pixels": datasets.Value("binary"), "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"), label_column: ds.features[label_column]})
+        "height": datasets.Value("int32")})
     try:
-        built = ds.select_columns([image_column, label_column]).map(
+        built = ds.select_columns([image_column]).map(
             functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor),
             batched=True, batch_size=64, with_indices=True, remove_columns=[image_column], features=features,
             num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(staging / "pixels.arrow"),
@@ -237,5 +242,5 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    cached = _load(folder, spec, label_column)
+    cached = _load(folder, spec, labels)
     return cached, CacheReport(split, str(folder), len(cached), False, time.perf_counter() - start, num_proc)

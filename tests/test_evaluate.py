@@ -75,6 +75,23 @@ def test_results_match_the_predictions_csv(run_dir, eval_folder, tmp_path, capsy
         assert (out / png).stat().st_size > 1000
 
 
+def test_cached_and_per_image_evaluation_agree(run_dir, eval_folder, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="facemask")
+    cache = str(tmp_path / "cache")
+    runs = {}
+    for mode in ("cache", "per_image", "cache"):
+        out = tmp_path / mode
+        runs[mode] = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out),
+                                    "--preprocess", mode, "--cache-dir", cache])
+    assert caplog.text.count("built the preprocessing cache") == 1 and "reused the preprocessing cache" in caplog.text
+    cached, per_image = read_csv(tmp_path / "cache" / "test_predictions.csv"), read_csv(
+        tmp_path / "per_image" / "test_predictions.csv")
+    assert cached == per_image  # same pixels in, same probabilities out (to the CSV's 6 decimals)
+    assert runs["cache"]["test_loss"] == pytest.approx(runs["per_image"]["test_loss"], abs=1e-6)
+
+
 def test_update_card_adds_the_split(run_dir, eval_folder, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

@@ -73,6 +73,9 @@ def test_cache_is_reused_and_rebuilt_when_an_image_or_setting_changes(tmp_path):
     again, report = build_or_load(ds, "train", "image", "label", spec, processor, tmp_path)
     assert report.reused and "no decoding" in report.describe() and report.path == str(first.path)
     assert torch.equal(_batch(again)["pixels"], _batch(first)["pixels"])
+    relabelled = ds.map(lambda row: {"label": 1 - row["label"]})
+    flipped, report = build_or_load(relabelled, "train", "image", "label", spec, processor, tmp_path)
+    assert report.reused and _batch(flipped)["labels"].tolist() == [1 - i % 2 for i in range(12)]
 
     changed = _photos(replace={5: _photos(seed=1)[5]["image"]})
     _, report = build_or_load(changed, "train", "image", "label", spec, processor, tmp_path)
