@@ -40,6 +40,7 @@ from facemask.evaluation import (
     write_rows,
 )
 from facemask.metrics import confusion, make_compute_metrics, softmax
+from facemask.performance import dataloader_settings
 from facemask.plots import confusion_matrix_png, roc_curve_png
 from facemask.training import FaceMaskTrainer, logger, setup_logging
 
@@ -82,10 +83,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         raise ConfigError("--update-card needs MODEL to be a local run folder (its card lives there)")
     out_dir = Path(args.output_dir) if args.output_dir else (
         model_dir if local else Path("outputs") / "eval" / args.model.replace("/", "__"))
+    use_cpu = not torch.cuda.is_available()
     training_args = TrainingArguments(output_dir=str(out_dir), per_device_eval_batch_size=args.batch_size,
-                                      use_cpu=not torch.cuda.is_available(),
-                                      report_to="none", remove_unused_columns=False, label_names=["labels"],
-                                      disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
+                                      use_cpu=use_cpu, report_to="none", remove_unused_columns=False,
+                                      label_names=["labels"], disable_tqdm=True,
+                                      **dataloader_settings({"use_cpu": use_cpu}, args.preprocess))
     setup_logging(training_args)
     model, processor = load_model(args.model, args.revision)
     if args.config:

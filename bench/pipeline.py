@@ -1,12 +1,13 @@
 """Input-pipeline benchmark: is training and evaluation as fast as the model allows?
 
-    python bench/pipeline.py [--sizes 96 224] [--images 384] [--output bench/results/pipeline.json]
+    python bench/pipeline.py [--sizes 96 224] [--images 512] [--output bench/results/pipeline.json]
 
 For the quickstart's tiny ViT at each size, on a folder of real-sized JPEGs and PNGs (100-2000 px)
 that the script draws, it measures, each in a fresh process (so peak memory is its own):
   1. model only: training steps and inference on pre-made tensors (the limit);
   2. the project's pipeline: Trainer training and prediction from the preprocessing cache,
-     as a ratio to (1); building that cache is timed on its own and reported;
+     as a ratio to (1) measured again in the same process just before and after (on a shared
+     machine, runs minutes apart differ by up to 20%); building the cache is timed on its own;
   3. the per-image path (data.preprocess=per_image: PIL open, convert, crop, resize every sample,
      every epoch), as a ratio to (2);
   4. the input pipeline alone on one core (no model): images/s from the cache (gather, crop,
@@ -77,13 +78,12 @@ def _config(folder: str, cache: str, size: int, preprocess: str):
     return load_config(None, overrides)
 
 
-def measure_model(size: int, steps: int, eval_batches: int) -> dict:
-    """Median training step and best of three inference passes (as many images as the eval split)."""
+def _model_rates(model, size: int, steps: int, eval_batches: int) -> dict:
+    """Median training step, and best of three inference passes over `eval_batches` batches, on
+    pre-made tensors: the model's own speed."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageClassification
 
-    torch.manual_seed(0)
-    model = AutoModelForImageClassification.from_config(AutoConfig.for_model(**MODEL, image_size=size, num_labels=2))
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(TRAIN_BATCH, 3, size, size), torch.randint(0, 2, (TRAIN_BATCH,))
 
@@ -93,7 +93,7 @@ def measure_model(size: int, steps: int, eval_batches: int) -> dict:
         optimizer.step()
         optimizer.zero_grad()
 
-    for _ in range(3):
+    for _ in range(2):
         step()
     times = []
     for _ in range(steps):
@@ -112,6 +112,19 @@ def measure_model(size: int, steps: int, eval_batches: int) -> dict:
             passes.append(time.perf_counter() - start)
     return {"train_images_per_s": TRAIN_BATCH / statistics.median(times),
             "eval_images_per_s": eval_batches * EVAL_BATCH / min(passes)}
+
+
+def _tiny_vit(size: int):
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_config(AutoConfig.for_model(**MODEL, image_size=size, num_labels=2))
+
+
+def measure_model(size: int, steps: int, eval_batches: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    return _model_rates(_tiny_vit(size), size, steps, eval_batches)
 
 
 def _pipeline(folder: str, cache: str, size: int, preprocess: str):
@@ -143,7 +156,10 @@ def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> di
     return {"images": images, "seconds": seconds, "processes": num_proc, "images_per_s": images / seconds}
 
 
-def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps: int) -> dict:
+def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps: int, eval_batches: int,
+                     reference: bool = True) -> dict:
+    """The Trainer from the project's datasets; the model alone is measured in the same process
+    just before and just after, so that drifts in the machine's load (it is shared) cancel out."""
     from transformers import TrainerCallback
 
     from facemask.modeling import build_model
@@ -163,6 +179,7 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
 
     trainer = build_trainer(model, args, data, processor, cfg, pipeline)
     trainer.add_callback(Clock())
+    before = _model_rates(_tiny_vit(size), size, steps, eval_batches) if reference else {}
     trainer.train()
     # Step to step: reading, augmenting, the step itself and the Trainer's own work; the median
     # is robust to the odd slow step on a shared machine, as in measure_model.
@@ -170,8 +187,13 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
     # Best of three passes over the validation split (Trainer.predict's own samples/s).
     evaluation = max(trainer.predict(pipeline.splits["validation"]).metrics["test_samples_per_second"]
                      for _ in range(3))
-    return {"train_images_per_s": train, "eval_images_per_s": evaluation, "eval_images": len(pipeline.splits["validation"]),
-            "cache_images_built_here": sum(built)}
+    result = {"train_images_per_s": train, "eval_images_per_s": evaluation,
+              "eval_images": len(pipeline.splits["validation"]), "cache_images_built_here": sum(built)}
+    if reference:
+        after = _model_rates(_tiny_vit(size), size, steps, eval_batches)
+        for key in before:
+            result[f"model_{key}"] = (before[key] + after[key]) / 2
+    return result
 
 
 def measure_input_only(folder: str, cache: str, size: int, preprocess: str, batches: int) -> dict:
@@ -242,9 +264,10 @@ def main() -> int:
             row["cache_build_1_core"] = run("cache_build", folder=str(folder), cache=cache + "-1", size=size,
                                             num_proc=1)
             row["cache_build"] = run("cache_build", folder=str(folder), cache=cache, size=size, num_proc=cores)
-            row["cached"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="cache", steps=steps)
+            row["cached"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="cache", steps=steps,
+                                eval_batches=eval_batches)
             row["per_image"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="per_image",
-                                   steps=steps)
+                                   steps=steps, eval_batches=eval_batches, reference=False)
             row["input_cached"] = run("input_only", folder=str(folder), cache=cache, size=size, preprocess="cache",
                                       batches=40)
             row["input_per_image"] = run("input_only", folder=str(folder), cache=cache, size=size,
@@ -275,10 +298,12 @@ def print_table(report: dict, size: int) -> None:
     rows = [
         ("1. model only, train step", m["train_images_per_s"], "", m["peak_rss_mb"]),
         ("1. model only, inference", m["eval_images_per_s"], "", m["peak_rss_mb"]),
+        ("   model only, beside (2): train step", c["model_train_images_per_s"], "", c["peak_rss_mb"]),
+        ("   model only, beside (2): inference", c["model_eval_images_per_s"], "", c["peak_rss_mb"]),
         ("2. pipeline (cache), training", c["train_images_per_s"],
-         f"{c['train_images_per_s'] / m['train_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
+         f"{c['train_images_per_s'] / c['model_train_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
         ("2. pipeline (cache), evaluation", c["eval_images_per_s"],
-         f"{c['eval_images_per_s'] / m['eval_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
+         f"{c['eval_images_per_s'] / c['model_eval_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
         ("3. per-image path, training", p["train_images_per_s"],
          f"{p['train_images_per_s'] / c['train_images_per_s']:.3f} of (2)", p["peak_rss_mb"]),
         ("3. per-image path, evaluation", p["eval_images_per_s"],

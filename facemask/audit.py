@@ -109,30 +109,80 @@ def _inspect_chunk(items: List[Dict[str, Any]], min_side: int) -> List[Inspectio
     return [inspect_image(item, min_side) for item in items]
 
 
-def _records(data: PreparedData, cfg: DataConfig, chunk: int = 256) -> List[Dict[str, Any]]:
+def _inspect_splits(todo: Dict[str, datasets.Dataset], image_column: str, min_side: int,
+                    chunk: int = 256) -> Dict[str, List[Inspection]]:
     """One inspection per stored image, chunk by chunk (bytes are not all held at once), on every core."""
     workers = min(os.cpu_count() or 1, 8)
-    records: List[Dict[str, Any]] = []
+    found: Dict[str, List[Inspection]] = {split: [] for split in todo}
     pending: deque = deque()
-
-    def collect() -> None:
-        split, start, items, labels, future = pending.popleft()
-        for offset, (item, found) in enumerate(zip(items, future.result())):
-            index = start + offset
-            records.append({"split": split, "index": index, "file": item.get("path") or f"{split}[{index}]",
-                            "label": data.labels[labels[offset]], "inspection": found})
-
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for split, ds in data.splits.items():
-            undecoded = ds.cast_column(data.image_column, datasets.Image(decode=False))
+        for split, ds in todo.items():
             for start in range(0, len(ds), chunk):
-                rows = undecoded[start:start + chunk]
-                items, labels = rows[data.image_column], rows[data.label_column]
-                pending.append((split, start, items, labels, pool.submit(_inspect_chunk, items, cfg.min_image_side)))
+                items = ds[start:start + chunk][image_column]
+                pending.append((split, pool.submit(_inspect_chunk, items, min_side)))
                 if len(pending) > 2 * workers:
-                    collect()
+                    name, future = pending.popleft()
+                    found[name].extend(future.result())
         while pending:
-            collect()
+            name, future = pending.popleft()
+            found[name].extend(future.result())
+    return found
+
+
+def _to_json(found: Inspection) -> Dict[str, Any]:
+    record = dict(found.__dict__)
+    if found.phash is not None:
+        record["phash"] = np.packbits(found.phash).tobytes().hex()
+    return record
+
+
+def _from_json(record: Dict[str, Any]) -> Inspection:
+    found = Inspection(**record)
+    if found.phash is not None:
+        found.phash = np.unpackbits(np.frombuffer(bytes.fromhex(found.phash), dtype=np.uint8)).astype(bool)
+    return found
+
+
+def _saved_inspections(ds: datasets.Dataset, image_column: str, cfg: DataConfig) -> Path:
+    """Where a split's inspections are kept: named by its images and what the inspection depends on,
+    so a second run on the same data decodes nothing here either."""
+    import imagehash
+    import PIL
+
+    from .cache import default_cache_root, images_digest
+
+    root = Path(cfg.preprocess_dir).expanduser() if cfg.preprocess_dir else default_cache_root()
+    payload = json.dumps({"images": images_digest(ds, image_column), "min_side": cfg.min_image_side,
+                          "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
+                          "max_pixels": Image.MAX_IMAGE_PIXELS, "version": 1}, sort_keys=True)
+    return root / f"audit-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
+
+
+def _records(data: PreparedData, cfg: DataConfig) -> List[Dict[str, Any]]:
+    splits = {split: ds.cast_column(data.image_column, datasets.Image(decode=False)) for split, ds in data.splits.items()}
+    saved = {split: _saved_inspections(ds, data.image_column, cfg) for split, ds in splits.items()}
+    inspections = {split: [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+                   for split, path in saved.items() if path.is_file()}
+    todo = {split: ds for split, ds in splits.items() if split not in inspections}
+    if todo:
+        for split, found in _inspect_splits(todo, data.image_column, cfg.min_image_side).items():
+            inspections[split] = found
+            try:
+                saved[split].parent.mkdir(parents=True, exist_ok=True)
+                partial = saved[split].with_suffix(f".{os.getpid()}.partial")
+                partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
+                partial.replace(saved[split])
+            except OSError:
+                pass  # a read-only cache folder costs the next run a re-inspection, nothing else
+    records = []
+    for split, ds in splits.items():
+        paths: List[Optional[str]] = []
+        for table in ds.select_columns([data.image_column]).with_format("arrow").iter(batch_size=1000):
+            for chunk in table.column(data.image_column).chunks:
+                paths.extend(chunk.field("path").to_pylist())
+        for index, (path, label, found) in enumerate(zip(paths, ds[data.label_column], inspections[split])):
+            records.append({"split": split, "index": index, "file": path or f"{split}[{index}]",
+                            "label": data.labels[label], "inspection": found})
     return records
 
 

@@ -70,6 +70,23 @@ def test_audit_names_each_bad_file_and_counts_the_handled_ones(messy):
     assert any("unreadable" in e for e in report["errors"])
 
 
+def test_a_second_audit_of_the_same_images_decodes_nothing(messy, tmp_path, monkeypatch):
+    import facemask.audit as audit
+
+    cfg = DataConfig(train_dir=str(messy), validation_split=0.2, preprocess_dir=str(tmp_path / "cache"))
+    first = run_audit(load_data(cfg, seed=0), cfg)
+    assert len(list((tmp_path / "cache").glob("audit-*.json"))) == 2  # train and validation
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the audit inspected images again")
+
+    monkeypatch.setattr(audit, "_inspect_splits", no_decoding)
+    assert run_audit(load_data(cfg, seed=0), cfg) == first
+    cfg.min_image_side = 20  # a setting the inspection depends on: inspected anew
+    with pytest.raises(AssertionError, match="inspected images again"):
+        run_audit(load_data(cfg, seed=0), cfg)
+
+
 def test_training_stops_before_it_starts_and_names_the_files(messy, tmp_path):
     config = tiny_config(tmp_path, "vit", data={"train_dir": str(messy)})
     with pytest.raises(ConfigError) as caught:
