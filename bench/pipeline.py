@@ -6,8 +6,10 @@ For the quickstart's tiny ViT at each size, on a folder of real-sized JPEGs and 
 that the script draws, it measures, each in a fresh process (so peak memory is its own):
   1. model only: training steps and inference on pre-made tensors (the limit);
   2. the project's pipeline: Trainer training and prediction from the preprocessing cache,
-     as a ratio to (1) measured again in the same process just before and after (on a shared
-     machine, runs minutes apart differ by up to 20%); building the cache is timed on its own;
+     as a ratio to (1) measured again in the same process, interleaved with it (training: one
+     model-only step between two Trainer steps; evaluation: a model-only pass after each
+     prediction pass), as on a shared machine runs minutes apart differ by up to 20%;
+     building the cache is timed on its own;
   3. the per-image path (data.preprocess=per_image: PIL open, convert, crop, resize every sample,
      every epoch), as a ratio to (2);
   4. the input pipeline alone on one core (no model): images/s from the cache (gather, crop,
@@ -82,8 +84,8 @@ def _config(folder: str, cache: str, size: int, preprocess: str):
     return load_config(None, overrides)
 
 
-def _train_rate(model, size: int, steps: int) -> float:
-    """Images/s of the median training step on pre-made tensors: the model's own speed."""
+def _model_step(model, size: int):
+    """One training step on pre-made tensors, as a callable: the model's own speed."""
     import torch
 
     model.train()
@@ -96,6 +98,12 @@ def _train_rate(model, size: int, steps: int) -> float:
         optimizer.step()
         optimizer.zero_grad()
 
+    return step
+
+
+def _train_rate(model, size: int, steps: int) -> float:
+    """Images/s of the median of `steps` training steps on pre-made tensors."""
+    step = _model_step(model, size)
     for _ in range(2):
         step()
     times = []
@@ -167,8 +175,8 @@ def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> di
 
 def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps: int, eval_batches: int,
                      reference: bool = True) -> dict:
-    """The Trainer from the project's datasets; the model alone is measured in the same process
-    just before and just after, so that drifts in the machine's load (it is shared) cancel out."""
+    """The Trainer from the project's datasets; with `reference`, the model alone is measured in
+    the same process, interleaved, so that drifts in the machine's load (it is shared) cancel out."""
     from transformers import TrainerCallback
 
     from facemask.modeling import build_model
@@ -180,20 +188,30 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
     cfg.training["max_steps"] = warmup + steps
     args = training_arguments(cfg)
     model = build_model(cfg.model, data.id2label, data.label2id)
-    stamps = []
+    alone = _tiny_vit(size)
+    alone_step = _model_step(alone, size)
+    trainer_times, alone_times, resumed = [], [], []
 
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
+    class Interleave(TrainerCallback):
+        """Times each Trainer step from the end of the previous one (reading, augmenting, the
+        step, the Trainer's own work) and, between two of them, one model-only step: both see
+        the same machine load, step by step."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            if resumed and state.global_step > warmup:
+                trainer_times.append(now - resumed[-1])
+            if reference:
+                start = time.perf_counter()
+                alone_step()
+                if state.global_step > warmup:
+                    alone_times.append(time.perf_counter() - start)
+            resumed.append(time.perf_counter())
 
     trainer = build_trainer(model, args, data, processor, cfg, pipeline)
-    trainer.add_callback(Clock())
-    alone = _tiny_vit(size)
-    before = _train_rate(alone, size, steps) if reference else None
+    trainer.add_callback(Interleave())
     trainer.train()
-    # Step to step: reading, augmenting, the step itself and the Trainer's own work; the median
-    # is robust to the odd slow step on a shared machine, as in measure_model.
-    train = TRAIN_BATCH / statistics.median(b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:]))
+    train = TRAIN_BATCH / statistics.median(trainer_times)
     result = {"train_images_per_s": train, "eval_images": len(pipeline.splits["validation"]),
               "cache_images_built_here": sum(built)}
     # Trainer.predict's own samples/s over the validation split, best of three, each pass beside
@@ -205,7 +223,7 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
             alone_rates.append(_eval_rate(alone, size, eval_batches))
     result["eval_images_per_s"] = max(predicted)
     if reference:
-        result["model_train_images_per_s"] = (before + _train_rate(alone, size, steps)) / 2
+        result["model_train_images_per_s"] = TRAIN_BATCH / statistics.median(alone_times)
         result["model_eval_images_per_s"] = max(alone_rates)
     return result
 

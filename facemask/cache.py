@@ -130,15 +130,27 @@ class CachedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, table: datasets.Dataset, spec: CacheSpec, labels: np.ndarray, path: Path) -> None:
-        self.spec, self.path = spec, path
+        self.spec, self.path, self._table = spec, path, table
         arrow = table.data.table
         self.labels = np.asarray(labels, dtype=np.int64)
         self.width, self.height = (arrow.column(name).to_numpy().astype(np.int64) for name in ("width", "height"))
+        self._views()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # DataLoader workers started by spawn get the memory-mapped files by name, not their pixels.
+        return {k: v for k, v in self.__dict__.items() if k != "_chunks"}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._views()
+
+    def _views(self) -> None:
+        spec, path = self.spec, self.path
         # Each image is one fixed-size binary value; a chunk's values sit back to back in one
         # buffer, read here as an array without a copy.
         item = spec.side * spec.side * 3
         self._chunks: List[np.ndarray] = []
-        for chunk in arrow.column("pixels").chunks:
+        for chunk in self._table.data.table.column("pixels").chunks:
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
             if len(chunk) and not np.all(np.diff(offsets) == item):
                 raise RuntimeError(f"{path}: cached images are not {spec.side}x{spec.side}x3; delete the folder")

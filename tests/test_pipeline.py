@@ -87,6 +87,18 @@ def test_cache_is_reused_and_rebuilt_when_an_image_or_setting_changes(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3  # no partial folders left behind
 
 
+def test_cached_split_pickles_by_reference(tmp_path):
+    import pickle
+
+    processor = _processor(32)
+    cached, _ = build_or_load(_photos(40), "train", "image", "label", CacheSpec.for_split(processor, True), processor,
+                              tmp_path)
+    blob = pickle.dumps(cached)
+    assert len(blob) < 40 * 37 * 37 * 3 / 4  # the file's name travels, not its pixels
+    restored = pickle.loads(blob)
+    assert torch.equal(_batch(restored, [3, 1, 39])["pixels"], _batch(cached, [3, 1, 39])["pixels"])
+
+
 def test_a_file_touched_on_disk_rebuilds_its_cache(tmp_path, synth_folder):
     from facemask.data import load_image_folder
 
