@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from facemask.augment import BatchTransform
-from facemask.cache import CacheSpec, build_or_load, collate_cached, default_cache_root
+from facemask.cache import CacheSpec, build_or_load, cache_root, collate_cached
 from facemask.card import write_card
 from facemask.config import ConfigError, DataConfig, load_config
 from facemask.data import collate, load_data, make_transforms, resolve_positive_label
@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     pos_label = resolve_positive_label(data.labels, args.positive_label)
     if args.preprocess == "cache":
         spec = CacheSpec.for_split(processor, train=False)
-        root = Path(args.cache_dir) if args.cache_dir else default_cache_root()
+        root = cache_root(args.cache_dir)
         with training_args.main_process_first(desc="preprocessing cache"):
             dataset, report = build_or_load(data.dataset, args.split, data.image_column, data.label_column, spec,
                                             processor, root)

@@ -149,9 +149,9 @@ def _saved_inspections(ds: datasets.Dataset, image_column: str, cfg: DataConfig)
     import imagehash
     import PIL
 
-    from .cache import default_cache_root, images_digest
+    from .cache import cache_root, images_digest
 
-    root = Path(cfg.preprocess_dir).expanduser() if cfg.preprocess_dir else default_cache_root()
+    root = cache_root(cfg.preprocess_dir)
     payload = json.dumps({"images": images_digest(ds, image_column), "min_side": cfg.min_image_side,
                           "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
                           "max_pixels": Image.MAX_IMAGE_PIXELS, "version": 1}, sort_keys=True)

@@ -92,7 +92,10 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def default_cache_root() -> Path:
+def cache_root(preprocess_dir: Optional[str] = None) -> Path:
+    """The configured cache folder, else one beside datasets' own cache."""
+    if preprocess_dir:
+        return Path(preprocess_dir).expanduser()
     return Path(datasets.config.HF_DATASETS_CACHE) / "facemask-preprocessed"
 
 

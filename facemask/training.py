@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .augment import BatchTransform
-from .cache import CacheReport, CacheSpec, build_or_load, collate_cached, default_cache_root
+from .cache import CacheReport, CacheSpec, build_or_load, cache_root, collate_cached
 from .config import ConfigError, ExperimentConfig
 from .data import INDEX_COLUMN, AugmentationClock, PreparedData, collate, make_transforms, resolve_positive_label
 from .metrics import make_compute_metrics
@@ -42,6 +42,9 @@ class FaceMaskTrainer(Trainer):
     def __init__(self, *args: Any, batch_transform: Optional[BatchTransform] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        if batch_transform is not None:
+            # A step's inputs are dropped when it ends, unless metrics are asked to see them.
+            batch_transform.reuse_output = "inputs" not in (self.args.include_for_metrics or [])
 
     def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
@@ -302,7 +305,7 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
     from .modeling import processor_image_size
 
     d = cfg.data
-    root = Path(d.preprocess_dir).expanduser() if d.preprocess_dir else default_cache_root()
+    root = cache_root(d.preprocess_dir)
     clock = AugmentationClock(cfg.seed)
     splits, reports = {}, []
     for split, ds in data.splits.items():

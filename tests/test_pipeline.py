@@ -64,6 +64,34 @@ def test_evaluation_batches_equal_the_image_processor(tmp_path, overrides):
     assert torch.equal(ours, reference)
 
 
+def test_reused_output_holds_each_new_batch_and_is_off_when_metrics_keep_inputs(tmp_path):
+    from transformers import TrainingArguments
+
+    from facemask.modeling import build_model
+    from facemask.training import FaceMaskTrainer
+
+    processor = _processor(32)
+    cached, _ = build_or_load(_photos(), "validation", "image", "label", CacheSpec.for_split(processor, False),
+                              processor, tmp_path)
+    transform = BatchTransform(processor, DataConfig(), 32)
+    first, second = _batch(cached, [0, 1, 2]), _batch(cached, [3, 4, 5])
+    fresh = [transform(b, train=False)["pixel_values"] for b in (first, second)]
+    transform.reuse_output = True
+    a = transform(first, train=False)["pixel_values"]
+    assert torch.equal(a, fresh[0])
+    b = transform(second, train=False)["pixel_values"]
+    assert b.data_ptr() == a.data_ptr() and torch.equal(b, fresh[1])
+
+    model = build_model(ModelConfig(from_config={"model_type": "vit", "image_size": 32, "num_hidden_layers": 1,
+                                                 "hidden_size": 32, "num_attention_heads": 2,
+                                                 "intermediate_size": 32}), {0: "a", 1: "b"}, {"a": 0, "b": 1})
+    for keep, reuse in (([], True), (["inputs"], False)):
+        args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none",
+                                 include_for_metrics=keep)
+        FaceMaskTrainer(model=model, args=args, batch_transform=transform)
+        assert transform.reuse_output is reuse
+
+
 def test_cache_is_reused_and_rebuilt_when_an_image_or_setting_changes(tmp_path):
     processor = _processor(32)
     ds = _photos()
