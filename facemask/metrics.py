@@ -77,31 +77,36 @@ class ClassificationMetrics(evaluate.Metric):
         )
 
     def _compute(self, predictions: List[List[float]], references: List[int], pos_label: int = 1) -> Dict[str, float]:
-        probs = np.asarray(predictions, dtype=np.float64)
-        refs = np.asarray(references, dtype=np.int64)
-        num_labels = probs.shape[1]
-        preds = probs.argmax(axis=1)
-        binary = num_labels == 2
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            refs,
-            preds,
-            labels=list(range(num_labels)),
-            average="binary" if binary else "macro",
-            pos_label=pos_label if binary else 1,
-            zero_division=0,
-        )
-        result = {
-            "accuracy": float(accuracy_score(refs, preds)),
-            "f1": float(f1),
-            "precision": float(precision),
-            "recall": float(recall),
-        }
-        if len(np.unique(refs)) == num_labels:
-            if binary:
-                result["roc_auc"] = float(roc_auc_score(refs == pos_label, probs[:, pos_label]))
-            else:
-                result["roc_auc"] = float(roc_auc_score(refs, probs, multi_class="ovr", labels=list(range(num_labels))))
-        return result
+        return classification_scores(np.asarray(predictions, dtype=np.float64), np.asarray(references), pos_label)
+
+
+def classification_scores(probs: np.ndarray, refs: np.ndarray, pos_label: int = 1) -> Dict[str, float]:
+    """ClassificationMetrics' scores from (N, num_labels) probabilities and (N,) class ids."""
+    probs = np.asarray(probs, dtype=np.float64)
+    refs = np.asarray(refs, dtype=np.int64)
+    num_labels = probs.shape[1]
+    preds = probs.argmax(axis=1)
+    binary = num_labels == 2
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        refs,
+        preds,
+        labels=list(range(num_labels)),
+        average="binary" if binary else "macro",
+        pos_label=pos_label if binary else 1,
+        zero_division=0,
+    )
+    result = {
+        "accuracy": float(accuracy_score(refs, preds)),
+        "f1": float(f1),
+        "precision": float(precision),
+        "recall": float(recall),
+    }
+    if len(np.unique(refs)) == num_labels:
+        if binary:
+            result["roc_auc"] = float(roc_auc_score(refs == pos_label, probs[:, pos_label]))
+        else:
+            result["roc_auc"] = float(roc_auc_score(refs, probs, multi_class="ovr", labels=list(range(num_labels))))
+    return result
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -111,14 +116,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def make_compute_metrics(pos_label: int) -> Callable[[Any], Dict[str, float]]:
-    """A `compute_metrics` for transformers' Trainer."""
-    metric = ClassificationMetrics(keep_in_memory=True)
+    """A `compute_metrics` for transformers' Trainer: ClassificationMetrics' scores.
+
+    The Trainer hands over every prediction at once, already gathered across processes, so they
+    are scored directly: `Metric.compute` would first encode each sample through datasets'
+    features in Python (~35 us a sample, 3% of the tiny ViT's evaluation at 96 px here and more
+    for a fast model on a GPU) only to accumulate what is already whole.
+    """
 
     def compute_metrics(eval_pred: Any) -> Dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
-        return metric.compute(predictions=softmax(np.asarray(logits)), references=labels, pos_label=pos_label)
+        return classification_scores(softmax(np.asarray(logits)), labels, pos_label)
 
     return compute_metrics
 

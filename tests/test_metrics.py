@@ -51,6 +51,9 @@ def test_compute_metrics_takes_trainer_logits():
     out = make_compute_metrics(pos_label=1)(EvalPrediction(predictions=logits, label_ids=np.asarray(REFS)))
     assert out["accuracy"] == pytest.approx(5 / 8) and out["roc_auc"] == pytest.approx(14 / 16)
     assert np.allclose(softmax(logits), PROBS)
+    through_evaluate = ClassificationMetrics(keep_in_memory=True).compute(predictions=softmax(logits), references=REFS,
+                                                                          pos_label=1)
+    assert out == pytest.approx(through_evaluate)
 
 
 def test_confusion_matrix_rows_are_true_classes():
