@@ -65,6 +65,21 @@ def test_attention_and_preprocess_values_are_checked(tmp_path):
         load_config(tiny_config(tmp_path), ["data.preprocess=fast"])
 
 
+@pytest.mark.slow
+def test_compiled_training_runs_where_a_compiler_is_found(tmp_path):
+    """torch.compile end to end (about 40 s of compiling on 2 cores): pytest -m slow."""
+    import train
+    from facemask.performance import _can_compile
+
+    supported, why = _can_compile(gpu=False)
+    if not supported:
+        pytest.skip(why)
+    cfg = load_config(tiny_config(tmp_path), ["training.torch_compile=true"])
+    assert training_arguments(cfg).torch_compile is True
+    results = train.main([str(tiny_config(tmp_path)), "training.torch_compile=true"])
+    assert results["train"]["train_loss"] > 0 and "test_accuracy" in results["test"]
+
+
 def test_attention_switch_reaches_the_model(tmp_path):
     from facemask.modeling import build_model
 
