@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .cache import cache_root, images_digest, stored_images
 from .config import ConfigError, DataConfig
 from .data import PreparedData
 
@@ -149,8 +150,6 @@ def _saved_inspections(ds: datasets.Dataset, image_column: str, cfg: DataConfig)
     import imagehash
     import PIL
 
-    from .cache import cache_root, images_digest
-
     root = cache_root(cfg.preprocess_dir)
     payload = json.dumps({"images": images_digest(ds, image_column), "min_side": cfg.min_image_side,
                           "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
@@ -177,9 +176,8 @@ def _records(data: PreparedData, cfg: DataConfig) -> List[Dict[str, Any]]:
     records = []
     for split, ds in splits.items():
         paths: List[Optional[str]] = []
-        for table in ds.select_columns([data.image_column]).with_format("arrow").iter(batch_size=1000):
-            for chunk in table.column(data.image_column).chunks:
-                paths.extend(chunk.field("path").to_pylist())
+        for chunk in stored_images(ds, data.image_column):
+            paths.extend(chunk.field("path").to_pylist())
         for index, (path, label, found) in enumerate(zip(paths, ds[data.label_column], inspections[split])):
             records.append({"split": split, "index": index, "file": path or f"{split}[{index}]",
                             "label": data.labels[label], "inspection": found})

@@ -51,6 +51,11 @@ class BatchTransform:
         self.mean = torch.tensor(_per_channel(getattr(processor, "image_mean", None), 0.5)).view(1, 3, 1, 1)
         self.std = torch.tensor(_per_channel(getattr(processor, "image_std", None), 0.5)).view(1, 3, 1, 1)
         self._divisor = self._exact_divisor() if self.do_rescale else None
+        # Training crops: a multiply and an add per value, equal to the exact path within rounding.
+        self._scale = torch.full_like(self.mean, self.rescale_factor if self.do_rescale else 1.0)
+        self._shift = torch.zeros_like(self.mean)
+        if self.do_normalize:
+            self._scale, self._shift = self._scale / self.std, -self.mean / self.std
         self._outputs: Dict[bool, torch.Tensor] = {}
 
     def __call__(self, batch: Dict[str, torch.Tensor], train: bool) -> Dict[str, torch.Tensor]:
@@ -138,9 +143,4 @@ class BatchTransform:
             if self.do_normalize:
                 values = values.sub_(self.mean.to(values.device)).div_(self.std.to(values.device))
             return values
-        # Training crops: a multiply and an add per value, equal to the above within float rounding.
-        scale = torch.full_like(self.mean, self.rescale_factor if self.do_rescale else 1.0)
-        shift = torch.zeros_like(self.mean)
-        if self.do_normalize:
-            scale, shift = scale / self.std, -self.mean / self.std
-        return self._as_float(values, exact).mul_(scale.to(values.device)).add_(shift.to(values.device))
+        return self._as_float(values, exact).mul_(self._scale.to(values.device)).add_(self._shift.to(values.device))

@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -67,22 +67,27 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
+    """The undecoded image column as Arrow struct arrays ({bytes, path}), in order, a chunk at a
+    time: reading it never decodes, nor holds every image's bytes at once."""
+    for table in ds.select_columns([image_column]).with_format("arrow").iter(batch_size=1000):
+        yield from table.column(image_column).chunks
+
+
 def images_digest(ds: datasets.Dataset, image_column: str) -> str:
     """A digest of the split's images in order: their bytes, or path, size and mtime for files on disk."""
     digest = hashlib.sha256()
-    for table in ds.select_columns([image_column]).with_format("arrow").iter(batch_size=1000):
-        column = table.column(image_column)
-        for chunk in column.chunks:
-            contents, paths = chunk.field("bytes"), chunk.field("path")
-            for i in range(len(chunk)):
-                data = contents[i]
-                if data.is_valid:
-                    digest.update(data.as_buffer())
-                else:
-                    path = paths[i].as_py()
-                    stat = os.stat(path)
-                    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-                digest.update(b"\n")
+    for chunk in stored_images(ds, image_column):
+        contents, paths = chunk.field("bytes"), chunk.field("path")
+        for i in range(len(chunk)):
+            data = contents[i]
+            if data.is_valid:
+                digest.update(data.as_buffer())
+            else:
+                path = paths[i].as_py()
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            digest.update(b"\n")
     return digest.hexdigest()
 
 
