@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from facemask.analysis import analyse_split, shortcut_tests
 from facemask.augment import BatchTransform
 from facemask.cache import CacheSpec, build_or_load, cache_root, collate_cached
 from facemask.card import write_card
 from facemask.config import ConfigError, DataConfig, load_config
-from facemask.data import collate, load_data, make_transforms, resolve_positive_label
+from facemask.data import collate, make_transforms, resolve_positive_label
 from facemask.evaluation import (
     classification_report,
     from_prepared,
@@ -39,9 +40,13 @@ from facemask.evaluation import (
     sample_names,
     write_rows,
 )
+from facemask.inspection import inspect_splits
 from facemask.metrics import confusion, make_compute_metrics, softmax
+from facemask.modeling import processor_image_size
 from facemask.performance import dataloader_settings
 from facemask.plots import confusion_matrix_png, roc_curve_png
+from facemask.prepare import prepare_data
+from facemask.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
 from facemask.training import FaceMaskTrainer, logger, setup_logging
 
 
@@ -64,11 +69,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="decode each image once into the preprocessing cache (reused by later runs), "
                              "or open and resize each image as it is read")
     parser.add_argument("--cache-dir", help="preprocessing cache folder (default: <datasets cache>/facemask-preprocessed)")
+    parser.add_argument("--shortcut-test", nargs="*", metavar="ATTRIBUTE",
+                        help="also evaluate with each shortcut attribute neutralised: the named ones "
+                             f"({', '.join(FAMILIES)}), or those an audit of DATA flags when none is named")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.split):
         parser.error(f"--split must be letters, digits or _ (it names files and metric keys), got {args.split!r}")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    unknown = [a for a in args.shortcut_test or [] if a not in FAMILIES]
+    if unknown:
+        parser.error(f"--shortcut-test: unknown attribute(s) {unknown}; choose from: {', '.join(FAMILIES)}")
     return args
 
 
@@ -90,39 +101,56 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                       **dataloader_settings({"use_cpu": use_cpu}, args.preprocess))
     setup_logging(training_args)
     model, processor = load_model(args.model, args.revision)
+    image_side = processor_image_size(processor)
     if args.config:
         cfg = load_config(args.config)
-        data = from_prepared(load_data(cfg.data, cfg.seed), args.split)
+        prepared = prepare_data(cfg.data, cfg.seed, image_side)  # the splits training carved, copies removed
+        data = from_prepared(prepared.data, args.split)
+        inspections = prepared.inspections.get(args.split)
+        attributes = prepared.attributes.get(args.split)
+        min_side = cfg.data.min_image_side
     else:
         data = load_eval_data(args.data, args.split, args.num_images, args.image_size, args.seed)
+        inspections, attributes, min_side = None, None, DataConfig().min_image_side
+    if inspections is None:
+        inspections = inspect_splits({args.split: data.dataset}, data.image_column, min_side, image_side,
+                                     args.cache_dir)[args.split]
+        edges = sharpness_edges([f.sharpness for f in inspections])
+        attributes = [attribute_values(f, edges) for f in inspections]
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     data = remap_labels(data, match_labels(data.labels, id2label), id2label)
     names = sample_names(data.dataset, data.image_column)
     pos_label = resolve_positive_label(data.labels, args.positive_label)
-    if args.preprocess == "cache":
-        spec = CacheSpec.for_split(processor, train=False)
-        root = cache_root(args.cache_dir)
-        with training_args.main_process_first(desc="preprocessing cache"):
-            dataset, report = build_or_load(data.dataset, args.split, data.image_column, data.label_column, spec,
-                                            processor, root)
-        logger.info(report.describe())
-        collator, transform = collate_cached, BatchTransform(processor, DataConfig(), spec.side)
-    else:
-        dataset, collator, transform = data.dataset, collate, None
-        dataset.set_transform(make_transforms(processor, DataConfig(), data.image_column, data.label_column)[1])
 
+    def view(ds, name):
+        if args.preprocess == "per_image":
+            return ds.with_transform(make_transforms(processor, DataConfig(), data.image_column, data.label_column)[1])
+        with training_args.main_process_first(desc="preprocessing cache"):
+            cached, report = build_or_load(ds, name, data.image_column, data.label_column,
+                                           CacheSpec.for_split(processor, train=False), processor,
+                                           cache_root(args.cache_dir))
+        logger.info(report.describe())
+        return cached
+
+    if args.preprocess == "cache":
+        collator, transform = collate_cached, BatchTransform(processor, DataConfig(), image_side)
+    else:
+        collator, transform = collate, None
     trainer = FaceMaskTrainer(model=model, args=training_args, data_collator=collator, processing_class=processor,
                               compute_metrics=make_compute_metrics(pos_label), batch_transform=transform)
-    output = trainer.predict(dataset, metric_key_prefix=args.split)
+    output = trainer.predict(view(data.dataset, args.split), metric_key_prefix=args.split)
     if len(output.label_ids) != len(names):
         raise RuntimeError(f"evaluated {len(output.label_ids)} samples for {len(names)} images")
     metrics = output.metrics
     trainer.log_metrics(args.split, metrics)
     trainer.save_metrics(args.split, metrics)
+    probs = softmax(output.predictions)
+    if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
+        run_shortcut_test(args, trainer, view, data, inspections, attributes, probs, output.label_ids, image_side,
+                          out_dir)
     if not trainer.is_world_process_zero():
         return metrics
 
-    probs = softmax(output.predictions)
     prefix = out_dir / args.split
     write_rows(prediction_rows(names, output.label_ids, probs, data.labels), Path(f"{prefix}_predictions.csv"))
     matrix = confusion(output.label_ids, output.predictions, data.labels)
@@ -132,14 +160,39 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     confusion_matrix_png(matrix, f"{args.split} split", Path(f"{prefix}_confusion_matrix.png"))
     roc_curve_png(output.label_ids, probs, data.labels, pos_label, f"{args.split} split",
                   Path(f"{prefix}_roc_curve.png"))
+    analyse_split(args.split, probs, output.label_ids, data.dataset, data.image_column, names, data.labels,
+                  attributes, out_dir)
     logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split, len(names),
                 data.source, metrics[f"{args.split}_samples_per_second"], training_args.world_size, out_dir)
     if args.update_card:
         if out_dir.resolve() != model_dir.resolve():
-            for suffix in ("_results.json", "_confusion_matrix.json"):
-                shutil.copy(f"{prefix}{suffix}", model_dir / f"{args.split}{suffix}")
+            for suffix in ("_results.json", "_confusion_matrix.json", "_slices.json", "_calibration.json",
+                           "_errors.json", "_errors.png", "_shortcut_test.json"):
+                if Path(f"{prefix}{suffix}").is_file():
+                    shutil.copy(f"{prefix}{suffix}", model_dir / f"{args.split}{suffix}")
         logger.info("model card: %s", write_card(model_dir))
     return metrics
+
+
+def run_shortcut_test(args, trainer, view, data, inspections, attributes, probs, label_ids, image_side, out_dir):
+    """--shortcut-test: the named attributes, or those an audit of the evaluated data flags."""
+    flagged = list(args.shortcut_test)
+    if not flagged:
+        ok = [k for k, f in enumerate(inspections) if f.status == "ok"]
+        names = [data.labels[label_ids[k]] for k in ok]
+        flagged = [s["attribute"] for s in attribute_shortcuts([inspections[k] for k in ok], names, 0.75, 0)]
+        flagged += [s["attribute"] for s in partial_shortcuts([attributes[k] for k in ok], names)]
+        flagged = list(dict.fromkeys(flagged))
+        logger.info("shortcut test: the audit of %s flags %s", data.source, flagged or "nothing")
+
+    def predict(ds, name):
+        return softmax(trainer.predict(view(ds, name), metric_key_prefix="shortcut").predictions)
+
+    tests = shortcut_tests(flagged, args.split, data.dataset, data.image_column, inspections, data.labels,
+                           label_ids, probs, predict, image_side)
+    if trainer.is_world_process_zero():
+        path = out_dir / f"{args.split}_shortcut_test.json"
+        path.write_text(json.dumps({"flagged": flagged, "tests": tests}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

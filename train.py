@@ -15,17 +15,21 @@ from typing import Dict, List, Optional
 
 from transformers import set_seed
 
-from facemask.audit import drop_bad, refusal, run_audit, write_audit
+from facemask.analysis import analyse_split, operating_points, shortcut_tests
+from facemask.audit import flagged_attributes, refusal, write_audit
 from facemask.card import write_card
 from facemask.config import ConfigError, load_config, to_yaml
-from facemask.data import load_data
+from facemask.data import resolve_positive_label
+from facemask.evaluation import sample_names
 from facemask.hub import PushError, check_write_access, push_run
-from facemask.metrics import confusion
-from facemask.modeling import build_model, load_image_processor
+from facemask.metrics import confusion, softmax
+from facemask.modeling import build_model, load_image_processor, processor_image_size
 from facemask.performance import uses_gpu
+from facemask.prepare import prepare_data
 from facemask.training import (
     build_trainer,
     clear_output_dir,
+    eval_view,
     log_batch_size,
     log_dataloader,
     logger,
@@ -59,12 +63,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
     set_seed(training_args.seed)
-    data = load_data(cfg.data, training_args.seed)
+    processor = load_image_processor(cfg.model)
+    prepared = prepare_data(cfg.data, training_args.seed, processor_image_size(processor))
+    data, report = prepared.data, prepared.report
     if "validation" not in data.splits and training_args.eval_strategy != "no":
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
-    skipped = None
-    if cfg.data.audit:
-        report = run_audit(data, cfg.data, training_args.seed)
+    if report is not None:
         if main_process:
             write_audit(report, cfg.output_dir)
         for warning in report["warnings"]:
@@ -72,16 +76,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         reason = refusal(report)
         if reason:
             raise ConfigError(f"{reason}\n(full report: {cfg.output_dir / 'data_audit.json'})")
-        if cfg.data.on_bad_image == "skip":
-            skipped = len(report["bad_files"])
-            data = drop_bad(data, report)
     info = run_info(argv, data, training_args, cfg)
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
-    processor = load_image_processor(cfg.model)
     model = build_model(cfg.model, data.id2label, data.label2id, gpu=uses_gpu(cfg.training))
     pipeline = prepare_inputs(data, processor, cfg, training_args)
-    info["preprocessing"] = [report.__dict__ for report in pipeline.cache_reports]
+    info["preprocessing"] = [cache.__dict__ for cache in pipeline.cache_reports]
     trainer = build_trainer(model, training_args, data, processor, cfg, pipeline)
 
     if main_process:
@@ -96,12 +96,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         logger.info("resuming from %s", checkpoint)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
-    if skipped is not None:
-        train_result.metrics["train_bad_images_skipped"] = skipped
+    train_result.metrics.update(prepared.removed)
     results = {"train": train_result.metrics}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
+    evaluated = {}
     for split, prefix in PREFIXES.items():
         if split not in data.splits:
             continue
@@ -112,12 +112,37 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
             trainer.log(metrics)
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)
+        evaluated[split] = {"probs": softmax(output.predictions), "label_ids": output.label_ids}
         if main_process:
             matrix = confusion(output.label_ids, output.predictions, data.labels)
             path = cfg.output_dir / f"{prefix}_confusion_matrix.json"
             path.write_text(json.dumps(matrix, indent=2) + "\n", encoding="utf-8")
+            ds = data.splits[split]
+            analyse_split(prefix, evaluated[split]["probs"], output.label_ids, ds, data.image_column,
+                          sample_names(ds, data.image_column), data.labels, prepared.attributes.get(split),
+                          cfg.output_dir)
         results[prefix] = metrics
     trainer.save_state()
+    pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
+    if main_process and "validation" in evaluated:
+        table = operating_points(evaluated["validation"], evaluated.get("test"), pos_label, data.labels)
+        if table is not None:
+            (cfg.output_dir / "operating_points.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    if report is not None and evaluated:
+        # The split that reports the headline number: test where there is one.
+        split = "test" if "test" in evaluated else "validation"
+        flagged = flagged_attributes(report) if cfg.data.shortcut_test else []
+
+        def predict(ds, name):
+            view = eval_view(ds, name, data, processor, cfg, training_args)
+            return softmax(trainer.predict(view, metric_key_prefix="shortcut").predictions)
+
+        tests = shortcut_tests(flagged, PREFIXES[split], data.splits[split], data.image_column,
+                               prepared.inspections[split], data.labels, evaluated[split]["label_ids"],
+                               evaluated[split]["probs"], predict, processor_image_size(processor))
+        if main_process:
+            path = cfg.output_dir / f"{PREFIXES[split]}_shortcut_test.json"
+            path.write_text(json.dumps({"flagged": flagged, "tests": tests}, indent=2) + "\n", encoding="utf-8")
 
     if main_process:
         logger.info("model card: %s", write_card(cfg.output_dir))

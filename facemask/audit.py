@@ -1,30 +1,25 @@
 """Data audit before training: unreadable files, duplicates and leaks, shortcuts, class balance.
 
-Every image is inspected as stored (bytes or path, undecoded by datasets), with the same opener
-training uses, so what the audit passes, training can read.
+The per-image facts come from `inspection.py`, pairs from `duplicates.py`, shortcut rules from
+`shortcuts.py`; this module puts them into the report (data_audit.json / .md), its errors and
+warnings, and the refusal that stops training.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import multiprocessing
-import os
-import warnings
-from collections import Counter, defaultdict, deque
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import datasets
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from .cache import cache_root, images_digest, stored_images
-from .config import ConfigError, DataConfig
+from .cache import stored_images
+from .config import DataConfig
 from .data import PreparedData
+from .duplicates import near_pairs
+from .inspection import Inspection
+from .shortcuts import attribute_shortcuts, attribute_values, partial_shortcuts
 
 BAD_CATEGORIES = {
     "zero_bytes": "zero-byte file",
@@ -35,232 +30,138 @@ BAD_CATEGORIES = {
     "too_small": "smaller than data.min_image_side",
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
-HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
+MAX_LISTED_PAIRS = 1000  # pairs within splits listed in data_audit.json (all are counted)
 
 
-@dataclass
-class Inspection:
-    status: str
-    reason: str = ""
-    format: Optional[str] = None
-    mode: Optional[str] = None
-    width: int = 0
-    height: int = 0
-    exif_rotated: bool = False
-    sha256: Optional[str] = None
-    phash: Optional[np.ndarray] = None
-    size_bytes: int = 0
-
-
-def _read_bytes(item: Dict[str, Any]) -> bytes:
-    if item.get("bytes") is not None:
-        return item["bytes"]
-    return Path(item["path"]).read_bytes()
-
-
-def inspect_image(item: Dict[str, Any], min_side: int) -> Inspection:
-    """Check one stored image without trusting its extension, decoding it fully once."""
-    import imagehash
-
-    data = _read_bytes(item)
-    result = Inspection("ok", size_bytes=len(data))
-    if not data:
-        return Inspection("zero_bytes", "the file is empty")
-    result.sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            result.format, result.mode = image.format, image.mode
-            result.width, result.height = image.size
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and image.width * image.height > limit:
-                result.status = "decompression_bomb"
-                result.reason = f"{image.width}x{image.height} = {image.width * image.height} pixels > {limit}"
-                return result
-            orientation = image.getexif().get(0x0112)
-            result.exif_rotated = orientation not in (None, 1)
-            if image.format == "JPEG":
-                image.draft("RGB", (4 * HASH_SIZE, 4 * HASH_SIZE))
-            image.load()
-    except UnidentifiedImageError:
-        return Inspection("not_image", "PIL cannot identify it as an image", size_bytes=len(data), sha256=result.sha256)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        result.status, result.reason = "decompression_bomb", str(err).splitlines()[0]
-        return result
-    except OSError as err:
-        message = str(err).splitlines()[0]
-        result.status = "truncated" if "truncated" in message or "broken data stream" in message else "corrupt"
-        result.reason = message
-        return result
-    except (SyntaxError, ValueError) as err:
-        result.status, result.reason = "corrupt", str(err).splitlines()[0]
-        return result
-    if min(result.width, result.height) < min_side:
-        result.status = "too_small"
-        result.reason = f"{result.width}x{result.height}, smallest side below {min_side}"
-        return result
-    from .data import to_rgb
-
-    result.phash = imagehash.phash(to_rgb(image), hash_size=HASH_SIZE).hash.flatten()
-    return result
-
-
-def _inspect_chunk(items: List[Dict[str, Any]], min_side: int) -> List[Inspection]:
-    return [inspect_image(item, min_side) for item in items]
-
-
-def _inspect_splits(todo: Dict[str, datasets.Dataset], image_column: str, min_side: int,
-                    chunk: int = 256) -> Dict[str, List[Inspection]]:
-    """One inspection per stored image, chunk by chunk (bytes are not all held at once), on every core."""
-    workers = min(os.cpu_count() or 1, 8)
-    found: Dict[str, List[Inspection]] = {split: [] for split in todo}
-    pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for split, ds in todo.items():
-            for start in range(0, len(ds), chunk):
-                items = ds[start:start + chunk][image_column]
-                pending.append((split, pool.submit(_inspect_chunk, items, min_side)))
-                if len(pending) > 2 * workers:
-                    name, future = pending.popleft()
-                    found[name].extend(future.result())
-        while pending:
-            name, future = pending.popleft()
-            found[name].extend(future.result())
-    return found
-
-
-def _to_json(found: Inspection) -> Dict[str, Any]:
-    record = dict(found.__dict__)
-    if found.phash is not None:
-        record["phash"] = np.packbits(found.phash).tobytes().hex()
-    return record
-
-
-def _from_json(record: Dict[str, Any]) -> Inspection:
-    found = Inspection(**record)
-    if found.phash is not None:
-        found.phash = np.unpackbits(np.frombuffer(bytes.fromhex(found.phash), dtype=np.uint8)).astype(bool)
-    return found
-
-
-def _saved_inspections(ds: datasets.Dataset, image_column: str, cfg: DataConfig) -> Path:
-    """Where a split's inspections are kept: named by its images and what the inspection depends on,
-    so a second run on the same data decodes nothing here either."""
-    import imagehash
-    import PIL
-
-    root = cache_root(cfg.preprocess_dir)
-    payload = json.dumps({"images": images_digest(ds, image_column), "min_side": cfg.min_image_side,
-                          "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
-                          "max_pixels": Image.MAX_IMAGE_PIXELS, "version": 1}, sort_keys=True)
-    return root / f"audit-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
-
-
-def _records(data: PreparedData, cfg: DataConfig) -> List[Dict[str, Any]]:
-    splits = {split: ds.cast_column(data.image_column, datasets.Image(decode=False)) for split, ds in data.splits.items()}
-    saved = {split: _saved_inspections(ds, data.image_column, cfg) for split, ds in splits.items()}
-    inspections = {split: [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
-                   for split, path in saved.items() if path.is_file()}
-    todo = {split: ds for split, ds in splits.items() if split not in inspections}
-    if todo:
-        for split, found in _inspect_splits(todo, data.image_column, cfg.min_image_side).items():
-            inspections[split] = found
-            try:
-                saved[split].parent.mkdir(parents=True, exist_ok=True)
-                partial = saved[split].with_suffix(f".{os.getpid()}.partial")
-                partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
-                partial.replace(saved[split])
-            except OSError:
-                pass  # a read-only cache folder costs the next run a re-inspection, nothing else
-    records = []
-    for split, ds in splits.items():
+def records(given: PreparedData, inspections: Dict[str, List[Inspection]]) -> List[Dict[str, Any]]:
+    """One record per stored image of the given splits, in split and row order."""
+    out = []
+    for split, ds in given.splits.items():
         paths: List[Optional[str]] = []
-        for chunk in stored_images(ds, data.image_column):
+        for chunk in stored_images(ds, given.image_column):
             paths.extend(chunk.field("path").to_pylist())
-        for index, (path, label, found) in enumerate(zip(paths, ds[data.label_column], inspections[split])):
-            records.append({"split": split, "index": index, "file": path or f"{split}[{index}]",
-                            "label": data.labels[label], "inspection": found})
-    return records
+        for index, (path, label, found) in enumerate(zip(paths, ds[given.label_column], inspections[split])):
+            out.append({"split": split, "index": index, "file": path or f"{split}[{index}]",
+                        "label": given.labels[label], "inspection": found})
+    return out
 
 
-def _pairs_across(records: List[Dict[str, Any]], max_distance: int) -> Tuple[List[Dict], List[Dict]]:
-    """Exact (same bytes) and near (perceptual-hash distance <= max_distance) duplicate pairs."""
-    exact, near = [], []
-    records = [r for r in records if r["inspection"].status == "ok"]  # bad files are reported as such
+def duplicate_pairs(recs: List[Dict[str, Any]], max_distance: int) -> Tuple[List[Dict], List[Dict]]:
+    """Exact (same bytes) and near (perceptual-hash distance <= max_distance) pairs, by record position."""
+    ok = [k for k, r in enumerate(recs) if r["inspection"].status == "ok"]  # bad files are reported as such
     by_hash = defaultdict(list)
-    for r in records:
-        if r["inspection"].sha256:
-            by_hash[r["inspection"].sha256].append(r)
-    for group in by_hash.values():
-        for i in range(len(group)):
-            for j in range(i + 1, len(group)):
-                exact.append(_pair(group[i], group[j], 0))
-    hashed = [r for r in records if r["inspection"].phash is not None]
+    for k in ok:
+        by_hash[recs[k]["inspection"].sha256].append(k)
+    exact = [{"i": g[a], "j": g[b], "distance": 0} for g in by_hash.values()
+             for a in range(len(g)) for b in range(a + 1, len(g))]
+    hashed = [k for k in ok if recs[k]["inspection"].phash is not None]
+    near = []
     if len(hashed) > 1:
-        bits = np.packbits(np.stack([r["inspection"].phash for r in hashed]), axis=1).view(np.uint64)
-        for i in range(len(hashed) - 1):
-            distance = np.bitwise_count(bits[i] ^ bits[i + 1:]).sum(axis=1)
-            for offset in np.flatnonzero(distance <= max_distance):
-                a, b = hashed[i], hashed[i + 1 + offset]
-                if a["inspection"].sha256 != b["inspection"].sha256:  # same bytes: listed as exact already
-                    near.append(_pair(a, b, int(distance[offset])))
+        i, j, distance = near_pairs(np.stack([recs[k]["inspection"].phash for k in hashed]), max_distance)
+        for a, b, d in zip(i.tolist(), j.tolist(), distance.tolist()):
+            a, b = hashed[a], hashed[b]
+            if recs[a]["inspection"].sha256 != recs[b]["inspection"].sha256:  # listed as exact already
+                near.append({"i": a, "j": b, "distance": int(d)})
     return exact, near
 
 
-def _pair(a: Dict[str, Any], b: Dict[str, Any], distance: int) -> Dict[str, Any]:
-    return {"a": {"split": a["split"], "file": a["file"], "label": a["label"]},
-            "b": {"split": b["split"], "file": b["file"], "label": b["label"]}, "distance": distance}
+def _side(rec: Dict[str, Any], split: Optional[str] = None) -> Dict[str, Any]:
+    return {"split": split or rec["split"], "file": rec["file"], "label": rec["label"]}
 
 
-def _shortcut_features(records: List[Dict[str, Any]]) -> Dict[str, List[Any]]:
-    ok = [r["inspection"] for r in records]
-    return {
-        "file format": [i.format or "unknown" for i in ok],
-        "colour mode": [i.mode or "unknown" for i in ok],
-        "alpha channel": [bool(i.mode and ("A" in i.mode or i.mode == "P")) for i in ok],
-        "width": [i.width for i in ok],
-        "height": [i.height for i in ok],
-        "aspect ratio": [round(i.width / i.height, 3) if i.height else 0.0 for i in ok],
-        "EXIF rotation": [i.exif_rotated for i in ok],
-    }
-
-
-def _shortcuts(records: List[Dict[str, Any]], threshold: float, seed: int) -> List[Dict[str, Any]]:
-    """Attributes other than the face that predict the class alone: a one-feature classifier's
-    cross-validated balanced accuracy, with the per-class distributions behind it."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.tree import DecisionTreeClassifier
-
-    usable = [r for r in records if r["inspection"].status == "ok"]
-    labels = [r["label"] for r in usable]
-    counts = Counter(labels)
-    if len(counts) < 2 or min(counts.values()) < 2:
-        return []
-    folds = min(5, min(counts.values()))
-    found = []
-    for name, values in _shortcut_features(usable).items():
-        categorical = not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if len(set(values)) < 2:
+def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[str, List[int]], exact: List[Dict],
+                 near: List[Dict], removed: Dict[str, Dict[int, int]], cfg: DataConfig, seed: int,
+                 carved: Dict[str, Any], image_side: int, edges: List[float]) -> Dict[str, Any]:
+    """The audit of the splits as training will read them (after leak removal and carving)."""
+    final = {k: name for name, ks in members.items() for k in ks}
+    ignored, empty = _folder_notes(cfg)
+    bad = [{"split": r["split"], "index": r["index"], "file": r["file"], "category": r["inspection"].status,
+            "reason": r["inspection"].reason} for r in recs if r["inspection"].status != "ok"]
+    leaks, inside, conflicts = [], [], []
+    for pair in exact + near:
+        a, b = recs[pair["i"]], recs[pair["j"]]
+        if a["label"] != b["label"]:
+            conflicts.append({"a": _side(a), "b": _side(b), "distance": pair["distance"]})
+        if pair["i"] not in final or pair["j"] not in final:
             continue
-        if categorical:
-            categories = sorted(set(map(str, values)))
-            x = np.array([[categories.index(str(v))] for v in values])
-        else:
-            x = np.array(values, dtype=float).reshape(-1, 1)
-        tree = DecisionTreeClassifier(max_depth=2, random_state=seed)
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        score = float(np.mean(cross_val_score(tree, x, labels, cv=cv, scoring="balanced_accuracy")))
-        if score >= threshold:
-            per_class: Dict[str, Any] = {}
-            for label in sorted(counts):
-                own = [v for v, lab in zip(values, labels) if lab == label]
-                if categorical:
-                    per_class[label] = {str(k): n for k, n in Counter(map(str, own)).most_common(5)}
-                else:
-                    per_class[label] = {"min": min(own), "median": float(np.median(own)), "max": max(own)}
-            found.append({"attribute": name, "balanced_accuracy": round(score, 4), "per_class": per_class})
-    return found
+        entry = {"a": _side(a, final[pair["i"]]), "b": _side(b, final[pair["j"]]), "distance": pair["distance"]}
+        (leaks if final[pair["i"]] != final[pair["j"]] else inside).append(entry)
+    removed_report = {
+        split: [{**_side(recs[k]), "copy_of": _side(recs[other]),
+                 "distance": int(np.bitwise_count(np.packbits(recs[k]["inspection"].phash)
+                                                  ^ np.packbits(recs[other]["inspection"].phash)).sum())
+                 if recs[k]["inspection"].sha256 != recs[other]["inspection"].sha256 else 0}
+                for k, other in sorted(copies.items())]
+        for split, copies in removed.items()
+    }
+    splits = {}
+    for split, ks in members.items():
+        classes = Counter(recs[k]["label"] for k in ks)
+        splits[split] = {"images": len(ks), "class_counts": {label: classes.get(label, 0) for label in data.labels},
+                         "bad": sum(recs[k]["inspection"].status != "ok" for k in ks)}
+    imbalance = []
+    for split, summary in splits.items():
+        present = list(summary["class_counts"].values())
+        if min(present) == 0 or max(present) / min(present) > cfg.max_class_ratio:
+            imbalance.append({"split": split, "class_counts": summary["class_counts"]})
+    usable = [recs[k] for k in sorted(final) if recs[k]["inspection"].status == "ok"]
+    found = [r["inspection"] for r in usable]
+    labels = [r["label"] for r in usable]
+    values = [attribute_values(f, edges) for f in found]
+    in_use = [recs[k] for k in final]
+    modes = Counter(r["inspection"].mode for r in in_use if r["inspection"].mode and r["inspection"].mode != "RGB")
+    report = {
+        "source": data.source,
+        "checked_images": len(recs),
+        "image_side": image_side,
+        "splits": splits,
+        "carved": carved,
+        "bad_files": bad,
+        "bad_counts": dict(Counter(b["category"] for b in bad)),
+        "non_rgb_modes": dict(sorted(modes.items())),
+        "exif_rotated": sum(r["inspection"].exif_rotated for r in in_use),
+        "ignored_files": ignored,
+        "empty_class_folders": empty,
+        "on_leak": cfg.on_leak,
+        "leaks": leaks,
+        "leaks_removed": removed_report,
+        "duplicates_within_splits": inside[:MAX_LISTED_PAIRS],
+        "duplicate_pairs_within_splits": len(inside),
+        "label_conflicts": conflicts[:MAX_LISTED_PAIRS],
+        "label_conflict_pairs": len(conflicts),
+        "exact_duplicate_pairs": len(exact),
+        "near_duplicate_pairs": len(near),
+        "near_duplicate_distance": cfg.near_duplicate_distance,
+        "shortcuts": attribute_shortcuts(found, labels, cfg.shortcut_threshold, seed),
+        "partial_shortcuts": partial_shortcuts(values, labels, cfg.shortcut_min_images, cfg.shortcut_purity),
+        "partial_shortcut_rule": {"min_images": cfg.shortcut_min_images, "purity": cfg.shortcut_purity,
+                                  "margin_over_class_share": 0.10},
+        "sharpness_edges": edges,
+        "imbalance": imbalance,
+        "on_bad_image": cfg.on_bad_image,
+    }
+    report["errors"], report["warnings"] = _findings(report)
+    return report
+
+
+def flagged_attributes(report: Dict[str, Any]) -> List[str]:
+    """Attributes the audit found to tell the classes apart, wholly or for a slice."""
+    names = [s["attribute"] for s in report.get("shortcuts", [])]
+    names += [s["attribute"] for s in report.get("partial_shortcuts", [])]
+    return list(dict.fromkeys(names))
+
+
+def removal_summary(report: Dict[str, Any]) -> List[str]:
+    """'52 training images removed: copies of test images', one line per split that lost copies."""
+    lines = []
+    for split, rows in report.get("leaks_removed", {}).items():
+        if not rows:
+            continue
+        where = Counter(row["copy_of"]["split"] for row in rows)
+        what = " and ".join(f"{name} images" + (f" ({n})" if len(where) > 1 else "") for name, n in sorted(where.items()))
+        noun = "training" if split == "train" else split
+        lines.append(f"{len(rows)} {noun} image{'s' if len(rows) != 1 else ''} removed: copies of {what}")
+    return lines
 
 
 def _folder_notes(cfg: DataConfig) -> Tuple[List[str], List[str]]:
@@ -284,51 +185,6 @@ def _folder_notes(cfg: DataConfig) -> Tuple[List[str], List[str]]:
     return ignored, empty
 
 
-def run_audit(data: PreparedData, cfg: DataConfig, seed: int = 42) -> Dict[str, Any]:
-    records = _records(data, cfg)
-    ignored, empty = _folder_notes(cfg)
-    bad = [{"split": r["split"], "index": r["index"], "file": r["file"], "category": r["inspection"].status,
-            "reason": r["inspection"].reason} for r in records if r["inspection"].status != "ok"]
-    exact, near = _pairs_across(records, cfg.near_duplicate_distance)
-    leaks = [p for p in exact + near if p["a"]["split"] != p["b"]["split"]]
-    within = [p for p in exact + near if p["a"]["split"] == p["b"]["split"]]
-    splits = {}
-    for split in data.splits:
-        own = [r for r in records if r["split"] == split]
-        classes = Counter(r["label"] for r in own)
-        splits[split] = {"images": len(own), "class_counts": {label: classes.get(label, 0) for label in data.labels},
-                         "bad": sum(r["inspection"].status != "ok" for r in own)}
-    imbalance = []
-    for split, summary in splits.items():
-        present = [n for n in summary["class_counts"].values()]
-        if min(present) == 0 or max(present) / min(present) > cfg.max_class_ratio:
-            imbalance.append({"split": split, "class_counts": summary["class_counts"]})
-    shortcuts = _shortcuts(records, cfg.shortcut_threshold, seed)
-    modes = Counter(r["inspection"].mode for r in records if r["inspection"].mode and r["inspection"].mode != "RGB")
-    report = {
-        "source": data.source,
-        "checked_images": len(records),
-        "splits": splits,
-        "bad_files": bad,
-        "bad_counts": dict(Counter(b["category"] for b in bad)),
-        "non_rgb_modes": dict(sorted(modes.items())),
-        "exif_rotated": sum(r["inspection"].exif_rotated for r in records),
-        "ignored_files": ignored,
-        "empty_class_folders": empty,
-        "leaks": leaks,
-        "duplicates_within_splits": within,
-        "exact_duplicate_pairs": len(exact),
-        "near_duplicate_pairs": len(near),
-        "near_duplicate_distance": cfg.near_duplicate_distance,
-        "shortcuts": shortcuts,
-        "imbalance": imbalance,
-        "on_bad_image": cfg.on_bad_image,
-        "allow_leaks": cfg.allow_leaks,
-    }
-    report["errors"], report["warnings"] = _findings(report)
-    return report
-
-
 def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
     errors, warnings_ = [], []
     if report["empty_class_folders"]:
@@ -338,16 +194,25 @@ def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
         text = f"{len(report['bad_files'])} unreadable or unusable image(s)"
         (warnings_ if report["on_bad_image"] == "skip" else errors).append(
             text + (" (skipped)" if report["on_bad_image"] == "skip" else ""))
+    for line in removal_summary(report):
+        warnings_.append(line + " (data.on_leak=drop)")
     if report["leaks"]:
-        text = f"{len(report['leaks'])} duplicate pair(s) across splits (leak)"
-        (warnings_ if report["allow_leaks"] else errors).append(text + (" (allowed)" if report["allow_leaks"] else ""))
+        if report["on_leak"] == "error":
+            errors.append(f"{len(report['leaks'])} duplicate pair(s) across splits (leak)")
+        else:
+            warnings_.append(f"{len(report['leaks'])} duplicate pair(s) across splits kept (data.on_leak=keep): "
+                             "evaluation accuracy may be inflated")
     for s in report["shortcuts"]:
         warnings_.append(f"shortcut: {s['attribute']} alone predicts the class "
                          f"(balanced accuracy {s['balanced_accuracy']})")
+    for s in report["partial_shortcuts"]:
+        warnings_.append(f"partial shortcut: {s['message']}")
     for item in report["imbalance"]:
         warnings_.append(f"class imbalance in {item['split']}: {item['class_counts']}")
-    if report["duplicates_within_splits"]:
-        warnings_.append(f"{len(report['duplicates_within_splits'])} duplicate pair(s) within splits")
+    if report["duplicate_pairs_within_splits"]:
+        warnings_.append(f"{report['duplicate_pairs_within_splits']} duplicate pair(s) within splits")
+    if report["label_conflict_pairs"]:
+        warnings_.append(f"{report['label_conflict_pairs']} duplicate pair(s) with different labels (mislabelled?)")
     if report["ignored_files"]:
         warnings_.append(f"{len(report['ignored_files'])} file(s) without an image extension ignored")
     return errors, warnings_
@@ -365,28 +230,14 @@ def refusal(report: Dict[str, Any]) -> Optional[str]:
         lines += [f"    {b['file']}: {BAD_CATEGORIES[b['category']]} ({b['reason']})" for b in report["bad_files"][:20]]
         if len(report["bad_files"]) > 20:
             lines.append(f"    ... and {len(report['bad_files']) - 20} more (see data_audit.json)")
-    if report["leaks"] and not report["allow_leaks"]:
-        lines.append("  the same image in more than one split (remove the copies, or set data.allow_leaks=true):")
+    if report["leaks"] and report["on_leak"] == "error":
+        lines.append("  the same image in more than one split (remove the copies, or set data.on_leak=drop to "
+                     "drop the training-side copies):")
         lines += [f"    {p['a']['split']}:{p['a']['file']} = {p['b']['split']}:{p['b']['file']}"
                   + (f" (hash distance {p['distance']})" if p["distance"] else "") for p in report["leaks"][:20]]
         if len(report["leaks"]) > 20:
             lines.append(f"    ... and {len(report['leaks']) - 20} more (see data_audit.json)")
     return "\n".join(lines)
-
-
-def drop_bad(data: PreparedData, report: Dict[str, Any]) -> PreparedData:
-    """The splits without the files the audit found unusable."""
-    bad = defaultdict(set)
-    for b in report["bad_files"]:
-        bad[b["split"]].add(b["index"])
-    splits = datasets.DatasetDict({
-        split: ds.select([i for i in range(len(ds)) if i not in bad[split]]) if bad[split] else ds
-        for split, ds in data.splits.items()
-    })
-    for split, ds in splits.items():
-        if len(ds) == 0:
-            raise ConfigError(f"{data.source}: every image of the {split} split is unusable (see data_audit.json)")
-    return PreparedData(splits, data.labels, data.image_column, data.label_column, data.source)
 
 
 def summary_markdown(report: Dict[str, Any]) -> str:

@@ -76,10 +76,18 @@ class DataConfig:
     # Data audit (python -m facemask audit; also before every training run).
     audit: bool = True
     on_bad_image: str = "error"  # or "skip": leave unreadable images out, counted
-    allow_leaks: bool = False
+    # Copies shared by splits the source provides: "drop" removes the training-side copy (and
+    # validation's copy of a test image), "error" stops, "keep" trains on them (the card warns).
+    on_leak: str = "drop"
     min_image_side: int = 8
     near_duplicate_distance: int = 12  # of 256 perceptual-hash bits
     shortcut_threshold: float = 0.75  # balanced accuracy of a one-attribute classifier
+    # A partial shortcut: an attribute value held by >= shortcut_min_images images, >= shortcut_purity
+    # of them in one class (see facemask/shortcuts.py for the whole rule).
+    shortcut_min_images: int = 20
+    shortcut_purity: float = 0.95
+    # At the end of training, evaluate with each flagged attribute neutralised (shortcut reliance test).
+    shortcut_test: bool = True
     max_class_ratio: float = 1.5
 
 
@@ -124,10 +132,17 @@ def _nearest(key: str, valid: typing.Iterable[str]) -> str:
     return "valid keys: " + ", ".join(valid)
 
 
+# Keys that existed once, and what replaced them.
+RENAMED = {"data.allow_leaks": "'data.allow_leaks' was replaced by 'data.on_leak' (drop, error or keep; "
+                               "allow_leaks=true is on_leak=keep)"}
+
+
 def _check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> None:
     names = {f.name for f in dataclasses.fields(schema)}
     for key, value in tree.items():
         full = f"{prefix}{key}"
+        if full in RENAMED:
+            raise ConfigError(f"{origin}: {RENAMED[full]}")
         if key not in names:
             raise ConfigError(f"{origin}: unknown key '{full}'; {_nearest(key, names)}")
         sub = _field_types(schema)[key]
@@ -318,6 +333,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"bad value for 'data.preprocess_scale': expected at least 1.0, got {d.preprocess_scale}")
     if d.preprocess_num_proc is not None and d.preprocess_num_proc < 1:
         raise ConfigError(f"bad value for 'data.preprocess_num_proc': expected at least 1, got {d.preprocess_num_proc}")
+    if d.on_leak not in ("drop", "error", "keep"):
+        raise ConfigError(f"bad value for 'data.on_leak': expected 'drop', 'error' or 'keep', got {d.on_leak!r}")
+    if not 0.5 < d.shortcut_purity <= 1.0:
+        raise ConfigError(f"bad value for 'data.shortcut_purity': expected a fraction in (0.5, 1], got {d.shortcut_purity}")
     if d.on_bad_image not in ("error", "skip"):
         raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
     if d.on_bad_image == "skip" and not d.audit:

@@ -1,4 +1,4 @@
-"""Datasets (Hub, image folders or synthetic) into train/validation/test splits, and their transforms."""
+"""Datasets (Hub, image folders or synthetic) as their own splits, image opening, and the per-image transforms."""
 
 from __future__ import annotations
 
@@ -133,13 +133,10 @@ def _align_labels(ds: datasets.Dataset, column: str, names: List[str], split: st
     return with_label_ids(ds, column, [names.index(v) for v in values], names)
 
 
-def _stratified_holdout(ds: datasets.Dataset, fraction: float, label: str, seed: int) -> tuple:
-    parts = ds.train_test_split(test_size=fraction, stratify_by_column=label, seed=seed)
-    return parts["train"], parts["test"]
-
-
-def load_data(cfg: DataConfig, seed: int) -> PreparedData:
-    """Load the configured source and return train/validation (and test, if any) splits."""
+def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
+    """The configured source's own splits (train, and validation/test where it has them), labels
+    aligned by class name, images undecoded. Carving the missing splits is `splits.py`'s job, after
+    the images are inspected (duplicates must land on one side)."""
     raw, source = _load_raw(cfg, seed)
     for alias in VALIDATION_ALIASES[1:]:
         if alias in raw and "validation" not in raw:
@@ -162,21 +159,6 @@ def load_data(cfg: DataConfig, seed: int) -> PreparedData:
     if len(labels) != expected:
         hint = "" if cfg.num_labels else " (set data.num_labels to train on another number of classes)"
         raise ConfigError(f"{source}: found {len(labels)} classes {labels}, expected {expected}{hint}")
-
-    # Hold-outs come from train, test first, so validation_split stays a fraction of the whole.
-    if "test" not in splits and cfg.test_split > 0:
-        splits["train"], splits["test"] = _stratified_holdout(splits["train"], cfg.test_split, cfg.label_column, seed)
-    if "validation" not in splits and cfg.validation_split > 0:
-        fraction = cfg.validation_split / (1.0 - (cfg.test_split if "test" in splits and "test" not in raw else 0))
-        splits["train"], splits["validation"] = _stratified_holdout(splits["train"], fraction, cfg.label_column, seed)
-
-    if cfg.max_train_samples is not None:
-        splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(cfg.max_train_samples, len(splits["train"]))))
-    if cfg.max_eval_samples is not None:
-        for split in ("validation", "test"):
-            if split in splits:
-                n = min(cfg.max_eval_samples, len(splits[split]))
-                splits[split] = splits[split].shuffle(seed=seed).select(range(n))
     for split, ds in splits.items():
         if len(ds) == 0:
             raise ConfigError(f"{source}: the {split} split is empty")

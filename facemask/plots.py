@@ -92,3 +92,47 @@ def roc_curve_png(label_ids: Any, probs: Any, labels: List[str], pos_label: int,
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
+
+
+def reliability_png(calibration: Dict[str, Any], title: str, path: Path) -> bool:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    plt = _pyplot()
+    if plt is None or not calibration["rows"]:
+        return False
+    rows = calibration["rows"]
+    width = 1.0 / calibration["bins"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
+    ax.bar([r["low"] for r in rows], [r["accuracy"] for r in rows], width=width, align="edge",
+           edgecolor="tab:blue", color="tab:blue", alpha=0.6, label="accuracy")
+    ax.plot([r["confidence"] for r in rows], [r["confidence"] for r in rows], "o", color="tab:orange",
+            markersize=3, label="mean confidence")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE {calibration['ece']:.4f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4) -> bool:
+    """The misclassified images with the highest loss, each titled with its true and predicted label."""
+    plt = _pyplot()
+    if plt is None or not images:
+        return False
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, error in zip(axes.flat, images, errors):
+        ax.imshow(image)
+        ax.set_title(f"true: {error['true_label']}\npredicted: {error['predicted_label']} "
+                     f"({error['confidence']:.2f})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True

@@ -320,6 +320,24 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
     return InputPipeline(splits, collate_cached, clock, transform, reports)
 
 
+def eval_view(ds: Any, split: str, data: PreparedData, processor: Any, cfg: ExperimentConfig,
+              args: Optional[TrainingArguments] = None) -> Any:
+    """Another evaluation split (a counterfactual copy, say) in the form the run's Trainer predicts
+    on: through the same preprocessing cache, or the same per-image transform."""
+    from contextlib import nullcontext
+
+    if cfg.data.preprocess == "per_image":
+        _, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column)
+        return ds.with_transform(eval_tf)
+    spec = CacheSpec.for_split(processor, train=False)
+    waiting = args.main_process_first(desc=f"preprocessing cache ({split})") if args is not None else nullcontext()
+    with waiting:
+        cached, report = build_or_load(ds, split, data.image_column, data.label_column, spec, processor,
+                                       cache_root(cfg.data.preprocess_dir), cfg.data.preprocess_num_proc)
+    logger.info(report.describe())
+    return cached
+
+
 def prepare_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
                    args: Optional[TrainingArguments] = None) -> InputPipeline:
     if cfg.data.preprocess == "per_image":
