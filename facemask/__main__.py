@@ -49,8 +49,23 @@ def _predict(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from .analysis import threshold_from
+    from .data import resolve_positive_label
+
+    threshold = None
+    if args.threshold is not None or args.positive_label is not None:
+        try:
+            resolve_positive_label(list(model.config.id2label.values()), args.positive_label)
+            if args.threshold is None:
+                raise ValueError("--positive-label goes with --threshold")
+            if len(model.config.id2label) != 2:
+                raise ValueError("--threshold needs a model with two labels")
+            threshold = threshold_from(Path(args.model), args.threshold)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     paths, skipped = collect_paths(args.paths)
-    rows, unreadable = predict_files(model, processor, paths, args.batch_size)
+    rows, unreadable = predict_files(model, processor, paths, args.batch_size, threshold, args.positive_label)
     skipped += unreadable
     if args.output:
         write_rows(rows, Path(args.output))
@@ -65,13 +80,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import refusal, run_audit, summary_markdown, write_audit
+    from .audit import refusal, summary_markdown, write_audit
     from .config import ConfigError, load_config
-    from .data import load_data
+    from .modeling import load_image_processor, processor_image_size
+    from .prepare import prepare_data
 
     try:
         cfg = load_config(args.config, args.overrides)
-        report = run_audit(load_data(cfg.data, cfg.seed), cfg.data, cfg.seed)
+        cfg.data.audit = True
+        side = processor_image_size(load_image_processor(cfg.model))
+        report = prepare_data(cfg.data, cfg.seed, side).report
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -123,6 +141,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     predict.add_argument("--output", help="write FILE.csv or FILE.json instead of printing")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--threshold", metavar="T",
+                         help="predict the positive class when its probability is >= T: a number, or a row of the "
+                              "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
+    predict.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
     predict.set_defaults(func=_predict)
     args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:

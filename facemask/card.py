@@ -1,7 +1,8 @@
 """Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
 
 Only files are read (experiment.yaml, *_results.json, trainer_state.json, config.json,
-run_info.json, *_confusion_matrix.json, data_audit.md), never the model, so a card can be regenerated anywhere
+run_info.json, *_confusion_matrix.json, data_audit.md/.json, the analysis files *_slices.json,
+*_calibration.json, *_errors.json(+.png), *_shortcut_test.json, operating_points.json), never the model, so a card can be regenerated anywhere
 and the same files always give the same bytes.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -50,6 +52,13 @@ class RunFiles:
     run_info: Dict[str, Any] = field(default_factory=dict)
     confusion: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     audit: Optional[str] = None
+    audit_report: Dict[str, Any] = field(default_factory=dict)
+    # Per Trainer prefix (eval, test): what analysis.py wrote.
+    slices: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    calibration: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    errors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    operating_points: Dict[str, Any] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -78,6 +87,12 @@ def read_run(directory: str | Path) -> RunFiles:
         run.audit = (directory / "data_audit.md").read_text(encoding="utf-8").strip()
     for path in sorted(directory.glob("*_confusion_matrix.json")):
         run.confusion[path.name[: -len("_confusion_matrix.json")]] = _read_json(path)
+    run.audit_report = _read_json(directory / "data_audit.json")
+    for suffix, target in (("_slices.json", run.slices), ("_calibration.json", run.calibration),
+                           ("_errors.json", run.errors), ("_shortcut_test.json", run.shortcut_tests)):
+        for path in sorted(directory.glob(f"*{suffix}"), key=lambda p: _split_order(p.name[: -len(suffix)])):
+            target[path.name[: -len(suffix)]] = _read_json(path)
+    run.operating_points = _read_json(directory / "operating_points.json")
     return run
 
 
@@ -198,6 +213,7 @@ def _architecture(model_type: Optional[str]) -> Any:
 def figure_names(run: RunFiles) -> Dict[str, str]:
     """File names of the card's figures, keyed by what they show."""
     names = {f"confusion_{prefix}": f"{prefix}_confusion_matrix.png" for prefix in run.confusion}
+    names.update({f"calibration_{prefix}": f"{prefix}_calibration.png" for prefix in run.calibration})
     if run.state.get("log_history"):
         names["curves"] = "training_curves.png"
     return names
@@ -209,12 +225,51 @@ def write_figures(run: RunFiles, directory: Path) -> Dict[str, str]:
     for key, name in figure_names(run).items():
         if key == "curves":
             ok = plots.training_curves_png(run.state["log_history"], directory / name)
+        elif key.startswith("calibration_"):
+            prefix = key[len("calibration_"):]
+            ok = plots.reliability_png(run.calibration[prefix], f"{prefix} split", directory / name)
         else:
             prefix = key[len("confusion_"):]
             ok = plots.confusion_matrix_png(run.confusion[prefix], f"{split_name(prefix)} split", directory / name)
         if ok:
             written[key] = name
+    for prefix in run.errors:
+        # The error gallery needs the images, so the run draws it; a card written elsewhere copies it.
+        source = run.directory / f"{prefix}_errors.png"
+        if source.is_file():
+            if source.resolve() != (directory / source.name).resolve():
+                shutil.copyfile(source, directory / source.name)
+            written[f"errors_{prefix}"] = source.name
     return written
+
+
+SLICE_MARGIN = 0.05  # slices whose accuracy differs from their split's by more than this are shown
+SLICE_MIN_IMAGES = 20
+
+
+def _diagnostics(run: RunFiles, figures: Dict[str, str]) -> Dict[str, Any]:
+    """The card's shortcut, slice, error and calibration sections, from analysis.py's files."""
+    from .audit import removal_summary
+    from .shortcuts import notable_slices
+
+    report = run.audit_report
+    return {
+        "audited": bool(report),
+        "removed": removal_summary(report) if report else [],
+        "kept_leaks": len(report.get("leaks", [])) if report.get("on_leak") == "keep" else 0,
+        "partial_shortcuts": report.get("partial_shortcuts", []),
+        "attribute_shortcuts": report.get("shortcuts", []),
+        "shortcut_rule": report.get("partial_shortcut_rule"),
+        "shortcut_tests": [{"split": split_name(prefix), **payload} for prefix, payload in run.shortcut_tests.items()],
+        "slices": [{"split": split_name(prefix), "rows": notable_slices(s, SLICE_MARGIN, SLICE_MIN_IMAGES),
+                    "overall": s["overall"]["accuracy"]} for prefix, s in run.slices.items()],
+        "slice_margin": SLICE_MARGIN, "slice_min_images": SLICE_MIN_IMAGES,
+        "errors": [{"split": split_name(prefix), "figure": figures.get(f"errors_{prefix}"), **payload}
+                   for prefix, payload in run.errors.items()],
+        "calibration": [{"split": split_name(prefix), "ece": c["ece"], "images": c["images"],
+                         "figure": figures.get(f"calibration_{prefix}")} for prefix, c in run.calibration.items()],
+        "operating_points": run.operating_points or None,
+    }
 
 
 def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] = None) -> str:
@@ -258,6 +313,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         curves_figure=figures.get("curves"),
         versions=run.run_info.get("versions") or {},
         audit=run.audit,
+        diagnostics=_diagnostics(run, figures),
         reproducibility={key: run.run_info.get(key) for key in
                          ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint")},
     ).content

@@ -183,12 +183,19 @@ def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, 
     return unique, missing
 
 
-def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32
+def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32,
+                  threshold: Optional[float] = None, positive_label: Optional[str] = None
                   ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
-    """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason."""
+    """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason.
+
+    With a threshold (two-label models), the positive class is predicted when its probability
+    reaches it, the other class otherwise; confidence stays the predicted class's probability.
+    """
+    from .data import resolve_positive_label
     from .modeling import processor_image_size
 
     labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    positive = resolve_positive_label(labels, positive_label)
     draft_side = 2 * processor_image_size(processor)
     rows, skipped = [], []
     images, kept = [], []
@@ -201,7 +208,8 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
             pixels = processor(images, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
             probs = torch.softmax(model(pixel_values=pixels).logits.float(), dim=-1).cpu().numpy()
         for path, p in zip(kept, probs):
-            row = {"path": str(path), "label": labels[int(p.argmax())], "confidence": round(float(p.max()), 6)}
+            choice = int(p.argmax()) if threshold is None else (positive if p[positive] >= threshold else 1 - positive)
+            row = {"path": str(path), "label": labels[choice], "confidence": round(float(p[choice]), 6)}
             row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
             rows.append(row)
         images.clear()

@@ -32,10 +32,11 @@ def carve(labels: Sequence[int], groups: Sequence[int], fraction: float, seed: i
     distinct = len(np.unique(groups))
     if distinct < 2:
         raise ConfigError("cannot carve a held-out split: every image is a copy of every other")
-    if folds > distinct:
-        folds, take = distinct, max(1, round(fraction * distinct))
-    if take == 0:
-        take = 1
+    # scikit-learn needs no more folds than groups, nor than the largest class has members.
+    limit = min(distinct, int(np.bincount(labels).max()))
+    if folds > limit:
+        folds = max(2, limit)
+        take = min(folds - 1, max(1, round(fraction * folds)))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Small classes get fewer members than folds; the split is still group-safe, just coarser.

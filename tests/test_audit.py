@@ -10,8 +10,8 @@ import train
 from conftest import tiny_config
 from facemask.__main__ import main as cli
 from facemask.config import ConfigError, DataConfig
-from facemask.data import load_data, load_image
-from facemask.audit import run_audit
+from facemask.data import load_image
+from facemask.prepare import prepare_data
 from facemask.synthetic import sample
 
 BAD = {"notes.jpg": "not_image", "half.jpg": "truncated", "empty.png": "zero_bytes", "huge.png": "decompression_bomb",
@@ -58,7 +58,7 @@ def messy(tmp_path):
 
 def test_audit_names_each_bad_file_and_counts_the_handled_ones(messy):
     cfg = DataConfig(train_dir=str(messy), validation_split=0.2)
-    report = run_audit(load_data(cfg, seed=0), cfg)
+    report = prepare_data(cfg, seed=0).report
     found = {b["file"].rsplit("/", 1)[-1]: b["category"] for b in report["bad_files"]}
     assert found == BAD
     assert report["bad_counts"] == {c: 1 for c in BAD.values()}
@@ -71,20 +71,21 @@ def test_audit_names_each_bad_file_and_counts_the_handled_ones(messy):
 
 
 def test_a_second_audit_of_the_same_images_decodes_nothing(messy, tmp_path, monkeypatch):
-    import facemask.audit as audit
+    import facemask.inspection as inspection
 
     cfg = DataConfig(train_dir=str(messy), validation_split=0.2, preprocess_dir=str(tmp_path / "cache"))
-    first = run_audit(load_data(cfg, seed=0), cfg)
-    assert len(list((tmp_path / "cache").glob("audit-*.json"))) == 2  # train and validation
+    first = prepare_data(cfg, seed=0).report
+    # One file: the source's train folder, inspected before validation is carved out of it.
+    assert len(list((tmp_path / "cache").glob("audit-*.json"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the audit inspected images again")
 
-    monkeypatch.setattr(audit, "_inspect_splits", no_decoding)
-    assert run_audit(load_data(cfg, seed=0), cfg) == first
+    monkeypatch.setattr(inspection, "_inspect_splits", no_decoding)
+    assert prepare_data(cfg, seed=0).report == first
     cfg.min_image_side = 20  # a setting the inspection depends on: inspected anew
     with pytest.raises(AssertionError, match="inspected images again"):
-        run_audit(load_data(cfg, seed=0), cfg)
+        prepare_data(cfg, seed=0).report
 
 
 def test_training_stops_before_it_starts_and_names_the_files(messy, tmp_path):
@@ -123,8 +124,8 @@ def test_leak_and_format_shortcut_are_flagged(tmp_path):
     near_source = root / "train" / "without_mask" / "without_mask_5_3.jpg"
     Image.open(near_source).resize((56, 56)).save(root / "val" / "without_mask" / "resized.jpg", quality=70)
 
-    cfg = DataConfig(train_dir=str(root / "train"), validation_dir=str(root / "val"))
-    report = run_audit(load_data(cfg, seed=0), cfg)
+    cfg = DataConfig(train_dir=str(root / "train"), validation_dir=str(root / "val"), on_leak="keep")
+    report = prepare_data(cfg, seed=0).report
     pairs = {(p["a"]["file"].rsplit("/", 1)[-1], p["b"]["file"].rsplit("/", 1)[-1]): p["distance"]
              for p in report["leaks"]}
     assert pairs[("with_mask_5_0.png", "copy.png")] == 0
@@ -135,11 +136,15 @@ def test_leak_and_format_shortcut_are_flagged(tmp_path):
     assert shortcut["file format"]["per_class"] == {"with_mask": {"PNG": 20}, "without_mask": {"JPEG": 20}}
     assert any("shortcut: file format" in w for w in report["warnings"])
 
-    config = tiny_config(tmp_path, "vit", data={"train_dir": str(root / "train"), "validation_dir": str(root / "val")})
-    with pytest.raises(ConfigError, match=r"(?s)data.allow_leaks=true.*copy.png"):
+    config = tiny_config(tmp_path, "vit", data={"train_dir": str(root / "train"), "validation_dir": str(root / "val"),
+                                                "on_leak": "error"})
+    with pytest.raises(ConfigError, match=r"(?s)data.on_leak=drop.*copy.png"):
         train.main([str(config)])
-    results = train.main([str(config), "data.allow_leaks=true"])
-    assert "eval_accuracy" in results["eval"]
+    results = train.main([str(config), "data.on_leak=keep", "--overwrite"])
+    assert "eval_accuracy" in results["eval"] and "train_leaked_images_removed" not in results["train"]
+    assert "the evaluation may be inflated" in (tmp_path / "out" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="replaced by 'data.on_leak'"):
+        train.main([str(config), "data.allow_leaks=true"])
 
 
 def test_audit_command_exit_codes(messy, tmp_path, capsys):
@@ -156,13 +161,13 @@ def test_empty_class_folder_and_single_class_are_errors(tmp_path):
     good_images(root / "without_mask", "without_mask", 6, seed=1)
     (root / "incorrect_mask").mkdir()
     cfg = DataConfig(train_dir=str(root), validation_split=0.3)
-    report = run_audit(load_data(cfg, seed=0), cfg)
+    report = prepare_data(cfg, seed=0).report
     assert report["empty_class_folders"] == [str(root / "incorrect_mask")]
     assert report["errors"]
     shutil.rmtree(root / "without_mask")
     shutil.rmtree(root / "incorrect_mask")
     with pytest.raises(ConfigError, match=r"found 1 classes \['with_mask'\]"):
-        load_data(DataConfig(train_dir=str(root)), seed=0)
+        prepare_data(DataConfig(train_dir=str(root)), seed=0)
 
 
 def test_imbalance_is_a_warning(tmp_path):
@@ -170,7 +175,7 @@ def test_imbalance_is_a_warning(tmp_path):
     good_images(root / "with_mask", "with_mask", 12, seed=1)
     good_images(root / "without_mask", "without_mask", 4, seed=1)
     cfg = DataConfig(train_dir=str(root), validation_split=0.25)
-    report = run_audit(load_data(cfg, seed=0), cfg)
+    report = prepare_data(cfg, seed=0).report
     assert not report["errors"]
     assert any(w.startswith("class imbalance in train") for w in report["warnings"])
 

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from facemask.config import ConfigError, DataConfig
+from facemask.prepare import prepare_data
 from facemask.data import (
     class_counts,
-    load_data,
     load_image,
     random_resized_crop_box,
     resolve_positive_label,
@@ -16,7 +16,7 @@ from facemask.data import (
 
 
 def test_image_folder_labels_come_from_folder_names(synth_folder):
-    data = load_data(DataConfig(train_dir=str(synth_folder), validation_split=0.25), seed=0)
+    data = prepare_data(DataConfig(train_dir=str(synth_folder), validation_split=0.25), seed=0).data
     assert data.labels == ["with_mask", "without_mask"]
     assert data.id2label == {0: "with_mask", 1: "without_mask"}
     assert data.label2id == {"with_mask": 0, "without_mask": 1}
@@ -30,9 +30,9 @@ def test_image_folder_labels_come_from_folder_names(synth_folder):
 
 def test_split_is_deterministic_by_seed_and_holds_out_test_first(synth_folder):
     cfg = DataConfig(train_dir=str(synth_folder), validation_split=0.2, test_split=0.2)
-    a = load_data(cfg, seed=1)
-    b = load_data(cfg, seed=1)
-    c = load_data(cfg, seed=2)
+    a = prepare_data(cfg, seed=1).data
+    b = prepare_data(cfg, seed=1).data
+    c = prepare_data(cfg, seed=2).data
     sizes = {k: len(v) for k, v in a.splits.items()}
     assert sizes == {"train": 24, "validation": 8, "test": 8}
     paths = lambda d, s: [im["path"] for im in d.splits[s]["image"]]  # noqa: E731
@@ -45,21 +45,24 @@ def test_split_is_deterministic_by_seed_and_holds_out_test_first(synth_folder):
 def test_validation_dir_is_used_as_given(synth_folder, tmp_path):
     val = tmp_path / "val"
     shutil.copytree(synth_folder, val)
-    data = load_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0)
+    # The same 40 images on both sides: kept only when asked, else every training copy is dropped.
+    data = prepare_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val), on_leak="keep"), seed=0).data
     assert len(data.splits["train"]) == 40 and len(data.splits["validation"]) == 40
+    with pytest.raises(ConfigError, match="every image of the train split is unusable or a copy"):
+        prepare_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0)
 
 
 def test_local_dataset_folder_through_load_dataset(synth_folder, tmp_path):
     # data.dataset_name goes through datasets.load_dataset, which also takes a local folder.
     root = tmp_path / "hubstyle"
     shutil.copytree(synth_folder, root / "train")
-    data = load_data(DataConfig(dataset_name=str(root), validation_split=0.25), seed=0)
+    data = prepare_data(DataConfig(dataset_name=str(root), validation_split=0.25), seed=0).data
     assert data.labels == ["with_mask", "without_mask"] and len(data.splits["validation"]) == 10
 
 
 def test_wrong_column_lists_the_columns(synth_folder):
     with pytest.raises(ConfigError, match=r"'data.image_column' is 'img'.*columns are: image, label"):
-        load_data(DataConfig(train_dir=str(synth_folder), image_column="img"), seed=0)
+        prepare_data(DataConfig(train_dir=str(synth_folder), image_column="img"), seed=0)
 
 
 def test_other_class_counts_need_num_labels(synth_folder, tmp_path):
@@ -69,19 +72,19 @@ def test_other_class_counts_need_num_labels(synth_folder, tmp_path):
     for p in list((root / "with_mask").iterdir())[:6]:
         shutil.copy(p, root / "incorrect_mask" / p.name)
     with pytest.raises(ConfigError, match=r"found 3 classes.*expected 2.*data.num_labels"):
-        load_data(DataConfig(train_dir=str(root)), seed=0)
-    data = load_data(DataConfig(train_dir=str(root), num_labels=3, validation_split=0.3), seed=0)
+        prepare_data(DataConfig(train_dir=str(root)), seed=0)
+    data = prepare_data(DataConfig(train_dir=str(root), num_labels=3, validation_split=0.3), seed=0).data
     assert data.labels == ["incorrect_mask", "with_mask", "without_mask"]
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="'data.train_dir' is not a folder"):
-        load_data(DataConfig(train_dir=str(tmp_path / "nope")), seed=0)
+        prepare_data(DataConfig(train_dir=str(tmp_path / "nope")), seed=0)
 
 
 def test_synthetic_source(tmp_path):
-    data = load_data(DataConfig(synthetic=True, synthetic_num_images=20, synthetic_image_size=32,
-                                validation_split=0.2, test_split=0.2), seed=0)
+    data = prepare_data(DataConfig(synthetic=True, synthetic_num_images=20, synthetic_image_size=32,
+                                validation_split=0.2, test_split=0.2), seed=0).data
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 12, "validation": 4, "test": 4}
     assert load_image(data.splits["train"][0]["image"]).size == (32, 32)
 
@@ -141,9 +144,9 @@ def test_split_classes_are_matched_by_name(synth_folder, tmp_path):
     (val / "without_mask").mkdir(parents=True)  # one class only: its id must still be train's 1
     for p in list((synth_folder / "without_mask").iterdir())[:3]:
         shutil.copy(p, val / "without_mask" / p.name)
-    data = load_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0)
+    data = prepare_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0).data
     assert data.splits["validation"]["label"] == [1, 1, 1]
     (val / "mask_chin").mkdir()
     shutil.copy(p, val / "mask_chin" / p.name)
     with pytest.raises(ConfigError, match=r"validation split has classes \['mask_chin'\] that the train split lacks"):
-        load_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0)
+        prepare_data(DataConfig(train_dir=str(synth_folder), validation_dir=str(val)), seed=0)

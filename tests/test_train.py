@@ -72,13 +72,13 @@ def test_best_checkpoint_is_really_reloaded(tmp_path):
     # ViT encoder weight; FaceMaskTrainer must restore the checkpoint's exact weights.
     from transformers import AutoModelForImageClassification
 
-    from facemask.data import load_data
+    from facemask.prepare import prepare_data
     from facemask.modeling import build_model, load_image_processor
     from facemask.training import build_trainer, prepare_inputs, training_arguments
 
     cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
                                                               "max_steps": 3, "learning_rate": 0.05}))
-    data = load_data(cfg.data, cfg.seed)
+    data = prepare_data(cfg.data, cfg.seed).data
     processor = load_image_processor(cfg.model)
     model = build_model(cfg.model, data.id2label, data.label2id)
     trainer = build_trainer(model, training_arguments(cfg), data, processor, cfg, prepare_inputs(data, processor, cfg))
