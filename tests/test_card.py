@@ -65,7 +65,15 @@ def test_card_blocks_are_what_log_metrics_printed(trained):
 def test_card_sections(trained):
     out, _ = trained
     text = (out / "README.md").read_text()
-    assert text.count("![") == 3 and (out / "training_curves.png").is_file()
+    galleries = [p.name for p in out.glob("*_errors.png")]
+    assert text.count("![") == 3 + len(galleries) and (out / "training_curves.png").is_file()
+    assert all(f"]({name})" in text for name in galleries)
+    for heading in ("## Shortcuts", "## Slices", "## Errors", "## Calibration and operating points"):
+        assert heading in text
+    # Sections with nothing to show say so, never a bare heading.
+    assert "Attribute values that (almost) only one class has" in text and "- none found" in text
+    assert "- none run on the test split: no shortcut was flagged" in text
+    assert "expected calibration error" in text and "| best F1 |" in text
     assert (out / "eval_confusion_matrix.png").is_file() and (out / "test_confusion_matrix.png").is_file()
     assert "| true \\ predicted | with_mask | without_mask |" in text
     assert "[CLS]" in text and "Dosovitskiy" in text  # ViT description and citation
