@@ -206,3 +206,45 @@ def test_predict_lists_and_skips_bad_files(run_dir, eval_folder, tmp_path, capsy
 
     assert cli(["predict", str(run_dir), str(eval_folder / "with_mask"), "--output", str(tmp_path / "p.json")]) == 0
     assert len(json.loads((tmp_path / "p.json").read_text())) == 21
+
+
+def test_predict_threshold_moves_the_decision(run_dir, eval_folder, tmp_path, capsys):
+    out = tmp_path / "p.json"
+
+    def labels(*extra):
+        assert cli(["predict", str(run_dir), str(eval_folder), "--output", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    plain = labels()
+    ordered = sorted(r["prob_with_mask"] for r in plain)
+    middle = (ordered[len(ordered) // 2] + ordered[len(ordered) // 2 + 1]) / 2  # between two rows' probabilities
+    assert all(r["label"] == "with_mask" for r in labels("--threshold", "0"))
+    assert all(r["label"] == "without_mask" for r in labels("--threshold", "1.01"))
+    for row in labels("--threshold", str(middle)):
+        assert row["label"] == ("with_mask" if row["prob_with_mask"] >= middle else "without_mask")
+        assert row["confidence"] == row[f"prob_{row['label']}"]
+    table = json.loads((run_dir / "operating_points.json").read_text())
+    best = next(r["threshold"] for r in table["rows"] if r["name"] == "best F1")
+    for row in labels("--threshold", "best F1"):
+        if abs(row["prob_with_mask"] - best) > 1e-5:  # rows' probabilities are rounded to 6 places
+            assert row["label"] == ("with_mask" if row["prob_with_mask"] >= best else "without_mask")
+    capsys.readouterr()
+    assert cli(["predict", str(run_dir), str(eval_folder), "--threshold", "f1"]) == 2
+    assert "'best F1'" in capsys.readouterr().err
+
+
+def test_evaluation_writes_slices_calibration_and_errors(run_dir, eval_folder, tmp_path):
+    out = tmp_path / "eval"
+    evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out), "--shortcut-test"])
+    slices = json.loads((out / "test_slices.json").read_text())
+    assert slices["overall"]["images"] == 41 and {"file format", "sharpness"} <= set(slices["attributes"])
+    formats = {s["value"]: s["images"] for s in slices["attributes"]["file format"]}
+    assert formats == {"JPEG": 21, "PNG": 20} or sum(formats.values()) == 41
+    errors = json.loads((out / "test_errors.json").read_text())
+    rows = read_csv(out / "test_predictions.csv")
+    wrong = [r for r in rows if r["true_label"] != r["predicted_label"]]
+    assert errors["misclassified"] == len(wrong) and len(errors["worst"]) == min(16, len(wrong))
+    assert (out / "test_errors.png").is_file() == bool(wrong)
+    assert json.loads((out / "test_calibration.json").read_text())["images"] == 41
+    # The synth command alternates formats independently of the class: nothing to flag, nothing run.
+    assert json.loads((out / "test_shortcut_test.json").read_text()) == {"flagged": [], "tests": []}

@@ -177,7 +177,7 @@ def test_shortcut_test_drops_more_for_the_model_that_learned_the_shortcut(upsamp
         result = json.loads((out / "test_shortcut_test.json").read_text())["tests"][0]
         assert result["attributes"] == ["sharpness"] and "downscaled to a" in result["neutralised_by"]
         drops[name] = result["accuracy_drop_points"]
-    assert drops["upsampled"] > drops["clean"] + 5, drops
+    assert drops["upsampled"] > drops["clean"] + 3, drops
     # The run trained on (d) flagged sharpness and tested itself at the end of training, on the same
     # test images through the same code: the same drop.
     own = json.loads((tmp_path / "upsampled" / "out" / "test_shortcut_test.json").read_text())
