@@ -145,13 +145,13 @@ def measure_model(size: int, steps: int, eval_batches: int) -> dict:
 
 
 def _pipeline(folder: str, cache: str, size: int, preprocess: str):
-    from facemask.data import load_data
+    from facemask.prepare import prepare_data
     from facemask.modeling import load_image_processor
     from facemask.training import prepare_inputs, training_arguments
 
     cfg = _config(folder, cache, size, preprocess)
     args = training_arguments(cfg)
-    data = load_data(cfg.data, cfg.seed)
+    data = prepare_data(cfg.data, cfg.seed, size).data
     processor = load_image_processor(cfg.model)
     pipeline = prepare_inputs(data, processor, cfg, args)
     return cfg, data, processor, pipeline
@@ -159,13 +159,13 @@ def _pipeline(folder: str, cache: str, size: int, preprocess: str):
 
 def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> dict:
     """Every split's cache, built as a first run builds it (fingerprinting included)."""
-    from facemask.data import load_data
+    from facemask.prepare import prepare_data
     from facemask.modeling import load_image_processor
     from facemask.training import prepare_inputs
 
     cfg = _config(folder, cache, size, "cache")
     cfg.data.preprocess_num_proc = num_proc
-    data = load_data(cfg.data, cfg.seed)
+    data = prepare_data(cfg.data, cfg.seed, size).data
     reports = prepare_inputs(data, load_image_processor(cfg.model), cfg).cache_reports
     if any(r.reused for r in reports):
         raise RuntimeError(f"{cache} already held a cache: the build was not measured")

@@ -200,8 +200,7 @@ def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
         if report["on_leak"] == "error":
             errors.append(f"{len(report['leaks'])} duplicate pair(s) across splits (leak)")
         else:
-            warnings_.append(f"{len(report['leaks'])} duplicate pair(s) across splits kept (data.on_leak=keep): "
-                             "evaluation accuracy may be inflated")
+            warnings_.append(f"{len(report['leaks'])} duplicate pair(s) across splits kept (data.on_leak=keep)")
     for s in report["shortcuts"]:
         warnings_.append(f"shortcut: {s['attribute']} alone predicts the class "
                          f"(balanced accuracy {s['balanced_accuracy']})")

@@ -14,6 +14,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 PUSH_PATTERNS = [
     "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
     "preprocessor_config.json", "README.md", "*_results.json", "*_confusion_matrix.json", "*.png",
+    "*_slices.json", "*_calibration.json", "*_errors.json", "*_shortcut_test.json", "operating_points.json",
     "experiment.yaml", "run_info.json", "trainer_state.json", "data_audit.json", "data_audit.md",
 ]
 

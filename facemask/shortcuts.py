@@ -313,7 +313,7 @@ def shortcut_verdict(attributes: List[str], before: Dict[str, Any], after: Dict[
         verdict = (f"accuracy drops {drop:.1f} points when {what} {verb} the classes apart: "
                    f"the model relies on {what}")
     else:
-        verdict = (f"accuracy changes by {-drop:+.1f} points when {what} {verb} the classes apart: "
+        verdict = (f"accuracy changes by {0.0 - drop + 0.0:+.1f} points when {what} {verb} the classes apart: "
                    f"no measurable reliance on {what}")
     return {"accuracy_drop_points": round(drop, 2), "recall_drop_points": recall_drops, "relies": relies,
             "verdict": verdict}

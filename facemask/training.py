@@ -291,8 +291,8 @@ def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig)
     train_tf, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column, clock)
     splits = dict(data.splits)
     splits["train"] = splits["train"].add_column(INDEX_COLUMN, list(range(len(splits["train"]))))
-    for split, ds in splits.items():
-        ds.set_transform(train_tf if split == "train" else eval_tf)
+    # New dataset objects: data.splits stay plain (the analysis after training reads their files).
+    splits = {split: ds.with_transform(train_tf if split == "train" else eval_tf) for split, ds in splits.items()}
     return InputPipeline(splits, collate, clock)
 
 
