@@ -4,45 +4,55 @@
   training-side copy (and validation's copy of a test image), so evaluation splits stay exactly
   as given; `error` stops; `keep` trains on them.
 - Validation and test splits carved out of train keep every duplicate group (exact and near
-  copies joined into connected components) on one side: scikit-learn's `StratifiedGroupKFold`,
-  stratified by class and seeded, with the fraction taken as a whole number of its folds.
+  copies joined into connected components) on one side, stratified by class and seeded.
 """
 
 from __future__ import annotations
 
-import warnings
-from fractions import Fraction
 from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
 from .config import ConfigError
 
-MAX_FOLDS = 20  # fractions are met to the nearest 1/20 (or finer where 1/n fits exactly)
-
-
 def carve(labels: Sequence[int], groups: Sequence[int], fraction: float, seed: int) -> np.ndarray:
-    """Positions (sorted) of a holdout of about `fraction` of the items, stratified by label, that
-    no group straddles."""
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    from sklearn.model_selection import StratifiedGroupKFold
+    """Positions (sorted) of a holdout of `fraction` of the items, stratified by class, that no
+    duplicate group straddles.
 
-    share = Fraction(fraction).limit_denominator(MAX_FOLDS)
-    folds, take = share.denominator, share.numerator
-    distinct = len(np.unique(groups))
-    if distinct < 2:
+    Each group counts for its majority class; per class, the groups are shuffled with the seed
+    and taken while taking one brings the class's holdout closer to its share. With single images
+    (most groups) the fractions come out exact. scikit-learn's StratifiedGroupKFold does the same
+    job but loops over every group and fold in Python (10 s for 8,000 images here, hours at
+    ImageNet size), so this runs in numpy, linear in the number of images.
+    """
+    labels, groups = np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    if not len(labels):
+        return np.empty(0, dtype=np.int64)
+    _, group = np.unique(groups, return_inverse=True)
+    n_groups = int(group.max()) + 1
+    if n_groups < 2:
         raise ConfigError("cannot carve a held-out split: every image is a copy of every other")
-    # scikit-learn needs no more folds than groups, nor than the largest class has members.
-    limit = min(distinct, int(np.bincount(labels).max()))
-    if folds > limit:
-        folds = max(2, limit)
-        take = min(folds - 1, max(1, round(fraction * folds)))
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        # Small classes get fewer members than folds; the split is still group-safe, just coarser.
-        warnings.simplefilter("ignore", UserWarning)
-        parts = [held for _, held in splitter.split(np.zeros(len(labels)), labels, groups)]
-    return np.sort(np.concatenate(parts[:take]))
+    n_classes = int(labels.max()) + 1
+    votes = np.zeros((n_groups, n_classes), dtype=np.int64)
+    np.add.at(votes, (group, labels), 1)
+    sizes, majority = votes.sum(axis=1), votes.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(n_groups, dtype=bool)
+    for c in range(n_classes):
+        own = np.flatnonzero(majority == c)
+        target = fraction * sizes[own].sum()
+        taken = 0
+        for g in rng.permutation(own):
+            if abs(taken + sizes[g] - target) < abs(taken - target):
+                chosen[g] = True
+                taken += sizes[g]
+            if taken >= target:
+                break
+    held = np.flatnonzero(chosen[group])
+    if len(held) == 0 or len(held) == len(labels):
+        raise ConfigError(f"cannot carve a held-out split of {fraction:.2%} from {len(labels)} images in "
+                          f"{n_groups} duplicate groups: lower or raise the fraction, or add images")
+    return held
 
 
 def leaked_copies(pairs: Sequence[Tuple[int, int]], split_of: Sequence[str], on_leak: str) -> Dict[str, Dict[int, int]]:

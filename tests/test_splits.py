@@ -51,9 +51,10 @@ def test_carve_keeps_groups_whole_and_stratifies():
     assert not np.array_equal(held, carve(labels, group_ids, 0.2, seed=4))
 
 
-def test_carve_takes_a_fraction_as_whole_folds():
-    labels = np.arange(400) % 2
-    assert len(carve(labels, np.arange(400), 0.15, seed=0)) == 60  # 3 of 20 folds
+def test_carve_meets_the_fraction_per_class_with_single_images():
+    labels = np.repeat([0, 1], [300, 100])
+    held = carve(labels, np.arange(400), 0.15, seed=0)
+    assert np.bincount(labels[held]).tolist() == [45, 15]
     assert len(carve(labels, np.arange(400), 0.1, seed=0)) == 40
 
 
