@@ -24,7 +24,7 @@ from facemask.evaluation import sample_names
 from facemask.hub import PushError, check_write_access, push_run
 from facemask.metrics import confusion, softmax
 from facemask.modeling import build_model, load_image_processor, processor_image_size
-from facemask.performance import uses_gpu
+from facemask.performance import switches_record, uses_gpu
 from facemask.prepare import prepare_data
 from facemask.training import (
     build_trainer,
@@ -33,6 +33,7 @@ from facemask.training import (
     log_batch_size,
     log_dataloader,
     logger,
+    overwrite_refusal,
     parse_args,
     prepare_inputs,
     resolve_resume,
@@ -54,8 +55,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     setup_logging(training_args)
     checkpoint = resolve_resume(cfg.output_dir, args.resume, args.overwrite)
     main_process = training_args.process_index == 0
-    if args.overwrite and main_process:
-        clear_output_dir(cfg.output_dir)
+    if args.overwrite:
+        reason = overwrite_refusal(cfg.output_dir)  # on every process, so none goes on alone
+        if reason:
+            raise ConfigError(reason)
+        if main_process:
+            clear_output_dir(cfg.output_dir)
     log_batch_size(training_args)
     log_dataloader(cfg, training_args)
     if cfg.hub.push and main_process:
@@ -80,6 +85,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     model = build_model(cfg.model, data.id2label, data.label2id, gpu=uses_gpu(cfg.training))
+    info["switches"] = switches_record({**cfg.training, "attn_implementation": cfg.model.attn_implementation},
+                                       training_args, model)
     pipeline = prepare_inputs(data, processor, cfg, training_args)
     info["preprocessing"] = [cache.__dict__ for cache in pipeline.cache_reports]
     trainer = build_trainer(model, training_args, data, processor, cfg, pipeline)

@@ -33,7 +33,7 @@ from .data import load_image
 logger = logging.getLogger("facemask")
 
 # Bump when the stored representation changes, so old caches are never read as new ones.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Training images are stored at this multiple of the model's side: 256 px for a 224 px model.
 DEFAULT_SCALE = 8 / 7
 _MIN_IMAGES_PER_PROCESS = 500
@@ -75,7 +75,9 @@ def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
 
 
 def images_digest(ds: datasets.Dataset, image_column: str) -> str:
-    """A digest of the split's images in order: their bytes, or path, size and mtime for files on disk."""
+    """A digest of the split's images in order: their bytes, or for files on disk their path, size,
+    modification time and inode change time. `cp -p`, `rsync -a` and archive extraction keep a
+    file's size and mtime while its bytes change, but they cannot set the ctime."""
     digest = hashlib.sha256()
     for chunk in stored_images(ds, image_column):
         contents, paths = chunk.field("bytes"), chunk.field("path")
@@ -86,7 +88,7 @@ def images_digest(ds: datasets.Dataset, image_column: str) -> str:
             else:
                 path = paths[i].as_py()
                 stat = os.stat(path)
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}".encode())
             digest.update(b"\n")
     return digest.hexdigest()
 

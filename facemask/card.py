@@ -21,6 +21,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import plots
+from .config import TOKEN_SHAPE
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 TEMPLATE = CARDS_DIR / "template.md.j2"
@@ -34,12 +35,11 @@ HYPERPARAMETERS = [
     "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed", "bf16",
     "fp16", "load_best_model_at_end", "metric_for_best_model",
 ]
-_TOKEN = re.compile(r"hf_[A-Za-z0-9]{16,}")
 
 
 def redact(text: str) -> str:
     """Mask anything shaped like a Hugging Face token."""
-    return _TOKEN.sub("hf_***", text)
+    return TOKEN_SHAPE.sub("hf_***", text)
 
 
 @dataclass
@@ -183,13 +183,23 @@ def _hyperparameters(run: RunFiles) -> List[Dict[str, Any]]:
         if key == "max_steps" and (value is None or value <= 0):
             continue
         rows.append({"name": key, "value": value, "default": key not in training})
-    world_size = run.run_info.get("world_size")
-    if world_size:
-        per_device = training.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
-        accumulation = training.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"])
-        rows.append({"name": "total_train_batch_size", "value": per_device * accumulation * world_size,
+    if run.run_info.get("effective_batch_size"):
+        # Recorded by the run (training.effective_batch_size), right in every launch mode.
+        rows.append({"name": "total_train_batch_size", "value": run.run_info["effective_batch_size"],
                      "default": False})
     return rows
+
+
+def _selection(run: RunFiles) -> Optional[str]:
+    """Which split chose the checkpoint, so a reader knows which numbers are untouched by it."""
+    training = run.experiment.get("training")
+    if not training:
+        return None
+    if not training.get("load_best_model_at_end"):
+        return "the last checkpoint (no selection on any split)"
+    metric = training.get("metric_for_best_model") or "loss"
+    clean = " The test split chose nothing." if "test" in run.results else ""
+    return f"the checkpoint with the best validation {metric}, so validation numbers are optimistic.{clean}"
 
 
 def _augmentation(run: RunFiles) -> Optional[str]:
@@ -298,6 +308,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         splits=splits,
         hyperparameters=_hyperparameters(run),
         augmentation=_augmentation(run),
+        selection=_selection(run),
         command=run.run_info.get("command"),
         has_experiment=bool(run.experiment.get("training")),  # a complete config, one train.py can rerun
         train_block=_indent(metrics_block("train", run.results["train"])) if run.results.get("train") else None,
@@ -315,7 +326,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         audit=run.audit,
         diagnostics=_diagnostics(run, figures),
         reproducibility={key: run.run_info.get(key) for key in
-                         ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint")},
+                         ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint", "switches")},
     ).content
     return redact(content)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -347,11 +348,18 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
 
 
+SECRET_KEYS = {"hub_token"}
+TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{16,}")
+
+
 def to_yaml(cfg: ExperimentConfig) -> str:
     """The resolved config as YAML that `load_config` reads back to an equal config.
 
-    Secrets passed through to TrainingArguments (hub_token) are left out: this file is published,
-    and a rerun takes the token from the environment.
+    Secrets are left out: `hub_token`, and any value shaped like a Hugging Face token. This file is
+    published, and a rerun takes the token from the environment. Other keys that merely mention
+    tokens (average_tokens_across_devices, ...) are settings and stay.
     """
-    cfg = dataclasses.replace(cfg, training={key: value for key, value in cfg.training.items() if "token" not in key})
+    training = {key: value for key, value in cfg.training.items()
+                if key not in SECRET_KEYS and not (isinstance(value, str) and TOKEN_SHAPE.search(value))}
+    cfg = dataclasses.replace(cfg, training=training)
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -124,13 +124,20 @@ def _align_labels(ds: datasets.Dataset, column: str, names: List[str], split: st
     if own == names:
         return ds
     values = [own[i] for i in ds[column]] if own is not None else [str(v) for v in ds[column]]
-    unknown = sorted(set(values) - set(names))
+    by_key = {label_key(name): k for k, name in enumerate(names)}
+    unknown = sorted({v for v in values if label_key(v) not in by_key})
     if unknown:
         raise ConfigError(
             f"{source}: the {split} split has classes {unknown} that the train split lacks (train has {names}); "
-            "use the same class folder names in every split"
+            "use the same class folder names in every split (case, spaces, - and _ may differ)"
         )
-    return with_label_ids(ds, column, [names.index(v) for v in values], names)
+    return with_label_ids(ds, column, [by_key[label_key(v)] for v in values], names)
+
+
+def label_key(name: str) -> str:
+    """What two class names must share to be the same class, in training and in evaluation alike:
+    'With Mask', 'with-mask' and 'with_mask' are one class."""
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
 def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
@@ -150,6 +157,11 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
     if not isinstance(train.features[cfg.label_column], datasets.ClassLabel):
         train = train.class_encode_column(cfg.label_column)
     labels = list(train.features[cfg.label_column].names)
+    keys = [label_key(name) for name in labels]
+    clashes = sorted({name for name, key in zip(labels, keys) if keys.count(key) > 1})
+    if clashes:
+        raise ConfigError(f"{source}: classes {clashes} differ only in case, spaces, - or _, so they name one class: "
+                          "merge their folders")
     splits = {"train": train}
     for split in ("validation", "test"):
         if split in raw:

@@ -6,7 +6,6 @@ import csv
 import glob
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -17,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .config import ConfigError
-from .data import PreparedData, load_image, load_image_folder, synthetic_dataset, with_label_ids
+from .data import PreparedData, label_key, load_image, load_image_folder, synthetic_dataset, with_label_ids
 from .modeling import BACKEND
 
 
@@ -40,10 +39,6 @@ def load_model(model: str, revision: Optional[str] = None) -> Tuple[Any, Any]:
     return classifier, processor
 
 
-def normalize_label(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name).lower()
-
-
 def match_labels(data_labels: List[str], id2label: Dict[int, str]) -> Dict[int, int]:
     """Map data label ids to model label ids by class name (case, spaces, - and _ ignored)."""
     model_labels = [id2label[i] for i in sorted(id2label)]
@@ -52,8 +47,8 @@ def match_labels(data_labels: List[str], id2label: Dict[int, str]) -> Dict[int, 
             f"the model has {len(model_labels)} labels ({', '.join(model_labels)}) but the data has "
             f"{len(data_labels)} classes ({', '.join(data_labels)}): evaluate on data with the model's classes"
         )
-    by_name = {normalize_label(name): i for i, name in enumerate(model_labels)}
-    mapping = {i: by_name.get(normalize_label(name)) for i, name in enumerate(data_labels)}
+    by_name = {label_key(name): i for i, name in enumerate(model_labels)}
+    mapping = {i: by_name.get(label_key(name)) for i, name in enumerate(data_labels)}
     unmatched = [data_labels[i] for i, j in mapping.items() if j is None]
     if unmatched or len(set(mapping.values())) != len(mapping):
         raise ConfigError(

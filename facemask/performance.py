@@ -56,6 +56,26 @@ def _cpu_has_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def _gpu_has_native_bf16() -> bool:
+    """bfloat16 in hardware: Ampere (compute capability 8.0) and later. torch.cuda.is_bf16_supported()
+    also says yes where it is only emulated (V100, T4), which runs slower than float32."""
+    return torch.cuda.get_device_capability() >= (8, 0)
+
+
+def switches_record(asked: Dict[str, Any], args: Any, model: Any) -> Dict[str, Dict[str, Any]]:
+    """What the config asked for and what ran, for run_info.json and the card."""
+    config = getattr(model, "config", None)
+    used_attention = getattr(config, "_attn_implementation", None)
+    tf32 = bool(torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32)
+    return {
+        "asked": {"bf16": bool(asked.get("bf16", False)), "fp16": bool(asked.get("fp16", False)),
+                  "torch_compile": bool(asked.get("torch_compile", False)),
+                  "attn_implementation": asked.get("attn_implementation"), "tf32": asked.get("tf32")},
+        "used": {"bf16": bool(args.bf16), "fp16": bool(args.fp16), "torch_compile": bool(args.torch_compile),
+                 "attn_implementation": used_attention, "tf32": tf32},
+    }
+
+
 def _can_compile(gpu: bool) -> Tuple[bool, str]:
     if not torch._dynamo.is_dynamo_supported():
         return False, "torch.compile is not supported with this Python/PyTorch"
@@ -81,7 +101,7 @@ def hardware_switches(training: Dict[str, Any], gpu: Optional[bool] = None,
         notes.append("training.fp16 needs a CUDA GPU: off on this machine (training runs in float32)")
     if out.get("bf16"):
         if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported() if gpu else _cpu_has_bf16()
+            bf16_supported = _gpu_has_native_bf16() if gpu else _cpu_has_bf16()
         if not bf16_supported:
             where = "this GPU" if gpu else "this CPU (no AVX512-BF16 or AMX)"
             out["bf16"] = False

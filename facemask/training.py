@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -140,8 +141,33 @@ def resolve_resume(output_dir: Path, resume: Optional[str], overwrite: bool) -> 
     return None
 
 
+RUN_MARKERS = ("experiment.yaml", "run_info.json", "train_results.json", "all_results.json", "trainer_state.json",
+               "data_audit.json")
+
+
+def overwrite_refusal(output_dir: Path) -> Optional[str]:
+    """Why --overwrite must not delete `output_dir`, or None: only an empty folder or one that is
+    recognisably a run's (it holds run files or checkpoints), never the working directory, the
+    repository, the home folder or a folder holding any of them."""
+    target = output_dir.expanduser().resolve()
+    protected = {"the current directory": Path.cwd().resolve(), "the home folder": Path.home().resolve(),
+                 "this repository": Path(__file__).resolve().parent.parent}
+    for name, place in protected.items():
+        if target == place or target in place.parents:
+            return f"--overwrite would delete {target}, which is {name} or holds it; choose a run's own output folder"
+    if not target.is_dir() or not any(target.iterdir()):
+        return None
+    if any((target / marker).is_file() for marker in RUN_MARKERS) or any(target.glob("checkpoint-*")):
+        return None
+    return (f"--overwrite: {target} holds files but no run's (no {', '.join(RUN_MARKERS[:3])}, checkpoint-*): "
+            "it was not made by train.py, so it is left alone; choose another training.output_dir")
+
+
 def clear_output_dir(output_dir: Path) -> None:
-    """--overwrite: empty the folder (the user asked for it by name)."""
+    """--overwrite: empty a run folder (see overwrite_refusal for what is never deleted)."""
+    reason = overwrite_refusal(output_dir)
+    if reason:
+        raise ConfigError(reason)
     if output_dir.is_dir():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -161,28 +187,25 @@ def git_state() -> Dict[str, Any]:
 
 
 def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any]:
-    """Enough to tell whether later data is the same: files and sizes, Hub revision, or generator."""
+    """One fingerprint of the images the run read, split by split: the same digest the
+    preprocessing cache and the audit are keyed by (bytes, or path, size, mtime and ctime), plus
+    where they came from (Hub id and revision, folders, or the generator)."""
+    from .cache import images_digest
+
     d = cfg.data
+    per_split = {split: images_digest(ds, data.image_column) for split, ds in data.splits.items()}
+    combined = hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()
+    record: Dict[str, Any] = {"images_sha256": combined, "images": sum(len(ds) for ds in data.splits.values())}
     if d.synthetic:
         from . import synthetic
 
         digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
         return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
-                "seed": cfg.seed, "generator_sha256": digest}
+                "seed": cfg.seed, "generator_sha256": digest, **record}
     if d.dataset_name:
         return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
-                "revision": d.dataset_revision or "main",
-                "fingerprints": {split: ds._fingerprint for split, ds in data.splits.items()}}
-    listing = hashlib.sha256()
-    count = 0
-    for key in ("train_dir", "validation_dir", "test_dir"):
-        folder = getattr(d, key)
-        if not folder:
-            continue
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            listing.update(f"{key}/{path.relative_to(folder).as_posix()}\t{path.stat().st_size}\n".encode())
-            count += 1
-    return {"kind": "folders", "files": count, "listing_sha256": listing.hexdigest()}
+                "revision": d.dataset_revision or "main", **record}
+    return {"kind": "folders", **record}
 
 
 def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
@@ -209,15 +232,25 @@ def log_dataloader(cfg: ExperimentConfig, args: TrainingArguments) -> None:
                 args.dataloader_persistent_workers, chosen)
 
 
-def effective_batch_size(args: TrainingArguments) -> int:
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+def gpus_per_process(args: Any) -> int:
+    """GPUs one process drives: several when `python train.py` runs on a multi-GPU host (the
+    Trainer wraps the model in DataParallel), one under a distributed launch or none on CPU."""
+    return max(1, int(getattr(args, "n_gpu", 0) or 0))
+
+
+def effective_batch_size(args: Any) -> int:
+    """Images per optimizer step, in every launch mode: per device x GPUs per process x
+    accumulation steps x processes. The log, run_info.json and the card all take it from here."""
+    return (args.per_device_train_batch_size * gpus_per_process(args) * args.gradient_accumulation_steps
+            * args.world_size)
 
 
 def log_batch_size(args: TrainingArguments) -> None:
     logger.info(
-        "effective batch size %d = %d per device x %d accumulation steps x %d processes; learning rate %g is "
-        "used as given, not scaled with the batch size", effective_batch_size(args),
-        args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size, args.learning_rate)
+        "effective batch size %d = %d per device x %d device(s) per process x %d accumulation steps x %d processes; "
+        "learning rate %g is used as given, not scaled with the batch size", effective_batch_size(args),
+        args.per_device_train_batch_size, gpus_per_process(args), args.gradient_accumulation_steps, args.world_size,
+        args.learning_rate)
 
 
 def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig) -> Dict[str, Any]:

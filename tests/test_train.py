@@ -36,12 +36,12 @@ def test_two_step_training_writes_a_loadable_model_and_results(tmp_path, capsys,
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
 
-    # 60 images: 20% test (12), then 15% of all (9) validation, stratified.
+    # 60 images: 20% test (6 + 6), then 15% of all from the 48 left, stratified: 4.5 per class, so 4 + 4.
     matrix = json.loads((out / "eval_confusion_matrix.json").read_text())
     assert matrix["labels"] == ["with_mask", "without_mask"]
-    assert sum(map(sum, matrix["matrix"])) == 9
+    assert sum(map(sum, matrix["matrix"])) == 8
     correct = matrix["matrix"][0][0] + matrix["matrix"][1][1]
-    assert correct / 9 == pytest.approx(results["eval"]["eval_accuracy"])
+    assert correct / 8 == pytest.approx(results["eval"]["eval_accuracy"])
 
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["id2label"] == {"0": "with_mask", "1": "without_mask"}
@@ -89,5 +89,30 @@ def test_best_checkpoint_is_really_reloaded(tmp_path):
     assert not all(torch.equal(v, current[k]) for k, v in expected.items())  # training moved the weights
     trainer.state.best_model_checkpoint = first
     trainer._load_best_model()
+    current = trainer.model.state_dict()
+    assert all(torch.equal(v, current[k]) for k, v in expected.items())
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="huggingface/transformers#43701: the stock Trainer reloads checkpoints "
+                   "non-strictly and misses every ViT encoder weight. When this passes, drop FaceMaskTrainer's "
+                   "_load_best_model/_load_from_checkpoint overrides.")
+def test_stock_trainer_reload_still_misses_the_weights(tmp_path):
+    from transformers import AutoModelForImageClassification, Trainer
+
+    from facemask.modeling import build_model, load_image_processor
+    from facemask.prepare import prepare_data
+    from facemask.training import build_trainer, prepare_inputs, training_arguments
+
+    cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
+                                                              "max_steps": 3, "learning_rate": 0.05}))
+    data = prepare_data(cfg.data, cfg.seed).data
+    processor = load_image_processor(cfg.model)
+    model = build_model(cfg.model, data.id2label, data.label2id)
+    trainer = build_trainer(model, training_arguments(cfg), data, processor, cfg, prepare_inputs(data, processor, cfg))
+    trainer.train()
+    first = str(tmp_path / "out" / "checkpoint-1")
+    expected = AutoModelForImageClassification.from_pretrained(first).state_dict()
+    trainer.state.best_model_checkpoint = first
+    Trainer._load_best_model(trainer)  # the stock method, not the override
     current = trainer.model.state_dict()
     assert all(torch.equal(v, current[k]) for k, v in expected.items())
