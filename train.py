@@ -69,7 +69,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
     set_seed(training_args.seed)
     processor = load_image_processor(cfg.model)
-    prepared = prepare_data(cfg.data, training_args.seed, processor_image_size(processor))
+    with training_args.main_process_first(desc="data audit"):
+        # The main process draws (synthetic), inspects and keeps; the others then read what it kept.
+        prepared = prepare_data(cfg.data, training_args.seed, processor_image_size(processor))
     data, report = prepared.data, prepared.report
     if "validation" not in data.splits and training_args.eval_strategy != "no":
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")

@@ -99,6 +99,15 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+def unique_suffix() -> str:
+    """A temporary name's suffix no other process makes, on this host or another one sharing the
+    filesystem (PIDs repeat across nodes)."""
+    import secrets
+    import socket
+
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
 def cache_root(preprocess_dir: Optional[str] = None) -> Path:
     """The configured cache folder, else one beside datasets' own cache."""
     if preprocess_dir:
@@ -238,7 +247,7 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
 
     num_proc = num_proc or default_num_proc(len(ds))
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{folder.name}.{os.getpid()}.partial"
+    staging = root / f".{folder.name}.{unique_suffix()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     features = datasets.Features({

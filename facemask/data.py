@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,33 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]
     return out
 
 
+def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
+    """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
+    a second run, or the other processes of a distributed one, load it instead of drawing again."""
+    import hashlib
+
+    from .cache import unique_suffix
+
+    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator}"
+    if (folder / "dataset_info.json").is_file():
+        try:
+            return datasets.load_from_disk(str(folder))
+        except (OSError, ValueError):
+            pass  # damaged: draw it again below
+    ds = synthetic_dataset(num_images, size, seed)
+    staging = root / f".{folder.name}.{unique_suffix()}.partial"
+    try:
+        ds.save_to_disk(str(staging))
+        staging.rename(folder)
+    except OSError:
+        pass  # another process stored it first, or the folder is read-only: the drawn set serves
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return ds
+
+
 def synthetic_dataset(num_images: int, size: int, seed: int) -> datasets.Dataset:
     """The drawn set as PNG bytes, drawn on every core (samples depend only on seed and index)."""
     chunk = 250
@@ -89,7 +117,11 @@ def with_label_ids(ds: datasets.Dataset, column: str, ids: List[int], names: Lis
 
 def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
     if cfg.synthetic:
-        full = synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed)
+        from .cache import cache_root
+
+        root = cache_root(cfg.preprocess_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        full = stored_synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed, root)
         return datasets.DatasetDict({"train": full}), f"synthetic ({cfg.synthetic_num_images} images, seed {seed})"
     if cfg.train_dir is not None:
         # One load per folder: imagefolder infers labels from folder names only when every file

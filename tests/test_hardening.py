@@ -107,3 +107,55 @@ def test_class_names_match_by_one_rule_in_training_too(synth_folder, tmp_path):
     shutil.copytree(clash / "with_mask", clash / "With Mask")
     with pytest.raises(ConfigError, match="differ only in case"):
         load_sources(DataConfig(train_dir=str(clash), num_labels=3), 0)
+
+
+def test_draft_decoding_of_large_jpegs_differs_slightly_from_a_full_decode(tmp_path):
+    """The scope of "equal to the image processor": PNGs and JPEGs too small for draft decoding.
+    A large JPEG is decoded at a reduced DCT scale (>= twice the model side) before the same
+    resize, so its pixels differ a little from the processor's on a full decode; predictions agree."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from facemask.config import ModelConfig
+    from facemask.data import load_image
+    from facemask.modeling import build_model, load_image_processor
+    from facemask.synthetic import sample
+    from conftest import TINY_MODELS
+
+    cfg = ModelConfig(from_config=TINY_MODELS["vit"])
+    processor = load_image_processor(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, {0: "with_mask", 1: "without_mask"}, {"with_mask": 0, "without_mask": 1}).eval()
+    full, draft = [], []
+    for k in range(8):
+        path = tmp_path / f"big_{k}.jpg"
+        sample(5, k, 96)[0].resize((1600, 1200), Image.Resampling.BICUBIC).save(path, quality=95)
+        full.append(Image.open(path).convert("RGB"))
+        draft.append(load_image(str(path), draft_side=64))
+    assert draft[0].size == (200, 150)  # 1/8 scale, not 1600x1200
+    a = processor(full, return_tensors="pt")["pixel_values"]
+    b = processor(draft, return_tensors="pt")["pixel_values"]
+    difference = (a - b).abs()
+    print(f"draft vs full decode: mean {difference.mean():.4f}, max {difference.max():.4f}")
+    assert difference.max() > 0  # not bit for bit
+    assert difference.mean() < 0.02 and difference.max() < 0.5  # in normalised units (range 2)
+    with torch.no_grad():
+        la, lb = model(pixel_values=a).logits, model(pixel_values=b).logits
+    assert torch.equal(la.argmax(-1), lb.argmax(-1))
+    print(f"logits: max difference {(la - lb).abs().max():.5f}")
+    assert (la - lb).abs().max() < 0.05
+
+
+def test_the_drawn_set_is_drawn_once_and_then_read_back(tmp_path, monkeypatch):
+    import facemask.data as data
+
+    first = data.stored_synthetic_dataset(30, 32, 5, tmp_path)
+    monkeypatch.setattr(data, "synthetic_dataset", lambda *a: (_ for _ in ()).throw(AssertionError("drawn again")))
+    again = data.stored_synthetic_dataset(30, 32, 5, tmp_path)
+    assert again["label"] == first["label"]
+    assert [i["bytes"] for i in again.cast_column("image", __import__("datasets").Image(decode=False))["image"]] == \
+        [i["bytes"] for i in first.cast_column("image", __import__("datasets").Image(decode=False))["image"]]
+    assert not list(tmp_path.glob(".*partial"))
+    with pytest.raises(AssertionError, match="drawn again"):
+        data.stored_synthetic_dataset(30, 32, 6, tmp_path)  # another seed is another set
