@@ -44,14 +44,14 @@ def timed(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 40_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--distance", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-brute-force", type=int, default=40_000)
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "audit.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     print(f"near-duplicate search, 256-bit hashes, distance <= {args.distance}, {args.repeats} repeats")
     print(f"{'hashes':>9} {'pairs':>7} {'multi-index s (median, min-max)':>34} {'all pairs s (median, min-max)':>32}  same")

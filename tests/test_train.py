@@ -67,13 +67,12 @@ def test_image_folder_run_needs_only_train_dir(tmp_path, synth_folder):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-def test_best_checkpoint_is_really_reloaded(tmp_path):
-    # transformers 5 reloads the best checkpoint with a non-strict load_state_dict that misses every
-    # ViT encoder weight; FaceMaskTrainer must restore the checkpoint's exact weights.
+def _trained_three_steps(tmp_path):
+    """A FaceMaskTrainer after 3 steps with a checkpoint per step, and checkpoint-1's weights."""
     from transformers import AutoModelForImageClassification
 
-    from facemask.prepare import prepare_data
     from facemask.modeling import build_model, load_image_processor
+    from facemask.prepare import prepare_data
     from facemask.training import build_trainer, prepare_inputs, training_arguments
 
     cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
@@ -84,35 +83,29 @@ def test_best_checkpoint_is_really_reloaded(tmp_path):
     trainer = build_trainer(model, training_arguments(cfg), data, processor, cfg, prepare_inputs(data, processor, cfg))
     trainer.train()
     first = str(tmp_path / "out" / "checkpoint-1")
-    expected = AutoModelForImageClassification.from_pretrained(first).state_dict()
+    trainer.state.best_model_checkpoint = first
+    return trainer, AutoModelForImageClassification.from_pretrained(first).state_dict()
+
+
+def test_best_checkpoint_is_really_reloaded(tmp_path):
+    # transformers 5 reloads the best checkpoint with a non-strict load_state_dict that misses every
+    # ViT encoder weight; FaceMaskTrainer must restore the checkpoint's exact weights.
+    trainer, expected = _trained_three_steps(tmp_path)
     current = trainer.model.state_dict()
     assert not all(torch.equal(v, current[k]) for k, v in expected.items())  # training moved the weights
-    trainer.state.best_model_checkpoint = first
     trainer._load_best_model()
     current = trainer.model.state_dict()
     assert all(torch.equal(v, current[k]) for k, v in expected.items())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="huggingface/transformers#43701: the stock Trainer reloads checkpoints "
-                   "non-strictly and misses every ViT encoder weight. When this passes, drop FaceMaskTrainer's "
-                   "_load_best_model/_load_from_checkpoint overrides.")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="huggingface/transformers#43701: the stock Trainer reloads checkpoints non-strictly and "
+                          "misses every ViT encoder weight. When this passes, drop FaceMaskTrainer's "
+                          "_load_best_model/_load_from_checkpoint overrides.")
 def test_stock_trainer_reload_still_misses_the_weights(tmp_path):
-    from transformers import AutoModelForImageClassification, Trainer
+    from transformers import Trainer
 
-    from facemask.modeling import build_model, load_image_processor
-    from facemask.prepare import prepare_data
-    from facemask.training import build_trainer, prepare_inputs, training_arguments
-
-    cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
-                                                              "max_steps": 3, "learning_rate": 0.05}))
-    data = prepare_data(cfg.data, cfg.seed).data
-    processor = load_image_processor(cfg.model)
-    model = build_model(cfg.model, data.id2label, data.label2id)
-    trainer = build_trainer(model, training_arguments(cfg), data, processor, cfg, prepare_inputs(data, processor, cfg))
-    trainer.train()
-    first = str(tmp_path / "out" / "checkpoint-1")
-    expected = AutoModelForImageClassification.from_pretrained(first).state_dict()
-    trainer.state.best_model_checkpoint = first
+    trainer, expected = _trained_three_steps(tmp_path)
     Trainer._load_best_model(trainer)  # the stock method, not the override
     current = trainer.model.state_dict()
     assert all(torch.equal(v, current[k]) for k, v in expected.items())

@@ -1,0 +1,34 @@
+"""The benchmarks' own code paths, run small on CPU so they do not rot between measurements."""
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_bench_runs_its_code_path_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    assert load("gpu").main(["--tiny", "--steps", "1", "--repeats", "2", "--compile", "no", "--batch", "4",
+                             "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["model"], r["batch"], r["compiled"]) for r in result["rows"]] == [("vit-base", 4, False),
+                                                                                 ("beit-base", 4, False)]
+    for row in result["rows"]:
+        for key in ("train_images_per_s", "inference_images_per_s"):
+            figure = row[key]
+            assert 0 < figure["min"] <= figure["median"] <= figure["max"]
+        assert row["dtype"] == "float32" and row["side"] == 32
+
+
+def test_audit_bench_compares_both_searches(tmp_path):
+    out = tmp_path / "audit.json"
+    assert load("audit").main(["--sizes", "3000", "--repeats", "1", "--output", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["same_pairs"] is True and row["pairs"] > 0 and len(row["all_pairs_s"]) == 1
