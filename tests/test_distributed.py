@@ -37,7 +37,8 @@ def test_two_processes_train_the_quickstart_model_and_count_each_sample_once(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["effective_batch_size"] == 64
-    assert "effective batch size 64 = 32 per device x 1 accumulation steps x 2 processes" in result.stderr
+    assert ("effective batch size 64 = 32 per device x 1 device(s) per process x 1 accumulation steps x "
+            "2 processes") in result.stderr
     assert result.stderr.count("model card:") == 1  # only the main process writes the card
     sizes = {s: info["data"]["splits"][s]["num_images"] for s in ("validation", "test")}
     for prefix, split in (("eval", "validation"), ("test", "test")):
