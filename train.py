@@ -137,10 +137,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         table = operating_points(evaluated["validation"], evaluated.get("test"), pos_label, data.labels)
         if table is not None:
             (cfg.output_dir / "operating_points.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    if report is not None and evaluated:
+    if report is not None and evaluated and cfg.data.shortcut_test:
         # The split that reports the headline number: test where there is one.
         split = "test" if "test" in evaluated else "validation"
-        flagged = flagged_attributes(report) if cfg.data.shortcut_test else []
+        flagged = flagged_attributes(report)
 
         def predict(ds, name):
             view = eval_view(ds, name, data, processor, cfg, training_args)
