@@ -132,6 +132,11 @@ def test_training_on_the_messy_folder_runs_and_reports_the_removal(messy_real, t
         assert (out / name).is_file(), name
     slices = json.loads((out / "test_slices.json").read_text())
     assert slices["overall"]["images"] == 30 and "sharpness" in slices["attributes"]
+    # Switched off, the test leaves no file, and the card does not claim nothing was flagged.
+    train.main([str(config), "data.shortcut_test=false", "--overwrite"])
+    assert not (out / "test_shortcut_test.json").exists()
+    card = (out / "README.md").read_text()
+    assert "no shortcut was flagged" not in card and "file format PNG: 25 images, all with_mask" in card
 
 
 @pytest.fixture(scope="module")
