@@ -25,10 +25,10 @@ from typing import Dict, List, Optional
 
 from facemask.analysis import analyse_split, shortcut_tests
 from facemask.augment import BatchTransform
-from facemask.cache import CacheSpec, build_or_load, cache_root, collate_cached
+from facemask.cache import collate_cached
 from facemask.card import write_card
 from facemask.config import ConfigError, DataConfig, load_config
-from facemask.data import collate, make_transforms, resolve_positive_label
+from facemask.data import collate, resolve_positive_label
 from facemask.evaluation import (
     classification_report,
     from_prepared,
@@ -47,7 +47,7 @@ from facemask.performance import dataloader_settings
 from facemask.plots import confusion_matrix_png, roc_curve_png
 from facemask.prepare import prepare_data
 from facemask.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
-from facemask.training import FaceMaskTrainer, logger, setup_logging
+from facemask.training import FaceMaskTrainer, eval_view, logger, setup_logging
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -123,14 +123,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     pos_label = resolve_positive_label(data.labels, args.positive_label)
 
     def view(ds, name):
-        if args.preprocess == "per_image":
-            return ds.with_transform(make_transforms(processor, DataConfig(), data.image_column, data.label_column)[1])
-        with training_args.main_process_first(desc="preprocessing cache"):
-            cached, report = build_or_load(ds, name, data.image_column, data.label_column,
-                                           CacheSpec.for_split(processor, train=False), processor,
-                                           cache_root(args.cache_dir))
-        logger.info(report.describe())
-        return cached
+        return eval_view(ds, name, data.image_column, data.label_column, processor, args.preprocess, args.cache_dir,
+                         args=training_args)
 
     if args.preprocess == "cache":
         collator, transform = collate_cached, BatchTransform(processor, DataConfig(), image_side)
@@ -180,8 +174,11 @@ def run_shortcut_test(args, trainer, view, data, inspections, attributes, probs,
     if not flagged:
         ok = [k for k, f in enumerate(inspections) if f.status == "ok"]
         names = [data.labels[label_ids[k]] for k in ok]
-        flagged = [s["attribute"] for s in attribute_shortcuts([inspections[k] for k in ok], names, 0.75, 0)]
-        flagged += [s["attribute"] for s in partial_shortcuts([attributes[k] for k in ok], names)]
+        rules = DataConfig()  # the audit's default rules
+        flagged = [s["attribute"] for s in attribute_shortcuts([inspections[k] for k in ok], names,
+                                                               rules.shortcut_threshold, seed=0)]
+        flagged += [s["attribute"] for s in partial_shortcuts([attributes[k] for k in ok], names,
+                                                              rules.shortcut_min_images, rules.shortcut_purity)]
         flagged = list(dict.fromkeys(flagged))
         logger.info("shortcut test: the audit of %s flags %s", data.source, flagged or "nothing")
 

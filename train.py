@@ -143,7 +143,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         flagged = flagged_attributes(report)
 
         def predict(ds, name):
-            view = eval_view(ds, name, data, processor, cfg, training_args)
+            view = eval_view(ds, name, data.image_column, data.label_column, processor, cfg.data.preprocess,
+                             cfg.data.preprocess_dir, cfg.data.preprocess_num_proc, training_args)
             return softmax(trainer.predict(view, metric_key_prefix="shortcut").predictions)
 
         tests = shortcut_tests(flagged, PREFIXES[split], data.splits[split], data.image_column,

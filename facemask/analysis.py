@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 
 from . import plots
-from .inspection import Inspection
+from .inspection import Inspection, read_bytes
 from .shortcuts import (
     FAMILIES,
     neutralise,
@@ -164,8 +164,7 @@ def _counterfactual(dataset: datasets.Dataset, image_column: str, family: str, d
     def change(batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         out = []
         for item in batch[image_column]:
-            data = item["bytes"] if item.get("bytes") is not None else Path(item["path"]).read_bytes()
-            out.append({"bytes": neutralise(data, family, draft_side, side), "path": None})
+            out.append({"bytes": neutralise(read_bytes(item), family, draft_side, side), "path": None})
         return {image_column: out}
 
     key = hashlib.sha256(f"{dataset._fingerprint}/{family}/{draft_side}/{side}/1".encode()).hexdigest()[:16]
@@ -193,8 +192,7 @@ def shortcut_tests(flagged: List[str], prefix: str, dataset: datasets.Dataset, i
             sharper = max(set(names), key=lambda c: np.median([f.sharpness or 0 for f, n in zip(inspections, names)
                                                                 if n == c]))
             rows = [k for k, n in enumerate(names) if n == sharper][:32]
-            sample = [item["bytes"] if item.get("bytes") is not None else Path(item["path"]).read_bytes()
-                      for item in dataset.select(rows)[image_column]]
+            sample = [read_bytes(item) for item in dataset.select(rows)[image_column]]
             side = resolution_side(inspections, names, attributes, image_side, sample, draft_side)
         changed = _counterfactual(dataset, image_column, family, draft_side, side)
         after_probs = predict(changed, f"{prefix}-{family}")

@@ -86,11 +86,9 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
             continue
         entry = {"a": _side(a, final[pair["i"]]), "b": _side(b, final[pair["j"]]), "distance": pair["distance"]}
         (leaks if final[pair["i"]] != final[pair["j"]] else inside).append(entry)
+    distance = {(min(p["i"], p["j"]), max(p["i"], p["j"])): p["distance"] for p in exact + near}
     removed_report = {
-        split: [{**_side(recs[k]), "copy_of": _side(recs[other]),
-                 "distance": int(np.bitwise_count(np.packbits(recs[k]["inspection"].phash)
-                                                  ^ np.packbits(recs[other]["inspection"].phash)).sum())
-                 if recs[k]["inspection"].sha256 != recs[other]["inspection"].sha256 else 0}
+        split: [{**_side(recs[k]), "copy_of": _side(recs[other]), "distance": distance[min(k, other), max(k, other)]}
                 for k, other in sorted(copies.items())]
         for split, copies in removed.items()
     }

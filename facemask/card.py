@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,14 +258,11 @@ SLICE_MIN_IMAGES = 20
 
 def _diagnostics(run: RunFiles, figures: Dict[str, str]) -> Dict[str, Any]:
     """The card's shortcut, slice, error and calibration sections, from analysis.py's files."""
-    from .audit import removal_summary
     from .shortcuts import notable_slices
 
     report = run.audit_report
     return {
         "audited": bool(report),
-        "removed": removal_summary(report) if report else [],
-        "kept_leaks": len(report.get("leaks", [])) if report.get("on_leak") == "keep" else 0,
         "partial_shortcuts": report.get("partial_shortcuts", []),
         "attribute_shortcuts": report.get("shortcuts", []),
         "shortcut_rule": report.get("partial_shortcut_rule"),

@@ -56,12 +56,9 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again."""
-    import hashlib
-
     from .cache import unique_suffix
 
-    generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
-    folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator}"
+    folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{synthetic.generator_digest()}"
     if (folder / "dataset_info.json").is_file():
         try:
             return datasets.load_from_disk(str(folder))

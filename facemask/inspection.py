@@ -48,7 +48,8 @@ class Inspection:
     sharpness: Optional[float] = None
 
 
-def _read_bytes(item: Dict[str, Any]) -> bytes:
+def read_bytes(item: Dict[str, Any]) -> bytes:
+    """A stored image's bytes: held in the dataset, or read from its file."""
     if item.get("bytes") is not None:
         return item["bytes"]
     return Path(item["path"]).read_bytes()
@@ -65,7 +66,7 @@ def inspect_image(item: Dict[str, Any], min_side: int, image_side: int = 224) ->
     """Check one stored image without trusting its extension, decoding it fully once."""
     import imagehash
 
-    data = _read_bytes(item)
+    data = read_bytes(item)
     result = Inspection("ok", size_bytes=len(data))
     if not data:
         return Inspection("zero_bytes", "the file is empty")

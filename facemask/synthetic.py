@@ -291,3 +291,10 @@ def write_image_folder(directory: str | Path, num_images: int, size: int, seed: 
             image.save(path)
     return root
 
+
+def generator_digest() -> str:
+    """A short hash of this file: a drawn set is the same set only if it was drawn by the same code."""
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]

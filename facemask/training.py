@@ -199,9 +199,8 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     if d.synthetic:
         from . import synthetic
 
-        digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
         return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
-                "seed": cfg.seed, "generator_sha256": digest, **record}
+                "seed": cfg.seed, "generator_sha256": synthetic.generator_digest(), **record}
     if d.dataset_name:
         return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
                 "revision": d.dataset_revision or "main", **record}
@@ -353,20 +352,24 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
     return InputPipeline(splits, collate_cached, clock, transform, reports)
 
 
-def eval_view(ds: Any, split: str, data: PreparedData, processor: Any, cfg: ExperimentConfig,
+def eval_view(ds: Any, split: str, image_column: str, label_column: str, processor: Any, preprocess: str,
+              preprocess_dir: Optional[str] = None, num_proc: Optional[int] = None,
               args: Optional[TrainingArguments] = None) -> Any:
-    """Another evaluation split (a counterfactual copy, say) in the form the run's Trainer predicts
-    on: through the same preprocessing cache, or the same per-image transform."""
+    """An evaluation split in the form a Trainer with this input pipeline predicts on: through the
+    preprocessing cache (built by the main process while the others wait), or the per-image
+    transform. train.py's counterfactual copies and evaluate.py's splits both come through here."""
     from contextlib import nullcontext
 
-    if cfg.data.preprocess == "per_image":
-        _, eval_tf = make_transforms(processor, cfg.data, data.image_column, data.label_column)
+    from .config import DataConfig
+
+    if preprocess == "per_image":
+        _, eval_tf = make_transforms(processor, DataConfig(), image_column, label_column)
         return ds.with_transform(eval_tf)
     spec = CacheSpec.for_split(processor, train=False)
     waiting = args.main_process_first(desc=f"preprocessing cache ({split})") if args is not None else nullcontext()
     with waiting:
-        cached, report = build_or_load(ds, split, data.image_column, data.label_column, spec, processor,
-                                       cache_root(cfg.data.preprocess_dir), cfg.data.preprocess_num_proc)
+        cached, report = build_or_load(ds, split, image_column, label_column, spec, processor,
+                                       cache_root(preprocess_dir), num_proc)
     logger.info(report.describe())
     return cached
 

@@ -113,7 +113,6 @@ def test_draft_decoding_of_large_jpegs_differs_slightly_from_a_full_decode(tmp_p
     """The scope of "equal to the image processor": PNGs and JPEGs too small for draft decoding.
     A large JPEG is decoded at a reduced DCT scale (>= twice the model side) before the same
     resize, so its pixels differ a little from the processor's on a full decode; predictions agree."""
-    import numpy as np
     import torch
     from PIL import Image
 
