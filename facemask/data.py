@@ -312,11 +312,23 @@ class AugmentationClock:
     Drawing crops and flips from the global torch RNG would tie them to everything else that
     consumes it (a resumed run creates one more DataLoader iterator, which draws a seed), so a
     resumed run would see other crops than an uninterrupted one. A Trainer callback sets `epoch`.
+
+    The epoch lives in a shared-memory tensor: DataLoader workers hold copies of the clock (forked,
+    or pickled, which shares the storage), and persistent workers outlive the epoch they started
+    in, so a plain attribute set in the main process would leave them drawing epoch 0's crops.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
 
     def generator(self, index: int) -> random.Random:
         # Python's generator: seeding and a handful of draws cost ~5 us, a torch.Generator's ~30.

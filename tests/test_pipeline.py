@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import train
 from conftest import tiny_config
@@ -245,3 +246,55 @@ def test_per_image_path_still_trains(tmp_path):
     results = train.main([str(tiny_config(tmp_path)), "data.preprocess=per_image"])
     assert results["train"]["train_loss"] > 0 and "test_accuracy" in results["test"]
     assert json.loads((tmp_path / "out" / "run_info.json").read_text())["preprocessing"] == []
+
+
+def record_training_inputs(monkeypatch):
+    """Patches the Trainer to note, per optimisation step, the epoch and each sample's pixel digest."""
+    import hashlib
+
+    from facemask.training import FaceMaskTrainer
+
+    seen = []
+    original = FaceMaskTrainer.training_step
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        pixels = inputs["pixel_values"]
+        digests = [hashlib.sha1(p.numpy().tobytes()).hexdigest() for p in pixels]
+        seen.append((self.state.global_step + 1, int(self.state.epoch + 1e-6), digests))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(FaceMaskTrainer, "training_step", training_step)
+    return seen
+
+
+def test_per_image_path_with_persistent_workers_draws_new_crops_each_epoch_and_resumes_exactly(
+        tmp_path, monkeypatch):
+    # Item: the epoch callback ran in the main process only, so persistent workers repeated epoch
+    # 0's crops every epoch (and a resumed run drew other crops than an uninterrupted one).
+    training = {"max_steps": -1, "num_train_epochs": 3, "dataloader_num_workers": 2,
+                "dataloader_persistent_workers": True, "save_strategy": "steps", "save_steps": 7}
+    data = {"synthetic": True, "synthetic_num_images": 48, "synthetic_image_size": 40, "test_split": 0.2,
+            "preprocess": "per_image"}
+    seen = record_training_inputs(monkeypatch)
+    train.main([str(tiny_config(tmp_path / "straight", data=data, training=training))])
+    by_epoch = {}
+    for _, epoch, digests in seen:
+        by_epoch.setdefault(epoch, []).extend(digests)
+    assert sorted(by_epoch) == [0, 1, 2]
+    # The same images every epoch, each cut and mirrored anew: no crop repeats across epochs.
+    assert len({len(d) for d in by_epoch.values()}) == 1
+    assert not set(by_epoch[0]) & set(by_epoch[1]) and not set(by_epoch[1]) & set(by_epoch[2])
+
+    straight_out = tmp_path / "straight" / "out"
+    checkpoint = straight_out / "checkpoint-7"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert 1 < state["epoch"] < 2  # resumed mid-epoch 1: the skipped batches and the clock both matter
+    straight_steps = {step: digests for step, _, digests in seen}
+    seen.clear()
+    resumed_config = tiny_config(tmp_path / "resumed", data=data, training=training)
+    train.main([str(resumed_config), f"--resume={checkpoint}"])
+    assert [step for step, _, _ in seen] == list(range(8, max(straight_steps) + 1))
+    assert all(digests == straight_steps[step] for step, _, digests in seen)
+    a = load_file(straight_out / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "out" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
