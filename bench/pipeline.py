@@ -17,6 +17,9 @@ that the script draws, it measures, each in a fresh process (so peak memory is i
   5. peak resident memory of each process.
 Training throughput is timed over steps after a warm-up; evaluation is Trainer.predict's own
 samples/s over the split (metrics included), against model-only inference at the same batch size.
+Steps (2)-(4) are repeated (--repeats, alternating the cached and per-image processes), and each
+figure and ratio is printed as the median over the repeats with its spread (min-max): a single
+ratio from one run says little on a machine whose speed drifts by 20%.
 """
 
 from __future__ import annotations
@@ -270,19 +273,21 @@ def run(kind: str, **params) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
     parser.add_argument("--images", type=int, default=512, help="images drawn for the folder")
     parser.add_argument("--copies", type=int, default=3, help="files per drawn image (1/4 train, 3/4 eval)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the measurements (2)-(4)")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "pipeline.json"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         return child(args.child)
 
     cores = os.cpu_count()
-    report = {"cores": cores, "images": args.images, "train_batch": TRAIN_BATCH, "eval_batch": EVAL_BATCH,
+    report = {"cores": cores, "images": args.images, "copies": args.copies, "repeats": args.repeats,
+              "train_batch": TRAIN_BATCH, "eval_batch": EVAL_BATCH,
               "model": MODEL, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "photos", args.images, args.copies)
@@ -292,21 +297,25 @@ def main() -> int:
         report["mean_megapixels"] = round(megapixels, 2)
         for size in args.sizes:
             cache = str(Path(tmp) / f"cache-{size}")
-            steps = 30 if size <= 128 else 6
+            steps = 30 if size <= 128 else 12
             eval_batches = -(-(files - files // 4) // EVAL_BATCH)
             row = {"model": run("model", size=size, steps=steps, eval_batches=eval_batches)}
             # First at one process, per core; then rebuilt on every core, as a run builds it.
             row["cache_build_1_core"] = run("cache_build", folder=str(folder), cache=cache + "-1", size=size,
                                             num_proc=1)
             row["cache_build"] = run("cache_build", folder=str(folder), cache=cache, size=size, num_proc=cores)
-            row["cached"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="cache", steps=steps,
-                                eval_batches=eval_batches)
-            row["per_image"] = run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="per_image",
-                                   steps=steps, eval_batches=eval_batches, reference=False)
-            row["input_cached"] = run("input_only", folder=str(folder), cache=cache, size=size, preprocess="cache",
-                                      batches=40)
-            row["input_per_image"] = run("input_only", folder=str(folder), cache=cache, size=size,
-                                         preprocess="per_image", batches=4)
+            for name in ("cached", "per_image", "input_cached", "input_per_image"):
+                row[name] = []
+            for _ in range(args.repeats):
+                row["cached"].append(run("pipeline", folder=str(folder), cache=cache, size=size, preprocess="cache",
+                                         steps=steps, eval_batches=eval_batches))
+                row["per_image"].append(run("pipeline", folder=str(folder), cache=cache, size=size,
+                                            preprocess="per_image", steps=steps, eval_batches=eval_batches,
+                                            reference=False))
+                row["input_cached"].append(run("input_only", folder=str(folder), cache=cache, size=size,
+                                               preprocess="cache", batches=40))
+                row["input_per_image"].append(run("input_only", folder=str(folder), cache=cache, size=size,
+                                                  preprocess="per_image", batches=4))
             report["sizes"][str(size)] = row
             print_table(report, size)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -322,36 +331,54 @@ def _pixels(path: Path) -> int:
         return image.width * image.height
 
 
+def spread(values: list, digits: int = 1, suffix: str = "") -> str:
+    """'median (min-max)' over the repeats."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}{suffix}"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f}){suffix}"
+
+
 def print_table(report: dict, size: int) -> None:
     row = report["sizes"][str(size)]
-    m, c, p = row["model"], row["cached"], row["per_image"]
-    ic, ip = row["input_cached"], row["input_per_image"]
-    b1, b = row["cache_build_1_core"], row["cache_build"]
+    m, b1, b = row["model"], row["cache_build_1_core"], row["cache_build"]
+    c, p, ic, ip = row["cached"], row["per_image"], row["input_cached"], row["input_per_image"]
+
+    def rates(runs: list, key: str) -> list:
+        return [r[key] for r in runs]
+
+    def ratios(runs: list, key: str, over: list, over_key: str) -> list:
+        return [r[key] / o[over_key] for r, o in zip(runs, over)]
+
+    def rss(runs: list) -> float:
+        return max(r["peak_rss_mb"] for r in runs)
+
     print(f"\n{size}x{size}, tiny ViT, {report['cores']} cores, {report['files']} files of "
-          f"{report['mean_megapixels']} MP on average (JPEG/PNG)")
-    print(f"{'measurement':<44}{'images/s':>10}{'ratio':>22}{'peak RSS MB':>13}")
-    rows = [
-        ("1. model only, train step", m["train_images_per_s"], "", m["peak_rss_mb"]),
-        ("1. model only, inference", m["eval_images_per_s"], "", m["peak_rss_mb"]),
-        ("   model only, beside (2): train step", c["model_train_images_per_s"], "", c["peak_rss_mb"]),
-        ("   model only, beside (2): inference", c["model_eval_images_per_s"], "", c["peak_rss_mb"]),
-        ("2. pipeline (cache), training", c["train_images_per_s"],
-         f"{c['train_images_per_s'] / c['model_train_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
-        ("2. pipeline (cache), evaluation", c["eval_images_per_s"],
-         f"{c['eval_images_per_s'] / c['model_eval_images_per_s']:.3f} of (1)", c["peak_rss_mb"]),
-        ("3. per-image path, training", p["train_images_per_s"],
-         f"{p['train_images_per_s'] / c['train_images_per_s']:.3f} of (2)", p["peak_rss_mb"]),
-        ("3. per-image path, evaluation", p["eval_images_per_s"],
-         f"{p['eval_images_per_s'] / c['eval_images_per_s']:.3f} of (2)", p["peak_rss_mb"]),
-        ("4. input only, from the cache, per core", ic["images_per_s_per_core"],
-         f"{ic['images_per_s_per_core'] / ip['images_per_s_per_core']:.1f}x per-image", ic["peak_rss_mb"]),
-        ("4. input only, per-image path, per core", ip["images_per_s_per_core"], "", ip["peak_rss_mb"]),
-        ("   cache build, 1 process, per core", b1["images_per_s"], "", b1["peak_rss_mb"]),
-        (f"   cache build, {b['processes']} processes", b["images_per_s"],
+          f"{report['mean_megapixels']} MP on average (JPEG/PNG; {report['images']} distinct drawn images, "
+          f"each under {report['copies']} names)")
+    print(f"(2)-(4): median (min-max) over {report['repeats']} repeats; ratios are taken per repeat")
+    print(f"{'measurement':<44}{'images/s':>22}{'ratio':>30}{'peak RSS MB':>13}")
+    lines = [
+        ("1. model only, train step", f"{m['train_images_per_s']:.1f}", "", m["peak_rss_mb"]),
+        ("1. model only, inference", f"{m['eval_images_per_s']:.1f}", "", m["peak_rss_mb"]),
+        ("   model only, beside (2): train step", spread(rates(c, "model_train_images_per_s")), "", rss(c)),
+        ("   model only, beside (2): inference", spread(rates(c, "model_eval_images_per_s")), "", rss(c)),
+        ("2. pipeline (cache), training", spread(rates(c, "train_images_per_s")),
+         spread(ratios(c, "train_images_per_s", c, "model_train_images_per_s"), 3, " of (1)"), rss(c)),
+        ("2. pipeline (cache), evaluation", spread(rates(c, "eval_images_per_s")),
+         spread(ratios(c, "eval_images_per_s", c, "model_eval_images_per_s"), 3, " of (1)"), rss(c)),
+        ("3. per-image path, training", spread(rates(p, "train_images_per_s")),
+         spread(ratios(p, "train_images_per_s", c, "train_images_per_s"), 3, " of (2)"), rss(p)),
+        ("3. per-image path, evaluation", spread(rates(p, "eval_images_per_s")),
+         spread(ratios(p, "eval_images_per_s", c, "eval_images_per_s"), 3, " of (2)"), rss(p)),
+        ("4. input only, from the cache, per core", spread(rates(ic, "images_per_s_per_core")),
+         spread(ratios(ic, "images_per_s_per_core", ip, "images_per_s_per_core"), 1, "x per-image"), rss(ic)),
+        ("4. input only, per-image path, per core", spread(rates(ip, "images_per_s_per_core")), "", rss(ip)),
+        ("   cache build, 1 process, per core", f"{b1['images_per_s']:.1f}", "", b1["peak_rss_mb"]),
+        (f"   cache build, {b['processes']} processes", f"{b['images_per_s']:.1f}",
          f"{b['images']} images in {b['seconds']:.1f} s", b["peak_rss_mb"]),
     ]
-    for name, rate, ratio, rss in rows:
-        print(f"{name:<44}{rate:>10.1f}{ratio:>22}{rss:>13.0f}")
+    for name, rate, ratio, peak in lines:
+        print(f"{name:<44}{rate:>22}{ratio:>30}{peak:>13.0f}")
 
 
 if __name__ == "__main__":

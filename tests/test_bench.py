@@ -3,6 +3,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from conftest import REPO
 
 
@@ -32,3 +34,19 @@ def test_audit_bench_compares_both_searches(tmp_path):
     assert load("audit").main(["--sizes", "3000", "--repeats", "1", "--output", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["same_pairs"] is True and row["pairs"] > 0 and len(row["all_pairs_s"]) == 1
+
+
+@pytest.mark.slow
+def test_pipeline_bench_repeats_and_reports_median_and_spread(tmp_path, capsys):
+    out = tmp_path / "pipeline.json"
+    assert load("pipeline").main(["--sizes", "32", "--images", "16", "--copies", "2", "--repeats", "2",
+                                  "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["files"] == 32 and report["repeats"] == 2
+    row = report["sizes"]["32"]
+    for name in ("cached", "per_image", "input_cached", "input_per_image"):
+        assert len(row[name]) == 2 and all(r["peak_rss_mb"] > 0 for r in row[name])
+    table = capsys.readouterr().out
+    assert "median (min-max) over 2 repeats" in table and "16 distinct drawn images, each under 2 names" in table
+    ratios = [r["train_images_per_s"] / r["model_train_images_per_s"] for r in row["cached"]]
+    assert f"{min(ratios):.3f}-{max(ratios):.3f}) of (1)" in table
