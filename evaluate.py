@@ -47,7 +47,9 @@ from facemask.performance import dataloader_settings
 from facemask.plots import confusion_matrix_png, roc_curve_png
 from facemask.prepare import prepare_data
 from facemask.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
-from facemask.training import FaceMaskTrainer, eval_view, logger, setup_logging
+from facemask.arguments import logger, setup_logging
+from facemask.inputs import eval_view
+from facemask.trainer import FaceMaskTrainer
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -26,21 +26,11 @@ from facemask.metrics import confusion, softmax
 from facemask.modeling import build_model, load_image_processor, processor_image_size
 from facemask.performance import switches_record, uses_gpu
 from facemask.prepare import prepare_data
-from facemask.training import (
-    build_trainer,
-    clear_output_dir,
-    eval_view,
-    log_batch_size,
-    log_dataloader,
-    logger,
-    overwrite_refusal,
-    parse_args,
-    prepare_inputs,
-    resolve_resume,
-    run_info,
-    setup_logging,
-    training_arguments,
-)
+from facemask.arguments import log_batch_size, log_dataloader, logger, setup_logging, training_arguments
+from facemask.inputs import eval_view, prepare_inputs
+from facemask.provenance import run_info
+from facemask.runs import clear_output_dir, overwrite_refusal, parse_args, resolve_resume
+from facemask.trainer import build_trainer, early_stopping_record
 
 # Trainer's metric prefix for each split, as in transformers' example scripts.
 PREFIXES = {"validation": "eval", "test": "test"}
@@ -106,6 +96,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     train_result.metrics.update(prepared.removed)
+    train_result.metrics.update(early_stopping_record(trainer))
     results = {"train": train_result.metrics}
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

@@ -150,7 +150,8 @@ def measure_model(size: int, steps: int, eval_batches: int) -> dict:
 def _pipeline(folder: str, cache: str, size: int, preprocess: str):
     from facemask.prepare import prepare_data
     from facemask.modeling import load_image_processor
-    from facemask.training import prepare_inputs, training_arguments
+    from facemask.arguments import training_arguments
+    from facemask.inputs import prepare_inputs
 
     cfg = _config(folder, cache, size, preprocess)
     args = training_arguments(cfg)
@@ -164,7 +165,7 @@ def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> di
     """Every split's cache, built as a first run builds it (fingerprinting included)."""
     from facemask.prepare import prepare_data
     from facemask.modeling import load_image_processor
-    from facemask.training import prepare_inputs
+    from facemask.inputs import prepare_inputs
 
     cfg = _config(folder, cache, size, "cache")
     cfg.data.preprocess_num_proc = num_proc
@@ -183,7 +184,8 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
     from transformers import TrainerCallback
 
     from facemask.modeling import build_model
-    from facemask.training import build_trainer, training_arguments
+    from facemask.arguments import training_arguments
+    from facemask.trainer import build_trainer
 
     cfg, data, processor, pipeline = _pipeline(folder, cache, size, preprocess)
     built = [r.images for r in pipeline.cache_reports if not r.reused]

@@ -205,7 +205,9 @@ def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
     for s in report["partial_shortcuts"]:
         warnings_.append(f"partial shortcut: {s['message']}")
     for item in report["imbalance"]:
-        warnings_.append(f"class imbalance in {item['split']}: {item['class_counts']}")
+        fix = ("; to correct for it in training, set recipe.class_weights=balanced (weighted loss) or "
+               "recipe.balanced_sampler=true (class-balanced sampling)" if item["split"] == "train" else "")
+        warnings_.append(f"class imbalance in {item['split']}: {item['class_counts']}{fix}")
     if report["duplicate_pairs_within_splits"]:
         warnings_.append(f"{report['duplicate_pairs_within_splits']} duplicate pair(s) within splits")
     if report["label_conflict_pairs"]:

@@ -186,7 +186,30 @@ def _hyperparameters(run: RunFiles) -> List[Dict[str, Any]]:
         # Recorded by the run (training.effective_batch_size), right in every launch mode.
         rows.append({"name": "total_train_batch_size", "value": run.run_info["effective_batch_size"],
                      "default": False})
+    if training.get("label_smoothing_factor"):
+        rows.append({"name": "label_smoothing_factor", "value": training["label_smoothing_factor"], "default": False})
+    from .recipe import changed_settings
+
+    for key, value in changed_settings(run.experiment.get("recipe") or {}).items():
+        rows.append({"name": f"recipe.{key}", "value": value, "default": False})
+    for key, value in ((run.experiment.get("model") or {}).get("config_overrides") or {}).items():
+        rows.append({"name": f"model.config_overrides.{key}", "value": value, "default": False})
     return rows
+
+
+def _early_stopping(run: RunFiles) -> Optional[str]:
+    recipe = run.experiment.get("recipe") or {}
+    patience = recipe.get("early_stopping_patience")
+    if not patience:
+        return None
+    metric = (run.experiment.get("training") or {}).get("metric_for_best_model") or "loss"
+    rule = (f"validation {metric} did not improve by more than {recipe.get('early_stopping_threshold', 0.0)} "
+            f"for {patience} evaluation(s)")
+    train = run.results.get("train") or {}
+    if "early_stopped_at_step" in train:
+        return (f"stopped at epoch {train['early_stopped_at_epoch']} (step {train['early_stopped_at_step']}): "
+                f"{rule}")
+    return f"on (stop when {rule}); it did not trigger"
 
 
 def _selection(run: RunFiles) -> Optional[str]:
@@ -305,6 +328,9 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         hyperparameters=_hyperparameters(run),
         augmentation=_augmentation(run),
         selection=_selection(run),
+        early_stopping=_early_stopping(run),
+        weight_decay_rule=bool(run.experiment.get("recipe") is not None and (run.experiment.get("training") or {})
+                               .get("weight_decay")),
         command=run.run_info.get("command"),
         has_experiment=bool(run.experiment.get("training")),  # a complete config, one train.py can rerun
         train_block=_indent(metrics_block("train", run.results["train"])) if run.results.get("train") else None,

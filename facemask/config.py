@@ -38,6 +38,9 @@ class ModelConfig:
     # Attention kernel: None (transformers' default: sdpa where the model has it), "sdpa", "eager",
     # "flash_attention_2"; one the machine or model cannot run falls back, with a warning.
     attn_implementation: Optional[str] = None
+    # Model config fields set when the model is built, checked against its config class:
+    # drop_path_rate, hidden_dropout_prob, attention_probs_dropout_prob, layer_scale_init_value, ...
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +96,35 @@ class DataConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """Training tricks, one switch each (facemask/recipe/ holds one module per trick). Label
+    smoothing is `training.label_smoothing_factor`; weight decay is never applied to biases, norm
+    weights, position embeddings, [CLS]/mask tokens, relative-position tables or layer scales."""
+
+    # Stop when training.metric_for_best_model has not improved by more than the threshold for
+    # this many evaluations (needs load_best_model_at_end).
+    early_stopping_patience: Optional[int] = None
+    early_stopping_threshold: float = 0.0
+    # "balanced" (n_images / (n_classes x n_class), from the training split) or {class name: weight}.
+    class_weights: Optional[Any] = None
+    # Draw training samples with probability inversely proportional to their class's size.
+    balanced_sampler: bool = False
+    # Layer-wise learning-rate decay: the head gets the learning rate, block i of L gets
+    # lr x decay^(L - i), the embeddings lr x decay^(L + 1).
+    layer_decay: Optional[float] = None
+    # Exponential moving average of the weights: evaluation, best-model choice and the saved model use it.
+    ema_decay: Optional[float] = None
+    ema_warmup: bool = True  # decay ramps as min(decay, (1 + updates) / (10 + updates))
+    ema_every: int = 1  # optimizer steps between updates
+    # Mixup / CutMix on the device batch, with soft targets; with both on, each batch is one or
+    # the other (cutmix with mix_switch_prob); mix_prob of the batches are mixed at all.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+
+
+@dataclass
 class HubConfig:
     push: bool = False
     model_id: Optional[str] = None
@@ -113,6 +145,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: Dict[str, Any] = field(default_factory=dict)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     card: CardConfig = field(default_factory=CardConfig)
 
@@ -344,8 +377,44 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
     if d.num_labels is not None and d.num_labels < 2:
         raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
+    _validate_recipe(cfg)
     if cfg.hub.push and not cfg.hub.model_id:
         raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
+
+
+def _validate_recipe(cfg: ExperimentConfig) -> None:
+    r, t = cfg.recipe, cfg.training
+    if r.early_stopping_patience is not None:
+        if r.early_stopping_patience < 1:
+            raise ConfigError(f"bad value for 'recipe.early_stopping_patience': expected at least 1, "
+                              f"got {r.early_stopping_patience}")
+        if not t.get("load_best_model_at_end") or t.get("eval_strategy", "no") in ("no", False):
+            raise ConfigError("'recipe.early_stopping_patience' needs evaluations to judge by: set "
+                              "training.eval_strategy (epoch or steps), training.load_best_model_at_end=true "
+                              "and training.metric_for_best_model")
+    if r.class_weights is not None and r.class_weights != "balanced" and not isinstance(r.class_weights, dict):
+        raise ConfigError(f"bad value for 'recipe.class_weights': expected 'balanced' or a mapping "
+                          f"{{class name: weight}}, got {r.class_weights!r}")
+    if isinstance(r.class_weights, dict):
+        for name, weight in r.class_weights.items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+                raise ConfigError(f"bad value for 'recipe.class_weights.{name}': expected a positive number, "
+                                  f"got {weight!r}")
+    if r.class_weights is not None and r.balanced_sampler:
+        raise ConfigError("'recipe.class_weights' and 'recipe.balanced_sampler' both correct for class imbalance; "
+                          "together they over-correct: choose one")
+    if r.layer_decay is not None and not 0.0 < r.layer_decay <= 1.0:
+        raise ConfigError(f"bad value for 'recipe.layer_decay': expected a factor in (0, 1], got {r.layer_decay}")
+    if r.ema_decay is not None and not 0.0 < r.ema_decay < 1.0:
+        raise ConfigError(f"bad value for 'recipe.ema_decay': expected a factor in (0, 1), got {r.ema_decay}")
+    if r.ema_every < 1:
+        raise ConfigError(f"bad value for 'recipe.ema_every': expected at least 1, got {r.ema_every}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"bad value for 'recipe.{key}': expected 0 (off) or a positive alpha, got {getattr(r, key)}")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0.0 <= getattr(r, key) <= 1.0:
+            raise ConfigError(f"bad value for 'recipe.{key}': expected a probability, got {getattr(r, key)}")
 
 
 SECRET_KEYS = {"hub_token"}

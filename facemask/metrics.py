@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List
 
 import datasets
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support,
+                             roc_auc_score)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,8 @@ def classification_scores(probs: np.ndarray, refs: np.ndarray, pos_label: int = 
     )
     result = {
         "accuracy": float(accuracy_score(refs, preds)),
+        # Mean recall over the classes present: what accuracy hides on an imbalanced split.
+        "balanced_accuracy": float(balanced_accuracy_score(refs, preds)),
         "f1": float(f1),
         "precision": float(precision),
         "recall": float(recall),

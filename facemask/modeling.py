@@ -69,15 +69,31 @@ def build_model(cfg: ModelConfig, id2label: Dict[int, str], label2id: Dict[str, 
         return _build(cfg, labels, None)
 
 
+def check_config_overrides(config: Any, overrides: Dict[str, Any]) -> None:
+    """`model.config_overrides` must name fields of the model's config class: a typo (or
+    drop_path_rate on ViT, which has none) would otherwise be stored and silently ignored."""
+    known = type(config)().to_dict()
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"unknown key 'model.config_overrides.{key}' for {type(config).__name__} "
+                              f"(model_type {config.model_type}); {_nearest(key, known)}")
+
+
 def _build(cfg: ModelConfig, labels: Dict[str, Any], attention: Optional[str]) -> PreTrainedModel:
     extra = {"attn_implementation": attention} if attention else {}
+    overrides = dict(cfg.config_overrides or {})
     if cfg.name_or_path is not None:
+        config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir)
+        check_config_overrides(config, overrides)
         # The checkpoint's head (e.g. 21,843 ImageNet-22k classes, or none) never fits our labels.
         return AutoModelForImageClassification.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir, ignore_mismatched_sizes=True,
-            **labels, **extra)
+            **labels, **overrides, **extra)
     model_type, fields = _from_config_fields(cfg)
     config = AutoConfig.for_model(model_type, **fields, **labels)
+    check_config_overrides(config, overrides)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     return AutoModelForImageClassification.from_config(config, **extra)
 
 

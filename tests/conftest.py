@@ -30,7 +30,8 @@ TINY_MODELS = {
 }
 
 
-def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = None, training: dict | None = None) -> Path:
+def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = None, training: dict | None = None,
+                recipe: dict | None = None) -> Path:
     """A YAML config for a 2-step run of a tiny random-init model on a little synthetic data."""
     import yaml
 
@@ -43,6 +44,8 @@ def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = Non
                      "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True, "report_to": "none",
                      "seed": 0, **(training or {})},
     }
+    if recipe:
+        cfg["recipe"] = recipe
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

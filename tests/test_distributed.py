@@ -31,11 +31,14 @@ def launch(args, **kwargs):
 
 def test_two_processes_train_the_quickstart_model_and_count_each_sample_once(tmp_path):
     out = tmp_path / "out"
+    # With the recipe's switches that touch every process: EMA, mixup/CutMix, layer decay, early stopping.
     result = launch(["train.py", "configs/quickstart.yaml", f"training.output_dir={out}", "training.max_steps=4",
-                     "training.eval_strategy=steps", "training.eval_steps=2", "training.save_strategy=no",
-                     "training.load_best_model_at_end=false", "data.synthetic_num_images=190",
-                     "data.max_eval_samples=17"])
+                     "training.eval_strategy=steps", "training.eval_steps=2", "training.save_strategy=steps",
+                     "training.save_steps=2", "data.synthetic_num_images=190", "data.max_eval_samples=17",
+                     "recipe.ema_decay=0.9", "recipe.mixup_alpha=0.4", "recipe.cutmix_alpha=1.0",
+                     "recipe.layer_decay=0.75", "recipe.early_stopping_patience=3"])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoint-4" / "ema.safetensors").is_file()
     info = json.loads((out / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["effective_batch_size"] == 64
     assert ("effective batch size 64 = 32 per device x 1 device(s) per process x 1 accumulation steps x "
@@ -89,11 +92,14 @@ def test_same_seed_same_results(tmp_path):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # Bit-for-bit on CPU: the Trainer restores model, optimizer, scheduler and RNG states and skips
-    # the batches already seen; the transforms draw their randomness from the restored torch RNG.
+    # the batches already seen; augmentation and mixing draw from (seed, epoch or step, sample)
+    # keys, and the weight average is checkpointed beside the weights.
     training = {"max_steps": 60, "save_strategy": "steps", "save_steps": 10, "per_device_train_batch_size": 16,
                 "logging_steps": 5}
     data = {"synthetic": True, "synthetic_num_images": 300, "synthetic_image_size": 40, "test_split": 0.2}
-    config = tiny_config(tmp_path / "killed", "vit", data=data, training=training)
+    # EMA and mixup/CutMix on: their state and draws must resume exactly too.
+    recipe = {"ema_decay": 0.9, "mixup_alpha": 0.4, "cutmix_alpha": 1.0}
+    config = tiny_config(tmp_path / "killed", "vit", data=data, training=training, recipe=recipe)
     out = tmp_path / "killed" / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "train.py", str(config)], cwd=REPO, env=env,
@@ -113,10 +119,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
 
-    straight = tiny_config(tmp_path / "straight", "vit", data=data, training=training)
+    straight = tiny_config(tmp_path / "straight", "vit", data=data, training=training, recipe=recipe)
     subprocess.run([sys.executable, "train.py", str(straight)], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=600)
     for name in ("eval_results.json", "test_results.json"):
         a = json.loads((out / name).read_text())
         b = json.loads((tmp_path / "straight" / "out" / name).read_text())
         assert stable(a) == stable(b), name
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "out" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,8 @@ from facemask.cache import images_digest
 from facemask.config import ConfigError, DataConfig, load_config, to_yaml
 from facemask.data import load_sources
 from facemask.performance import hardware_switches
-from facemask.training import effective_batch_size, overwrite_refusal
+from facemask.arguments import effective_batch_size
+from facemask.runs import overwrite_refusal
 
 
 def test_overwrite_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch):

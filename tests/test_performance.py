@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_config
 from facemask.config import ConfigError, load_config
 from facemask.performance import attention_implementation, dataloader_settings, hardware_switches
-from facemask.training import training_arguments
+from facemask.arguments import training_arguments
 
 
 def test_cpu_training_reads_batches_in_the_main_process():

@@ -69,7 +69,7 @@ def test_reused_output_holds_each_new_batch_and_is_off_when_metrics_keep_inputs(
     from transformers import TrainingArguments
 
     from facemask.modeling import build_model
-    from facemask.training import FaceMaskTrainer
+    from facemask.trainer import FaceMaskTrainer
 
     processor = _processor(32)
     cached, _ = build_or_load(_photos(), "validation", "image", "label", CacheSpec.for_split(processor, False),
@@ -252,7 +252,7 @@ def record_training_inputs(monkeypatch):
     """Patches the Trainer to note, per optimisation step, the epoch and each sample's pixel digest."""
     import hashlib
 
-    from facemask.training import FaceMaskTrainer
+    from facemask.trainer import FaceMaskTrainer
 
     seen = []
     original = FaceMaskTrainer.training_step

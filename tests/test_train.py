@@ -73,7 +73,9 @@ def _trained_three_steps(tmp_path):
 
     from facemask.modeling import build_model, load_image_processor
     from facemask.prepare import prepare_data
-    from facemask.training import build_trainer, prepare_inputs, training_arguments
+    from facemask.arguments import training_arguments
+    from facemask.inputs import prepare_inputs
+    from facemask.trainer import build_trainer
 
     cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
                                                               "max_steps": 3, "learning_rate": 0.05}))
