@@ -18,11 +18,32 @@ logger = logging.getLogger("facemask")
 _TRAINING_DEFAULTS: Dict[str, Any] = {"remove_unused_columns": False, "label_names": ["labels"]}
 
 
+# Experiment trackers that write locally (no account, no network), the modules they need and
+# the pinned install command.
+TRACKERS = {"tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard==2.21.0"),
+            "trackio": (("trackio",), "pip install trackio==0.43.0")}
+
+
+def check_trackers(report_to: Any) -> None:
+    """A tracker named in training.report_to whose package is missing is an error before any
+    work (the Trainer would otherwise fail after the data is prepared, or skip it silently)."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in TRACKERS:
+            modules, command = TRACKERS[name]
+            if not any(importlib.util.find_spec(module) for module in modules):
+                raise ConfigError(f"'training.report_to' includes {name!r}, but its package is not installed: "
+                                  f"{command}")
+
+
 def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
     """TrainingArguments from the config, with the machine-dependent fields it leaves unset filled
     in, and switches this machine cannot honour (fp16 on CPU, ...) turned off with a warning."""
     if cfg.training.get("remove_unused_columns"):
         raise ConfigError("'training.remove_unused_columns' must stay false: the image column feeds the transform")
+    check_trackers(cfg.training.get("report_to"))
     values, notes = hardware_switches(cfg.training)
     for note in notes:
         logger.warning(note)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from . import console
 from .augment import BatchTransform
 from .balance import BalancedSampler
 from .config import ConfigError, ExperimentConfig
@@ -173,7 +174,7 @@ def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, proce
     callbacks: List[TrainerCallback] = [AugmentationEpochCallback(pipeline.clock)]
     if cfg.recipe.early_stopping_patience is not None:
         callbacks.append(RecordedEarlyStopping(cfg.recipe.early_stopping_patience, cfg.recipe.early_stopping_threshold))
-    return FaceMaskTrainer(
+    trainer = FaceMaskTrainer(
         model=model,
         args=args,
         train_dataset=pipeline.splits["train"],
@@ -185,6 +186,8 @@ def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, proce
         batch_transform=pipeline.batch_transform,
         recipe=recipe,
     )
+    console.install(trainer)
+    return trainer
 
 
 def early_stopping_record(trainer: FaceMaskTrainer) -> Dict[str, Any]:

@@ -304,3 +304,39 @@ def test_recipe_run_records_its_switches_and_evaluates_the_average(tmp_path):
     for line in ("| recipe.ema_decay | 0.9 |", "| recipe.layer_decay | 0.75 |", "| recipe.mixup_alpha | 0.4 |",
                  "| label_smoothing_factor | 0.1 |"):
         assert line in card
+
+
+def test_tensorboard_tracking_writes_event_files_offline(tmp_path):
+    config = tiny_config(tmp_path, training={"report_to": "tensorboard", "logging_steps": 1})
+    train.main([str(config)])
+    events = list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert "train/loss" in accumulator.Tags()["scalars"]
+
+
+def test_a_missing_tracker_package_names_the_pip_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    config = tiny_config(tmp_path, training={"report_to": ["trackio"]})
+    with pytest.raises(ConfigError, match=r"report_to' includes 'trackio'.*pip install trackio=="):
+        train.main([str(config)])
+
+
+def test_console_shows_a_bar_and_one_line_per_evaluation(tmp_path, capfd):
+    training = {"max_steps": 6, "eval_strategy": "steps", "eval_steps": 3, "logging_steps": 1,
+                "disable_tqdm": False}
+    train.main([str(tiny_config(tmp_path, training=training))])
+    printed = capfd.readouterr()
+    console = printed.out + printed.err
+    assert "{'loss'" not in console and "'eval_loss'" not in console  # no raw dicts
+    lines = [line for line in console.splitlines() if "validation: accuracy" in line]
+    assert len(lines) == 3 and lines[0].startswith("epoch ")  # steps 3 and 6, and the final evaluation
+    assert "training" in console and "6/6" in console  # the progress bar reached the end
+    logged = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert sum("loss" in entry for entry in logged) == 6 and sum("eval_accuracy" in entry for entry in logged) == 3

@@ -1,0 +1,79 @@
+"""What a training run prints: a progress bar with the running loss, and one readable line per
+evaluation, instead of the Trainer's raw dict per logging step. Every log entry still goes, in
+full, to OUTPUT_DIR/train_log.jsonl (and trainer_state.json's log_history)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+LOG_FILE = "train_log.jsonl"
+_SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
+
+
+def evaluation_line(logs: Dict[str, Any], epoch: Optional[float], num_epochs: Optional[float]) -> Optional[str]:
+    """'epoch 3.0/10  validation: accuracy 0.947  balanced_accuracy 0.946  ...', or None for a
+    log entry that is not an evaluation."""
+    scores = {key[len("eval_"):]: value for key, value in logs.items() if key.startswith("eval_")}
+    if "loss" not in scores and "accuracy" not in scores:
+        return None
+    shown = "  ".join(f"{name} {scores[name]:.4f}" for name in _SHOWN if name in scores)
+    where = f"epoch {epoch:.2f}" + (f"/{num_epochs:g}" if num_epochs else "") if epoch is not None else "end"
+    return f"{where}  validation: {shown}"
+
+
+class ConsoleProgress(TrainerCallback):
+    def __init__(self, show_bar: bool) -> None:
+        self.show_bar = show_bar
+        self.bar: Any = None
+        self.step = 0
+
+    def _print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.show_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True)
+            self.step = state.global_step
+            self.bar.update(self.step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.step)
+            self.step = state.global_step
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Optional[Dict[str, Any]] = None,
+               **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        if "loss" in logs and self.bar is not None:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', 0):.3g}", refresh=False)
+        line = evaluation_line(logs, logs.get("epoch", state.epoch), args.num_train_epochs if args.max_steps <= 0
+                               else None)
+        if line:
+            self._print(line)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def install(trainer: Any) -> None:
+    """Replaces the Trainer's printer (raw dicts) or progress callback with ConsoleProgress."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleProgress(show_bar=not trainer.args.disable_tqdm))
