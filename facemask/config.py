@@ -122,6 +122,13 @@ class RecipeConfig:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     mix_switch_prob: float = 0.5
+    # Photometric augmentation of the device batch (kornia), after crop and flip: colour jitter
+    # strength (brightness, contrast, saturation), RandAugment (n ops of magnitude m, 0-30), and
+    # the probability of erasing a random box.
+    color_jitter: float = 0.0
+    rand_augment_n: int = 0
+    rand_augment_m: int = 9
+    random_erasing: float = 0.0
 
 
 @dataclass
@@ -412,7 +419,10 @@ def _validate_recipe(cfg: ExperimentConfig) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if getattr(r, key) < 0:
             raise ConfigError(f"bad value for 'recipe.{key}': expected 0 (off) or a positive alpha, got {getattr(r, key)}")
-    for key in ("mix_prob", "mix_switch_prob"):
+    if r.color_jitter < 0 or r.rand_augment_n < 0 or not 0 <= r.rand_augment_m <= 30:
+        raise ConfigError("bad value in 'recipe': color_jitter and rand_augment_n must be >= 0 and "
+                          "rand_augment_m in [0, 30]")
+    for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
         if not 0.0 <= getattr(r, key) <= 1.0:
             raise ConfigError(f"bad value for 'recipe.{key}': expected a probability, got {getattr(r, key)}")
 

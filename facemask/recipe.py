@@ -2,7 +2,8 @@
 (loss targets, class weights, sampler, parameter groups, EMA) and what the card reports.
 
 One module per trick: param_groups.py (weight-decay exemptions, layer-wise decay), loss.py
-(smoothing, class weights, soft targets), mixing.py (mixup/CutMix), ema.py, balance.py (sampler);
+(smoothing, class weights, soft targets), mixing.py (mixup/CutMix), batch_augment.py (kornia
+colour jitter, RandAugment, random erasing), ema.py, balance.py (sampler);
 early stopping is transformers' EarlyStoppingCallback, recorded here.
 """
 
@@ -33,10 +34,19 @@ class Recipe:
     layer_decay: Optional[float] = None
     ema: Optional[Dict[str, Any]] = None  # WeightAverage's decay, warmup, every
     sampler_labels: Optional[List[int]] = None  # the training labels, for the balanced sampler
+    photometric: Optional[Any] = None  # batch_augment.PhotometricAugment
 
 
-def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[int], process: int = 0) -> Recipe:
+def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[int], process: int = 0,
+                 processor: Any = None) -> Recipe:
     r = cfg.recipe
+    photometric = None
+    if r.color_jitter or r.rand_augment_n or r.random_erasing:
+        from .batch_augment import PhotometricAugment, describe
+
+        photometric = PhotometricAugment(r.color_jitter, r.rand_augment_n, r.rand_augment_m, r.random_erasing,
+                                         processor, cfg.seed, process)
+        logger.info("batch augmentation after crop and flip: %s", describe(photometric))
     counts = {name: 0 for name in labels}
     for label in train_labels:
         counts[labels[label]] += 1
@@ -49,7 +59,7 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
         label_smoothing=float(cfg.training.get("label_smoothing_factor") or 0.0),
         class_weights=weights, mixer=mixer if mixer.active else None, layer_decay=r.layer_decay,
         ema={"decay": r.ema_decay, "warmup": r.ema_warmup, "every": r.ema_every} if r.ema_decay else None,
-        sampler_labels=list(train_labels) if r.balanced_sampler else None,
+        sampler_labels=list(train_labels) if r.balanced_sampler else None, photometric=photometric,
     )
 
 

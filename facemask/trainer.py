@@ -71,9 +71,11 @@ class FaceMaskTrainer(Trainer):
         r = self.recipe
         targets = smoothed_targets(inputs["labels"], r.num_labels, r.label_smoothing)
         pixels = inputs["pixel_values"]
+        step, micro = self._micro_batch
+        self._micro_batch = (step, micro + 1) if step == self.state.global_step else (self.state.global_step, 0)
+        if r.photometric is not None:
+            pixels = r.photometric(pixels, *self._micro_batch)
         if r.mixer is not None:
-            step, micro = self._micro_batch
-            self._micro_batch = (step, micro + 1) if step == self.state.global_step else (self.state.global_step, 0)
             pixels, targets = r.mixer(pixels, targets, *self._micro_batch)
         return {**inputs, "pixel_values": pixels, "labels": targets}
 
@@ -170,7 +172,7 @@ def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, proce
                   pipeline: InputPipeline) -> FaceMaskTrainer:
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
     train_labels: List[int] = list(data.splits["train"][data.label_column])
-    recipe = build_recipe(cfg, data.labels, train_labels, args.process_index)
+    recipe = build_recipe(cfg, data.labels, train_labels, args.process_index, processor)
     callbacks: List[TrainerCallback] = [AugmentationEpochCallback(pipeline.clock)]
     if cfg.recipe.early_stopping_patience is not None:
         callbacks.append(RecordedEarlyStopping(cfg.recipe.early_stopping_patience, cfg.recipe.early_stopping_threshold))

@@ -97,8 +97,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     training = {"max_steps": 60, "save_strategy": "steps", "save_steps": 10, "per_device_train_batch_size": 16,
                 "logging_steps": 5}
     data = {"synthetic": True, "synthetic_num_images": 300, "synthetic_image_size": 40, "test_split": 0.2}
-    # EMA and mixup/CutMix on: their state and draws must resume exactly too.
-    recipe = {"ema_decay": 0.9, "mixup_alpha": 0.4, "cutmix_alpha": 1.0}
+    # EMA, mixup/CutMix and colour jitter on: their state and draws must resume exactly too.
+    recipe = {"ema_decay": 0.9, "mixup_alpha": 0.4, "cutmix_alpha": 1.0, "color_jitter": 0.4}
     config = tiny_config(tmp_path / "killed", "vit", data=data, training=training, recipe=recipe)
     out = tmp_path / "killed" / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -340,3 +340,26 @@ def test_console_shows_a_bar_and_one_line_per_evaluation(tmp_path, capfd):
     assert "training" in console and "6/6" in console  # the progress bar reached the end
     logged = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert sum("loss" in entry for entry in logged) == 6 and sum("eval_accuracy" in entry for entry in logged) == 3
+
+
+def test_photometric_augmentation_is_keyed_and_leaves_the_global_rng_alone():
+    from facemask.batch_augment import PhotometricAugment
+    from facemask.modeling import load_image_processor
+
+    processor = load_image_processor(ModelConfig(from_config=TINY_MODELS["vit"]))
+    augment = PhotometricAugment(0.4, 2, 9, 0.5, processor, seed=0)
+    pixels = torch.rand(8, 3, 32, 32) * 2 - 1  # normalised with mean = std = 0.5
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = augment(pixels, step=5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, augment(pixels, step=5)) and not torch.equal(a, augment(pixels, step=6))
+    assert a.shape == pixels.shape and not torch.equal(a, pixels)
+    assert a.min() >= -1.0 - 1e-6 and a.max() <= 1.0 + 1e-6  # still within the normalised range
+
+
+def test_a_run_with_photometric_augmentation_trains(tmp_path):
+    results = train.main([str(tiny_config(tmp_path)), "recipe.color_jitter=0.4", "recipe.rand_augment_n=2",
+                          "recipe.random_erasing=0.25"])
+    assert results["train"]["train_loss"] > 0
+    assert "| recipe.color_jitter | 0.4 |" in (tmp_path / "out" / "README.md").read_text()
