@@ -146,6 +146,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
     predict.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
     predict.set_defaults(func=_predict)
+    search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
+    from .search import add_arguments, command
+
+    add_arguments(search)
+    search.set_defaults(func=command)
     args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")

@@ -132,6 +132,21 @@ class RecipeConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`python -m facemask search CONFIG --trials N`: each key of `space` is a config key (any
+    training.*, recipe.*, model.config_overrides.* or model.from_config.* field, or the
+    augmentation's data.crop_scale/crop_ratio/hflip_prob) with a distribution:
+    {log_uniform: [low, high]}, {uniform: [low, high]}, {int: [low, high]} or {choice: [a, b, ...]}."""
+
+    space: Dict[str, Any] = field(default_factory=dict)
+    # What to optimise: default eval_<training.metric_for_best_model>, in its direction.
+    metric: Optional[str] = None
+    direction: Optional[str] = None  # maximize or minimize
+    pruner: str = "median"  # or "none": stop a trial whose evaluations trail the median of earlier ones
+    seed: Optional[int] = None  # the sampler's; default the run's seed
+
+
+@dataclass
 class HubConfig:
     push: bool = False
     model_id: Optional[str] = None
@@ -153,6 +168,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: Dict[str, Any] = field(default_factory=dict)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     card: CardConfig = field(default_factory=CardConfig)
 

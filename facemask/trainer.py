@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -48,6 +48,9 @@ class FaceMaskTrainer(Trainer):
         self.recipe = recipe
         self.ema: Optional[WeightAverage] = None
         self._micro_batch = (-1, 0)  # (optimizer step, micro-batch within it): keys the mixing draw
+        # For a hyperparameter search: (the trial's values, a function applying them to the recipe).
+        self.search_setup: Optional[tuple] = None
+        self._fresh_average = False
         if recipe is not None:
             # The recipe's loss smooths labels itself, and only in training.
             self.label_smoother = None
@@ -55,7 +58,23 @@ class FaceMaskTrainer(Trainer):
             self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation
             if recipe.ema is not None:
                 self.ema = WeightAverage(self.accelerator.unwrap_model(self.model), **recipe.ema)
-                self.add_callback(_UpdateAverage(self))
+            self.add_callback(_UpdateAverage(self))
+
+    def _hp_search_setup(self, trial: Any) -> None:
+        """A search trial: TrainingArguments fields go through the Trainer; the rest of the
+        trial's config (recipe, model, augmentation) through `search_setup`."""
+        if trial is None or self.search_setup is None or self.hp_search_backend is None:
+            return super()._hp_search_setup(trial)
+        values_of, apply = self.search_setup
+        values = values_of(trial)
+        dotted = self.hp_space
+        self.hp_space = lambda t: {k.split(".", 1)[1]: v for k, v in dotted(t).items() if k.startswith("training.")}
+        try:
+            super()._hp_search_setup(trial)
+        finally:
+            self.hp_space = dotted
+        apply(values)
+        self._fresh_average = True  # the trial's model is built after this; its average at train begin
 
     def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
@@ -112,9 +131,14 @@ class FaceMaskTrainer(Trainer):
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Dict[str, float]:
         if self.ema is None:
-            return super().evaluate(*args, **kwargs)
-        with self.ema.applied(self.accelerator.unwrap_model(self.model)):
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(*args, **kwargs)
+        else:
+            with self.ema.applied(self.accelerator.unwrap_model(self.model)):
+                metrics = super().evaluate(*args, **kwargs)
+        trial = getattr(self, "_trial", None)
+        if trial is not None and hasattr(trial, "set_user_attr"):
+            trial.set_user_attr("eval", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        return metrics
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
@@ -164,12 +188,21 @@ class _UpdateAverage(TrainerCallback):
     def __init__(self, trainer: FaceMaskTrainer) -> None:
         self.trainer = trainer
 
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        if trainer._fresh_average:
+            # A search trial: a new model, and the trial's own EMA setting (or none).
+            ema = trainer.recipe.ema
+            trainer.ema = WeightAverage(trainer.accelerator.unwrap_model(trainer.model), **ema) if ema else None
+            trainer._fresh_average = False
+
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer.ema.step(self.trainer.accelerator.unwrap_model(self.trainer.model), state.global_step)
+        if self.trainer.ema is not None:
+            self.trainer.ema.step(self.trainer.accelerator.unwrap_model(self.trainer.model), state.global_step)
 
 
 def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig,
-                  pipeline: InputPipeline) -> FaceMaskTrainer:
+                  pipeline: InputPipeline, model_init: Optional[Callable[..., Any]] = None) -> FaceMaskTrainer:
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
     train_labels: List[int] = list(data.splits["train"][data.label_column])
     recipe = build_recipe(cfg, data.labels, train_labels, args.process_index, processor)
@@ -178,6 +211,7 @@ def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, proce
         callbacks.append(RecordedEarlyStopping(cfg.recipe.early_stopping_patience, cfg.recipe.early_stopping_threshold))
     trainer = FaceMaskTrainer(
         model=model,
+        model_init=model_init,
         args=args,
         train_dataset=pipeline.splits["train"],
         eval_dataset=pipeline.splits.get("validation"),
