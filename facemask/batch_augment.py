@@ -14,11 +14,7 @@ from typing import Any, List, Optional
 
 import torch
 
-
-def _per_channel(value: Any, default: float) -> List[float]:
-    if value is None:
-        value = default
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+from .augment import _per_channel
 
 
 class PhotometricAugment:

