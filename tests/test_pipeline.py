@@ -267,6 +267,7 @@ def record_training_inputs(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_per_image_path_with_persistent_workers_draws_new_crops_each_epoch_and_resumes_exactly(
         tmp_path, monkeypatch):
     # Item: the epoch callback ran in the main process only, so persistent workers repeated epoch

@@ -358,6 +358,7 @@ def test_photometric_augmentation_is_keyed_and_leaves_the_global_rng_alone():
     assert a.min() >= -1.0 - 1e-6 and a.max() <= 1.0 + 1e-6  # still within the normalised range
 
 
+@pytest.mark.slow
 def test_a_run_with_photometric_augmentation_trains(tmp_path):
     results = train.main([str(tiny_config(tmp_path)), "recipe.color_jitter=0.4", "recipe.rand_augment_n=2",
                           "recipe.random_erasing=0.25"])

@@ -5,7 +5,7 @@ import csv
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from facemask.__main__ import main
 from facemask.config import ConfigError, load_config
 from facemask.search import parse_space
@@ -27,6 +27,7 @@ SPACE = {"training.learning_rate": {"log_uniform": [1.0e-4, 1.0e-2]},
          "data.crop_scale": {"choice": [[0.5, 1.0], [0.9, 1.0]]}}
 
 
+@pytest.mark.slow
 def test_search_writes_every_trial_and_a_runnable_best_config(tmp_path):
     config = search_config(tmp_path, SPACE)
     out = tmp_path / "search"
@@ -59,3 +60,16 @@ def test_search_space_errors(tmp_path):
         parse_space({"training.seed": {"int": [0, 5]}})
     config = search_config(tmp_path, {"training.lerning_rate": {"uniform": [0.1, 0.2]}})
     assert main(["search", str(config), "--trials", "1"]) == 2
+
+
+@pytest.mark.slow
+def test_a_four_trial_search_on_the_quickstart(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    out = tmp_path / "search"
+    assert main(["search", str(REPO / "configs" / "quickstart.yaml"), f"training.output_dir={tmp_path / 'quickstart'}",
+                 "training.num_train_epochs=3", "--trials", "4", "--output", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "search_trials.csv")))
+    assert len(rows) == 4 and sum(r["state"] == "complete" for r in rows) >= 2
+    print(f"4-trial quickstart search: {time.perf_counter() - start:.0f} s")
