@@ -16,18 +16,18 @@ from typing import Dict, List, Optional
 from transformers import set_seed
 
 from facemask.analysis import analyse_split, operating_points, shortcut_tests
+from facemask.arguments import log_batch_size, log_dataloader, logger, setup_logging, training_arguments
 from facemask.audit import flagged_attributes, refusal, write_audit
 from facemask.card import write_card
 from facemask.config import ConfigError, load_config, to_yaml
 from facemask.data import resolve_positive_label
 from facemask.evaluation import sample_names
 from facemask.hub import PushError, check_write_access, push_run
+from facemask.inputs import eval_view, prepare_inputs
 from facemask.metrics import confusion, softmax
 from facemask.modeling import build_model, load_image_processor, processor_image_size
 from facemask.performance import switches_record, uses_gpu
 from facemask.prepare import prepare_data
-from facemask.arguments import log_batch_size, log_dataloader, logger, setup_logging, training_arguments
-from facemask.inputs import eval_view, prepare_inputs
 from facemask.provenance import run_info
 from facemask.runs import clear_output_dir, overwrite_refusal, parse_args, resolve_resume
 from facemask.trainer import build_trainer, early_stopping_record

@@ -221,7 +221,10 @@ def _selection(run: RunFiles) -> Optional[str]:
         return "the last checkpoint (no selection on any split)"
     metric = training.get("metric_for_best_model") or "loss"
     clean = " The test split chose nothing." if "test" in run.results else ""
-    return f"the checkpoint with the best validation {metric}, so validation numbers are optimistic.{clean}"
+    average = " (its exponential moving average of the weights)" if (run.experiment.get("recipe") or {}).get(
+        "ema_decay") else ""
+    return (f"the checkpoint with the best validation {metric}{average}, so validation numbers are "
+            f"optimistic.{clean}")
 
 
 def _augmentation(run: RunFiles) -> Optional[str]:

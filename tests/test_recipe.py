@@ -302,7 +302,8 @@ def test_recipe_run_records_its_switches_and_evaluates_the_average(tmp_path):
     assert all(torch.equal(params[name], tensor) for name, tensor in average.items())
     card = (out / "README.md").read_text()
     for line in ("| recipe.ema_decay | 0.9 |", "| recipe.layer_decay | 0.75 |", "| recipe.mixup_alpha | 0.4 |",
-                 "| label_smoothing_factor | 0.1 |"):
+                 "| label_smoothing_factor | 0.1 |", "(its exponential moving average of the weights)",
+                 "- Weight decay: on weight matrices only"):
         assert line in card
 
 
