@@ -128,7 +128,6 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     from .performance import uses_gpu
     from .prepare import prepare_data
     from .recipe import build_recipe
-    from .runs import overwrite_refusal
     from .trainer import build_trainer
 
     cfg = load_config(config, overrides)
@@ -142,9 +141,7 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     if (folder / "search_trials.csv").is_file() or (folder / "search.db").is_file():
         if not overwrite:
             raise ConfigError(f"{folder} already holds a search: pass --overwrite to replace it, or --output")
-        reason = overwrite_refusal(folder)
-        if reason:
-            raise ConfigError(reason)
+        # Only the files a search writes; anything else in the folder stays.
         for name in ("search.db", "search_trials.csv", "search_trials.md", "best_config.yaml"):
             (folder / name).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,10 @@ def test_search_writes_every_trial_and_a_runnable_best_config(tmp_path):
     # Trials did not change what a search keeps fixed, and left no checkpoints behind.
     assert not list((out / "trials").rglob("checkpoint-*"))
     assert main(["search", str(config), "--trials", "1", "--output", str(out)]) == 2  # no silent reuse
+    (out / "notes.txt").write_text("mine")
+    assert main(["search", str(config), "--trials", "1", "--output", str(out), "--overwrite"]) == 0
+    assert len(list(csv.DictReader(open(out / "search_trials.csv")))) == 1
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaced only the search's own files
 
 
 def test_search_space_errors(tmp_path):
