@@ -97,7 +97,7 @@ class DataConfig:
 
 @dataclass
 class RecipeConfig:
-    """Training tricks, one switch each (facemask/recipe/ holds one module per trick). Label
+    """Training tricks, one switch each (facemask/recipe.py lists the module of each). Label
     smoothing is `training.label_smoothing_factor`; weight decay is never applied to biases, norm
     weights, position embeddings, [CLS]/mask tokens, relative-position tables or layer scales."""
 
