@@ -28,7 +28,8 @@ class WeightAverage:
     def _tracked(model: torch.nn.Module) -> Iterator[tuple]:
         for name, param in model.named_parameters():
             if param.dtype.is_floating_point:
-                yield name, param
+                # torch.compile's wrapper prefixes every name; the average is kept under the plain ones.
+                yield name.replace("_orig_mod.", ""), param
 
     def current_decay(self) -> float:
         if not self.warmup:
