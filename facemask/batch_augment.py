@@ -23,22 +23,19 @@ class PhotometricAugment:
         import kornia.augmentation as K
         from kornia.augmentation.auto import RandAugment
 
-        steps: List[Any] = []
+        # On [0, 1] images, before normalising again.
+        photometric: List[Any] = []
         if color_jitter > 0:
-            steps.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
+            photometric.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         if rand_augment_n > 0:
-            steps.append(RandAugment(n=rand_augment_n, m=rand_augment_m))
-        if random_erasing > 0:
-            # Erased boxes are filled with the mean colour (0 after normalisation), as timm's 'const' mode.
-            steps.append(K.RandomErasing(p=random_erasing, value=0.0))
-        self.steps = steps
+            photometric.append(RandAugment(n=rand_augment_n, m=rand_augment_m))
+        self.photometric = photometric
+        # On the normalised batch: erased boxes get the mean colour (0), as timm's 'const' mode.
+        self.erasing = K.RandomErasing(p=random_erasing, value=0.0) if random_erasing > 0 else None
+        self.steps = photometric + ([self.erasing] if self.erasing is not None else [])
         self.mean = torch.tensor(_per_channel(getattr(processor, "image_mean", None), 0.5)).view(1, 3, 1, 1)
         self.std = torch.tensor(_per_channel(getattr(processor, "image_std", None), 0.5)).view(1, 3, 1, 1)
         self.seed, self.process = seed, process
-
-    @property
-    def active(self) -> bool:
-        return bool(self.steps)
 
     def key(self, step: int, micro: int) -> int:
         text = f"{self.seed}/{self.process}/{step}/{micro}".encode()
@@ -52,18 +49,15 @@ class PhotometricAugment:
         devices = [pixel_values.device] if pixel_values.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.key(step, micro))
-            images = (pixel_values.float() * std + mean).clamp_(0.0, 1.0)
-            for augment in self.steps[:-1] if self._erasing_last() else self.steps:
-                images = augment(images)
-            images = (images - mean) / std
-            if self._erasing_last():
-                images = self.steps[-1](images)
+            images = pixel_values.float()
+            if self.photometric:
+                images = (images * std + mean).clamp_(0.0, 1.0)
+                for augment in self.photometric:
+                    images = augment(images)
+                images = (images - mean) / std
+            if self.erasing is not None:
+                images = self.erasing(images)
         return images.to(pixel_values.dtype)
-
-    def _erasing_last(self) -> bool:
-        import kornia.augmentation as K
-
-        return bool(self.steps) and isinstance(self.steps[-1], K.RandomErasing)
 
 
 def describe(augment: Optional[PhotometricAugment]) -> Optional[str]:

@@ -63,11 +63,11 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
     )
 
 
-def changed_settings(recipe: RecipeConfig | Dict[str, Any]) -> Dict[str, Any]:
-    """The recipe switches that differ from their defaults (for the log and the card)."""
-    values = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe)
+def changed_settings(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """The switches of a run's `recipe:` (as experiment.yaml holds it) that differ from their
+    defaults: the card's rows."""
     defaults = dataclasses.asdict(RecipeConfig())
-    return {key: value for key, value in values.items() if key in defaults and value != defaults[key]}
+    return {key: value for key, value in recipe.items() if key in defaults and value != defaults[key]}
 
 
 class RecordedEarlyStopping(EarlyStoppingCallback):

@@ -82,15 +82,17 @@ def trial_config(path: Optional[str], overrides: List[str], values: Dict[str, An
     return load_config(path, [*overrides, *(_override(k, v) for k, v in values.items())])
 
 
-def trials_table(study: Any, metric: str) -> List[Dict[str, Any]]:
+def config_values(space: Dict[str, tuple], params: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial's Optuna params as config values: a choice is stored as its index (lists and null
+    are not Optuna categories)."""
+    return {key: space[key][1][value] if space[key][0] == "choice" else value for key, value in params.items()}
+
+
+def trials_table(study: Any, metric: str, space: Dict[str, tuple]) -> List[Dict[str, Any]]:
     rows = []
     for trial in study.trials:
-        params = {key: trial.params[key] for key in trial.params}
         row = {"trial": trial.number, "state": trial.state.name.lower(), metric: trial.value}
-        space = study.user_attrs.get("space", {})
-        for key, value in params.items():
-            kind, args = space.get(key, ("", []))
-            row[key] = args[value] if kind == "choice" else value
+        row.update(config_values(space, trial.params))
         for name, value in (trial.user_attrs.get("eval") or {}).items():
             if name != metric and not any(t in name for t in ("runtime", "per_second")):
                 row[name] = value
@@ -132,8 +134,8 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
 
     cfg = load_config(config, overrides)
     space = parse_space(cfg.search.space)
-    for key, (kind, args) in space.items():  # every key and value must make a valid config
-        for value in (args if kind == "choice" else args):
+    for key, (_, args) in space.items():  # every key, with each value given, must make a valid config
+        for value in args:
             trial_config(config, overrides, {key: value})
     if any(key.startswith("data.") for key in space) and cfg.data.preprocess != "cache":
         raise ConfigError("searching data.* augmentation keys needs data.preprocess=cache")
@@ -199,11 +201,9 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
         direction=direction, backend="optuna", storage=storage, study_name="facemask-search", pruner=pruner,
         sampler=sampler)
     study = optuna.load_study(study_name="facemask-search", storage=storage)
-    study.set_user_attr("space", {k: list(v) for k, v in space.items()})
-    rows = trials_table(study, metric)
+    rows = trials_table(study, metric, space)
     write_tables(rows, folder)
-    best_values = {key: (space[key][1][value] if space[key][0] == "choice" else value)
-                   for key, value in best.hyperparameters.items()}
+    best_values = config_values(space, best.hyperparameters)
     best_cfg = trial_config(config, overrides, best_values)
     header = (f"# Best of {trials} search trials (python -m facemask search {config} --trials {trials}):\n"
               f"# trial {best.run_id}, {metric} {best.objective:.6g} at its last evaluation; values searched:\n"
@@ -213,14 +213,6 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     (folder / "best_config.yaml").write_text(header + to_yaml(best_cfg), encoding="utf-8")
     logger.info("search: best trial %s, %s = %.6g; wrote %s", best.run_id, metric, best.objective, folder)
     return {"best": best_values, "objective": best.objective, "trials": rows, "folder": str(folder)}
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facemask search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return command(args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
