@@ -44,32 +44,51 @@ MODEL = {"model_type": "vit", "patch_size": 8, "num_channels": 3, "hidden_size":
          "num_attention_heads": 4, "intermediate_size": 128}
 
 
-def make_folder(root: Path, num_images: int, copies: int = 1, seed: int = 0) -> Path:
-    """Drawn faces at 100-2000 px with photo-like noise: three in four JPEG, the rest PNG; each
-    file is also linked `copies - 1` more times under other names (drawing large images is slow)."""
+def _draw_photo(seed: int, index: int, detail: int):
+    """One drawn face as a photo of real-world size: drawn at up to `detail` px (drawing costs
+    grow with the square of the side), resized to 100-2000 px, with sensor-like noise."""
     import numpy as np
     from PIL import Image
 
     from facemask import synthetic
 
-    rng = random.Random(seed)
-    noise = np.random.default_rng(seed)
-    for index in range(num_images):
-        image, label = synthetic.sample(seed, index, 160)
-        side = rng.randint(100, 2000)
-        aspect = rng.uniform(0.75, 1.33)
-        image = image.resize((side, max(100, int(side * aspect))), Image.BICUBIC)
-        grain = noise.normal(0, 6, (image.height, image.width, 1))
-        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
-        folder = root / synthetic.CLASS_NAMES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (f"{index:05d}.png" if index % 4 == 3 else f"{index:05d}.jpg")
-        if path.suffix == ".png":
-            image.save(path, compress_level=6)
-        else:
-            image.save(path, quality=90)
-        for copy in range(1, copies):
-            os.link(path, path.with_name(f"{path.stem}-{copy}{path.suffix}"))
+    rng = random.Random(seed * 1_000_003 + index)
+    side = rng.randint(100, 2000)
+    aspect = rng.uniform(0.75, 1.33)
+    image, label = synthetic.sample(seed, index, min(detail, side))
+    image = image.resize((side, max(100, int(side * aspect))), Image.BICUBIC)
+    grain = np.random.default_rng(seed * 1_000_003 + index).normal(0, 6, (image.height, image.width, 1))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8)), label
+
+
+def _write_photo(root: Path, seed: int, index: int, detail: int, copies: int) -> None:
+    from facemask import synthetic
+
+    image, label = _draw_photo(seed, index, detail)
+    folder = root / synthetic.CLASS_NAMES[label]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (f"{index:05d}.png" if index % 4 == 3 else f"{index:05d}.jpg")
+    if path.suffix == ".png":
+        image.save(path, compress_level=6)
+    else:
+        image.save(path, quality=90)
+    for copy in range(1, copies):
+        os.link(path, path.with_name(f"{path.stem}-{copy}{path.suffix}"))
+
+
+def make_folder(root: Path, num_images: int, copies: int = 1, seed: int = 0, detail: int = 160,
+                processes: int = 1) -> Path:
+    """Drawn faces at 100-2000 px with photo-like noise, drawn at up to `detail` px: three in four
+    JPEG, the rest PNG; each file is also linked `copies - 1` more times under other names."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(root, seed, index, detail, copies) for index in range(num_images)]
+    if processes <= 1:
+        for job in jobs:
+            _write_photo(*job)
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(_write_photo, *zip(*jobs), chunksize=16))
     return root
 
 
