@@ -64,6 +64,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--positive-label", help="class scored by precision/recall/F1 (default: the mask class)")
     parser.add_argument("--update-card", action="store_true", help="add this split to the run folder's card")
     parser.add_argument("--revision", help="Hub revision of MODEL")
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="PyTorch, or MODEL's exported onnx/model.onnx (model_quantized.onnx) run by onnxruntime")
     parser.add_argument("--num-images", type=int, default=1000, help="with --data synthetic")
     parser.add_argument("--image-size", type=int, default=128, help="with --data synthetic")
     parser.add_argument("--seed", type=int, default=1, help="with --data synthetic: other than training's 42")
@@ -102,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                       label_names=["labels"], disable_tqdm=True,
                                       **dataloader_settings({"use_cpu": use_cpu}, args.preprocess))
     setup_logging(training_args)
-    model, processor = load_model(args.model, args.revision)
+    model, processor = load_model(args.model, args.revision, args.backend)
     image_side = processor_image_size(processor)
     if args.config:
         cfg = load_config(args.config)

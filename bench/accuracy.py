@@ -135,6 +135,83 @@ def run_example(argv: list) -> dict:
     return {"test_accuracy": test["test_accuracy"], "train_samples_per_s": result.metrics["train_samples_per_second"]}
 
 
+BUCKETS = ((0.0, 0.25), (0.25, 0.5), (0.5, 1.01))
+
+
+def fidelity(folder: Path, size: int, scale: list, images: int, preprocess_scale: float | None = None) -> dict:
+    """What the model sees, against what the example shows it: each training crop (and each
+    evaluation image) as each of our paths makes it, against the same crop box cut from the fully
+    decoded image and resized with PIL's bilinear filter (torchvision's resized_crop on a PIL image).
+    Mean absolute difference in 0-255 levels, per crop-area bucket."""
+    import random
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from facemask.augment import BatchTransform
+    from facemask.cache import CacheSpec, _encode_batch
+    from facemask.config import DataConfig
+    from facemask.data import load_image, random_resized_crop_box
+    from facemask.modeling import load_image_processor
+    from facemask.config import ModelConfig
+
+    processor = load_image_processor(ModelConfig(from_config={**MODEL, "image_size": size, "patch_size": 16}))
+    cfg = DataConfig(crop_scale=scale)
+    if preprocess_scale is not None:
+        cfg.preprocess_scale = preprocess_scale
+    train_spec = CacheSpec.for_split(processor, train=True, scale=cfg.preprocess_scale)
+    eval_spec = CacheSpec.for_split(processor, train=False)
+    batch = BatchTransform(processor, cfg, size)
+    rng = random.Random(0)
+    paths = sorted((folder / "train").glob("*/*"))
+    paths = [paths[i] for i in sorted(rng.sample(range(len(paths)), min(images, len(paths))))]
+    errors = {"cache": {b: [] for b in BUCKETS}, "per_image": {b: [] for b in BUCKETS}}
+    evals = {"cache": [], "per_image": []}
+
+    def as_array(image):
+        return np.asarray(image, dtype=np.float32)
+
+    for path in paths:
+        full = load_image(str(path))
+        item = {"bytes": None, "path": str(path)}
+        cached = _encode_batch({"image": [item]}, [0], image_column="image", spec=train_spec, processor=processor)
+        stored = torch.frombuffer(bytearray(cached["pixels"][0]), dtype=torch.uint8).view(
+            1, train_spec.side, train_spec.side, 3).permute(0, 3, 1, 2)
+        draft = load_image(str(path), 2 * size)  # the per-image path's decode
+        ref_eval = as_array(full.resize((size, size), Image.BILINEAR))
+        eval_cached = _encode_batch({"image": [item]}, [0], image_column="image", spec=eval_spec, processor=processor)
+        evals["cache"].append(np.abs(np.frombuffer(eval_cached["pixels"][0], np.uint8).reshape(size, size, 3)
+                                     - ref_eval).mean())
+        evals["per_image"].append(np.abs(as_array(draft.resize((size, size), Image.BILINEAR)) - ref_eval).mean())
+        for _ in range(8):
+            box = random_resized_crop_box(full.width, full.height, scale, cfg.crop_ratio, rng)
+            area = (box[2] - box[0]) * (box[3] - box[1]) / (full.width * full.height)
+            bucket = next(b for b in BUCKETS if b[0] <= area < b[1])
+            ref = as_array(full.crop(box).resize((size, size), Image.BILINEAR))
+            fractions = [box[0] / full.width, box[1] / full.height, box[2] / full.width, box[3] / full.height, 0.0]
+            ours = batch._resize_each(stored, [fractions])[0].permute(1, 2, 0).numpy()
+            errors["cache"][bucket].append(np.abs(ours - ref).mean())
+            sx, sy = draft.width / full.width, draft.height / full.height
+            per_box = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+            per = as_array(draft.crop(per_box).resize((size, size), Image.BILINEAR))
+            errors["per_image"][bucket].append(np.abs(per - ref).mean())
+    out = {}
+    for path_name in errors:
+        out[path_name] = {f"crop area {lo:.2f}-{min(hi, 1):.2f}": float(np.mean(v)) if v else None
+                          for (lo, hi), v in errors[path_name].items()}
+        out[path_name]["evaluation"] = float(np.mean(evals[path_name]))
+    out["cache_side"] = train_spec.side
+    return out
+
+
+def print_fidelity(size: int, scale: list, result: dict) -> None:
+    print(f"\nwhat the model sees at {size} px, crop scale {scale}: mean |ours - example| in 0-255 levels "
+          f"(cached training side {result['cache_side']} px)")
+    for path_name in ("cache", "per_image"):
+        print(f"  {path_name:<10} " + ", ".join(f"{k}: {v:.2f}" for k, v in result[path_name].items() if v is not None))
+
+
 def child(arm: str, argv: list) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run_example(argv) if arm == "torchvision" else run_ours(argv)

@@ -1,5 +1,5 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
-predict (classify image files), audit (check a config's data)."""
+predict (classify image files), audit (check a config's data), search (hyperparameters), export (ONNX)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .evaluation import collect_paths, format_rows, load_model, predict_files, write_rows
 
     try:
-        model, processor = load_model(args.model)
+        model, processor = load_model(args.model, backend=args.backend)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -103,6 +103,31 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .export import ExportError, export
+
+    try:
+        result = export(args.run_dir, args.output, args.opset, args.quantize, args.tolerance,
+                        args.max_accuracy_drop, args.data, args.split, args.max_images)
+    except (ConfigError, ExportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    fp32 = result["fp32"]
+    print(f"parity on {result['images']}: max |logit difference| {fp32['max_abs_logit_diff']:.2g}, top-1 agreement "
+          f"{fp32['top1_agreement']:.4f}, accuracy {fp32['accuracy_pytorch']:.4f} (PyTorch) / "
+          f"{fp32['accuracy_onnx']:.4f} (ONNX); {fp32['images_per_s_onnx']:.0f} vs {fp32['images_per_s_pytorch']:.0f} "
+          "images/s (onnxruntime vs PyTorch, CPU)")
+    int8 = result.get("int8")
+    if int8:
+        verdict = "kept" if int8["kept"] else f"removed (over --max-accuracy-drop {int8['max_accuracy_drop_points']})"
+        print(f"int8: accuracy {int8['accuracy_onnx']:.4f} ({-int8['accuracy_drop_points']:+.2f} points), "
+              f"{int8['speedup_vs_onnx_fp32']:.2f}x the fp32 graph's speed: {verdict}")
+    out = Path(args.output) if args.output else Path(args.run_dir) / "onnx"
+    print(f"wrote {', '.join(result['files'])} and parity.json to {out}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,7 +170,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                          help="predict the positive class when its probability is >= T: a number, or a row of the "
                               "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
     predict.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
+    predict.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                         help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
+                              "with onnxruntime on the CPU")
     predict.set_defaults(func=_predict)
+
+    from .export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE
+
+    export = commands.add_parser("export", help="export a run to ONNX, with parity checked on its validation images")
+    export.add_argument("run_dir")
+    export.add_argument("--output", help="folder for model.onnx and parity.json (default RUN_DIR/onnx)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    export.add_argument("--quantize", choices=["int8"], help="also write model_quantized.onnx (dynamic int8)")
+    export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="largest |logit difference| allowed between PyTorch and the fp32 graph")
+    export.add_argument("--max-accuracy-drop", type=float, default=DEFAULT_MAX_ACCURACY_DROP,
+                        help="points of accuracy int8 may lose against PyTorch, else it is removed")
+    export.add_argument("--data", help="image folder to check parity on (default: the run's own split)")
+    export.add_argument("--split", default="validation", help="the split to check parity on (default validation)")
+    export.add_argument("--max-images", type=int, help="check parity on at most this many images")
+    export.set_defaults(func=_export)
     search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
     from .search import add_arguments, command
 

@@ -58,6 +58,7 @@ class RunFiles:
     errors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     operating_points: Dict[str, Any] = field(default_factory=dict)
+    onnx: Dict[str, Any] = field(default_factory=dict)  # onnx/parity.json (python -m facemask export)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -92,6 +93,7 @@ def read_run(directory: str | Path) -> RunFiles:
         for path in sorted(directory.glob(f"*{suffix}"), key=lambda p: _split_order(p.name[: -len(suffix)])):
             target[path.name[: -len(suffix)]] = _read_json(path)
     run.operating_points = _read_json(directory / "operating_points.json")
+    run.onnx = _read_json(directory / "onnx" / "parity.json")
     return run
 
 
@@ -347,6 +349,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
             for prefix, m in run.confusion.items()
         ],
         curves_figure=figures.get("curves"),
+        onnx=run.onnx,
         versions=run.run_info.get("versions") or {},
         audit=run.audit,
         diagnostics=_diagnostics(run, figures),

@@ -20,8 +20,9 @@ from .data import PreparedData, label_key, load_image, load_image_folder, synthe
 from .modeling import BACKEND
 
 
-def load_model(model: str, revision: Optional[str] = None) -> Tuple[Any, Any]:
-    """Classifier and image processor from a run folder or a Hub id, with a clear error if neither."""
+def load_model(model: str, revision: Optional[str] = None, backend: str = "torch") -> Tuple[Any, Any]:
+    """Classifier and image processor from a run folder or a Hub id, with a clear error if neither.
+    backend `onnx` / `onnx-int8`: the exported graph run by onnxruntime (see onnx_backend.py)."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     path = Path(model).expanduser()
@@ -29,7 +30,12 @@ def load_model(model: str, revision: Optional[str] = None) -> Tuple[Any, Any]:
         raise ConfigError(f"model folder {path} has no config.json: point at a training run's output folder")
     source = str(path) if path.exists() else model
     try:
-        classifier = AutoModelForImageClassification.from_pretrained(source, revision=revision)
+        if backend == "torch":
+            classifier = AutoModelForImageClassification.from_pretrained(source, revision=revision)
+        else:
+            from .onnx_backend import load_onnx_classifier
+
+            classifier = load_onnx_classifier(source, backend, revision)
         processor = AutoImageProcessor.from_pretrained(source, revision=revision, backend=BACKEND)
     except (OSError, ValueError) as err:
         raise ConfigError(

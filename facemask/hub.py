@@ -48,12 +48,16 @@ def check_write_access(token: Optional[str] = None) -> str:
     return info.get("name", "?")
 
 
+# python -m facemask export's files, pushed under onnx/ where transformers.js and Optimum look.
+ONNX_FILES = ("model.onnx", "model_quantized.onnx", "parity.json")
+
+
 def files_to_push(run_dir: str | Path) -> List[Path]:
     run_dir = Path(run_dir)
-    return sorted(
-        p for p in run_dir.iterdir()
-        if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)
-    )
+    files = [p for p in run_dir.iterdir()
+             if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)]
+    files += [run_dir / "onnx" / name for name in ONNX_FILES if (run_dir / "onnx" / name).is_file()]
+    return sorted(files)
 
 
 def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,
@@ -68,7 +72,8 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
         api.create_repo(model_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(model_id, branch=revision, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+        operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
+                      for p in files]
         commit = api.create_commit(model_id, operations=operations, revision=revision,
                                    commit_message=f"Upload face-mask classifier from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way

@@ -1,0 +1,147 @@
+"""ONNX export: parity on the run's validation images, int8, both backends in predict/evaluate, card, push."""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import REPO, tiny_config
+from facemask.__main__ import main as cli
+from facemask.export import ExportError, export
+from fake_hub import FakeHub
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+_spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny run, exported with int8 kept whatever its accuracy."""
+    tmp = tmp_path_factory.mktemp("export")
+    train.main([str(tiny_config(tmp, "vit"))])
+    out = tmp / "out"
+    assert cli(["export", str(out), "--quantize", "int8", "--max-accuracy-drop", "100"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    assert cli(["synth", str(root), "--num-images", "24", "--image-size", "64", "--seed", "5"]) == 0
+    return root
+
+
+def test_export_writes_both_graphs_and_their_parity(exported):
+    onnx_dir = exported / "onnx"
+    parity = json.loads((onnx_dir / "parity.json").read_text())
+    assert parity["files"] == ["onnx/model.onnx", "onnx/model_quantized.onnx"]
+    assert "validation" in parity["images"]
+    fp32, int8 = parity["fp32"], parity["int8"]
+    assert fp32["max_abs_logit_diff"] <= parity["tolerance"] == 1e-3
+    assert fp32["top1_agreement"] == 1.0 and fp32["accuracy_onnx"] == fp32["accuracy_pytorch"]
+    assert int8["kept"] and int8["max_accuracy_drop_points"] == 100
+    assert int8["accuracy_drop_points"] == pytest.approx(100 * (int8["accuracy_pytorch"] - int8["accuracy_onnx"]))
+    assert fp32["images_per_s_onnx"] > 0 and int8["speedup_vs_onnx_fp32"] > 0
+
+    # The batch dimension is dynamic, and the graph equals the saved model on inputs it never saw.
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(exported).eval()
+    session = onnxruntime.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert isinstance(session.get_inputs()[0].shape[0], str)
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = model(pixel_values=x).logits.numpy()
+        got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
+        assert got.shape == (batch, 2) and np.abs(got - expected).max() < 1e-4
+
+
+def test_predict_gives_the_same_labels_with_either_backend(exported, images, tmp_path):
+    rows = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        out = tmp_path / f"{backend}.csv"
+        assert cli(["predict", str(exported), str(images), "--backend", backend, "--output", str(out)]) == 0
+        with open(out, newline="") as f:
+            rows[backend] = {r["path"]: r for r in csv.DictReader(f)}
+    assert len(rows["torch"]) == 24 and rows["onnx"].keys() == rows["torch"].keys()
+    for path, row in rows["torch"].items():
+        assert rows["onnx"][path]["label"] == row["label"]
+        assert float(rows["onnx"][path]["confidence"]) == pytest.approx(float(row["confidence"]), abs=1e-4)
+
+
+def test_evaluate_script_onnx_backend_matches_pytorch(exported, images, tmp_path):
+    results = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        results[backend] = evaluate_script.main([str(exported), "--data", str(images), "--output-dir", str(out),
+                                                 "--backend", backend])
+        with open(out / "test_predictions.csv", newline="") as f:
+            results[backend + "_labels"] = [r["predicted_label"] for r in csv.DictReader(f)]
+    assert results["onnx_labels"] == results["torch_labels"]
+    assert results["onnx"]["test_accuracy"] == results["torch"]["test_accuracy"]
+    assert results["onnx"]["test_loss"] == pytest.approx(results["torch"]["test_loss"], abs=1e-4)
+
+
+def test_a_graph_that_disagrees_is_refused_and_the_earlier_export_kept(exported, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    before = {p.name: p.read_bytes() for p in (run / "onnx").iterdir()}
+    import facemask.export as export_module
+
+    real = export_module.export_graph
+
+    def drifted(model, side, path, opset):
+        import copy
+
+        faulty = copy.deepcopy(model)  # a graph whose every logit is off by 0.01, as a faulty conversion's
+        with torch.no_grad():
+            faulty.classifier.bias += 0.01
+        real(faulty, side, path, opset)
+
+    monkeypatch.setattr(export_module, "export_graph", drifted)
+    with pytest.raises(ExportError, match=r"max \|logit difference\| 0\.01.*tolerance 0\.001"):
+        export(run)
+    assert {p.name: p.read_bytes() for p in (run / "onnx").iterdir()} == before
+
+
+def test_int8_beyond_the_allowed_accuracy_drop_is_removed(exported, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    result = export(run, quantize="int8", max_accuracy_drop=-100)
+    assert not result["int8"]["kept"] and result["files"] == ["onnx/model.onnx"]
+    assert not (run / "onnx" / "model_quantized.onnx").exists()
+    assert "int8 model removed" in caplog.text
+    assert cli(["predict", str(run), str(REPO / "README.md"), "--backend", "onnx-int8"]) == 2  # says to export
+
+
+def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, tmp_path):
+    assert cli(["card", str(exported)]) == 0
+    card = (exported / "README.md").read_text()
+    section = card[card.index("## ONNX"):card.index("## Training data")]
+    parity = json.loads((exported / "onnx" / "parity.json").read_text())
+    assert "onnx/model.onnx, onnx/model_quantized.onnx" in section
+    assert f"{parity['fp32']['accuracy_onnx']:.4f}" in section and "--backend onnx" in section
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    with FakeHub() as hub:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
+                   HF_TOKEN="hf_" + "Qx7" * 12)
+        result = subprocess.run([sys.executable, "-m", "facemask", "push", str(exported), "--model-id", "tester/onnx"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.commits[0]["files"]
+    for name in ("model.onnx", "model_quantized.onnx", "parity.json"):
+        assert files[f"onnx/{name}"] == (exported / "onnx" / name).read_bytes()
+    assert "config.json" in files and "preprocessor_config.json" in files
