@@ -11,6 +11,8 @@ then resized and given sensor-like noise), for the same epochs with the same Tra
   torchvision  the transformers image-classification example's pipeline: train_test_split of the
                train folder, torchvision RandomResizedCrop + RandomHorizontalFlip on the decoded
                image, Resize + CenterCrop for evaluation, the processor's mean and std.
+Before training, what the model sees is compared pixel by pixel: each of our paths' training crops
+and evaluation images against the example's, for the same crop boxes (fidelity()).
 Each run is a fresh process; arms alternate within each seed. Printed per setting: each arm's
 mean test accuracy with its standard error over the seeds and every seed's value, the gap to the
 example with its standard error, and training samples/s (median and range).
@@ -286,6 +288,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--patch-size", type=int, help="default: 16 up to 128 px, 32 above")
+    parser.add_argument("--fidelity-images", type=int, default=40,
+                        help="photos whose crops are compared pixel by pixel with the example's (0: skip)")
     parser.add_argument("--data-dir", help="where the drawn photographs are kept (default: beside datasets' cache)")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "accuracy.json"))
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -310,6 +314,10 @@ def main(argv: list | None = None) -> int:
             for scale_text in args.crop_scales:
                 scale = [float(v) for v in scale_text.split(",")]
                 setting = f"{size} px (patch {patch}), crop scale {scale}, {args.epochs} epochs"
+                if args.fidelity_images:
+                    seen = fidelity(photos, size, scale, args.fidelity_images)
+                    print_fidelity(size, scale, seen)
+                    results.setdefault("fidelity", {})[setting] = seen
                 runs = {arm: [] for arm in args.arms}
                 for n, seed in enumerate(args.seeds):
                     # Rotate the arms' order each seed, so a drift in the machine's speed hits each alike.

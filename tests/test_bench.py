@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -50,3 +51,20 @@ def test_pipeline_bench_repeats_and_reports_median_and_spread(tmp_path, capsys):
     assert "median (min-max) over 2 repeats" in table and "16 distinct drawn images, each under 2 names" in table
     ratios = [r["train_images_per_s"] / r["model_train_images_per_s"] for r in row["cached"]]
     assert f"{min(ratios):.3f}-{max(ratios):.3f}) of (1)" in table
+
+
+def test_accuracy_bench_sees_where_the_pipelines_differ(tmp_path):
+    """bench/accuracy.py's pixel comparison: the cached crops (stored at 8/7 of the model side)
+    lose detail that the per-image path, cropping the decoded photo, keeps."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from accuracy import fidelity
+    from pipeline import make_folder
+
+    make_folder(tmp_path / "photos" / "train", 6, detail=96)
+    seen = fidelity(tmp_path / "photos", 32, [0.08, 1.0], 6)
+    assert seen["cache_side"] == 37
+    for path_name in ("cache", "per_image"):
+        assert 0 <= seen[path_name]["evaluation"] < 1.5  # both resize the decoded photo as the example does
+    cached = [v for k, v in seen["cache"].items() if k.startswith("crop") and v is not None]
+    per_image = [v for k, v in seen["per_image"].items() if k.startswith("crop") and v is not None]
+    assert sum(cached) / len(cached) > sum(per_image) / len(per_image) > 0
