@@ -51,7 +51,7 @@ def parity_images(run_dir: Path, processor: Any, model_config: Any, data: Option
         if not experiment.is_file():
             raise ConfigError(f"{experiment} does not exist: pass --data FOLDER to check parity on an image folder")
         cfg = load_config(str(experiment))
-        cfg.data.audit = False
+        # With the config's own audit setting: it decides the duplicate groups the split was carved by.
         evaluation = from_prepared(prepare_data(cfg.data, cfg.seed, side).data, split)
     else:
         evaluation = load_eval_data(data, split)

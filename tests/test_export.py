@@ -46,7 +46,8 @@ def test_export_writes_both_graphs_and_their_parity(exported):
     onnx_dir = exported / "onnx"
     parity = json.loads((onnx_dir / "parity.json").read_text())
     assert parity["files"] == ["onnx/model.onnx", "onnx/model_quantized.onnx"]
-    assert "validation" in parity["images"]
+    carved = json.loads((exported / "run_info.json").read_text())["data"]["splits"]["validation"]["num_images"]
+    assert f"(validation, {carved} images)" in parity["images"]  # the split training carved, all of it
     fp32, int8 = parity["fp32"], parity["int8"]
     assert fp32["max_abs_logit_diff"] <= parity["tolerance"] == 1e-3
     assert fp32["top1_agreement"] == 1.0 and fp32["accuracy_onnx"] == fp32["accuracy_pytorch"]
