@@ -153,10 +153,9 @@ def fidelity(folder: Path, size: int, scale: list, images: int, preprocess_scale
 
     from facemask.augment import BatchTransform
     from facemask.cache import CacheSpec, _encode_batch
-    from facemask.config import DataConfig
+    from facemask.config import DataConfig, ModelConfig
     from facemask.data import load_image, random_resized_crop_box
     from facemask.modeling import load_image_processor
-    from facemask.config import ModelConfig
 
     processor = load_image_processor(ModelConfig(from_config={**MODEL, "image_size": size, "patch_size": 16}))
     cfg = DataConfig(crop_scale=scale)

@@ -154,12 +154,13 @@ def export(run_dir: str | Path, output: Optional[str | Path] = None, opset: int 
                 f"{fp32['max_abs_logit_diff']:.3g} (tolerance {tolerance:g}), top-1 differs on "
                 f"{fp32['disagreeing_images']} image(s); accuracy {fp32['accuracy_pytorch']:.4f} (PyTorch) vs "
                 f"{fp32['accuracy_onnx']:.4f} (ONNX). Nothing was written to {final}; try another --opset")
-        speed_torch = images_per_second(lambda x: torch_logits(model, x), pixels)
-        fp32["images_per_s_pytorch"] = speed_torch
+        fp32["images_per_s_pytorch"] = images_per_second(lambda x: torch_logits(model, x), pixels)
         fp32["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(exported, x), pixels)
         staged.replace(final)
     finally:
         staged.unlink(missing_ok=True)
+    # An int8 graph of an earlier export no longer matches model.onnx: only _quantized may put one back.
+    (out / "model_quantized.onnx").unlink(missing_ok=True)
     result: Dict[str, Any] = {"opset": opset, "exporter": f"torch.onnx (dynamo) {torch.__version__}",
                               "images": source, "tolerance": tolerance, "speed_batch": SPEED_BATCH,
                               "files": ["onnx/model.onnx"], "fp32": fp32}
@@ -190,7 +191,6 @@ def _quantized(source: Path, target: Path, config: Any, pixels: np.ndarray, labe
         if int8["kept"]:
             staged.replace(target)
         else:
-            target.unlink(missing_ok=True)  # an earlier int8 file would no longer match model.onnx
             logger.warning("int8 model removed: its accuracy dropped %.2f points (allowed %.2f, --max-accuracy-drop)",
                            int8["accuracy_drop_points"], max_drop)
     finally:

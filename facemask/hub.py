@@ -9,6 +9,8 @@ from typing import List, Optional
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from .onnx_backend import ONNX_FILES
+
 # Top-level files of a run folder that make up the published model. Checkpoints, optimizer and
 # scheduler state, RNG state and training_args.bin (which can hold a hub_token) never leave.
 PUSH_PATTERNS = [
@@ -48,15 +50,15 @@ def check_write_access(token: Optional[str] = None) -> str:
     return info.get("name", "?")
 
 
-# python -m facemask export's files, pushed under onnx/ where transformers.js and Optimum look.
-ONNX_FILES = ("model.onnx", "model_quantized.onnx", "parity.json")
+# python -m facemask export's graphs and parity, pushed under onnx/ where transformers.js and Optimum look.
+PUSHED_ONNX_FILES = (*ONNX_FILES.values(), "parity.json")
 
 
 def files_to_push(run_dir: str | Path) -> List[Path]:
     run_dir = Path(run_dir)
     files = [p for p in run_dir.iterdir()
              if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)]
-    files += [run_dir / "onnx" / name for name in ONNX_FILES if (run_dir / "onnx" / name).is_file()]
+    files += [run_dir / "onnx" / name for name in PUSHED_ONNX_FILES if (run_dir / "onnx" / name).is_file()]
     return sorted(files)
 
 

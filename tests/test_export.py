@@ -127,6 +127,14 @@ def test_int8_beyond_the_allowed_accuracy_drop_is_removed(exported, tmp_path, ca
     assert cli(["predict", str(run), str(REPO / "README.md"), "--backend", "onnx-int8"]) == 2  # says to export
 
 
+def test_a_new_export_without_int8_drops_the_earlier_int8_graph(exported, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    assert (run / "onnx" / "model_quantized.onnx").is_file()
+    assert export(run)["files"] == ["onnx/model.onnx"]
+    assert not (run / "onnx" / "model_quantized.onnx").exists()  # it matched the replaced model.onnx
+
+
 def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, tmp_path):
     assert cli(["card", str(exported)]) == 0
     card = (exported / "README.md").read_text()
