@@ -1,5 +1,6 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
-predict (classify image files), audit (check a config's data), search (hyperparameters), export (ONNX)."""
+predict (classify image files), audit (check a config's data), search (hyperparameters), export (ONNX),
+demo (a Gradio page for a run or a Hub model), space (that page as a Hugging Face Space)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,49 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .demo import launch
+
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(f"warning: --host {args.host}: the page is reachable from other machines", file=sys.stderr)
+    try:
+        launch(args.model, args.host, args.port, args.share, args.backend, args.revision)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    from .hub import PushError, check_write_access
+    from .space import push_space, space_files, space_model_id, write_space
+
+    try:
+        model_id = space_model_id(args.run_dir, args.model_id)
+        files = space_files(args.run_dir, model_id, args.revision)
+        folder = write_space(files, args.output or Path(args.run_dir) / "space")
+        print(f"wrote the Space's {len(files)} files to {folder}")
+        if args.no_push:
+            return 0
+        check_write_access()
+        url = push_space(files, args.space_id, folder, private=args.private)
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed the Space {args.space_id}: {url}\nIt loads {model_id} from the Hub; a private model needs a Space "
+          "secret HF_TOKEN that can read it.")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +234,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument("--split", default="validation", help="the split to check parity on (default validation)")
     export.add_argument("--max-images", type=int, help="check parity on at most this many images")
     export.set_defaults(func=_export)
+    demo = commands.add_parser("demo", help="a Gradio page that classifies uploads and webcam frames and shows the "
+                                            "run's metrics")
+    demo.add_argument("model", help="a training run's output folder or a Hub model id")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    demo.add_argument("--share", type=_bool, nargs="?", const=True, default=False, metavar="true|false",
+                      help="also open a public gradio.live link (default false)")
+    demo.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
+    demo.add_argument("--revision", help="branch, tag or commit of a Hub model")
+    demo.set_defaults(func=_demo)
+    space = commands.add_parser("space", help="write and push a Hugging Face Space serving the demo page of a pushed "
+                                              "model")
+    space.add_argument("run_dir")
+    space.add_argument("--space-id", required=True, help="e.g. your-name/facemask-demo")
+    space.add_argument("--model-id", help="the model's Hub id (default: the run's hub.model_id)")
+    space.add_argument("--revision", help="the model's branch, tag or commit the Space loads")
+    space.add_argument("--output", help="folder to write the Space to (default RUN_DIR/space)")
+    space.add_argument("--no-push", action="store_true", help="only write the folder")
+    space_visibility = space.add_mutually_exclusive_group()
+    space_visibility.add_argument("--private", dest="private", action="store_true", default=True,
+                                  help="create the Space as private (default)")
+    space_visibility.add_argument("--public", dest="private", action="store_false")
+    space.set_defaults(func=_space)
     search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
     from .search import add_arguments, command
 

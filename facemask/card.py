@@ -130,7 +130,7 @@ def _dataset(run: RunFiles) -> Dict[str, Optional[str]]:
     return {"type": "unknown", "name": NOT_RECORDED, "hub_id": None}
 
 
-def _model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
+def model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
     card = run.experiment.get("card") or {}
     return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
 
@@ -158,7 +158,7 @@ def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
                     metric_type=metric, metric_name=label, metric_value=metrics[f"{prefix}_{metric}"],
                 ))
     return ModelCardData(
-        model_name=_model_name(run, model_id),
+        model_name=model_name(run, model_id),
         license=card.get("license", "apache-2.0"),
         language=card.get("language"),
         library_name="transformers",
@@ -324,7 +324,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         description=architecture.description(**arch_vars).strip(),
         citation=architecture.citation(**arch_vars).strip(),
         not_recorded=NOT_RECORDED,
-        model_ref=model_id or "path/to/" + _model_name(run, None),
+        model_ref=model_id or "path/to/" + model_name(run, None),
         hub_model_id=model_id,
         dataset=_dataset(run),
         image_size=config.get("image_size"),

@@ -1,7 +1,9 @@
-"""A stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1, for push tests.
+"""A stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1, for push and download tests.
 
-It answers the calls huggingface_hub's real client makes to create a repository, a branch and a
-commit (files sent inline, "regular" upload mode), and records what it received. Tokens starting
+It answers the calls huggingface_hub's real client makes to create a repository (model or Space),
+a branch and a commit (files sent inline, "regular" upload mode), and records what it received.
+What was committed to a model repository can be downloaded again: repository info, its file tree
+and /resolve/ of each file, what snapshot_download and hf_hub_download ask for. Tokens starting
 with `hf_read` are read-only; a repository id containing `fail` rejects its commit.
 """
 
@@ -27,6 +29,7 @@ class FakeHub:
         self.requests: List[tuple] = []
         self.authorizations: List[str] = []
         self.validated: List[str] = []
+        self.stored: Dict[str, Dict[str, bytes]] = {}  # repository id -> path -> bytes, all commits merged
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,8 +55,46 @@ class FakeHub:
                 hub.authorizations.append(auth)
                 return auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
 
+            def _stored_file(self) -> tuple:
+                match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", self.path.split("?")[0])
+                if not match or match.group(2) not in hub.stored.get(match.group(1), {}):
+                    return None, None
+                return match.group(1), hub.stored[match.group(1)][match.group(2)]
+
+            def _send_file(self, with_body: bool) -> None:
+                repo_id, content = self._stored_file()
+                if repo_id is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hub.sha(repo_id))
+                self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(content)
+
+            def do_HEAD(self) -> None:
+                hub.requests.append(("HEAD", self.path))
+                self._send_file(with_body=False)
+
             def do_GET(self) -> None:
                 hub.requests.append(("GET", self.path))
+                info = re.fullmatch(r"/api/models/([^/]+/[^/]+)(/revision/[^?]+)?(\?.*)?", self.path)
+                if info and info.group(1) in hub.stored:
+                    repo_id = info.group(1)
+                    return self._send(200, {"id": repo_id, "modelId": repo_id, "sha": hub.sha(repo_id), "private": False,
+                                            "siblings": [{"rfilename": name} for name in sorted(hub.stored[repo_id])]})
+                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^?]+(\?.*)?", self.path)
+                if tree and tree.group(1) in hub.stored:
+                    return self._send(200, [{"type": "file", "path": name, "size": len(content),
+                                             "oid": hashlib.sha1(content).hexdigest()}
+                                            for name, content in sorted(hub.stored[tree.group(1)].items())])
+                if "/resolve/" in self.path:
+                    return self._send_file(with_body=True)
                 if self.path.startswith("/api/whoami-v2"):
                     token = self._token()
                     if not token.startswith("hf_"):
@@ -86,10 +127,11 @@ class FakeHub:
                         return self._send(409, {"error": "You already created this model repo"})
                     hub.repos[repo_id] = payload
                     return self._send(200, {"url": f"http://{self.headers['Host']}/{repo_id}"})
-                match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit|branch)/([^?]+)(\?.*)?", self.path)
+                match = re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/(preupload|commit|branch)/([^?]+)(\?.*)?",
+                                     self.path)
                 if not match:
                     return self._send(404, {"error": f"not served by the fake hub: {self.path}"})
-                repo_id, action, revision = match.group(1), match.group(2), match.group(3)
+                repo_type, repo_id, action, revision = match.group(1), match.group(2), match.group(3), match.group(4)
                 if repo_id not in hub.repos:
                     return self._send(404, {"error": f"Repository not found: {repo_id}"})
                 if action == "branch":
@@ -108,13 +150,23 @@ class FakeHub:
                     for item in lines if item["key"] == "file"
                 }
                 oid = hashlib.sha1(body).hexdigest()
-                hub.commits.append({"repo_id": repo_id, "revision": revision, "header": header, "files": files})
+                hub.commits.append({"repo_id": repo_id, "repo_type": repo_type[:-1], "revision": revision,
+                                    "header": header, "files": files})
+                if repo_type == "models":
+                    hub.stored.setdefault(repo_id, {}).update(files)
                 return self._send(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}",
                                         "commitOid": oid, "pullRequestUrl": None})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def sha(self, repo_id: str) -> str:
+        """The repository's commit id: a hash of its files, so it changes with every commit that changes them."""
+        digest = hashlib.sha1()
+        for name, content in sorted(self.stored.get(repo_id, {}).items()):
+            digest.update(name.encode() + hashlib.sha1(content).digest())
+        return digest.hexdigest()
 
     def __enter__(self) -> "FakeHub":
         self.thread.start()

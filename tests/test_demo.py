@@ -1,0 +1,245 @@
+"""The demo page (python -m facemask demo) driven by headless Chromium, and its Space (python -m
+facemask space) pushed to the stand-in Hub and run from what was pushed."""
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import train
+from conftest import REPO, tiny_config
+from facemask.demo import ARGMAX_RULE, BadUpload, check_upload, decision_rules, default_rule, load_demo, metrics_markdown
+from facemask.evaluation import predict_files
+from facemask.synthetic import draw_face
+from fake_hub import FakeHub
+
+TOKEN = "hf_" + "Dm4" * 12
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run with validation and test results, hence operating points, galleries and confusion matrices."""
+    tmp = tmp_path_factory.mktemp("demo")
+    train.main([str(tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1}))])
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory):
+    """A face with a mask, one without, and the three kinds of bad upload."""
+    root = tmp_path_factory.mktemp("uploads")
+    draw_face(random.Random(1), 96, True).save(root / "with-mask.jpg")
+    draw_face(random.Random(2), 96, False).save(root / "without-mask.png")
+    (root / "notes.png").write_text("not an image, whatever its name says")
+    Image.new("L", (8000, 7000)).save(root / "huge.png")  # 56 megapixels, a few kilobytes of PNG
+    frames = [draw_face(random.Random(i), 64, i % 2 == 0) for i in range(3)]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    return root
+
+
+def test_bad_uploads_get_a_message_and_an_animation_a_note(uploads, tmp_path):
+    with pytest.raises(BadUpload, match="notes.png is not an image"):
+        check_upload(uploads / "notes.png")
+    with pytest.raises(BadUpload, match=r"8000 x 7000 pixels \(56 megapixels\).*up to 50 megapixels"):
+        check_upload(uploads / "huge.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(BadUpload, match="empty file"):
+        check_upload(tmp_path / "empty.jpg")
+    assert check_upload(uploads / "animated.gif") == "animated.gif is animated (3 frames): its first frame was classified."
+    assert check_upload(uploads / "with-mask.jpg") == ""
+
+
+def test_decision_rules_come_from_the_operating_points():
+    table = {"positive_label": "with_mask", "rows": [
+        {"name": "precision>=0.99", "threshold": None},
+        {"name": "recall>=0.99", "threshold": 0.125},
+        {"name": "best F1", "threshold": 0.4375}]}
+    rules = decision_rules(table)
+    assert rules == {ARGMAX_RULE: None, "recall>=0.99 (threshold 0.125)": 0.125, "best F1 (threshold 0.438)": 0.4375}
+    assert default_rule(rules) == "best F1 (threshold 0.438)"
+    assert default_rule(decision_rules({})) == ARGMAX_RULE
+
+
+def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads):
+    demo = load_demo(str(run_dir))
+    assert demo.positive_label == "with_mask" and default_rule(demo.rules).startswith("best F1")
+    path = uploads / "with-mask.jpg"
+    [row], _ = predict_files(demo.model, demo.processor, [path])
+    message, probabilities = demo.classify(str(path), ARGMAX_RULE)
+    assert message.startswith(f"## {row['label']}\n") and "highest probability" in message
+    assert probabilities == {label: row[f"prob_{label}"] for label in demo.labels}
+    demo.rules.update({"always": 0.0, "never": 1.01})
+    assert demo.classify(str(path), "always")[0].startswith("## with_mask\n")
+    assert demo.classify(str(path), "never")[0].startswith("## without_mask\n")
+    message, probabilities = demo.classify(str(uploads / "notes.png"), ARGMAX_RULE)
+    assert message.startswith("**Not classified.**") and probabilities is None
+
+
+def test_metrics_tab_reads_the_run_folder(run_dir):
+    import json
+
+    from facemask.card import read_run
+
+    table = metrics_markdown(read_run(run_dir))
+    test = json.loads((run_dir / "test_results.json").read_text())
+    row = next(line for line in table.splitlines() if line.startswith("| test |"))
+    assert f"{test['test_accuracy']:.4f}" in row and f"{test['test_loss']:.4f}" in row
+    assert "| validation |" in table
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set:
+    """Local addresses of the LISTEN sockets on `port`, from /proc/net/tcp (IPv4)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def _browser():
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        reason = ("no Chromium or chromedriver on this machine: install them with "
+                  "`apt-get update && apt-get install -y chromium chromium-driver` (the README's test command does)")
+        if os.environ.get("FACEMASK_REQUIRE_BROWSER"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--window-size=1280,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_demo_page_in_headless_chromium(run_dir, uploads, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = (tmp_path / "demo.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "facemask", "demo", str(run_dir), "--port", str(port)], cwd=REPO,
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+                assert time.time() < deadline, "the demo did not start in 180 s"
+                time.sleep(1)
+        assert _listening_addresses(port) == {"127.0.0.1"}  # this machine only, by default
+        browser = _browser()
+        browser.get(url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
+
+        def upload(path: Path) -> str:
+            browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
+            wait.until(lambda b: path.name in b.find_element(By.ID, "result").text)
+            return browser.find_element(By.ID, "result").text
+
+        demo = load_demo(str(run_dir))
+        for name in ("with-mask.jpg", "without-mask.png"):
+            [row], _ = predict_files(demo.model, demo.processor, [uploads / name], 1,
+                                     demo.rules[default_rule(demo.rules)], demo.positive_label)
+            text = upload(uploads / name)
+            assert text.splitlines()[0] == row["label"], text
+            assert f"Confidence {row['confidence']:.1%} for {name}" in text and "best F1" in text
+            shown = browser.find_element(By.ID, "probabilities").text
+            for label in demo.labels:
+                assert f"{label}\n{row[f'prob_{label}']:.0%}" in shown, shown
+        browser.save_screenshot(str(tmp_path / "demo.png"))
+        assert "notes.png is not an image" in upload(uploads / "notes.png")
+        assert "56 megapixels" in upload(uploads / "huge.png")
+        assert "its first frame was classified" in upload(uploads / "animated.gif")
+        assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+        with Image.open(tmp_path / "demo.png") as shot:
+            assert shot.size[0] >= 1000
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _hub_env(hub, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN=TOKEN, GRADIO_ANALYTICS_ENABLED="False")
+    return env
+
+
+def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_path):
+    with FakeHub() as hub:
+        env = _hub_env(hub, tmp_path)
+        for args in (["push", str(run_dir), "--model-id", "tester/demo-model"],
+                     ["space", str(run_dir), "--space-id", "tester/demo-space", "--model-id", "tester/demo-model",
+                      "--output", str(tmp_path / "written")]):
+            done = subprocess.run([sys.executable, "-m", "facemask", *args], cwd=REPO, env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+        assert hub.repos["tester/demo-space"]["type"] == "space" and hub.repos["tester/demo-space"]["sdk"] == "gradio"
+        [commit] = [c for c in hub.commits if c["repo_id"] == "tester/demo-space"]
+        files = commit["files"]
+        assert commit["repo_type"] == "space"
+        assert {"app.py", "README.md", "requirements.txt", "facemask/demo.py"} <= set(files)
+        assert files["requirements.txt"] == (REPO / "requirements.txt").read_bytes()
+        assert files["facemask/demo.py"] == (REPO / "facemask" / "demo.py").read_bytes()
+        front = files["README.md"].decode().split("---")[1]
+        assert "sdk: gradio" in front and "app_file: app.py" in front and "- tester/demo-model" in front
+        assert all(TOKEN.encode() not in content for content in files.values())
+        assert (tmp_path / "written" / "app.py").read_bytes() == files["app.py"]
+
+        # The Space as pushed, on its own: its app.py downloads the model by Hub id and classifies.
+        space = tmp_path / "space-checkout"
+        for name, content in files.items():
+            (space / name).parent.mkdir(parents=True, exist_ok=True)
+            (space / name).write_bytes(content)
+        script = ("import json, sys, app, facemask\n"
+                  "message, probabilities = app.page.classify(sys.argv[1], app.page.rules and next(iter(app.page.rules)))\n"
+                  "print(json.dumps([facemask.__file__, message, probabilities]))\n")
+        env.pop("HF_TOKEN")
+        done = subprocess.run([sys.executable, "-c", script, str(uploads / "with-mask.jpg")], cwd=space, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    module_file, message, probabilities = json.loads(done.stdout.splitlines()[-1])
+    assert Path(module_file).parent == space / "facemask"
+    local = load_demo(str(run_dir))
+    assert [message, probabilities] == list(local.classify(str(uploads / "with-mask.jpg"), ARGMAX_RULE))
+    assert any(method == "GET" and "/tester/demo-model/resolve/" in path for method, path in hub.requests)
+
+
+def test_space_needs_a_model_id(run_dir, tmp_path, capsys):
+    from facemask.__main__ import main
+
+    assert main(["space", str(run_dir), "--space-id", "tester/s", "--no-push", "--output", str(tmp_path / "s")]) == 1
+    assert "names no Hub model (hub.model_id): pass --model-id" in capsys.readouterr().err
