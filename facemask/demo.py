@@ -163,13 +163,15 @@ class Demo:
             return f"**Not classified.** {type(err).__name__}: {err}", None
         row = rows[0]
         probabilities = {label: row[f"prob_{label}"] for label in self.labels}
+        name = Path(path).name
         if threshold is None:
-            why = "the class with the highest probability"
+            detail = f"{name}: the most probable class ({row['confidence']:.1%})."
         else:
             positive = self.positive_label
-            why = (f"{positive} when P({positive}) >= {threshold:.3f} ({rule.split(' (')[0]}, "
-                   "the run's operating point chosen on validation)")
-        message = f"## {row['label']}\n\nConfidence {row['confidence']:.1%} for {Path(path).name}; decision rule: {why}."
+            side = "at or above" if probabilities[positive] >= threshold else "below"
+            detail = (f"{name}: P({positive}) = {probabilities[positive]:.1%}, {side} the threshold {threshold:.3f} of the "
+                   f"run's {rule.split(' (')[0]} operating point (chosen on its validation split).")
+        message = f"## {row['label']}\n\n{detail}"
         return message + (f"\n\n{note}" if note else ""), probabilities
 
 

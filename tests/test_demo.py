@@ -74,7 +74,7 @@ def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads):
     path = uploads / "with-mask.jpg"
     [row], _ = predict_files(demo.model, demo.processor, [path])
     message, probabilities = demo.classify(str(path), ARGMAX_RULE)
-    assert message.startswith(f"## {row['label']}\n") and "highest probability" in message
+    assert message == f"## {row['label']}\n\nwith-mask.jpg: the most probable class ({row['confidence']:.1%})."
     assert probabilities == {label: row[f"prob_{label}"] for label in demo.labels}
     demo.rules.update({"always": 0.0, "never": 1.01})
     assert demo.classify(str(path), "always")[0].startswith("## with_mask\n")
@@ -170,7 +170,9 @@ def test_demo_page_in_headless_chromium(run_dir, uploads, tmp_path):
                                      demo.rules[default_rule(demo.rules)], demo.positive_label)
             text = upload(uploads / name)
             assert text.splitlines()[0] == row["label"], text
-            assert f"Confidence {row['confidence']:.1%} for {name}" in text and "best F1" in text
+            p = row["prob_with_mask"]
+            side = "at or above" if p >= demo.rules[default_rule(demo.rules)] else "below"
+            assert f"{name}: P(with_mask) = {p:.1%}, {side} the threshold" in text and "best F1" in text, text
             shown = browser.find_element(By.ID, "probabilities").text
             for label in demo.labels:
                 assert f"{label}\n{row[f'prob_{label}']:.0%}" in shown, shown
