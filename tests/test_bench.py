@@ -68,3 +68,20 @@ def test_accuracy_bench_sees_where_the_pipelines_differ(tmp_path):
     cached = [v for k, v in seen["cache"].items() if k.startswith("crop") and v is not None]
     per_image = [v for k, v in seen["per_image"].items() if k.startswith("crop") and v is not None]
     assert sum(cached) / len(cached) > sum(per_image) / len(per_image) > 0
+
+
+@pytest.mark.slow  # torch.compile of even a tiny model takes the better part of a minute on 2 cores
+def test_inference_bench_times_all_four_backends(tmp_path, capsys):
+    out = tmp_path / "inference.json"
+    results = load("inference").main(["--tiny", "--models", "vit-base", "--batches", "1", "3", "--repeats", "2",
+                                      "--iters", "1", "--warmup", "1", "--output", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert list(results) == ["vit-base batch 1", "vit-base batch 3"]
+    for figures in results.values():
+        assert list(figures) == ["eager", "compile", "onnx", "onnx-int8"]
+        assert figures["eager"]["ratio_to_eager"] == 1.0
+        for name, f in figures.items():
+            assert 0 < f["min"] <= f["images_per_s"] <= f["max"], name
+            assert f["ratio_min"] <= f["ratio_to_eager"] <= f["ratio_max"], name
+        assert figures["onnx"]["max_abs_logit_diff"] < 1e-3 and figures["compile"]["max_abs_logit_diff"] < 1e-3
+    assert "onnx-int8" in capsys.readouterr().out

@@ -29,6 +29,7 @@ def launch(args, **kwargs):
                           timeout=600, **kwargs)
 
 
+@pytest.mark.slow  # tens of seconds: the default suite stays under ~8 minutes
 def test_two_processes_train_the_quickstart_model_and_count_each_sample_once(tmp_path):
     out = tmp_path / "out"
     # With the recipe's switches that touch every process: EMA, mixup/CutMix, layer decay, early stopping.
@@ -90,6 +91,7 @@ def test_same_seed_same_results(tmp_path):
     assert "- Seed: 0" in card and "- Data fingerprint: `{" in card
 
 
+@pytest.mark.slow  # tens of seconds: the default suite stays under ~8 minutes
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # Bit-for-bit on CPU: the Trainer restores model, optimizer, scheduler and RNG states and skips
     # the batches already seen; augmentation and mixing draw from (seed, epoch or step, sample)

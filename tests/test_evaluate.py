@@ -165,6 +165,7 @@ def test_model_with_another_number_of_labels(eval_folder, tmp_path):
         evaluate_main([str(tmp_path / "m3"), "--data", str(eval_folder), "--output-dir", str(tmp_path / "o")])
 
 
+@pytest.mark.slow  # tens of seconds: the default suite stays under ~8 minutes
 def test_each_sample_counted_once_with_two_processes(run_dir, eval_folder, tmp_path):
     single = tmp_path / "one"
     evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(single)])

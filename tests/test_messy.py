@@ -163,6 +163,7 @@ def test_upsampled_class_is_flagged_by_sharpness(upsampled):
     assert not prepare_data(clean, seed=0, image_side=32).report["partial_shortcuts"]
 
 
+@pytest.mark.slow  # tens of seconds: the default suite stays under ~8 minutes
 def test_shortcut_test_drops_more_for_the_model_that_learned_the_shortcut(upsampled, tmp_path):
     # Long enough for a 4-layer ViT at 32 px to learn something (~15 s a run on 2 cores).
     training = {"max_steps": -1, "num_train_epochs": 30, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
