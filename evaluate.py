@@ -140,6 +140,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if len(output.label_ids) != len(names):
         raise RuntimeError(f"evaluated {len(output.label_ids)} samples for {len(names)} images")
     metrics = output.metrics
+    metrics[f"{args.split}_backend"] = args.backend  # which graph produced these figures, in the results and card
     trainer.log_metrics(args.split, metrics)
     trainer.save_metrics(args.split, metrics)
     probs = softmax(output.predictions)

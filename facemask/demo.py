@@ -26,6 +26,7 @@ logger = logging.getLogger("facemask")
 MAX_MEGAPIXELS = 50
 MAX_FILE_SIZE = "50mb"
 ARGMAX_RULE = "highest probability"
+UPLOAD_HINT = "upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF)"
 METRIC_COLUMNS = {"accuracy": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
                   "roc_auc": "ROC-AUC", "loss": "loss"}
 
@@ -38,14 +39,14 @@ def check_upload(path: str | Path) -> str:
     """Refuse what cannot be classified (BadUpload); returns a note for what is classified with a caveat."""
     path = Path(path)
     if path.stat().st_size == 0:
-        raise BadUpload(f"{path.name} is an empty file: upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF).")
+        raise BadUpload(f"{path.name} is an empty file: {UPLOAD_HINT}.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 size, frames = image.size, getattr(image, "n_frames", 1)
     except UnidentifiedImageError:
-        raise BadUpload(f"{path.name} is not an image: upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF).") from None
+        raise BadUpload(f"{path.name} is not an image: {UPLOAD_HINT}.") from None
     except Image.DecompressionBombError:
         raise BadUpload(f"{path.name} is far too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): "
                         f"the demo takes images up to {MAX_MEGAPIXELS} megapixels. Resize it and upload again.") from None
@@ -154,8 +155,7 @@ class Demo:
             rows, skipped = predict_files(self.model, self.processor, [Path(path)], 1, threshold,
                                           self.positive_label if threshold is not None else None)
             if skipped:
-                raise BadUpload(f"{Path(path).name} could not be read: {skipped[0][1]}. Upload a photo "
-                                "(JPEG, PNG, WebP, BMP, TIFF or GIF).")
+                raise BadUpload(f"{Path(path).name} could not be read ({skipped[0][1]}): {UPLOAD_HINT}.")
         except BadUpload as err:
             return f"**Not classified.** {err}", None
         except Exception as err:  # the page shows a message; the console keeps the traceback
@@ -202,7 +202,8 @@ def build_app(demo: Demo) -> Any:
     results = demo.run.results.get("test") or demo.run.results.get("eval") or {}
     headline = next((f"{split_name(k.split('_')[0])} accuracy {v:.2%}" for k, v in results.items()
                      if k.endswith("_accuracy")), "no evaluation recorded")
-    with gr.Blocks(title=f"Face-mask classifier: {name}") as app:
+    # Gradio's usage telemetry is off: the page must work offline and report to no one.
+    with gr.Blocks(title=f"Face-mask classifier: {name}", analytics_enabled=False) as app:
         gr.Markdown(f"# Face-mask classifier: {name}\nClasses: {labels}. Model: `{demo.source}` "
                     f"({demo.backend} backend, {headline}).")
         with gr.Tab("Classify"):

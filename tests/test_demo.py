@@ -68,7 +68,7 @@ def test_decision_rules_come_from_the_operating_points():
     assert default_rule(decision_rules({})) == ARGMAX_RULE
 
 
-def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads):
+def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads, tmp_path):
     demo = load_demo(str(run_dir))
     assert demo.positive_label == "with_mask" and default_rule(demo.rules).startswith("best F1")
     path = uploads / "with-mask.jpg"
@@ -81,6 +81,10 @@ def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads):
     assert demo.classify(str(path), "never")[0].startswith("## without_mask\n")
     message, probabilities = demo.classify(str(uploads / "notes.png"), ARGMAX_RULE)
     assert message.startswith("**Not classified.**") and probabilities is None
+    truncated = tmp_path / "truncated.jpg"  # a readable header, then the file stops
+    truncated.write_bytes(path.read_bytes()[:400])
+    message, probabilities = demo.classify(str(truncated), ARGMAX_RULE)
+    assert message.startswith("**Not classified.** truncated.jpg could not be read (") and probabilities is None
 
 
 def test_metrics_tab_reads_the_run_folder(run_dir):

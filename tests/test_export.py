@@ -91,6 +91,8 @@ def test_evaluate_script_onnx_backend_matches_pytorch(exported, images, tmp_path
         with open(out / "test_predictions.csv", newline="") as f:
             results[backend + "_labels"] = [r["predicted_label"] for r in csv.DictReader(f)]
     assert results["onnx_labels"] == results["torch_labels"]
+    assert json.loads((tmp_path / "onnx" / "test_results.json").read_text())["test_backend"] == "onnx"
+    assert results["torch"]["test_backend"] == "torch"
     assert results["onnx"]["test_accuracy"] == results["torch"]["test_accuracy"]
     assert results["onnx"]["test_loss"] == pytest.approx(results["torch"]["test_loss"], abs=1e-4)
 
@@ -135,7 +137,7 @@ def test_a_new_export_without_int8_drops_the_earlier_int8_graph(exported, tmp_pa
     assert not (run / "onnx" / "model_quantized.onnx").exists()  # it matched the replaced model.onnx
 
 
-def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, tmp_path):
+def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, images, tmp_path):
     assert cli(["card", str(exported)]) == 0
     card = (exported / "README.md").read_text()
     section = card[card.index("## ONNX"):card.index("## Training data")]
@@ -149,7 +151,17 @@ def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, tmp_path):
                    HF_TOKEN="hf_" + "Qx7" * 12)
         result = subprocess.run([sys.executable, "-m", "facemask", "push", str(exported), "--model-id", "tester/onnx"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, result.stderr[-3000:]
+        # The pushed graph, loaded by Hub id, classifies as the local one does.
+        predicted = {}
+        for model in ("tester/onnx", str(exported)):
+            done = subprocess.run([sys.executable, "-m", "facemask", "predict", model, str(images), "--backend", "onnx"],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            predicted[model] = done.stdout
+    assert predicted["tester/onnx"] == predicted[str(exported)] and predicted["tester/onnx"].count("\n") == 24
+    assert any(method == "GET" and path.startswith("/tester/onnx/resolve/") and path.endswith("onnx/model.onnx")
+               for method, path in hub.requests)
     files = hub.commits[0]["files"]
     for name in ("model.onnx", "model_quantized.onnx", "parity.json"):
         assert files[f"onnx/{name}"] == (exported / "onnx" / name).read_bytes()
