@@ -47,6 +47,8 @@ def check_upload(path: str | Path) -> str:
                 size, frames = image.size, getattr(image, "n_frames", 1)
     except UnidentifiedImageError:
         raise BadUpload(f"{path.name} is not an image: {UPLOAD_HINT}.") from None
+    except OSError as err:  # e.g. a JPEG whose headers stop early: PIL fails while opening
+        raise BadUpload(f"{path.name} could not be read ({err}): {UPLOAD_HINT}.") from None
     except Image.DecompressionBombError:
         raise BadUpload(f"{path.name} is far too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): "
                         f"the demo takes images up to {MAX_MEGAPIXELS} megapixels. Resize it and upload again.") from None

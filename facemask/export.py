@@ -101,12 +101,22 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) ->
 
 
 def export_graph(model: torch.nn.Module, side: int, path: Path, opset: int) -> None:
-    """torch.onnx's exporter (torch.export), with the batch dimension left dynamic."""
+    """torch.onnx's exporter (torch.export), with the batch dimension left dynamic.
+
+    The graph is traced with eager attention: BEiT's SDPA path reshapes a transposed tensor, which
+    the exporter's decomposition rejects ("Cannot view a tensor with shape ..."), and below opset 23
+    ONNX has no attention operator, so either path becomes the same MatMul/Softmax. Parity is then
+    checked against the model as it was trained, attention included."""
     example = torch.zeros(2, 3, side, side)
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (), kwargs={"pixel_values": example}, dynamo=True, opset_version=opset,
-                                input_names=["pixel_values"], output_names=["logits"],
-                                dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
+    trained_attention = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        program = torch.onnx.export(model, (), kwargs={"pixel_values": example}, dynamo=True, opset_version=opset,
+                                    input_names=["pixel_values"], output_names=["logits"],
+                                    dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
+    finally:
+        model.set_attn_implementation(trained_attention)
     program.save(str(path))
 
 

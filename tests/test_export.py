@@ -69,6 +69,17 @@ def test_export_writes_both_graphs_and_their_parity(exported):
         assert got.shape == (batch, 2) and np.abs(got - expected).max() < 1e-4
 
 
+def test_a_beit_run_trained_with_sdpa_exports_with_parity(tmp_path):
+    # BEiT's SDPA attention cannot be traced by the exporter: the graph is traced with eager
+    # attention, and parity holds against the model as trained (SDPA).
+    train.main([str(tiny_config(tmp_path, "beit"))])
+    out = tmp_path / "out"
+    assert json.loads((out / "run_info.json").read_text())["switches"]["used"]["attn_implementation"] == "sdpa"
+    assert cli(["export", str(out)]) == 0
+    fp32 = json.loads((out / "onnx" / "parity.json").read_text())["fp32"]
+    assert fp32["max_abs_logit_diff"] <= 1e-3 and fp32["top1_agreement"] == 1.0
+
+
 def test_predict_gives_the_same_labels_with_either_backend(exported, images, tmp_path):
     rows = {}
     for backend in ("torch", "onnx", "onnx-int8"):

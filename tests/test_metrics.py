@@ -99,6 +99,7 @@ def test_importing_the_script_by_name_still_leaves_the_library():
     assert "'accuracy': 1.0" in out.stdout
 
 
+@pytest.mark.slow  # tens of seconds: the default suite stays under ~8 minutes
 def test_entry_points_run_from_the_root():
     helped = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
