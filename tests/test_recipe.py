@@ -319,6 +319,28 @@ def test_tensorboard_tracking_writes_event_files_offline(tmp_path):
     assert "train/loss" in accumulator.Tags()["scalars"]
 
 
+def test_trackio_tracking_logs_locally_offline(tmp_path):
+    # A subprocess: trackio fixes its storage folder (TRACKIO_DIR) when first imported.
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    config = tiny_config(tmp_path, training={"report_to": "trackio", "logging_steps": 1, "project": "facemask-test",
+                                             "run_name": "tiny"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run([sys.executable, "train.py", str(config)], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [database] = (tmp_path / "trackio").glob("facemask-test*.db")
+    with sqlite3.connect(database) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = db.execute("SELECT run_name, step, metrics FROM metrics").fetchall()
+    assert "metrics" in tables and {run for run, _, _ in rows} == {"tiny"}
+    logged = [json.loads(metrics) for _, _, metrics in rows]
+    assert sum("train/loss" in entry for entry in logged) == 2  # logging_steps 1, max_steps 2
+
+
 def test_a_missing_tracker_package_names_the_pip_command(tmp_path, monkeypatch):
     import importlib.util
 
