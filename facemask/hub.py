@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from .onnx_backend import ONNX_FILES
@@ -54,6 +54,34 @@ def check_write_access(token: Optional[str] = None) -> str:
 PUSHED_ONNX_FILES = (*ONNX_FILES.values(), "parity.json")
 
 
+# Remote files a push owns: names this project writes into a run folder. When a push no longer has
+# one (a re-export dropped the int8 graph, a retrained model has fewer shards, a split was not
+# evaluated again), the earlier copy would describe other weights, so the push's commit deletes it
+# (the Hub's history keeps it). Files of other names, a user's own notes or images, are never touched.
+OWNED_PATTERNS = [p for p in PUSH_PATTERNS if p != "*.png"] + [
+    "*_confusion_matrix.png", "*_roc_curve.png", "*_calibration.png", "*_errors.png", "training_curves.png",
+]
+
+
+def stale_paths(remote: Iterable[str], pushed: Iterable[str], owned: Iterable[str]) -> List[str]:
+    """The remote files matching `owned` (glob patterns; `*` stays within a folder) that the push lacks."""
+    pushed, owned = set(pushed), list(owned)
+    return sorted(path for path in remote if path not in pushed
+                  and any(fnmatch.fnmatchcase(path, pattern) and path.count("/") == pattern.count("/")
+                          for pattern in owned))
+
+
+def delete_stale(api: HfApi, repo_id: str, repo_type: str, revision: Optional[str], pushed: Iterable[str],
+                 owned: Iterable[str]) -> List[CommitOperationDelete]:
+    """Delete operations for stale_paths() of what the repository holds now; they are printed."""
+    remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    stale = stale_paths(remote, pushed, owned)
+    if stale:
+        print(f"{repo_id}: removing {len(stale)} file(s) of an earlier push that this one no longer has "
+              f"(the Hub's history keeps them): {', '.join(stale)}")
+    return [CommitOperationDelete(path_in_repo=path) for path in stale]
+
+
 def files_to_push(run_dir: str | Path) -> List[Path]:
     run_dir = Path(run_dir)
     files = [p for p in run_dir.iterdir()
@@ -76,6 +104,8 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
             api.create_branch(model_id, branch=revision, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
                       for p in files]
+        owned = OWNED_PATTERNS + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
+        operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations], owned)
         commit = api.create_commit(model_id, operations=operations, revision=revision,
                                    commit_message=f"Upload face-mask classifier from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way

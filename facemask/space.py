@@ -14,7 +14,7 @@ import jinja2
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from .card import hub_model_id, model_name, read_run
-from .hub import PushError
+from .hub import PushError, delete_stale
 
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -73,6 +73,8 @@ def push_space(files: Dict[str, bytes], space_id: str, folder: Path, private: bo
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
+        # A module this package no longer has would otherwise stay importable in the Space.
+        operations += delete_stale(api, space_id, "space", None, files, ["facemask/*.py"])
         commit = api.create_commit(space_id, operations=operations, repo_type="space",
                                    commit_message="Face-mask classifier demo (python -m facemask space)")
     except Exception as err:  # network, auth, quota: the written folder stays as it is

@@ -2,8 +2,10 @@
 
 It answers the calls huggingface_hub's real client makes to create a repository (model or Space),
 a branch and a commit (files sent inline, "regular" upload mode), and records what it received.
-What was committed to a model repository can be downloaded again: repository info, its file tree
-and /resolve/ of each file, what snapshot_download and hf_hub_download ask for. Tokens starting
+Commits may delete files. What was committed can be listed (the file tree) and, for a model
+repository, downloaded again: repository info and /resolve/ of each file, what snapshot_download
+and hf_hub_download ask for. (Branches are recorded, not kept apart: every revision shows the
+same files.) Tokens starting
 with `hf_read` are read-only; a repository id containing `fail` rejects its commit.
 """
 
@@ -88,11 +90,11 @@ class FakeHub:
                     repo_id = info.group(1)
                     return self._send(200, {"id": repo_id, "modelId": repo_id, "sha": hub.sha(repo_id), "private": False,
                                             "siblings": [{"rfilename": name} for name in sorted(hub.stored[repo_id])]})
-                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^?]+(\?.*)?", self.path)
-                if tree and tree.group(1) in hub.stored:
+                tree = re.fullmatch(r"/api/(models|spaces)/([^/]+/[^/]+)/tree/[^?]+(\?.*)?", self.path)
+                if tree and (tree.group(2) in hub.stored or tree.group(2) in hub.repos):
                     return self._send(200, [{"type": "file", "path": name, "size": len(content),
                                              "oid": hashlib.sha1(content).hexdigest()}
-                                            for name, content in sorted(hub.stored[tree.group(1)].items())])
+                                            for name, content in sorted(hub.stored.get(tree.group(2), {}).items())])
                 if "/resolve/" in self.path:
                     return self._send_file(with_body=True)
                 if self.path.startswith("/api/whoami-v2"):
@@ -149,11 +151,14 @@ class FakeHub:
                     item["value"]["path"]: base64.b64decode(item["value"]["content"])
                     for item in lines if item["key"] == "file"
                 }
+                deleted = [item["value"]["path"] for item in lines if item["key"] == "deletedFile"]
                 oid = hashlib.sha1(body).hexdigest()
                 hub.commits.append({"repo_id": repo_id, "repo_type": repo_type[:-1], "revision": revision,
-                                    "header": header, "files": files})
-                if repo_type == "models":
-                    hub.stored.setdefault(repo_id, {}).update(files)
+                                    "header": header, "files": files, "deleted": deleted})
+                stored = hub.stored.setdefault(repo_id, {})
+                stored.update(files)
+                for path in deleted:
+                    stored.pop(path, None)
                 return self._send(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}",
                                         "commitOid": oid, "pullRequestUrl": None})
 

@@ -207,6 +207,8 @@ def _hub_env(hub, tmp_path):
 
 def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_path):
     with FakeHub() as hub:
+        # The Space as an earlier version of this package left it, with a file of the user's.
+        hub.stored["tester/demo-space"] = {"facemask/retired.py": b"raise ImportError", "notes.md": b"mine"}
         env = _hub_env(hub, tmp_path)
         for args in (["push", str(run_dir), "--model-id", "tester/demo-model"],
                      ["space", str(run_dir), "--space-id", "tester/demo-space", "--model-id", "tester/demo-model",
@@ -224,6 +226,7 @@ def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_pa
         front = files["README.md"].decode().split("---")[1]
         assert "sdk: gradio" in front and "app_file: app.py" in front and "- tester/demo-model" in front
         assert all(TOKEN.encode() not in content for content in files.values())
+        assert commit["deleted"] == ["facemask/retired.py"] and "notes.md" in hub.stored["tester/demo-space"]
         assert (tmp_path / "written" / "app.py").read_bytes() == files["app.py"]
 
         # The Space as pushed, on its own: its app.py downloads the model by Hub id and classifies.

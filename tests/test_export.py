@@ -158,6 +158,9 @@ def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, images, tmp_p
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     with FakeHub() as hub:
+        # An earlier push of other weights left a second shard; the user added notes and an fp16 graph.
+        hub.stored["tester/onnx"] = {"model-00002-of-00002.safetensors": b"old", "notes.md": b"mine",
+                                     "onnx/model_fp16.onnx": b"mine"}
         env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
                    HF_TOKEN="hf_" + "Qx7" * 12)
         result = subprocess.run([sys.executable, "-m", "facemask", "push", str(exported), "--model-id", "tester/onnx"],
@@ -177,3 +180,6 @@ def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, images, tmp_p
     for name in ("model.onnx", "model_quantized.onnx", "parity.json"):
         assert files[f"onnx/{name}"] == (exported / "onnx" / name).read_bytes()
     assert "config.json" in files and "preprocessor_config.json" in files
+    assert hub.commits[0]["deleted"] == ["model-00002-of-00002.safetensors"]
+    assert {"notes.md", "onnx/model_fp16.onnx"} <= set(hub.stored["tester/onnx"])
+    assert "removing 1 file(s) of an earlier push" in result.stdout
