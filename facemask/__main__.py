@@ -163,7 +163,7 @@ def _space(args: argparse.Namespace) -> int:
         if args.no_push:
             return 0
         check_write_access()
-        url = push_space(files, args.space_id, folder, private=args.private)
+        url = push_space(files, args.space_id, folder, model_id, args.revision, private=args.private)
     except PushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -65,11 +65,21 @@ def write_space(files: Dict[str, bytes], folder: str | Path) -> Path:
     return folder
 
 
-def push_space(files: Dict[str, bytes], space_id: str, folder: Path, private: bool = True,
-               token: Optional[str] = None) -> str:
+def push_space(files: Dict[str, bytes], space_id: str, folder: Path, model_id: str, revision: Optional[str] = None,
+               private: bool = True, token: Optional[str] = None) -> str:
     """Create the Space (gradio SDK) if needed and commit `files`; returns the commit URL. `folder`,
-    where they were written, is named in the error."""
+    where they were written, is named in the error. The model `model_id` must be on the Hub already."""
     api = HfApi(token=token)
+    try:
+        model_there = api.file_exists(model_id, "config.json", revision=revision)
+    except Exception as err:  # network, auth: nothing was pushed yet
+        raise PushError(f"could not check the model {model_id} on the Hub: {err}") from None
+    if not model_there:
+        # Otherwise the Space would be created and then fail at start-up, where only its logs say why.
+        at = f" at revision {revision}" if revision else ""
+        raise PushError(f"the Hub has no model {model_id}{at} (no config.json) for the Space to load, or this token "
+                        f"cannot read it: push the run first with python -m facemask push RUN_DIR --model-id {model_id}"
+                        f"; the Space's files are in {folder}")
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]

@@ -250,6 +250,18 @@ def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_pa
     assert any(method == "GET" and "/tester/demo-model/resolve/" in path for method, path in hub.requests)
 
 
+def test_a_space_for_a_model_not_on_the_hub_is_refused_before_it_is_created(run_dir, tmp_path):
+    with FakeHub() as hub:
+        done = subprocess.run([sys.executable, "-m", "facemask", "space", str(run_dir), "--space-id", "tester/early",
+                               "--model-id", "tester/not-pushed", "--output", str(tmp_path / "written")],
+                              cwd=REPO, env=_hub_env(hub, tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "the Hub has no model tester/not-pushed" in done.stderr
+    assert "python -m facemask push RUN_DIR --model-id tester/not-pushed" in done.stderr
+    assert "tester/early" not in hub.repos and not hub.commits
+    assert (tmp_path / "written" / "app.py").is_file()
+
+
 def test_space_needs_a_model_id(run_dir, tmp_path, capsys):
     from facemask.__main__ import main
 
