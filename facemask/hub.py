@@ -60,7 +60,7 @@ PUSHED_ONNX_FILES = (*ONNX_FILES.values(), "parity.json")
 # (the Hub's history keeps it). Files of other names, a user's own notes or images, are never touched.
 OWNED_PATTERNS = [p for p in PUSH_PATTERNS if p != "*.png"] + [
     "*_confusion_matrix.png", "*_roc_curve.png", "*_calibration.png", "*_errors.png", "training_curves.png",
-]
+] + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
 
 
 def stale_paths(remote: Iterable[str], pushed: Iterable[str], owned: Iterable[str]) -> List[str]:
@@ -104,8 +104,8 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
             api.create_branch(model_id, branch=revision, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
                       for p in files]
-        owned = OWNED_PATTERNS + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
-        operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations], owned)
+        operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations],
+                                   OWNED_PATTERNS)
         commit = api.create_commit(model_id, operations=operations, revision=revision,
                                    commit_message=f"Upload face-mask classifier from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way

@@ -106,12 +106,11 @@ def test_bad_token_stops_before_training(tmp_path, token, message):
 
 
 def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
-    from facemask.hub import OWNED_PATTERNS, PUSHED_ONNX_FILES, stale_paths
+    from facemask.hub import OWNED_PATTERNS, stale_paths
 
-    owned = OWNED_PATTERNS + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
     ours = PUSHED | GALLERIES | {"model-00001-of-00002.safetensors", "onnx/model_quantized.onnx", "eval_roc_curve.png"}
     theirs = {"notes.md", "my_plot.png", "photos/test_errors.png", "nested/test_results.json", "onnx/model_fp16.onnx"}
     # Everything a push sends is owned: an earlier copy of any of them goes when the push lacks it.
-    assert stale_paths(ours | theirs, pushed=set(), owned=owned) == sorted(ours)
-    assert stale_paths(ours | theirs, pushed=PUSHED | GALLERIES, owned=owned) == [
+    assert stale_paths(ours | theirs, pushed=set(), owned=OWNED_PATTERNS) == sorted(ours)
+    assert stale_paths(ours | theirs, pushed=PUSHED | GALLERIES, owned=OWNED_PATTERNS) == [
         "eval_roc_curve.png", "model-00001-of-00002.safetensors", "onnx/model_quantized.onnx"]
