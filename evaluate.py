@@ -23,33 +23,28 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from facemask.analysis import analyse_split, shortcut_tests
-from facemask.augment import BatchTransform
-from facemask.cache import collate_cached
-from facemask.card import write_card
-from facemask.config import ConfigError, DataConfig, load_config
-from facemask.data import collate, resolve_positive_label
-from facemask.evaluation import (
-    classification_report,
-    from_prepared,
-    load_eval_data,
-    load_model,
-    match_labels,
-    prediction_rows,
-    remap_labels,
-    sample_names,
-    write_rows,
-)
-from facemask.inspection import inspect_splits
-from facemask.metrics import confusion, make_compute_metrics, softmax
-from facemask.modeling import processor_image_size
-from facemask.performance import dataloader_settings
-from facemask.plots import confusion_matrix_png, roc_curve_png
-from facemask.prepare import prepare_data
-from facemask.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
-from facemask.arguments import logger, setup_logging
-from facemask.inputs import eval_view
-from facemask.trainer import FaceMaskTrainer
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.inspection import inspect_splits
+from facemask.data.prepare import prepare_data
+from facemask.data.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
+from facemask.data.sources import resolve_positive_label
+from facemask.evaluation.analysis import analyse_split
+from facemask.evaluation.counterfactuals import shortcut_tests
+from facemask.evaluation.eval_data import from_prepared, load_eval_data, match_labels, remap_labels, sample_names
+from facemask.evaluation.figures import confusion_matrix_png, roc_curve_png
+from facemask.evaluation.loading import load_model
+from facemask.evaluation.metrics import classification_report, confusion, make_compute_metrics, softmax
+from facemask.evaluation.predict import prediction_rows, write_rows
+from facemask.pipeline.augment import BatchTransform
+from facemask.pipeline.cache import collate_cached
+from facemask.pipeline.inputs import eval_view
+from facemask.pipeline.per_image import collate
+from facemask.pipeline.processor import processor_image_size
+from facemask.publish.card import write_card
+from facemask.training.arguments import logger, setup_logging
+from facemask.training.performance import dataloader_settings
+from facemask.training.trainer import FaceMaskTrainer
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -15,22 +15,26 @@ from typing import Dict, List, Optional
 
 from transformers import set_seed
 
-from facemask.analysis import analyse_split, operating_points, shortcut_tests
-from facemask.arguments import log_batch_size, log_dataloader, logger, setup_logging, training_arguments
-from facemask.audit import flagged_attributes, refusal, write_audit
-from facemask.card import write_card
-from facemask.config import ConfigError, load_config, to_yaml
-from facemask.data import resolve_positive_label
-from facemask.evaluation import sample_names
-from facemask.hub import PushError, check_write_access, push_run
-from facemask.inputs import eval_view, prepare_inputs
-from facemask.metrics import confusion, softmax
-from facemask.modeling import build_model, load_image_processor, processor_image_size
-from facemask.performance import switches_record, uses_gpu
-from facemask.prepare import prepare_data
-from facemask.provenance import run_info
-from facemask.runs import clear_output_dir, overwrite_refusal, parse_args, resolve_resume
-from facemask.trainer import build_trainer, early_stopping_record
+from facemask.config.dump import to_yaml
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
+from facemask.data.audit import flagged_attributes, refusal, write_audit
+from facemask.data.prepare import prepare_data
+from facemask.data.sources import resolve_positive_label
+from facemask.evaluation.analysis import analyse_split, operating_points
+from facemask.evaluation.counterfactuals import shortcut_tests
+from facemask.evaluation.eval_data import sample_names
+from facemask.evaluation.metrics import confusion, softmax
+from facemask.pipeline.inputs import eval_view, prepare_inputs
+from facemask.pipeline.processor import load_image_processor, processor_image_size
+from facemask.publish.card import write_card
+from facemask.publish.hub import PushError, check_write_access, push_run
+from facemask.training.arguments import log_batch_size, log_dataloader, logger, setup_logging, training_arguments
+from facemask.training.modeling import build_model
+from facemask.training.performance import switches_record, uses_gpu
+from facemask.training.provenance import run_info
+from facemask.training.resume import clear_output_dir, overwrite_refusal, parse_args, resolve_resume
+from facemask.training.trainer import build_trainer, early_stopping_record
 
 # Trainer's metric prefix for each split, as in transformers' example scripts.
 PREFIXES = {"validation": "eval", "test": "test"}

@@ -88,13 +88,21 @@ def run_example(argv: list) -> dict:
     import datasets
     import numpy as np
     import torch
-    from torchvision.transforms import CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, \
-        Resize, ToTensor
+    from torchvision.transforms import (
+        CenterCrop,
+        Compose,
+        Normalize,
+        RandomHorizontalFlip,
+        RandomResizedCrop,
+        Resize,
+        ToTensor,
+    )
     from transformers import Trainer, set_seed
 
-    from facemask.arguments import training_arguments
-    from facemask.config import load_config
-    from facemask.modeling import build_model, load_image_processor
+    from facemask.config.loading import load_config
+    from facemask.pipeline.processor import load_image_processor
+    from facemask.training.arguments import training_arguments
+    from facemask.training.modeling import build_model
 
     cfg = load_config(None, argv)
     args = training_arguments(cfg)
@@ -151,11 +159,12 @@ def fidelity(folder: Path, size: int, scale: list, images: int, preprocess_scale
     import torch
     from PIL import Image
 
-    from facemask.augment import BatchTransform
-    from facemask.cache import CacheSpec, _encode_batch
-    from facemask.config import DataConfig, ModelConfig
-    from facemask.data import load_image, random_resized_crop_box
-    from facemask.modeling import load_image_processor
+    from facemask.config.schema import DataConfig, ModelConfig
+    from facemask.data.images import load_image
+    from facemask.pipeline.augment import BatchTransform
+    from facemask.pipeline.cache import CacheSpec, _encode_batch
+    from facemask.pipeline.geometry import random_resized_crop_box
+    from facemask.pipeline.processor import load_image_processor
 
     processor = load_image_processor(ModelConfig(from_config={**MODEL, "image_size": size, "patch_size": 16}))
     cfg = DataConfig(crop_scale=scale)
@@ -300,7 +309,7 @@ def main(argv: list | None = None) -> int:
     except ImportError:
         parser.error("torchvision is not installed in this environment: build the bench-only one (see --help)")
 
-    from facemask.cache import cache_root
+    from facemask.data.storage import cache_root
 
     photos = ensure_photos(Path(args.data_dir) if args.data_dir else cache_root(), args.train_images,
                            args.test_images, args.detail)

@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from facemask.duplicates import brute_force_pairs, near_pairs  # noqa: E402
+from facemask.data.duplicates import brute_force_pairs, near_pairs
 
 
 def hashes(n: int, seed: int) -> np.ndarray:

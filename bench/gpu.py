@@ -47,7 +47,7 @@ def build(name: str, tiny: bool) -> torch.nn.Module:
 
 
 def precision(device: torch.device) -> Optional[torch.dtype]:
-    from facemask.performance import _gpu_has_native_bf16
+    from facemask.training.performance import _gpu_has_native_bf16
 
     return torch.bfloat16 if device.type == "cuda" and _gpu_has_native_bf16() else None
 
@@ -130,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "gpu.json"))
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from facemask.performance import _can_compile
+    from facemask.training.performance import _can_compile
 
     can_compile, why = _can_compile(device.type == "cuda")
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]

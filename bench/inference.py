@@ -39,7 +39,7 @@ def runners(model: torch.nn.Module, side: int, work: Path) -> Dict[str, Callable
     """One function per backend: pixel_values (N, 3, side, side) float32 -> logits."""
     import onnxruntime
 
-    from facemask.export import DEFAULT_OPSET, export_graph, quantize_int8
+    from facemask.publish.export import DEFAULT_OPSET, export_graph, quantize_int8
 
     model.eval()
     compiled = torch.compile(model)

@@ -50,7 +50,7 @@ def _draw_photo(seed: int, index: int, detail: int):
     import numpy as np
     from PIL import Image
 
-    from facemask import synthetic
+    from facemask.data import synthetic
 
     rng = random.Random(seed * 1_000_003 + index)
     side = rng.randint(100, 2000)
@@ -62,7 +62,7 @@ def _draw_photo(seed: int, index: int, detail: int):
 
 
 def _write_photo(root: Path, seed: int, index: int, detail: int, copies: int) -> None:
-    from facemask import synthetic
+    from facemask.data import synthetic
 
     image, label = _draw_photo(seed, index, detail)
     folder = root / synthetic.CLASS_NAMES[label]
@@ -93,7 +93,7 @@ def make_folder(root: Path, num_images: int, copies: int = 1, seed: int = 0, det
 
 
 def _config(folder: str, cache: str, size: int, preprocess: str):
-    from facemask.config import load_config
+    from facemask.config.loading import load_config
 
     overrides = [f"data.train_dir={folder}", "data.validation_split=0.75", f"data.preprocess={preprocess}",
                  f"data.preprocess_dir={cache}", "data.audit=false",
@@ -167,10 +167,10 @@ def measure_model(size: int, steps: int, eval_batches: int) -> dict:
 
 
 def _pipeline(folder: str, cache: str, size: int, preprocess: str):
-    from facemask.prepare import prepare_data
-    from facemask.modeling import load_image_processor
-    from facemask.arguments import training_arguments
-    from facemask.inputs import prepare_inputs
+    from facemask.data.prepare import prepare_data
+    from facemask.pipeline.inputs import prepare_inputs
+    from facemask.pipeline.processor import load_image_processor
+    from facemask.training.arguments import training_arguments
 
     cfg = _config(folder, cache, size, preprocess)
     args = training_arguments(cfg)
@@ -182,9 +182,9 @@ def _pipeline(folder: str, cache: str, size: int, preprocess: str):
 
 def measure_cache_build(folder: str, cache: str, size: int, num_proc: int) -> dict:
     """Every split's cache, built as a first run builds it (fingerprinting included)."""
-    from facemask.prepare import prepare_data
-    from facemask.modeling import load_image_processor
-    from facemask.inputs import prepare_inputs
+    from facemask.data.prepare import prepare_data
+    from facemask.pipeline.inputs import prepare_inputs
+    from facemask.pipeline.processor import load_image_processor
 
     cfg = _config(folder, cache, size, "cache")
     cfg.data.preprocess_num_proc = num_proc
@@ -202,9 +202,9 @@ def measure_pipeline(folder: str, cache: str, size: int, preprocess: str, steps:
     the same process, interleaved, so that drifts in the machine's load (it is shared) cancel out."""
     from transformers import TrainerCallback
 
-    from facemask.modeling import build_model
-    from facemask.arguments import training_arguments
-    from facemask.trainer import build_trainer
+    from facemask.training.arguments import training_arguments
+    from facemask.training.modeling import build_model
+    from facemask.training.trainer import build_trainer
 
     cfg, data, processor, pipeline = _pipeline(folder, cache, size, preprocess)
     built = [r.images for r in pipeline.cache_reports if not r.reused]

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synthetic import write_image_folder
+    from facemask.data.synthetic import write_image_folder
 
     root = write_image_folder(args.directory, args.num_images, args.image_size, args.seed, args.format)
     print(f"wrote {args.num_images} images to {root} (one sub-folder per class)")
@@ -19,15 +19,15 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from .card import write_card
+    from facemask.publish.card import write_card
 
     print(f"wrote {write_card(args.run_dir, args.output, args.model_id)}")
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .card import write_card
-    from .hub import PushError, check_write_access, push_run
+    from facemask.publish.card import write_card
+    from facemask.publish.hub import PushError, check_write_access, push_run
 
     try:
         check_write_access()
@@ -42,16 +42,17 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .evaluation import collect_paths, format_rows, load_model, predict_files, write_rows
+    from facemask.config.schema import ConfigError
+    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.predict import collect_paths, format_rows, predict_files, write_rows
 
     try:
         model, processor = load_model(args.model, backend=args.backend)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from .analysis import threshold_from
-    from .data import resolve_positive_label
+    from facemask.data.sources import resolve_positive_label
+    from facemask.evaluation.analysis import threshold_from
 
     threshold = None
     if args.threshold is not None or args.positive_label is not None:
@@ -81,10 +82,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import refusal, summary_markdown, write_audit
-    from .config import ConfigError, load_config
-    from .modeling import load_image_processor, processor_image_size
-    from .prepare import prepare_data
+    from facemask.config.loading import load_config
+    from facemask.config.schema import ConfigError
+    from facemask.data.audit import refusal, summary_markdown, write_audit
+    from facemask.data.prepare import prepare_data
+    from facemask.pipeline.processor import load_image_processor, processor_image_size
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -105,8 +107,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .export import ExportError, export
+    from facemask.config.schema import ConfigError
+    from facemask.publish.export import ExportError, export
 
     try:
         result = export(args.run_dir, args.output, args.opset, args.quantize, args.tolerance,
@@ -138,8 +140,8 @@ def _bool(value: str) -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .demo import launch
+    from facemask.config.schema import ConfigError
+    from facemask.publish.demo import launch
 
     if args.host not in ("127.0.0.1", "localhost"):
         print(f"warning: --host {args.host}: the page is reachable from other machines", file=sys.stderr)
@@ -152,8 +154,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _space(args: argparse.Namespace) -> int:
-    from .hub import PushError, check_write_access
-    from .space import push_space, space_files, space_model_id, write_space
+    from facemask.publish.hub import PushError, check_write_access
+    from facemask.publish.space import push_space, space_files, space_model_id, write_space
 
     try:
         model_id = space_model_id(args.run_dir, args.model_id)
@@ -219,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "with onnxruntime on the CPU")
     predict.set_defaults(func=_predict)
 
-    from .export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE
+    from facemask.publish.export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE
 
     export = commands.add_parser("export", help="export a run to ONNX, with parity checked on its validation images")
     export.add_argument("run_dir")
@@ -258,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     space_visibility.add_argument("--public", dest="private", action="store_false")
     space.set_defaults(func=_space)
     search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
-    from .search import add_arguments, command
+    from facemask.training.search import add_arguments, command
 
     add_arguments(search)
     search.set_defaults(func=command)

@@ -4,15 +4,15 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 import train
-from conftest import tiny_config
 from facemask.__main__ import main as cli
-from facemask.config import ConfigError, DataConfig
-from facemask.data import load_image
-from facemask.prepare import prepare_data
-from facemask.synthetic import sample
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.images import load_image
+from facemask.data.prepare import prepare_data
+from facemask.data.synthetic import sample
 
 BAD = {"notes.jpg": "not_image", "half.jpg": "truncated", "empty.png": "zero_bytes", "huge.png": "decompression_bomb",
        "tiny.png": "too_small"}
@@ -71,7 +71,7 @@ def test_audit_names_each_bad_file_and_counts_the_handled_ones(messy):
 
 
 def test_a_second_audit_of_the_same_images_decodes_nothing(messy, tmp_path, monkeypatch):
-    import facemask.inspection as inspection
+    import facemask.data.inspection as inspection
 
     cfg = DataConfig(train_dir=str(messy), validation_split=0.2, preprocess_dir=str(tmp_path / "cache"))
     first = prepare_data(cfg, seed=0).report

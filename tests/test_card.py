@@ -6,12 +6,13 @@ import shutil
 
 import pytest
 import yaml
+from conftest import REPO, tiny_config
 from huggingface_hub import ModelCard
 
 import train
-from conftest import REPO, tiny_config
 from facemask.__main__ import main as cli
-from facemask.card import METRICS, read_run, render_card, write_card
+from facemask.publish.card import METRICS, render_card, write_card
+from facemask.run_folder import read_run
 
 
 @pytest.fixture(scope="module")

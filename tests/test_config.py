@@ -1,6 +1,8 @@
 import pytest
 
-from facemask.config import ConfigError, load_config, to_yaml
+from facemask.config.dump import to_yaml
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
 
 
 def write(tmp_path, text):

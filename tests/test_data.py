@@ -4,15 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemask.config import ConfigError, DataConfig
-from facemask.prepare import prepare_data
-from facemask.data import (
-    class_counts,
-    load_image,
-    random_resized_crop_box,
-    resolve_positive_label,
-    to_rgb,
-)
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.images import load_image, to_rgb
+from facemask.data.prepare import prepare_data
+from facemask.data.sources import class_counts, resolve_positive_label
+from facemask.pipeline.geometry import random_resized_crop_box
 
 
 def test_image_folder_labels_come_from_folder_names(synth_folder):

@@ -12,14 +12,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import REPO, tiny_config
+from fake_hub import FakeHub
 from PIL import Image
 
 import train
-from conftest import REPO, tiny_config
-from facemask.demo import ARGMAX_RULE, BadUpload, check_upload, decision_rules, default_rule, load_demo, metrics_markdown
-from facemask.evaluation import predict_files
-from facemask.synthetic import draw_face
-from fake_hub import FakeHub
+from facemask.data.synthetic import draw_face
+from facemask.evaluation.predict import predict_files
+from facemask.publish.demo import (
+    ARGMAX_RULE,
+    BadUpload,
+    check_upload,
+    decision_rules,
+    default_rule,
+    load_demo,
+    metrics_markdown,
+)
 
 TOKEN = "hf_" + "Dm4" * 12
 
@@ -93,7 +101,7 @@ def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads, tm
 def test_metrics_tab_reads_the_run_folder(run_dir):
     import json
 
-    from facemask.card import read_run
+    from facemask.run_folder import read_run
 
     table = metrics_markdown(read_run(run_dir))
     test = json.loads((run_dir / "test_results.json").read_text())
@@ -220,9 +228,9 @@ def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_pa
         [commit] = [c for c in hub.commits if c["repo_id"] == "tester/demo-space"]
         files = commit["files"]
         assert commit["repo_type"] == "space"
-        assert {"app.py", "README.md", "requirements.txt", "facemask/demo.py"} <= set(files)
+        assert {"app.py", "README.md", "requirements.txt", "facemask/publish/demo.py"} <= set(files)
         assert files["requirements.txt"] == (REPO / "requirements.txt").read_bytes()
-        assert files["facemask/demo.py"] == (REPO / "facemask" / "demo.py").read_bytes()
+        assert files["facemask/publish/demo.py"] == (REPO / "facemask" / "publish" / "demo.py").read_bytes()
         front = files["README.md"].decode().split("---")[1]
         assert "sdk: gradio" in front and "app_file: app.py" in front and "- tester/demo-model" in front
         assert all(TOKEN.encode() not in content for content in files.values())

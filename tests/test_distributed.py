@@ -9,11 +9,11 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, tiny_config
 from safetensors.torch import load_file
 
 import train
-from conftest import REPO, tiny_config
-from facemask.config import ConfigError
+from facemask.config.schema import ConfigError
 
 TIMING = ("runtime", "per_second", "preparation_time")
 

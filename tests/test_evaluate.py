@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, TINY_MODELS, tiny_config
 from huggingface_hub import ModelCard
 
 import train
-from conftest import REPO, TINY_MODELS, tiny_config
 from facemask.__main__ import main as cli
-from facemask.config import ConfigError, ModelConfig
-from facemask.modeling import build_model, load_image_processor
+from facemask.config.schema import ConfigError, ModelConfig
+from facemask.pipeline.processor import load_image_processor
+from facemask.training.modeling import build_model
 
 # The entry point is loaded by path: under pytest the name `evaluate` belongs to the library.
 _spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")

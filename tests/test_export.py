@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_config
+from fake_hub import FakeHub
 
 import train
-from conftest import REPO, tiny_config
 from facemask.__main__ import main as cli
-from facemask.export import ExportError, export
-from fake_hub import FakeHub
+from facemask.publish.export import ExportError, export
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -112,7 +112,7 @@ def test_a_graph_that_disagrees_is_refused_and_the_earlier_export_kept(exported,
     run = tmp_path / "run"
     shutil.copytree(exported, run)
     before = {p.name: p.read_bytes() for p in (run / "onnx").iterdir()}
-    import facemask.export as export_module
+    import facemask.publish.export as export_module
 
     real = export_module.export_graph
 

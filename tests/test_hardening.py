@@ -6,15 +6,17 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import REPO, tiny_config
 
 import train
-from conftest import REPO, tiny_config
-from facemask.cache import images_digest
-from facemask.config import ConfigError, DataConfig, load_config, to_yaml
-from facemask.data import load_sources
-from facemask.performance import hardware_switches
-from facemask.arguments import effective_batch_size
-from facemask.runs import overwrite_refusal
+from facemask.config.dump import to_yaml
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.sources import load_sources
+from facemask.data.storage import images_digest
+from facemask.training.arguments import effective_batch_size
+from facemask.training.performance import hardware_switches
+from facemask.training.resume import overwrite_refusal
 
 
 def test_overwrite_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch):
@@ -58,7 +60,7 @@ def test_effective_batch_size_counts_gpus_of_one_process():
 
 
 def test_bf16_needs_native_support_and_the_run_records_what_ran(tmp_path, monkeypatch):
-    import facemask.performance as performance
+    import facemask.training.performance as performance
 
     monkeypatch.setattr(performance, "_gpu_has_native_bf16", lambda: False)  # a V100 or T4: emulated only
     values, notes = hardware_switches({"bf16": True}, gpu=True)
@@ -115,13 +117,14 @@ def test_draft_decoding_of_large_jpegs_differs_slightly_from_a_full_decode(tmp_p
     A large JPEG is decoded at a reduced DCT scale (>= twice the model side) before the same
     resize, so its pixels differ a little from the processor's on a full decode; predictions agree."""
     import torch
+    from conftest import TINY_MODELS
     from PIL import Image
 
-    from facemask.config import ModelConfig
-    from facemask.data import load_image
-    from facemask.modeling import build_model, load_image_processor
-    from facemask.synthetic import sample
-    from conftest import TINY_MODELS
+    from facemask.config.schema import ModelConfig
+    from facemask.data.images import load_image
+    from facemask.data.synthetic import sample
+    from facemask.pipeline.processor import load_image_processor
+    from facemask.training.modeling import build_model
 
     cfg = ModelConfig(from_config=TINY_MODELS["vit"])
     processor = load_image_processor(cfg)
@@ -148,7 +151,7 @@ def test_draft_decoding_of_large_jpegs_differs_slightly_from_a_full_decode(tmp_p
 
 
 def test_the_drawn_set_is_drawn_once_and_then_read_back(tmp_path, monkeypatch):
-    import facemask.data as data
+    import facemask.data.synthetic as data
 
     first = data.stored_synthetic_dataset(30, 32, 5, tmp_path)
     monkeypatch.setattr(data, "synthetic_dataset", lambda *a: (_ for _ in ()).throw(AssertionError("drawn again")))

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tiny_config
 from fake_hub import FakeHub
 
@@ -106,7 +105,7 @@ def test_bad_token_stops_before_training(tmp_path, token, message):
 
 
 def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
-    from facemask.hub import OWNED_PATTERNS, stale_paths
+    from facemask.publish.hub import OWNED_PATTERNS, stale_paths
 
     ours = PUSHED | GALLERIES | {"model-00001-of-00002.safetensors", "onnx/model_quantized.onnx", "eval_roc_curve.png"}
     theirs = {"notes.md", "my_plot.png", "photos/test_errors.png", "nested/test_results.json", "onnx/model_fp16.onnx"}

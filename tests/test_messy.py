@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO, tiny_config
 from PIL import Image
 
 import train
-from conftest import REPO, tiny_config
-from facemask.config import DataConfig
-from facemask.prepare import prepare_data
-from facemask.synthetic import sample
+from facemask.config.schema import DataConfig
+from facemask.data.prepare import prepare_data
+from facemask.data.synthetic import sample
 
 _spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
 evaluate_script = importlib.util.module_from_spec(_spec)

@@ -3,9 +3,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from facemask.metrics import ClassificationMetrics, confusion, make_compute_metrics, softmax
+
+from facemask.evaluation.metrics import ClassificationMetrics, confusion, make_compute_metrics, softmax
 
 REFS = [0, 0, 0, 1, 1, 1, 1, 0]
 P1 = [0.1, 0.6, 0.55, 0.8, 0.4, 0.9, 0.7, 0.2]
@@ -77,7 +77,7 @@ def test_repo_evaluate_py_really_shadows_the_library_from_the_root():
 
 def test_metrics_get_the_library_when_run_from_the_root():
     out = run_in_repo(
-        "import facemask.metrics as m, evaluate, sys\n"
+        "import facemask.evaluation.metrics as m, evaluate, sys\n"
         "assert evaluate is m.evaluate and hasattr(evaluate, 'Metric'), evaluate\n"
         "print(evaluate.__file__)"
     )
@@ -91,7 +91,7 @@ def test_importing_the_script_by_name_still_leaves_the_library():
     out = run_in_repo(
         "import sys\n"
         "import evaluate\n"
-        "import facemask.metrics as m\n"
+        "import facemask.evaluation.metrics as m\n"
         "assert hasattr(evaluate, 'Metric') and sys.modules['evaluate'] is evaluate is m.evaluate\n"
         "print(m.ClassificationMetrics(keep_in_memory=True).compute(predictions=[[0.2, 0.8]], references=[1]))"
     )

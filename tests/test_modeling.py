@@ -1,10 +1,11 @@
 import pytest
 import torch
+from conftest import TINY_MODELS
 from PIL import Image
 
-from conftest import TINY_MODELS
-from facemask.config import ConfigError, ModelConfig
-from facemask.modeling import build_model, load_image_processor
+from facemask.config.schema import ConfigError, ModelConfig
+from facemask.pipeline.processor import load_image_processor
+from facemask.training.modeling import build_model
 
 LABELS = ({0: "with_mask", 1: "without_mask"}, {"with_mask": 0, "without_mask": 1})
 

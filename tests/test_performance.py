@@ -1,11 +1,12 @@
 """Machine-dependent settings: DataLoader, mixed precision, torch.compile, attention."""
 
 import pytest
-
 from conftest import tiny_config
-from facemask.config import ConfigError, load_config
-from facemask.performance import attention_implementation, dataloader_settings, hardware_switches
-from facemask.arguments import training_arguments
+
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
+from facemask.training.arguments import training_arguments
+from facemask.training.performance import attention_implementation, dataloader_settings, hardware_switches
 
 
 def test_cpu_training_reads_batches_in_the_main_process():
@@ -69,7 +70,7 @@ def test_attention_and_preprocess_values_are_checked(tmp_path):
 def test_compiled_training_runs_where_a_compiler_is_found(tmp_path):
     """torch.compile end to end (about 40 s of compiling on 2 cores): pytest -m slow."""
     import train
-    from facemask.performance import _can_compile
+    from facemask.training.performance import _can_compile
 
     supported, why = _can_compile(gpu=False)
     if not supported:
@@ -82,7 +83,7 @@ def test_compiled_training_runs_where_a_compiler_is_found(tmp_path):
 
 
 def test_attention_switch_reaches_the_model(tmp_path):
-    from facemask.modeling import build_model
+    from facemask.training.modeling import build_model
 
     cfg = load_config(tiny_config(tmp_path), ["model.attn_implementation=eager"])
     model = build_model(cfg.model, {0: "a", 1: "b"}, {"a": 0, "b": 1})

@@ -9,16 +9,18 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 
 import train
-from conftest import tiny_config
-from facemask.augment import BatchTransform
-from facemask.cache import CacheSpec, build_or_load, collate_cached
-from facemask.config import DataConfig, ModelConfig
-from facemask.data import INDEX_COLUMN, AugmentationClock, make_transforms, synthetic_dataset
-from facemask.modeling import load_image_processor
+from facemask.config.schema import DataConfig, ModelConfig
+from facemask.data.synthetic import synthetic_dataset
+from facemask.pipeline.augment import BatchTransform
+from facemask.pipeline.cache import CacheSpec, build_or_load, collate_cached
+from facemask.pipeline.geometry import INDEX_COLUMN, AugmentationClock
+from facemask.pipeline.per_image import make_transforms
+from facemask.pipeline.processor import load_image_processor
 
 
 def _processor(side=32, **overrides):
@@ -68,8 +70,8 @@ def test_evaluation_batches_equal_the_image_processor(tmp_path, overrides):
 def test_reused_output_holds_each_new_batch_and_is_off_when_metrics_keep_inputs(tmp_path):
     from transformers import TrainingArguments
 
-    from facemask.modeling import build_model
-    from facemask.trainer import FaceMaskTrainer
+    from facemask.training.modeling import build_model
+    from facemask.training.trainer import FaceMaskTrainer
 
     processor = _processor(32)
     cached, _ = build_or_load(_photos(), "validation", "image", "label", CacheSpec.for_split(processor, False),
@@ -129,7 +131,7 @@ def test_cached_split_pickles_by_reference(tmp_path):
 
 
 def test_a_file_touched_on_disk_rebuilds_its_cache(tmp_path, synth_folder):
-    from facemask.data import load_image_folder
+    from facemask.data.sources import load_image_folder
 
     ds = load_image_folder(synth_folder, "train").cast_column("image", datasets.Image(decode=False))
     processor = _processor(32)
@@ -252,7 +254,7 @@ def record_training_inputs(monkeypatch):
     """Patches the Trainer to note, per optimisation step, the epoch and each sample's pixel digest."""
     import hashlib
 
-    from facemask.trainer import FaceMaskTrainer
+    from facemask.training.trainer import FaceMaskTrainer
 
     seen = []
     original = FaceMaskTrainer.training_step

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import REPO
 
 import train
-from conftest import REPO
 
 
 def run_quickstart(name, tmp_path):

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODELS, tiny_config
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageClassification
 
 import train
-from conftest import TINY_MODELS, tiny_config
-from facemask.balance import BalancedSampler
-from facemask.config import ConfigError, ModelConfig, load_config
-from facemask.ema import WeightAverage
-from facemask.loss import class_weights, smoothed_targets, soft_cross_entropy
-from facemask.mixing import Mixer
-from facemask.modeling import build_model
-from facemask.param_groups import parameter_groups
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError, ModelConfig
+from facemask.recipe.balance import BalancedSampler
+from facemask.recipe.ema import WeightAverage
+from facemask.recipe.loss import class_weights, smoothed_targets, soft_cross_entropy
+from facemask.recipe.mixing import Mixer
+from facemask.recipe.param_groups import parameter_groups
+from facemask.training.modeling import build_model
 
 
 def tiny_model(model_type):
@@ -366,8 +367,8 @@ def test_console_shows_a_bar_and_one_line_per_evaluation(tmp_path, capfd):
 
 
 def test_photometric_augmentation_is_keyed_and_leaves_the_global_rng_alone():
-    from facemask.batch_augment import PhotometricAugment
-    from facemask.modeling import load_image_processor
+    from facemask.pipeline.photometric import PhotometricAugment
+    from facemask.pipeline.processor import load_image_processor
 
     processor = load_image_processor(ModelConfig(from_config=TINY_MODELS["vit"]))
     augment = PhotometricAugment(0.4, 2, 9, 0.5, processor, seed=0)

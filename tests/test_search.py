@@ -4,11 +4,12 @@ import csv
 
 import pytest
 import yaml
-
 from conftest import REPO, tiny_config
+
 from facemask.__main__ import main
-from facemask.config import ConfigError, load_config
-from facemask.search import parse_space
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
+from facemask.training.search import parse_space
 
 
 def search_config(tmp_path, space):

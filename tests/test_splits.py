@@ -4,10 +4,12 @@ calibration and operating points, on constructed inputs with known answers."""
 import numpy as np
 import pytest
 
-from facemask.analysis import calibration, error_rows, operating_points
-from facemask.duplicates import brute_force_pairs, groups, near_pairs
-from facemask.shortcuts import notable_slices, partial_shortcuts, shortcut_verdict, slice_metrics
-from facemask.splits import carve, leaked_copies
+from facemask.data.duplicates import brute_force_pairs, groups, near_pairs
+from facemask.data.shortcuts import partial_shortcuts
+from facemask.data.splits import carve, leaked_copies
+from facemask.evaluation.analysis import calibration, error_rows, operating_points
+from facemask.evaluation.counterfactuals import shortcut_verdict
+from facemask.evaluation.slices import notable_slices, slice_metrics
 
 
 def planted_hashes(n, bits, copies, max_flips, seed):

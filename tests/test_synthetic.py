@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from facemask.synthetic import CLASS_NAMES, sample, write_image_folder
+from facemask.data.synthetic import CLASS_NAMES, sample, write_image_folder
 
 
 def test_same_seed_and_index_give_the_same_image():

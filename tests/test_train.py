@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import REPO, tiny_config
 
 import train
-from conftest import REPO, tiny_config
-from facemask.config import load_config
-from facemask.synthetic import sample
+from facemask.config.loading import load_config
+from facemask.data.synthetic import sample
 
 RESULT_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "runtime", "samples_per_second"}
 
@@ -71,11 +71,12 @@ def _trained_three_steps(tmp_path):
     """A FaceMaskTrainer after 3 steps with a checkpoint per step, and checkpoint-1's weights."""
     from transformers import AutoModelForImageClassification
 
-    from facemask.modeling import build_model, load_image_processor
-    from facemask.prepare import prepare_data
-    from facemask.arguments import training_arguments
-    from facemask.inputs import prepare_inputs
-    from facemask.trainer import build_trainer
+    from facemask.data.prepare import prepare_data
+    from facemask.pipeline.inputs import prepare_inputs
+    from facemask.pipeline.processor import load_image_processor
+    from facemask.training.arguments import training_arguments
+    from facemask.training.modeling import build_model
+    from facemask.training.trainer import build_trainer
 
     cfg = load_config(tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 1,
                                                               "max_steps": 3, "learning_rate": 0.05}))

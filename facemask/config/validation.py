@@ -1,0 +1,201 @@
+"""What a config must satisfy: known keys (with the nearest one suggested), TrainingArguments
+values of the right type, and the rules between fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any, Dict
+
+from facemask.config.schema import ConfigError, ExperimentConfig, nearest
+
+# Keys that existed once, and what replaced them.
+RENAMED = {"data.allow_leaks": "'data.allow_leaks' was replaced by 'data.on_leak' (drop, error or keep; "
+                               "allow_leaks=true is on_leak=keep)"}
+
+
+def check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> None:
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if full in RENAMED:
+            raise ConfigError(f"{origin}: {RENAMED[full]}")
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown key '{full}'; {nearest(key, names)}")
+        sub = _field_types(schema)[key]
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            check_keys(value, sub, f"{full}.", origin)
+        elif key == "training" and prefix == "":
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{origin}: 'training' must be a mapping of TrainingArguments fields")
+            for tkey in value or {}:
+                if tkey not in training_argument_types():
+                    raise ConfigError(
+                        f"{origin}: unknown key 'training.{tkey}' (not a transformers.TrainingArguments "
+                        f"field); {nearest(tkey, training_argument_types())}"
+                    )
+
+
+def _field_types(schema: type) -> Dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+_TRAINING_TYPES: Dict[str, Any] = {}
+
+
+def training_argument_types() -> Dict[str, Any]:
+    """TrainingArguments' init fields and their type hints (cached: the import is slow)."""
+    if not _TRAINING_TYPES:
+        from transformers import TrainingArguments
+
+        hints = typing.get_type_hints(TrainingArguments)
+        for f in dataclasses.fields(TrainingArguments):
+            if f.init:
+                _TRAINING_TYPES[f.name] = hints.get(f.name, Any)
+    return _TRAINING_TYPES
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return "one of " + ", ".join(repr(m.value) for m in tp)
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def coerce_training_value(key: str, value: Any, tp: Any) -> Any:
+    """Check (and where lossless, convert) one TrainingArguments value against its type hint."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    options = typing.get_args(tp) if origin in (typing.Union, types.UnionType) else (tp,)
+    if value is None and type(None) in options:
+        return None
+    # Strategy fields are typed `SomeEnum | str`: the string branch would accept a typo, so an
+    # enum in the union decides on its own.
+    enums = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
+    if enums and value is False and any("no" in {m.value for m in e} for e in enums):
+        # YAML 1.1 reads a bare `no` as false: `eval_strategy: no` means the strategy "no".
+        return "no"
+    if enums and isinstance(value, str):
+        if any(value in {m.value for m in e} for e in enums):
+            return value
+        raise ConfigError(f"bad value for 'training.{key}': expected {_type_name(enums[0])}, got {value!r}")
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is str and isinstance(value, str):
+            return value
+        if base in (list, tuple) and isinstance(value, (list, tuple)):
+            return list(value)
+        if base is dict and isinstance(value, dict):
+            return value
+    expected = " or ".join(_type_name(o) for o in options if o is not type(None))
+    raise ConfigError(f"bad value for 'training.{key}': expected {expected}, got {value!r}")
+
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    if not cfg.training.get("output_dir"):
+        raise ConfigError("'training.output_dir' is required: the folder the model and results go to")
+    m = cfg.model
+    if m.attn_implementation is not None and m.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"bad value for 'model.attn_implementation': {m.attn_implementation!r}; "
+                          f"{nearest(m.attn_implementation, ATTENTION_IMPLEMENTATIONS)}")
+    if (m.name_or_path is None) == (m.from_config is None):
+        raise ConfigError("set exactly one of 'model.name_or_path' (a checkpoint) or 'model.from_config'")
+    if m.from_config is not None and "model_type" not in m.from_config:
+        raise ConfigError("'model.from_config' needs a 'model_type' key, e.g. vit or beit")
+    d = cfg.data
+    sources = [
+        name
+        for name, on in (
+            ("data.dataset_name", d.dataset_name is not None),
+            ("data.train_dir", d.train_dir is not None),
+            ("data.synthetic", d.synthetic),
+        )
+        if on
+    ]
+    if len(sources) != 1:
+        found = ", ".join(sources) if sources else "none"
+        raise ConfigError(
+            "set exactly one data source: data.dataset_name, data.train_dir or data.synthetic=true "
+            f"(found: {found})"
+        )
+    for key in ("validation_split", "test_split"):
+        value = getattr(d, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"bad value for 'data.{key}': expected a fraction in [0, 1), got {value}")
+    if d.validation_split + d.test_split >= 1.0:
+        raise ConfigError("'data.validation_split' + 'data.test_split' must leave some training data")
+    for key in ("crop_scale", "crop_ratio"):
+        pair = getattr(d, key)
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if d.preprocess not in ("cache", "per_image"):
+        raise ConfigError(f"bad value for 'data.preprocess': expected 'cache' or 'per_image', got {d.preprocess!r}")
+    if d.preprocess_scale < 1.0:
+        raise ConfigError(f"bad value for 'data.preprocess_scale': expected at least 1.0, got {d.preprocess_scale}")
+    if d.preprocess_num_proc is not None and d.preprocess_num_proc < 1:
+        raise ConfigError(f"bad value for 'data.preprocess_num_proc': expected at least 1, got {d.preprocess_num_proc}")
+    if d.on_leak not in ("drop", "error", "keep"):
+        raise ConfigError(f"bad value for 'data.on_leak': expected 'drop', 'error' or 'keep', got {d.on_leak!r}")
+    if not 0.5 < d.shortcut_purity <= 1.0:
+        raise ConfigError(f"bad value for 'data.shortcut_purity': expected a fraction in (0.5, 1], got {d.shortcut_purity}")
+    if d.on_bad_image not in ("error", "skip"):
+        raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
+    if d.on_bad_image == "skip" and not d.audit:
+        raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
+    if d.num_labels is not None and d.num_labels < 2:
+        raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
+    _validate_recipe(cfg)
+    if cfg.hub.push and not cfg.hub.model_id:
+        raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
+
+
+def _validate_recipe(cfg: ExperimentConfig) -> None:
+    r, t = cfg.recipe, cfg.training
+    if r.early_stopping_patience is not None:
+        if r.early_stopping_patience < 1:
+            raise ConfigError(f"bad value for 'recipe.early_stopping_patience': expected at least 1, "
+                              f"got {r.early_stopping_patience}")
+        if not t.get("load_best_model_at_end") or t.get("eval_strategy", "no") in ("no", False):
+            raise ConfigError("'recipe.early_stopping_patience' needs evaluations to judge by: set "
+                              "training.eval_strategy (epoch or steps), training.load_best_model_at_end=true "
+                              "and training.metric_for_best_model")
+    if r.class_weights is not None and r.class_weights != "balanced" and not isinstance(r.class_weights, dict):
+        raise ConfigError(f"bad value for 'recipe.class_weights': expected 'balanced' or a mapping "
+                          f"{{class name: weight}}, got {r.class_weights!r}")
+    if isinstance(r.class_weights, dict):
+        for name, weight in r.class_weights.items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+                raise ConfigError(f"bad value for 'recipe.class_weights.{name}': expected a positive number, "
+                                  f"got {weight!r}")
+    if r.class_weights is not None and r.balanced_sampler:
+        raise ConfigError("'recipe.class_weights' and 'recipe.balanced_sampler' both correct for class imbalance; "
+                          "together they over-correct: choose one")
+    if r.layer_decay is not None and not 0.0 < r.layer_decay <= 1.0:
+        raise ConfigError(f"bad value for 'recipe.layer_decay': expected a factor in (0, 1], got {r.layer_decay}")
+    if r.ema_decay is not None and not 0.0 < r.ema_decay < 1.0:
+        raise ConfigError(f"bad value for 'recipe.ema_decay': expected a factor in (0, 1), got {r.ema_decay}")
+    if r.ema_every < 1:
+        raise ConfigError(f"bad value for 'recipe.ema_every': expected at least 1, got {r.ema_every}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"bad value for 'recipe.{key}': expected 0 (off) or a positive alpha, got {getattr(r, key)}")
+    if r.color_jitter < 0 or r.rand_augment_n < 0 or not 0 <= r.rand_augment_m <= 30:
+        raise ConfigError("bad value in 'recipe': color_jitter and rand_augment_n must be >= 0 and "
+                          "rand_augment_m in [0, 30]")
+    for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
+        if not 0.0 <= getattr(r, key) <= 1.0:
+            raise ConfigError(f"bad value for 'recipe.{key}': expected a probability, got {getattr(r, key)}")

@@ -1,0 +1,176 @@
+"""Datasets (Hub, image folders or the drawn set) as their own splits, with labels matched by class
+name across splits, and the class naming rules (which class is positive, which names are one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import datasets
+import numpy as np
+
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.synthetic import stored_synthetic_dataset
+
+VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
+
+
+@dataclass
+class PreparedData:
+    splits: datasets.DatasetDict
+    labels: List[str]
+    image_column: str
+    label_column: str
+    source: str
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+def _folder(directory: str, key: str) -> Path:
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"'data.{key}' is not a folder: {path} (expected one sub-folder per class)")
+    return path
+
+
+def load_image_folder(folder: Path, split: str, cache_dir: Optional[str] = None) -> datasets.Dataset:
+    """One folder of class sub-folders as a labelled split (imagefolder, plus the label column it
+    leaves out when every file sits in the same class folder)."""
+    ds = datasets.load_dataset("imagefolder", data_files={split: str(folder / "**")}, split=split, cache_dir=cache_dir)
+    if "label" in ds.column_names:
+        return ds
+    paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    return ds.add_column("label", [Path(p["path"]).parent.name for p in paths])
+
+
+def with_label_ids(ds: datasets.Dataset, column: str, ids: List[int], names: List[str]) -> datasets.Dataset:
+    """`ds` with its label column replaced by `ids` over the classes `names`."""
+    return ds.remove_columns(column).add_column(column, ids, feature=datasets.ClassLabel(names=names))
+
+
+def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
+    if cfg.synthetic:
+        from facemask.data.storage import cache_root
+
+        root = cache_root(cfg.preprocess_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        full = stored_synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed, root)
+        return datasets.DatasetDict({"train": full}), f"synthetic ({cfg.synthetic_num_images} images, seed {seed})"
+    if cfg.train_dir is not None:
+        # One load per folder: imagefolder infers labels from folder names only when every file
+        # sits at the same depth, which separate train/validation folders need not share.
+        folders = {"train": ("train_dir", cfg.train_dir), "validation": ("validation_dir", cfg.validation_dir),
+                   "test": ("test_dir", cfg.test_dir)}
+        raw = datasets.DatasetDict()
+        for split, (key, folder) in folders.items():
+            if folder:
+                raw[split] = load_image_folder(_folder(folder, key), split, cfg.cache_dir)
+        return raw, str(Path(cfg.train_dir).expanduser())
+    raw = datasets.load_dataset(
+        cfg.dataset_name, cfg.dataset_config, revision=cfg.dataset_revision, cache_dir=cfg.cache_dir
+    )
+    return raw, cfg.dataset_name
+
+
+def _check_columns(ds: datasets.Dataset, cfg: DataConfig, split: str) -> None:
+    for key in ("image_column", "label_column"):
+        name = getattr(cfg, key)
+        if name not in ds.column_names:
+            raise ConfigError(
+                f"'data.{key}' is '{name}' but the {split} split has no such column; "
+                f"its columns are: {', '.join(ds.column_names)}"
+            )
+
+
+def _align_labels(ds: datasets.Dataset, column: str, names: List[str], split: str, source: str) -> datasets.Dataset:
+    """Give `ds` the train split's label ids, matching classes by name, never by position."""
+    feature = ds.features[column]
+    own = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    if own == names:
+        return ds
+    values = [own[i] for i in ds[column]] if own is not None else [str(v) for v in ds[column]]
+    by_key = {label_key(name): k for k, name in enumerate(names)}
+    unknown = sorted({v for v in values if label_key(v) not in by_key})
+    if unknown:
+        raise ConfigError(
+            f"{source}: the {split} split has classes {unknown} that the train split lacks (train has {names}); "
+            "use the same class folder names in every split (case, spaces, - and _ may differ)"
+        )
+    return with_label_ids(ds, column, [by_key[label_key(v)] for v in values], names)
+
+
+def label_key(name: str) -> str:
+    """What two class names must share to be the same class, in training and in evaluation alike:
+    'With Mask', 'with-mask' and 'with_mask' are one class."""
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
+    """The configured source's own splits (train, and validation/test where it has them), labels
+    aligned by class name, images undecoded. Carving the missing splits is `data/splits.py`'s job, after
+    the images are inspected (duplicates must land on one side)."""
+    raw, source = _load_raw(cfg, seed)
+    for alias in VALIDATION_ALIASES[1:]:
+        if alias in raw and "validation" not in raw:
+            raw["validation"] = raw.pop(alias)
+    if "train" not in raw:
+        raise ConfigError(f"{source}: no 'train' split; splits found: {', '.join(raw)}")
+    for split in raw:
+        _check_columns(raw[split], cfg, split)
+
+    train = raw["train"]
+    if not isinstance(train.features[cfg.label_column], datasets.ClassLabel):
+        train = train.class_encode_column(cfg.label_column)
+    labels = list(train.features[cfg.label_column].names)
+    keys = [label_key(name) for name in labels]
+    clashes = sorted({name for name, key in zip(labels, keys) if keys.count(key) > 1})
+    if clashes:
+        raise ConfigError(f"{source}: classes {clashes} differ only in case, spaces, - or _, so they name one class: "
+                          "merge their folders")
+    splits = {"train": train}
+    for split in ("validation", "test"):
+        if split in raw:
+            splits[split] = _align_labels(raw[split], cfg.label_column, labels, split, source)
+
+    expected = cfg.num_labels or 2
+    if len(labels) != expected:
+        hint = "" if cfg.num_labels else " (set data.num_labels to train on another number of classes)"
+        raise ConfigError(f"{source}: found {len(labels)} classes {labels}, expected {expected}{hint}")
+    for split, ds in splits.items():
+        if len(ds) == 0:
+            raise ConfigError(f"{source}: the {split} split is empty")
+    # Images stay undecoded until the transform, which opens every file the same way (load_image).
+    undecoded = datasets.Image(decode=False)
+    ordered = {name: splits[name].cast_column(cfg.image_column, undecoded)
+               for name in ("train", "validation", "test") if name in splits}
+    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source)
+
+
+def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:
+    counts = np.bincount(np.asarray(ds[label_column]), minlength=len(labels))
+    return {name: int(n) for name, n in zip(labels, counts)}
+
+
+_NEGATIVE = re.compile(r"(^|[^a-z])(no|non|not|without|un)($|[^a-z])|^no|without|unmask|nomask", re.I)
+
+
+def resolve_positive_label(labels: List[str], configured: Optional[str]) -> int:
+    """Index of the class scored as positive: the configured one, else the 'with mask' class."""
+    if configured is not None:
+        if configured not in labels:
+            raise ConfigError(f"'data.positive_label' is '{configured}' but the classes are: {', '.join(labels)}")
+        return labels.index(configured)
+    masked = [i for i, name in enumerate(labels) if "mask" in name.lower() and not _NEGATIVE.search(name)]
+    if len(masked) == 1:
+        return masked[0]
+    # Not a face-mask naming we recognise: follow scikit-learn's convention for binary labels.
+    return len(labels) - 1

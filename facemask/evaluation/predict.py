@@ -1,0 +1,114 @@
+"""Classifying image files (`python -m facemask predict`): paths from files, folders and globs,
+batched prediction with an optional threshold, and the rows written as CSV, JSON or text.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from facemask.data.images import load_image
+
+
+def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, labels: List[str]) -> List[Dict]:
+    rows = []
+    for name, true, p in zip(names, label_ids, probs):
+        row = {"file": name, "true_label": labels[int(true)], "predicted_label": labels[int(p.argmax())]}
+        row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: List[Dict[str, Any]], path: Path) -> None:
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        return
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
+    """Files named by PATH arguments (files, folders searched recursively, globs), and the misses."""
+    found: List[Path] = []
+    missing: List[Tuple[str, str]] = []
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(path).parts))
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            if matches:
+                found += matches
+            else:
+                missing.append((pattern, "no such file, folder or matching glob"))
+    unique = list(dict.fromkeys(found))
+    return unique, missing
+
+
+def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32,
+                  threshold: Optional[float] = None, positive_label: Optional[str] = None
+                  ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+    """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason.
+
+    With a threshold (two-label models), the positive class is predicted when its probability
+    reaches it, the other class otherwise; confidence stays the predicted class's probability.
+    """
+    from facemask.data.sources import resolve_positive_label
+    from facemask.pipeline.processor import processor_image_size
+
+    labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    positive = resolve_positive_label(labels, positive_label)
+    draft_side = 2 * processor_image_size(processor)
+    rows, skipped = [], []
+    images, kept = [], []
+    model.eval()
+
+    def flush() -> None:
+        if not images:
+            return
+        with torch.no_grad():
+            pixels = processor(images, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
+            probs = torch.softmax(model(pixel_values=pixels).logits.float(), dim=-1).cpu().numpy()
+        for path, p in zip(kept, probs):
+            choice = int(p.argmax()) if threshold is None else (positive if p[positive] >= threshold else 1 - positive)
+            row = {"path": str(path), "label": labels[choice], "confidence": round(float(p[choice]), 6)}
+            row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
+            rows.append(row)
+        images.clear()
+        kept.clear()
+
+    for path in paths:
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError("empty file")
+            image = load_image(path, draft_side)
+        except (UnidentifiedImageError, ValueError, OSError, Image.DecompressionBombError) as err:
+            reason = "not an image file" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
+            skipped.append((str(path), reason))
+            continue
+        images.append(image)
+        kept.append(path)
+        if len(images) >= batch_size:
+            flush()
+    flush()
+    return rows, skipped
+
+
+def format_rows(rows: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    for row in rows:
+        out.write(f"{row['path']}\t{row['label']}\t{row['confidence']:.4f}\n")
+    return out.getvalue()

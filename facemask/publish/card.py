@@ -1,0 +1,274 @@
+"""Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
+
+Only files are read (experiment.yaml, *_results.json, trainer_state.json, config.json,
+run_info.json, *_confusion_matrix.json, data_audit.md/.json, the analysis files *_slices.json,
+*_calibration.json, *_errors.json(+.png), *_shortcut_test.json, operating_points.json), never the model, so a card can be regenerated anywhere
+and the same files always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import jinja2
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from facemask import CARD_TEMPLATES
+from facemask.config.dump import redact
+from facemask.publish.card_figures import write_figures
+from facemask.run_folder import RunFiles, read_run, split_name
+
+TEMPLATE = CARD_TEMPLATES / "template.md.j2"
+NOT_RECORDED = "not recorded"
+
+METRICS = {"accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall", "roc_auc": "ROC-AUC"}
+
+
+HYPERPARAMETERS = [
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "seed", "bf16",
+    "fp16", "load_best_model_at_end", "metric_for_best_model",
+]
+
+
+def metrics_block(split: str, metrics: Dict[str, Any]) -> str:
+    """The block `Trainer.log_metrics` prints for these metrics, line for line."""
+    from transformers.trainer_pt_utils import metrics_format
+
+    formatted = metrics_format(metrics)
+    k_width = max(len(str(k)) for k in formatted)
+    v_width = max(len(str(v)) for v in formatted.values())
+    lines = [f"***** {split} metrics *****"]
+    lines += [f"  {key: <{k_width}} = {formatted[key]:>{v_width}}" for key in sorted(formatted)]
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _dataset(run: RunFiles) -> Dict[str, Optional[str]]:
+    data = run.experiment.get("data") or {}
+    if data.get("dataset_name"):
+        name = data["dataset_name"] + (f" ({data['dataset_config']})" if data.get("dataset_config") else "")
+        return {"type": data["dataset_name"], "name": name, "hub_id": data["dataset_name"]}
+    if data.get("train_dir"):
+        return {"type": "imagefolder", "name": Path(data["train_dir"]).name or data["train_dir"], "hub_id": None}
+    if data.get("synthetic"):
+        seed = (run.experiment.get("training") or {}).get("seed", 42)
+        return {"type": "synthetic-face-mask", "name": f"synthetic face-mask images (seed {seed})", "hub_id": None}
+    return {"type": "unknown", "name": NOT_RECORDED, "hub_id": None}
+
+
+def model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
+    card = run.experiment.get("card") or {}
+    return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
+
+
+def hub_model_id(run: RunFiles, override: Optional[str] = None) -> Optional[str]:
+    return override or (run.experiment.get("hub") or {}).get("model_id")
+
+
+def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
+    model = run.experiment.get("model") or {}
+    card = run.experiment.get("card") or {}
+    dataset = _dataset(run)
+    model_type = run.model_config.get("model_type")
+    tags = ["image-classification", "vision"] + ([model_type] if model_type else []) + ["face-mask"]
+    tags += [t for t in card.get("tags") or [] if t not in tags]
+    results = []
+    for prefix, metrics in run.results.items():
+        if prefix == "train":
+            continue
+        for metric, label in METRICS.items():
+            if f"{prefix}_{metric}" in metrics:
+                results.append(EvalResult(
+                    task_type="image-classification", task_name="Image Classification",
+                    dataset_type=dataset["type"], dataset_name=dataset["name"], dataset_split=split_name(prefix),
+                    metric_type=metric, metric_name=label, metric_value=metrics[f"{prefix}_{metric}"],
+                ))
+    return ModelCardData(
+        model_name=model_name(run, model_id),
+        license=card.get("license", "apache-2.0"),
+        language=card.get("language"),
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=tags,
+        base_model=model.get("name_or_path"),
+        datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
+        metrics=list(METRICS),
+        eval_results=results or None,
+    )
+
+
+def _hyperparameters(run: RunFiles) -> List[Dict[str, Any]]:
+    training = run.experiment.get("training")
+    if not training:
+        return []
+    from transformers import TrainingArguments
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments) if f.default is not dataclasses.MISSING}
+    rows = []
+    for key in HYPERPARAMETERS:
+        value = training.get(key, defaults.get(key))
+        if key == "max_steps" and (value is None or value <= 0):
+            continue
+        rows.append({"name": key, "value": value, "default": key not in training})
+    if run.run_info.get("effective_batch_size"):
+        # Recorded by the run (training.effective_batch_size), right in every launch mode.
+        rows.append({"name": "total_train_batch_size", "value": run.run_info["effective_batch_size"],
+                     "default": False})
+    if training.get("label_smoothing_factor"):
+        rows.append({"name": "label_smoothing_factor", "value": training["label_smoothing_factor"], "default": False})
+    from facemask.recipe.build import changed_settings
+
+    for key, value in changed_settings(run.experiment.get("recipe") or {}).items():
+        rows.append({"name": f"recipe.{key}", "value": value, "default": False})
+    for key, value in ((run.experiment.get("model") or {}).get("config_overrides") or {}).items():
+        rows.append({"name": f"model.config_overrides.{key}", "value": value, "default": False})
+    return rows
+
+
+def _early_stopping(run: RunFiles) -> Optional[str]:
+    recipe = run.experiment.get("recipe") or {}
+    patience = recipe.get("early_stopping_patience")
+    if not patience:
+        return None
+    metric = (run.experiment.get("training") or {}).get("metric_for_best_model") or "loss"
+    rule = (f"validation {metric} did not improve by more than {recipe.get('early_stopping_threshold', 0.0)} "
+            f"for {patience} evaluation(s)")
+    train = run.results.get("train") or {}
+    if "early_stopped_at_step" in train:
+        return (f"stopped at epoch {train['early_stopped_at_epoch']} (step {train['early_stopped_at_step']}): "
+                f"{rule}")
+    return f"on (stop when {rule}); it did not trigger"
+
+
+def _selection(run: RunFiles) -> Optional[str]:
+    """Which split chose the checkpoint, so a reader knows which numbers are untouched by it."""
+    training = run.experiment.get("training")
+    if not training:
+        return None
+    if not training.get("load_best_model_at_end"):
+        return "the last checkpoint (no selection on any split)"
+    metric = training.get("metric_for_best_model") or "loss"
+    clean = " The test split chose nothing." if "test" in run.results else ""
+    average = " (its exponential moving average of the weights)" if (run.experiment.get("recipe") or {}).get(
+        "ema_decay") else ""
+    return (f"the checkpoint with the best validation {metric}{average}, so validation numbers are "
+            f"optimistic.{clean}")
+
+
+def _augmentation(run: RunFiles) -> Optional[str]:
+    data = run.experiment.get("data")
+    if not data:
+        return None
+    if not data.get("augment", True):
+        return "none"
+    return (f"random resized crop (scale {data.get('crop_scale')}, ratio "
+            f"{[round(r, 4) for r in data.get('crop_ratio') or []]}), horizontal flip (p={data.get('hflip_prob')})")
+
+
+def _architecture(model_type: Optional[str]) -> Any:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARD_TEMPLATES / "architectures")),
+                             keep_trailing_newline=False)
+    name = f"{model_type}.md.j2" if model_type and (CARD_TEMPLATES / "architectures" / f"{model_type}.md.j2").is_file() \
+        else "default.md.j2"
+    return env.get_template(name)
+
+
+SLICE_MARGIN = 0.05  # slices whose accuracy differs from their split's by more than this are shown
+SLICE_MIN_IMAGES = 20
+
+
+def _diagnostics(run: RunFiles, figures: Dict[str, str]) -> Dict[str, Any]:
+    """The card's shortcut, slice, error and calibration sections, from evaluation/analysis.py's files."""
+    from facemask.evaluation.slices import notable_slices
+
+    report = run.audit_report
+    return {
+        "audited": bool(report),
+        "partial_shortcuts": report.get("partial_shortcuts", []),
+        "attribute_shortcuts": report.get("shortcuts", []),
+        "shortcut_rule": report.get("partial_shortcut_rule"),
+        "shortcut_tests": [{"split": split_name(prefix), **payload} for prefix, payload in run.shortcut_tests.items()],
+        "slices": [{"split": split_name(prefix), "rows": notable_slices(s, SLICE_MARGIN, SLICE_MIN_IMAGES),
+                    "overall": s["overall"]["accuracy"]} for prefix, s in run.slices.items()],
+        "slice_margin": SLICE_MARGIN, "slice_min_images": SLICE_MIN_IMAGES,
+        "errors": [{"split": split_name(prefix), "figure": figures.get(f"errors_{prefix}"), **payload}
+                   for prefix, payload in run.errors.items()],
+        "calibration": [{"split": split_name(prefix), "ece": c["ece"], "images": c["images"],
+                         "figure": figures.get(f"calibration_{prefix}")} for prefix, c in run.calibration.items()],
+        "operating_points": run.operating_points or None,
+    }
+
+
+def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] = None) -> str:
+    """The card's markdown; `figures` are the PNGs present beside it (see write_figures)."""
+    model_id = hub_model_id(run, model_id)
+    data = card_data(run, model_id)
+    config = run.model_config
+    architecture = _architecture(config.get("model_type")).module
+    base_model = (run.experiment.get("model") or {}).get("name_or_path")
+    info_data = run.run_info.get("data") or {}
+    labels = info_data.get("labels") or [config["id2label"][k] for k in sorted(config.get("id2label") or {}, key=int)]
+    splits = info_data.get("splits") or {}
+    arch_vars = {"config": config, "base_model": base_model}
+    content = ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        title=architecture.title(**arch_vars).strip(),
+        description=architecture.description(**arch_vars).strip(),
+        citation=architecture.citation(**arch_vars).strip(),
+        not_recorded=NOT_RECORDED,
+        model_ref=model_id or "path/to/" + model_name(run, None),
+        hub_model_id=model_id,
+        dataset=_dataset(run),
+        image_size=config.get("image_size"),
+        labels=labels,
+        splits=splits,
+        hyperparameters=_hyperparameters(run),
+        augmentation=_augmentation(run),
+        selection=_selection(run),
+        early_stopping=_early_stopping(run),
+        weight_decay_rule=bool(run.experiment.get("recipe") is not None and (run.experiment.get("training") or {})
+                               .get("weight_decay")),
+        command=run.run_info.get("command"),
+        has_experiment=bool(run.experiment.get("training")),  # a complete config, one train.py can rerun
+        train_block=_indent(metrics_block("train", run.results["train"])) if run.results.get("train") else None,
+        eval_sections=[
+            {"title": _section_title(prefix), "block": _indent(metrics_block(prefix, metrics))}
+            for prefix, metrics in run.results.items() if prefix != "train" and metrics
+        ],
+        confusion=[
+            {"split": split_name(prefix), "labels": m["labels"], "rows": list(zip(m["labels"], m["matrix"])),
+             "figure": figures.get(f"confusion_{prefix}")}
+            for prefix, m in run.confusion.items()
+        ],
+        curves_figure=figures.get("curves"),
+        onnx=run.onnx,
+        versions=run.run_info.get("versions") or {},
+        audit=run.audit,
+        diagnostics=_diagnostics(run, figures),
+        reproducibility={key: run.run_info.get(key) for key in
+                         ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint", "switches")},
+    ).content
+    return redact(content)
+
+
+def _section_title(prefix: str) -> str:
+    if prefix == "eval":
+        return "Evaluation Metrics"
+    return f"{split_name(prefix).replace('_', ' ').title()} Metrics"
+
+
+def write_card(run_dir: str | Path, output: Optional[str | Path] = None, model_id: Optional[str] = None) -> Path:
+    """Regenerate a run's card (and its figures, beside it); returns the card's path."""
+    run = read_run(run_dir)
+    path = Path(output) if output else run.directory / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(run, path.parent)
+    path.write_text(render_card(run, figures, model_id), encoding="utf-8")
+    return path

@@ -1,0 +1,237 @@
+"""The demo page (python -m facemask demo): a Gradio app around a run folder or a Hub model.
+
+One tab classifies an upload or a webcam frame with the same code as `predict`, under the decision
+rule of the run's operating points (operating_points.json) when it has them; the other shows the
+run's metrics, confusion matrix and error gallery from the files the run left. A Hub model is
+fetched once (the files `push` sends) and then read like a run folder, so the Space built by
+`python -m facemask space` runs this same module.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+from facemask.publish.card import hub_model_id, model_name
+from facemask.run_folder import RunFiles, read_run, split_name
+
+logger = logging.getLogger("facemask")
+
+# Larger uploads get a message instead of a decode: a 20,000 x 20,000 PNG would take gigabytes.
+MAX_MEGAPIXELS = 50
+MAX_FILE_SIZE = "50mb"
+ARGMAX_RULE = "highest probability"
+UPLOAD_HINT = "upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF)"
+METRIC_COLUMNS = {"accuracy": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall",
+                  "roc_auc": "ROC-AUC", "loss": "loss"}
+
+
+class BadUpload(ValueError):
+    """An upload the demo cannot classify; the message is shown in the page."""
+
+
+def check_upload(path: str | Path) -> str:
+    """Refuse what cannot be classified (BadUpload); returns a note for what is classified with a caveat."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise BadUpload(f"{path.name} is an empty file: {UPLOAD_HINT}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size, frames = image.size, getattr(image, "n_frames", 1)
+    except UnidentifiedImageError:
+        raise BadUpload(f"{path.name} is not an image: {UPLOAD_HINT}.") from None
+    except OSError as err:  # e.g. a JPEG whose headers stop early: PIL fails while opening
+        raise BadUpload(f"{path.name} could not be read ({err}): {UPLOAD_HINT}.") from None
+    except Image.DecompressionBombError:
+        raise BadUpload(f"{path.name} is far too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): "
+                        f"the demo takes images up to {MAX_MEGAPIXELS} megapixels. Resize it and upload again.") from None
+    megapixels = size[0] * size[1] / 1e6
+    if megapixels > MAX_MEGAPIXELS:
+        raise BadUpload(f"{path.name} is {size[0]} x {size[1]} pixels ({megapixels:.0f} megapixels): the demo takes "
+                        f"images up to {MAX_MEGAPIXELS} megapixels. Resize it and upload again.")
+    if frames > 1:
+        return f"{path.name} is animated ({frames} frames): its first frame was classified."
+    return ""
+
+
+def decision_rules(operating_points: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """Choices of the page's decision rule: the arg-max, then each reachable operating point's threshold."""
+    rules: Dict[str, Optional[float]] = {ARGMAX_RULE: None}
+    for row in operating_points.get("rows") or []:
+        if row.get("threshold") is not None:
+            rules[f"{row['name']} (threshold {row['threshold']:.3f})"] = float(row["threshold"])
+    return rules
+
+
+def default_rule(rules: Dict[str, Optional[float]]) -> str:
+    """The card's best-F1 operating point where the run has one, else the arg-max."""
+    return next((name for name in rules if name.startswith("best F1")), ARGMAX_RULE)
+
+
+def metrics_markdown(run: RunFiles) -> str:
+    """The run's evaluated splits as one table, from its *_results.json."""
+    rows = []
+    for prefix, metrics in run.results.items():
+        if prefix == "train":
+            continue
+        cells = [metrics.get(f"{prefix}_{key}") for key in METRIC_COLUMNS]
+        if all(value is None for value in cells):
+            continue
+        images = (run.calibration.get(prefix) or {}).get("images")
+        rows.append(f"| {split_name(prefix)} | {images if images is not None else ''} | "
+                    + " | ".join("" if v is None else f"{v:.4f}" for v in cells) + " |")
+    if not rows:
+        return "This run has no evaluation results (no *_results.json in its folder)."
+    header = "| split | images | " + " | ".join(METRIC_COLUMNS.values()) + " |"
+    return "\n".join([header, "|---|---:|" + "---:|" * len(METRIC_COLUMNS), *rows])
+
+
+def run_figures(run: RunFiles) -> List[Tuple[str, Path]]:
+    """The run's confusion matrices, error galleries and training curves that exist, with captions."""
+    figures = []
+    for prefix in sorted(run.confusion, key=lambda p: p != "test"):
+        figures.append((f"Confusion matrix, {split_name(prefix)} split", run.directory / f"{prefix}_confusion_matrix.png"))
+    for prefix, errors in sorted(run.errors.items(), key=lambda item: item[0] != "test"):
+        figures.append((f"Worst errors, {split_name(prefix)} split ({errors.get('misclassified', '?')} of "
+                        f"{errors.get('images', '?')} misclassified)", run.directory / f"{prefix}_errors.png"))
+    figures.append(("Training curves", run.directory / "training_curves.png"))
+    return [(caption, path) for caption, path in figures if path.is_file()]
+
+
+def local_folder(source: str, revision: Optional[str] = None, backend: str = "torch") -> Path:
+    """A run folder as it is, or a Hub model's pushed files downloaded (cached by huggingface_hub)."""
+    from huggingface_hub import snapshot_download
+
+    from facemask.config.schema import ConfigError
+    from facemask.evaluation.onnx_backend import ONNX_FILES
+    from facemask.publish.hub import PUSH_PATTERNS
+
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    patterns = [pattern for pattern in PUSH_PATTERNS if pattern != "README.md"]
+    if backend != "torch":
+        patterns.append(f"onnx/{ONNX_FILES[backend]}")
+    try:
+        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+    except Exception as err:  # offline, unknown repository, no access
+        raise ConfigError(f"'{source}' is neither a run folder nor a Hub model that could be downloaded "
+                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+@dataclass
+class Demo:
+    """What the page needs: the model, the run's files and the decision rules."""
+
+    source: str
+    model: Any
+    processor: Any
+    run: RunFiles
+    backend: str = "torch"
+    rules: Dict[str, Optional[float]] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> List[str]:
+        return [self.model.config.id2label[i] for i in sorted(self.model.config.id2label)]
+
+    @property
+    def positive_label(self) -> Optional[str]:
+        return self.run.operating_points.get("positive_label")
+
+    def classify(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Dict[str, float]]]:
+        """(the page's message in Markdown, class probabilities or None) for one uploaded file."""
+        from facemask.evaluation.predict import predict_files
+
+        if not path:
+            return "Upload a photo of a face, or take one with the webcam.", None
+        try:
+            note = check_upload(path)
+            threshold = self.rules.get(rule)
+            rows, skipped = predict_files(self.model, self.processor, [Path(path)], 1, threshold,
+                                          self.positive_label if threshold is not None else None)
+            if skipped:
+                raise BadUpload(f"{Path(path).name} could not be read ({skipped[0][1]}): {UPLOAD_HINT}.")
+        except BadUpload as err:
+            return f"**Not classified.** {err}", None
+        except Exception as err:  # the page shows a message; the console keeps the traceback
+            logger.exception("demo: classifying %s failed", path)
+            return f"**Not classified.** {type(err).__name__}: {err}", None
+        row = rows[0]
+        probabilities = {label: row[f"prob_{label}"] for label in self.labels}
+        name = Path(path).name
+        if threshold is None:
+            detail = f"{name}: the most probable class ({row['confidence']:.1%})."
+        else:
+            positive = self.positive_label
+            side = "at or above" if probabilities[positive] >= threshold else "below"
+            detail = (f"{name}: P({positive}) = {probabilities[positive]:.1%}, {side} the threshold {threshold:.3f} of the "
+                   f"run's {rule.split(' (')[0]} operating point (chosen on its validation split).")
+        message = f"## {row['label']}\n\n{detail}"
+        return message + (f"\n\n{note}" if note else ""), probabilities
+
+
+def load_demo(source: str, backend: str = "torch", revision: Optional[str] = None) -> Demo:
+    from facemask.evaluation.loading import load_model
+
+    folder = local_folder(source, revision, backend)
+    model, processor = load_model(str(folder), backend=backend)
+    run = read_run(folder)
+    return Demo(source, model, processor, run, backend, decision_rules(run.operating_points))
+
+
+def _undecoded(decode: Any, payload: Any) -> Optional[str]:
+    """gr.Image's input as the uploaded file, undecoded: check_upload then explains a bad file in the
+    page, where gr.Image's own decode would fail with a bare "Error". (An instance attribute, not a
+    subclass: gradio writes a .pyi stub beside the module of every component subclass.)"""
+    if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+        return str(payload.path)
+    return decode(payload)
+
+
+def build_app(demo: Demo) -> Any:
+    """The Gradio Blocks of the page."""
+    import gradio as gr
+
+    name = model_name(demo.run, hub_model_id(demo.run))
+    labels = ", ".join(demo.labels)
+    results = demo.run.results.get("test") or demo.run.results.get("eval") or {}
+    headline = next((f"{split_name(k.split('_')[0])} accuracy {v:.2%}" for k, v in results.items()
+                     if k.endswith("_accuracy")), "no evaluation recorded")
+    # Gradio's usage telemetry is off: the page must work offline and report to no one.
+    with gr.Blocks(title=f"Face-mask classifier: {name}", analytics_enabled=False) as app:
+        gr.Markdown(f"# Face-mask classifier: {name}\nClasses: {labels}. Model: `{demo.source}` "
+                    f"({demo.backend} backend, {headline}).")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo", elem_id="photo")
+                    image.preprocess = partial(_undecoded, image.preprocess)
+                    rule = gr.Dropdown(list(demo.rules), value=default_rule(demo.rules), label="Decision rule",
+                                       elem_id="rule")
+                with gr.Column():
+                    message = gr.Markdown("Upload a photo of a face, or take one with the webcam.", elem_id="result")
+                    # No heading: it would show the arg-max, which an operating point can overrule.
+                    probabilities = gr.Label(label="Class probabilities", num_top_classes=len(demo.labels),
+                                             show_heading=False, elem_id="probabilities")
+            for event in (image.change, rule.change):
+                event(demo.classify, [image, rule], [message, probabilities])
+        with gr.Tab("Run metrics"):
+            gr.Markdown(metrics_markdown(demo.run), elem_id="metrics")
+            for caption, path in run_figures(demo.run):
+                gr.Markdown(f"### {caption}")
+                gr.Image(str(path), show_label=False, interactive=False)
+    return app
+
+
+def launch(source: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, backend: str = "torch",
+           revision: Optional[str] = None) -> None:
+    app = build_app(load_demo(source, backend, revision))
+    app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE)

@@ -1,0 +1,209 @@
+"""ONNX export with its parity proven on the run's own validation images.
+
+    python -m facemask export RUN_DIR [--opset 18] [--quantize int8] [--output DIR]
+
+torch.onnx's exporter (torch.export, dynamic batch) writes DIR/model.onnx (DIR defaults to
+RUN_DIR/onnx, the layout transformers.js and Optimum read beside config.json). onnxruntime then
+runs the run's validation images through it and through PyTorch: the export stands only if every
+image's logits agree within the tolerance and every top-1 label agrees; else it fails with the
+numbers and any earlier export stays as it was. int8 (onnxruntime's dynamic quantization) is kept
+only if its accuracy is within --max-accuracy-drop points of PyTorch's. Everything measured goes
+to DIR/parity.json, which the card reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
+
+logger = logging.getLogger("facemask")
+
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-3
+DEFAULT_MAX_ACCURACY_DROP = 0.5  # points
+SPEED_BATCH = 32
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def parity_images(run_dir: Path, processor: Any, model_config: Any, data: Optional[str] = None,
+                  split: str = "validation", max_images: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(pixel_values, label ids in the model's order, source): the run's own split, as its config
+    carved it, or the image folder `data`."""
+    from facemask.data.images import load_image
+    from facemask.data.prepare import prepare_data
+    from facemask.evaluation.eval_data import from_prepared, load_eval_data, match_labels, remap_labels
+    from facemask.pipeline.processor import processor_image_size
+
+    side = processor_image_size(processor)
+    if data is None:
+        experiment = run_dir / "experiment.yaml"
+        if not experiment.is_file():
+            raise ConfigError(f"{experiment} does not exist: pass --data FOLDER to check parity on an image folder")
+        cfg = load_config(str(experiment))
+        # With the config's own audit setting: it decides the duplicate groups the split was carved by.
+        evaluation = from_prepared(prepare_data(cfg.data, cfg.seed, side).data, split)
+    else:
+        evaluation = load_eval_data(data, split)
+    id2label = {int(k): v for k, v in model_config.id2label.items()}
+    evaluation = remap_labels(evaluation, match_labels(evaluation.labels, id2label), id2label)
+    ds = evaluation.dataset
+    if max_images is not None and len(ds) > max_images:
+        ds = ds.select(range(max_images))
+    pixels: List[np.ndarray] = []
+    items = ds[evaluation.image_column]
+    for start in range(0, len(items), SPEED_BATCH):
+        images = [load_image(item, 2 * side) for item in items[start:start + SPEED_BATCH]]
+        pixels.append(processor(images, return_tensors="np")["pixel_values"].astype(np.float32))
+    source = f"{evaluation.source} ({evaluation.split}, {len(ds)} images)"
+    return np.concatenate(pixels), np.asarray(ds[evaluation.label_column]), source
+
+
+def torch_logits(model: torch.nn.Module, pixels: np.ndarray, batch: int = SPEED_BATCH) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model(pixel_values=torch.from_numpy(pixels[i:i + batch])).logits.float().numpy()
+                               for i in range(0, len(pixels), batch)])
+
+
+def onnx_logits(classifier: Any, pixels: np.ndarray, batch: int = SPEED_BATCH) -> np.ndarray:
+    return np.concatenate([classifier.run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+
+
+def images_per_second(run: Any, pixels: np.ndarray, repeats: int = 3) -> float:
+    """Best of `repeats` passes over up to 4 batches of SPEED_BATCH images (after one warm-up batch)."""
+    sample = pixels[: SPEED_BATCH * 4]
+    run(sample[:SPEED_BATCH])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(sample)
+        best = min(best, time.perf_counter() - start)
+    return len(sample) / best
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
+    top_ref, top_new = reference.argmax(1), candidate.argmax(1)
+    return {"max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+            "top1_agreement": float((top_ref == top_new).mean()),
+            "disagreeing_images": int((top_ref != top_new).sum()),
+            "accuracy_pytorch": float((top_ref == labels).mean()),
+            "accuracy_onnx": float((top_new == labels).mean())}
+
+
+def export_graph(model: torch.nn.Module, side: int, path: Path, opset: int) -> None:
+    """torch.onnx's exporter (torch.export), with the batch dimension left dynamic.
+
+    The graph is traced with eager attention: BEiT's SDPA path reshapes a transposed tensor, which
+    the exporter's decomposition rejects ("Cannot view a tensor with shape ..."), and below opset 23
+    ONNX has no attention operator, so either path becomes the same MatMul/Softmax. Parity is then
+    checked against the model as it was trained, attention included."""
+    example = torch.zeros(2, 3, side, side)
+    batch = torch.export.Dim("batch", min=1)
+    trained_attention = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        program = torch.onnx.export(model, (), kwargs={"pixel_values": example}, dynamo=True, opset_version=opset,
+                                    input_names=["pixel_values"], output_names=["logits"],
+                                    dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
+    finally:
+        model.set_attn_implementation(trained_attention)
+    program.save(str(path))
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """onnxruntime's dynamic int8 quantization (weights int8, activations quantized per batch)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The exporter records intermediate shapes traced at the example batch size; the quantizer's
+    # shape inference, with the batch dynamic, rejects them. Without them it infers its own.
+    graph = onnx.load(str(source))
+    del graph.graph.value_info[:]
+    shapeless = target.with_name(f".{target.stem}.shapeless.onnx")
+    onnx.save(graph, str(shapeless))
+    try:
+        quantize_dynamic(str(shapeless), str(target), weight_type=QuantType.QInt8)
+    finally:
+        shapeless.unlink(missing_ok=True)
+
+
+def export(run_dir: str | Path, output: Optional[str | Path] = None, opset: int = DEFAULT_OPSET,
+           quantize: Optional[str] = None, tolerance: float = DEFAULT_TOLERANCE,
+           max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, data: Optional[str] = None,
+           split: str = "validation", max_images: Optional[int] = None) -> Dict[str, Any]:
+    """Export, check parity (and quantize); returns what parity.json holds."""
+    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.onnx_backend import OnnxClassifier
+    from facemask.pipeline.processor import processor_image_size
+
+    run_dir = Path(run_dir)
+    out = Path(output) if output else run_dir / "onnx"
+    model, processor = load_model(str(run_dir))
+    model = model.float().eval()
+    pixels, labels, source = parity_images(run_dir, processor, model.config, data, split, max_images)
+    out.mkdir(parents=True, exist_ok=True)
+    final, staged = out / "model.onnx", out / ".model.onnx.partial"
+    try:
+        export_graph(model, processor_image_size(processor), staged, opset)
+        exported = OnnxClassifier(staged, model.config)
+        reference = torch_logits(model, pixels)
+        fp32 = compare(reference, onnx_logits(exported, pixels), labels)
+        if fp32["max_abs_logit_diff"] > tolerance or fp32["disagreeing_images"]:
+            raise ExportError(
+                f"the ONNX graph does not match PyTorch on {source}: max |logit difference| "
+                f"{fp32['max_abs_logit_diff']:.3g} (tolerance {tolerance:g}), top-1 differs on "
+                f"{fp32['disagreeing_images']} image(s); accuracy {fp32['accuracy_pytorch']:.4f} (PyTorch) vs "
+                f"{fp32['accuracy_onnx']:.4f} (ONNX). Nothing was written to {final}; try another --opset")
+        fp32["images_per_s_pytorch"] = images_per_second(lambda x: torch_logits(model, x), pixels)
+        fp32["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(exported, x), pixels)
+        staged.replace(final)
+    finally:
+        staged.unlink(missing_ok=True)
+    # An int8 graph of an earlier export no longer matches model.onnx: only _quantized may put one back.
+    (out / "model_quantized.onnx").unlink(missing_ok=True)
+    result: Dict[str, Any] = {"opset": opset, "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+                              "images": source, "tolerance": tolerance, "speed_batch": SPEED_BATCH,
+                              "files": ["onnx/model.onnx"], "fp32": fp32}
+    if quantize == "int8":
+        result["int8"] = _quantized(final, out / "model_quantized.onnx", model.config, pixels, labels,
+                                    reference, fp32, max_accuracy_drop)
+        if result["int8"]["kept"]:
+            result["files"].append("onnx/model_quantized.onnx")
+    (out / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _quantized(source: Path, target: Path, config: Any, pixels: np.ndarray, labels: np.ndarray,
+               reference: np.ndarray, fp32: Dict[str, Any], max_drop: float) -> Dict[str, Any]:
+    from facemask.evaluation.onnx_backend import OnnxClassifier
+
+    staged = target.with_name(f".{target.name}.partial")
+    try:
+        quantize_int8(source, staged)
+        quantized = OnnxClassifier(staged, config)
+        int8 = compare(reference, onnx_logits(quantized, pixels), labels)
+        int8["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(quantized, x), pixels)
+        int8["speedup_vs_onnx_fp32"] = int8["images_per_s_onnx"] / fp32["images_per_s_onnx"]
+        int8["speedup_vs_pytorch"] = int8["images_per_s_onnx"] / fp32["images_per_s_pytorch"]
+        int8["accuracy_drop_points"] = 100 * (int8["accuracy_pytorch"] - int8["accuracy_onnx"])
+        int8["max_accuracy_drop_points"] = max_drop
+        int8["kept"] = int8["accuracy_drop_points"] <= max_drop
+        if int8["kept"]:
+            staged.replace(target)
+        else:
+            logger.warning("int8 model removed: its accuracy dropped %.2f points (allowed %.2f, --max-accuracy-drop)",
+                           int8["accuracy_drop_points"], max_drop)
+    finally:
+        staged.unlink(missing_ok=True)
+    return int8

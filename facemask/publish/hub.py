@@ -1,0 +1,114 @@
+"""Pushing a finished run to the Hugging Face Hub: the model and what describes it, nothing else."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+from facemask.evaluation.onnx_backend import ONNX_FILES
+
+# Top-level files of a run folder that make up the published model. Checkpoints, optimizer and
+# scheduler state, RNG state and training_args.bin (which can hold a hub_token) never leave.
+PUSH_PATTERNS = [
+    "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "preprocessor_config.json", "README.md", "*_results.json", "*_confusion_matrix.json", "*.png",
+    "*_slices.json", "*_calibration.json", "*_errors.json", "*_shortcut_test.json", "operating_points.json",
+    "experiment.yaml", "run_info.json", "trainer_state.json", "data_audit.json", "data_audit.md",
+]
+
+
+class PushError(RuntimeError):
+    """A push that could not be done; the message says what to do."""
+
+
+def retry_command(run_dir: str | Path, model_id: str, revision: Optional[str] = None, private: bool = True) -> str:
+    command = f"python -m facemask push {run_dir} --model-id {model_id}"
+    return command + (f" --revision {revision}" if revision else "") + ("" if private else " --public")
+
+
+def check_write_access(token: Optional[str] = None) -> str:
+    """The account a push would use; raises PushError when there is no token or it cannot write."""
+    try:
+        info = HfApi().whoami(token=token)
+    except LocalTokenNotFoundError:
+        raise PushError("hub.push is set but no Hugging Face token was found: run `hf auth login` "
+                        "or set HF_TOKEN to a token with write access") from None
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise PushError("the Hugging Face token was rejected (401): log in again with `hf auth login` "
+                            "or set HF_TOKEN to a valid token with write access") from None
+        raise PushError(f"could not check the Hugging Face token: {err}") from None
+    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PushError("the Hugging Face token is read-only: create a token with write access "
+                        "(https://huggingface.co/settings/tokens) and log in with it")
+    return info.get("name", "?")
+
+
+# python -m facemask export's graphs and parity, pushed under onnx/ where transformers.js and Optimum look.
+PUSHED_ONNX_FILES = (*ONNX_FILES.values(), "parity.json")
+
+
+# Remote files a push owns: names this project writes into a run folder. When a push no longer has
+# one (a re-export dropped the int8 graph, a retrained model has fewer shards, a split was not
+# evaluated again), the earlier copy would describe other weights, so the push's commit deletes it
+# (the Hub's history keeps it). Files of other names, a user's own notes or images, are never touched.
+OWNED_PATTERNS = [p for p in PUSH_PATTERNS if p != "*.png"] + [
+    "*_confusion_matrix.png", "*_roc_curve.png", "*_calibration.png", "*_errors.png", "training_curves.png",
+] + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
+
+
+def stale_paths(remote: Iterable[str], pushed: Iterable[str], owned: Iterable[str]) -> List[str]:
+    """The remote files matching `owned` (glob patterns; `*` stays within a folder) that the push lacks."""
+    pushed, owned = set(pushed), list(owned)
+    return sorted(path for path in remote if path not in pushed
+                  and any(fnmatch.fnmatchcase(path, pattern) and path.count("/") == pattern.count("/")
+                          for pattern in owned))
+
+
+def delete_stale(api: HfApi, repo_id: str, repo_type: str, revision: Optional[str], pushed: Iterable[str],
+                 owned: Iterable[str]) -> List[CommitOperationDelete]:
+    """Delete operations for stale_paths() of what the repository holds now; they are printed."""
+    remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    stale = stale_paths(remote, pushed, owned)
+    if stale:
+        print(f"{repo_id}: removing {len(stale)} file(s) of an earlier push that this one no longer has "
+              f"(the Hub's history keeps them): {', '.join(stale)}")
+    return [CommitOperationDelete(path_in_repo=path) for path in stale]
+
+
+def files_to_push(run_dir: str | Path) -> List[Path]:
+    run_dir = Path(run_dir)
+    files = [p for p in run_dir.iterdir()
+             if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)]
+    files += [run_dir / "onnx" / name for name in PUSHED_ONNX_FILES if (run_dir / "onnx" / name).is_file()]
+    return sorted(files)
+
+
+def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,
+             token: Optional[str] = None) -> str:
+    """Create the repository if needed and commit the run's model files; returns the commit URL."""
+    run_dir = Path(run_dir)
+    files = files_to_push(run_dir)
+    if not any(p.name == "config.json" for p in files):
+        raise PushError(f"{run_dir} holds no config.json: is it a finished run's output folder?")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(model_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(model_id, branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
+                      for p in files]
+        operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations],
+                                   OWNED_PATTERNS)
+        commit = api.create_commit(model_id, operations=operations, revision=revision,
+                                   commit_message=f"Upload face-mask classifier from {run_dir.name}")
+    except Exception as err:  # network, auth, quota: the local run stays as it is either way
+        raise PushError(f"push to {model_id} failed: {err}\nEvery local file is intact in {run_dir}; retry with:\n"
+                        f"  {retry_command(run_dir, model_id, revision, private)}") from None
+    return commit.commit_url

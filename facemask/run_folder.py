@@ -1,0 +1,191 @@
+"""The run folder: the name of every file a run or an evaluation writes, and its reader.
+
+Writers (train.py, evaluate.py, the audit, the card, export) take their file names from here;
+so do the readers (card, demo, Space), the push (what is published, and which remote files a push
+owns), evaluate.py's `--update-card` copy, `--overwrite`'s test of "is this a run folder", and
+docs/outputs.md, whose table `outputs_table()` renders (a test holds the two together).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+PREFIX = "<prefix>"  # a split's metric prefix in a per-split name: eval, test, or evaluate.py's --split
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str  # the file's name in the run folder; PREFIX stands for a split's prefix, * for any text
+    writer: str
+    content: str
+    pushed: bool  # published by `push` (and owned there: a push deletes its earlier copy it no longer has)
+    per_split: bool = False
+
+    @property
+    def pattern(self) -> str:
+        return self.name.replace(PREFIX, "*")
+
+    def path(self, directory: Path, prefix: Optional[str] = None) -> Path:
+        return Path(directory) / (self.name.replace(PREFIX, prefix) if self.per_split else self.name)
+
+
+def _split(suffix: str, content: str, pushed: bool = True, writer: str = "train.py, evaluate.py") -> Output:
+    return Output(f"{PREFIX}_{suffix}", writer, content, pushed, per_split=True)
+
+
+# The model, as transformers writes it (Trainer.save_model).
+CONFIG = Output("config.json", "Trainer.save_model", "the model's config, with the class names (id2label)", True)
+WEIGHTS = Output("model.safetensors", "Trainer.save_model", "the weights (the EMA's, when recipe.ema_decay is on)", True)
+SHARDS = Output("model-*-of-*.safetensors", "Trainer.save_model", "the weights in shards (large models)", True)
+SHARD_INDEX = Output("model.safetensors.index.json", "Trainer.save_model", "which shard holds which weight", True)
+PROCESSOR = Output("preprocessor_config.json", "Trainer.save_model", "the image processor (resize, normalise)", True)
+TRAINING_ARGS = Output("training_args.bin", "Trainer.save_model",
+                       "the TrainingArguments, pickled; never pushed (it can hold a hub_token)", False)
+# The run.
+EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
+                    "(secrets left out)", True)
+RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
+                  "the switches asked for and used, the preprocessing caches", True)
+TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
+STATE = Output("trainer_state.json", "Trainer.save_state", "log history, best checkpoint, global step", True)
+ALL_RESULTS = Output("all_results.json", "Trainer.save_metrics", "every split's metrics in one file", True)
+CHECKPOINTS = Output("checkpoint-*", "Trainer (training.save_strategy)", "checkpoints for `--resume` (folders)", False)
+TRACKER_LOGS = Output("runs", "training.report_to: tensorboard", "TensorBoard event files (a folder)", False)
+AUDIT_JSON = Output("data_audit.json", "the data audit", "the audit: bad files, copies and leaks, shortcuts, balance",
+                    True)
+AUDIT_MD = Output("data_audit.md", "the data audit", "the audit's summary, as the card shows it", True)
+OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on the positive class chosen on "
+                          "validation, with their validation and test metrics", True)
+# One of each per evaluated split (train.py: eval and test; evaluate.py: its --split).
+RESULTS = _split("results.json", "the split's metrics (`train_results.json`: the training's)",
+                 writer="train.py, evaluate.py (Trainer.save_metrics)")
+PREDICTIONS = _split("predictions.csv", "every image: file, true label, predicted label, each class's probability",
+                     pushed=False)
+CONFUSION = _split("confusion_matrix.json", "the confusion matrix")
+CONFUSION_FIGURE = _split("confusion_matrix.png", "the confusion matrix, drawn", writer="train.py, evaluate.py, card")
+REPORT = _split("classification_report.json", "scikit-learn's per-class precision, recall, F1 and support",
+                pushed=False)
+ROC_FIGURE = _split("roc_curve.png", "the ROC curve of the positive class")
+SLICES = _split("slices.json", "accuracy and recall per file format, colour mode, size, aspect and sharpness")
+CALIBRATION = _split("calibration.json", "expected calibration error and the reliability diagram's bins")
+CALIBRATION_FIGURE = _split("calibration.png", "the reliability diagram")
+ERRORS = _split("errors.json", "the misclassified images with the highest loss")
+ERRORS_FIGURE = _split("errors.png", "those images, as a gallery (absent when nothing is misclassified)")
+SHORTCUT_TEST = _split("shortcut_test.json", "accuracy with each flagged shortcut attribute neutralised",
+                       writer="train.py (test, else eval), evaluate.py --shortcut-test")
+# The card and what it shows.
+CARD = Output("README.md", "train.py, `python -m facemask card`", "the model card", True)
+CURVES_FIGURE = Output("training_curves.png", "card", "loss and evaluation metrics over training", True)
+# python -m facemask export.
+ONNX_DIR = "onnx"
+ONNX_GRAPH = Output("onnx/model.onnx", "`python -m facemask export`", "the model as an ONNX graph (fp32)", True)
+ONNX_INT8 = Output("onnx/model_quantized.onnx", "`python -m facemask export --quantize int8`",
+                   "dynamic int8 graph, kept only within --max-accuracy-drop", True)
+PARITY = Output("onnx/parity.json", "`python -m facemask export`",
+                "parity of the graphs with PyTorch on the validation images, accuracy, speed", True)
+# python -m facemask space.
+SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as pushed (a folder)", False)
+
+OUTPUTS: List[Output] = [
+    CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, STATE,
+    ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
+    CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, ERRORS, ERRORS_FIGURE,
+    SHORTCUT_TEST, CARD, CURVES_FIGURE, ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
+]
+ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}
+# What a push publishes, and the remote files it owns (deleting those the new push no longer has).
+PUSH_PATTERNS = [o.pattern for o in OUTPUTS if o.pushed]
+# What evaluate.py --update-card copies from its output folder into the run folder: the split's files.
+SPLIT_OUTPUTS = [o for o in OUTPUTS if o.per_split]
+# Files only a run (train.py) writes: a folder holding one of them, or checkpoints, is a run folder.
+RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, "train_results.json", ALL_RESULTS.name, STATE.name, AUDIT_JSON.name)
+
+
+def split_files(directory: Path, prefix: str) -> List[Path]:
+    """The per-split files of `prefix` that `directory` holds."""
+    return [o.path(directory, prefix) for o in SPLIT_OUTPUTS if o.path(directory, prefix).is_file()]
+
+
+def unknown_files(directory: Path) -> List[str]:
+    """Top-level names in `directory` that no entry of OUTPUTS names."""
+    top = {o.pattern.split("/")[0] for o in OUTPUTS}
+    return sorted(p.name for p in Path(directory).iterdir()
+                  if not any(fnmatch.fnmatchcase(p.name, pattern) for pattern in top))
+
+
+def outputs_table() -> str:
+    """The table of docs/outputs.md."""
+    lines = ["| file | written by | what it holds | pushed |", "|---|---|---|---|"]
+    for o in OUTPUTS:
+        lines.append(f"| `{o.name}` | {o.writer} | {o.content} | {'yes' if o.pushed else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+# Trainer metric prefixes and the dataset split each one measured.
+SPLIT_NAMES = {"eval": "validation", "test": "test"}
+
+
+@dataclass
+class RunFiles:
+    directory: Path
+    experiment: Dict[str, Any] = field(default_factory=dict)
+    results: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    run_info: Dict[str, Any] = field(default_factory=dict)
+    confusion: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    audit: Optional[str] = None
+    audit_report: Dict[str, Any] = field(default_factory=dict)
+    # Per Trainer prefix (eval, test): what evaluation/analysis.py wrote.
+    slices: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    calibration: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    errors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    operating_points: Dict[str, Any] = field(default_factory=dict)
+    onnx: Dict[str, Any] = field(default_factory=dict)  # onnx/parity.json (python -m facemask export)
+
+
+def read_json(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _split_order(prefix: str) -> tuple:
+    return ({"train": 0, "eval": 1, "test": 2}.get(prefix, 3), prefix)
+
+
+def read_run(directory: str | Path) -> RunFiles:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"run folder not found: {directory}")
+    run = RunFiles(directory)
+    experiment = directory / "experiment.yaml"
+    if experiment.is_file():
+        run.experiment = yaml.safe_load(experiment.read_text(encoding="utf-8")) or {}
+    results = {p.name[: -len("_results.json")]: p for p in directory.glob("*_results.json") if p.name != "all_results.json"}
+    for prefix in sorted(results, key=_split_order):
+        run.results[prefix] = read_json(results[prefix])
+    run.state = read_json(directory / "trainer_state.json")
+    run.model_config = read_json(directory / "config.json")
+    run.run_info = read_json(directory / "run_info.json")
+    if (directory / "data_audit.md").is_file():
+        run.audit = (directory / "data_audit.md").read_text(encoding="utf-8").strip()
+    for path in sorted(directory.glob("*_confusion_matrix.json")):
+        run.confusion[path.name[: -len("_confusion_matrix.json")]] = read_json(path)
+    run.audit_report = read_json(directory / "data_audit.json")
+    for suffix, target in (("_slices.json", run.slices), ("_calibration.json", run.calibration),
+                           ("_errors.json", run.errors), ("_shortcut_test.json", run.shortcut_tests)):
+        for path in sorted(directory.glob(f"*{suffix}"), key=lambda p: _split_order(p.name[: -len(suffix)])):
+            target[path.name[: -len(suffix)]] = read_json(path)
+    run.operating_points = read_json(directory / "operating_points.json")
+    run.onnx = read_json(directory / "onnx" / "parity.json")
+    return run
+
+
+def split_name(prefix: str) -> str:
+    return SPLIT_NAMES.get(prefix, prefix)
