@@ -8,43 +8,29 @@ Writes DIR/<split>_results.json, <split>_predictions.csv, <split>_confusion_matr
 <split>_roc_curve.png and <split>_classification_report.json; DIR defaults to MODEL when it is
 a run folder. --update-card adds the split to the run's model card.
 
-This file shares its name with the `evaluate` library. Python puts a script's folder first on
-sys.path, so the package imports the library through `facemask.metrics.import_evaluate_library`,
-which skips this file; nothing here imports `evaluate`.
+This file shares its name with the `evaluate` library, which nothing in this project imports.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError, DataConfig
-from facemask.data.inspection import inspect_splits
-from facemask.data.prepare import prepare_data
-from facemask.data.shortcuts import FAMILIES, attribute_shortcuts, attribute_values, partial_shortcuts, sharpness_edges
+from facemask.data.audit import flagged_attributes, shortcut_findings
+from facemask.data.shortcuts import FAMILIES
 from facemask.data.sources import resolve_positive_label
-from facemask.evaluation.analysis import analyse_split
-from facemask.evaluation.counterfactuals import shortcut_tests
-from facemask.evaluation.eval_data import from_prepared, load_eval_data, match_labels, remap_labels, sample_names
-from facemask.evaluation.figures import confusion_matrix_png, roc_curve_png
+from facemask.evaluation.eval_data import SplitData, evaluation_split
 from facemask.evaluation.loading import load_model
-from facemask.evaluation.metrics import classification_report, confusion, make_compute_metrics, softmax
-from facemask.evaluation.predict import prediction_rows, write_rows
-from facemask.pipeline.augment import BatchTransform
-from facemask.pipeline.cache import collate_cached
+from facemask.evaluation.split import EvaluatedSplit, evaluate_split, shortcut_test
 from facemask.pipeline.inputs import eval_view
-from facemask.pipeline.per_image import collate
 from facemask.pipeline.processor import processor_image_size
-from facemask.publish.card import write_card
-from facemask.training.arguments import logger, setup_logging
-from facemask.training.performance import dataloader_settings
-from facemask.training.trainer import FaceMaskTrainer
+from facemask.publish.card import add_split_to_card
+from facemask.training.arguments import evaluation_arguments, logger, setup_logging
+from facemask.training.trainer import evaluation_trainer
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -82,114 +68,51 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    import torch
-    from transformers import TrainingArguments
-
     model_dir = Path(args.model).expanduser()
-    local = model_dir.is_dir()
-    if args.update_card and not local:
+    if args.update_card and not model_dir.is_dir():
         raise ConfigError("--update-card needs MODEL to be a local run folder (its card lives there)")
     out_dir = Path(args.output_dir) if args.output_dir else (
-        model_dir if local else Path("outputs") / "eval" / args.model.replace("/", "__"))
-    use_cpu = not torch.cuda.is_available()
-    training_args = TrainingArguments(output_dir=str(out_dir), per_device_eval_batch_size=args.batch_size,
-                                      use_cpu=use_cpu, report_to="none", remove_unused_columns=False,
-                                      label_names=["labels"], disable_tqdm=True,
-                                      **dataloader_settings({"use_cpu": use_cpu}, args.preprocess))
+        model_dir if model_dir.is_dir() else Path("outputs") / "eval" / args.model.replace("/", "__"))
+    training_args = evaluation_arguments(out_dir, args.batch_size, args.preprocess)
     setup_logging(training_args)
     model, processor = load_model(args.model, args.revision, args.backend)
     image_side = processor_image_size(processor)
-    if args.config:
-        cfg = load_config(args.config)
-        prepared = prepare_data(cfg.data, cfg.seed, image_side)  # the splits training carved, copies removed
-        data = from_prepared(prepared.data, args.split)
-        inspections = prepared.inspections.get(args.split)
-        attributes = prepared.attributes.get(args.split)
-        min_side = cfg.data.min_image_side
-    else:
-        data = load_eval_data(args.data, args.split, args.num_images, args.image_size, args.seed)
-        inspections, attributes, min_side = None, None, DataConfig().min_image_side
-    if inspections is None:
-        inspections = inspect_splits({args.split: data.dataset}, data.image_column, min_side, image_side,
-                                     args.cache_dir)[args.split]
-        edges = sharpness_edges([f.sharpness for f in inspections])
-        attributes = [attribute_values(f, edges) for f in inspections]
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    data = remap_labels(data, match_labels(data.labels, id2label), id2label)
-    names = sample_names(data.dataset, data.image_column)
-    pos_label = resolve_positive_label(data.labels, args.positive_label)
+    found, split = evaluation_split(args.split, {int(k): v for k, v in model.config.id2label.items()}, image_side,
+                                    args.data, args.config, args.num_images, args.image_size, args.seed,
+                                    args.cache_dir)
+    pos_label = resolve_positive_label(split.labels, args.positive_label)
+    trainer = evaluation_trainer(model, processor, training_args, args.preprocess, pos_label)
 
-    def view(ds, name):
-        return eval_view(ds, name, data.image_column, data.label_column, processor, args.preprocess, args.cache_dir,
-                         args=training_args)
+    def view(ds: Any, name: str) -> Any:
+        return eval_view(ds, name, split.image_column, found.label_column, processor, args.preprocess,
+                         args.cache_dir, args=training_args)
 
-    if args.preprocess == "cache":
-        collator, transform = collate_cached, BatchTransform(processor, DataConfig(), image_side)
-    else:
-        collator, transform = collate, None
-    trainer = FaceMaskTrainer(model=model, args=training_args, data_collator=collator, processing_class=processor,
-                              compute_metrics=make_compute_metrics(pos_label), batch_transform=transform)
-    output = trainer.predict(view(data.dataset, args.split), metric_key_prefix=args.split)
-    if len(output.label_ids) != len(names):
-        raise RuntimeError(f"evaluated {len(output.label_ids)} samples for {len(names)} images")
-    metrics = output.metrics
-    metrics[f"{args.split}_backend"] = args.backend  # which graph produced these figures, in the results and card
-    trainer.log_metrics(args.split, metrics)
-    trainer.save_metrics(args.split, metrics)
-    probs = softmax(output.predictions)
+    # Which graph produced these figures, in the results and the card.
+    evaluated = evaluate_split(trainer, view(split.dataset, args.split), split, args.split, pos_label, out_dir,
+                               extra_metrics={f"{args.split}_backend": args.backend})
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
-        run_shortcut_test(args, trainer, view, data, inspections, attributes, probs, output.label_ids, image_side,
-                          out_dir)
-    if not trainer.is_world_process_zero():
-        return metrics
-
-    prefix = out_dir / args.split
-    write_rows(prediction_rows(names, output.label_ids, probs, data.labels), Path(f"{prefix}_predictions.csv"))
-    matrix = confusion(output.label_ids, output.predictions, data.labels)
-    Path(f"{prefix}_confusion_matrix.json").write_text(json.dumps(matrix, indent=2) + "\n", encoding="utf-8")
-    report = classification_report(output.label_ids, probs, data.labels)
-    Path(f"{prefix}_classification_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    confusion_matrix_png(matrix, f"{args.split} split", Path(f"{prefix}_confusion_matrix.png"))
-    roc_curve_png(output.label_ids, probs, data.labels, pos_label, f"{args.split} split",
-                  Path(f"{prefix}_roc_curve.png"))
-    analyse_split(args.split, probs, output.label_ids, data.dataset, data.image_column, names, data.labels,
-                  attributes, out_dir)
-    logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split, len(names),
-                data.source, metrics[f"{args.split}_samples_per_second"], training_args.world_size, out_dir)
-    if args.update_card:
-        if out_dir.resolve() != model_dir.resolve():
-            for suffix in ("_results.json", "_confusion_matrix.json", "_slices.json", "_calibration.json",
-                           "_errors.json", "_errors.png", "_shortcut_test.json"):
-                if Path(f"{prefix}{suffix}").is_file():
-                    shutil.copy(f"{prefix}{suffix}", model_dir / f"{args.split}{suffix}")
-        logger.info("model card: %s", write_card(model_dir))
-    return metrics
-
-
-def run_shortcut_test(args, trainer, view, data, inspections, attributes, probs, label_ids, image_side, out_dir):
-    """--shortcut-test: the named attributes, or those an audit of the evaluated data flags."""
-    flagged = list(args.shortcut_test)
-    if not flagged:
-        ok = [k for k, f in enumerate(inspections) if f.status == "ok"]
-        names = [data.labels[label_ids[k]] for k in ok]
-        rules = DataConfig()  # the audit's default rules
-        flagged = [s["attribute"] for s in attribute_shortcuts([inspections[k] for k in ok], names,
-                                                               rules.shortcut_threshold, seed=0)]
-        flagged += [s["attribute"] for s in partial_shortcuts([attributes[k] for k in ok], names,
-                                                              rules.shortcut_min_images, rules.shortcut_purity)]
-        flagged = list(dict.fromkeys(flagged))
-        logger.info("shortcut test: the audit of %s flags %s", data.source, flagged or "nothing")
-
-    def predict(ds, name):
-        return softmax(trainer.predict(view(ds, name), metric_key_prefix="shortcut").predictions)
-
-    tests = shortcut_tests(flagged, args.split, data.dataset, data.image_column, inspections, data.labels,
-                           label_ids, probs, predict, image_side)
+        flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
+        shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)
     if trainer.is_world_process_zero():
-        path = out_dir / f"{args.split}_shortcut_test.json"
-        path.write_text(json.dumps({"flagged": flagged, "tests": tests}, indent=2) + "\n", encoding="utf-8")
+        logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split,
+                    len(split.dataset), found.source, evaluated.metrics[f"{args.split}_samples_per_second"],
+                    training_args.world_size, out_dir)
+        if args.update_card:
+            logger.info("model card: %s", add_split_to_card(model_dir, out_dir, args.split))
+    return evaluated.metrics
+
+
+def audit_flags(split: SplitData, evaluated: EvaluatedSplit, source: str) -> List[str]:
+    """--shortcut-test without names: the attributes the audit's rules flag on the evaluated data."""
+    ok = [k for k, f in enumerate(split.inspections) if f.status == "ok"]
+    names = [split.labels[evaluated.label_ids[k]] for k in ok]
+    found = shortcut_findings([split.inspections[k] for k in ok], [split.attributes[k] for k in ok], names,
+                              DataConfig(), seed=0)
+    flagged = flagged_attributes(found)
+    logger.info("shortcut test: the audit of %s flags %s", source, flagged or "nothing")
+    return flagged
 
 
 if __name__ == "__main__":

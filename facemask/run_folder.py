@@ -104,7 +104,8 @@ PUSH_PATTERNS = [o.pattern for o in OUTPUTS if o.pushed]
 # What evaluate.py --update-card copies from its output folder into the run folder: the split's files.
 SPLIT_OUTPUTS = [o for o in OUTPUTS if o.per_split]
 # Files only a run (train.py) writes: a folder holding one of them, or checkpoints, is a run folder.
-RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, "train_results.json", ALL_RESULTS.name, STATE.name, AUDIT_JSON.name)
+RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, RESULTS.path(Path(), "train").name, ALL_RESULTS.name, STATE.name,
+               AUDIT_JSON.name)
 
 
 def split_files(directory: Path, prefix: str) -> List[Path]:
@@ -127,8 +128,10 @@ def outputs_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-# Trainer metric prefixes and the dataset split each one measured.
-SPLIT_NAMES = {"eval": "validation", "test": "test"}
+# The metric prefix of each split a training run evaluates (as in transformers' example scripts),
+# and the split each prefix measured.
+PREFIXES = {"validation": "eval", "test": "test"}
+SPLIT_NAMES = {prefix: split for split, prefix in PREFIXES.items()}
 
 
 @dataclass
@@ -155,8 +158,19 @@ def read_json(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def write_json(path: Path, payload: Any) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
 def _split_order(prefix: str) -> tuple:
     return ({"train": 0, "eval": 1, "test": 2}.get(prefix, 3), prefix)
+
+
+def _per_split(directory: Path, output: Output, by_name: bool = False) -> Dict[str, Dict[str, Any]]:
+    """{prefix: content} of every file of a per-split output, in split order (or file-name order)."""
+    suffix = output.name[len(PREFIX):]
+    found = {p.name[: -len(suffix)]: p for p in directory.glob(f"*{suffix}") if p.name != ALL_RESULTS.name}
+    return {prefix: read_json(found[prefix]) for prefix in sorted(found, key=None if by_name else _split_order)}
 
 
 def read_run(directory: str | Path) -> RunFiles:
@@ -164,26 +178,23 @@ def read_run(directory: str | Path) -> RunFiles:
     if not directory.is_dir():
         raise FileNotFoundError(f"run folder not found: {directory}")
     run = RunFiles(directory)
-    experiment = directory / "experiment.yaml"
+    experiment = EXPERIMENT.path(directory)
     if experiment.is_file():
         run.experiment = yaml.safe_load(experiment.read_text(encoding="utf-8")) or {}
-    results = {p.name[: -len("_results.json")]: p for p in directory.glob("*_results.json") if p.name != "all_results.json"}
-    for prefix in sorted(results, key=_split_order):
-        run.results[prefix] = read_json(results[prefix])
-    run.state = read_json(directory / "trainer_state.json")
-    run.model_config = read_json(directory / "config.json")
-    run.run_info = read_json(directory / "run_info.json")
-    if (directory / "data_audit.md").is_file():
-        run.audit = (directory / "data_audit.md").read_text(encoding="utf-8").strip()
-    for path in sorted(directory.glob("*_confusion_matrix.json")):
-        run.confusion[path.name[: -len("_confusion_matrix.json")]] = read_json(path)
-    run.audit_report = read_json(directory / "data_audit.json")
-    for suffix, target in (("_slices.json", run.slices), ("_calibration.json", run.calibration),
-                           ("_errors.json", run.errors), ("_shortcut_test.json", run.shortcut_tests)):
-        for path in sorted(directory.glob(f"*{suffix}"), key=lambda p: _split_order(p.name[: -len(suffix)])):
-            target[path.name[: -len(suffix)]] = read_json(path)
-    run.operating_points = read_json(directory / "operating_points.json")
-    run.onnx = read_json(directory / "onnx" / "parity.json")
+    run.results = _per_split(directory, RESULTS)
+    run.state = read_json(STATE.path(directory))
+    run.model_config = read_json(CONFIG.path(directory))
+    run.run_info = read_json(RUN_INFO.path(directory))
+    if AUDIT_MD.path(directory).is_file():
+        run.audit = AUDIT_MD.path(directory).read_text(encoding="utf-8").strip()
+    run.confusion = _per_split(directory, CONFUSION, by_name=True)
+    run.audit_report = read_json(AUDIT_JSON.path(directory))
+    run.slices = _per_split(directory, SLICES)
+    run.calibration = _per_split(directory, CALIBRATION)
+    run.errors = _per_split(directory, ERRORS)
+    run.shortcut_tests = _per_split(directory, SHORTCUT_TEST)
+    run.operating_points = read_json(OPERATING_POINTS.path(directory))
+    run.onnx = read_json(PARITY.path(directory))
     return run
 
 

@@ -17,7 +17,7 @@ PUSHED = {
     "test_confusion_matrix.png", "training_curves.png", "data_audit.json", "data_audit.md",
     "eval_slices.json", "test_slices.json", "eval_calibration.json", "test_calibration.json",
     "eval_calibration.png", "test_calibration.png", "eval_errors.json", "test_errors.json",
-    "operating_points.json", "test_shortcut_test.json",
+    "operating_points.json", "test_shortcut_test.json", "eval_roc_curve.png", "test_roc_curve.png",
 }
 # Error galleries exist where a split had misclassified images.
 GALLERIES = {"eval_errors.png", "test_errors.png"}
@@ -105,11 +105,12 @@ def test_bad_token_stops_before_training(tmp_path, token, message):
 
 
 def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
-    from facemask.publish.hub import OWNED_PATTERNS, stale_paths
+    from facemask.publish.hub import stale_paths
+    from facemask.run_folder import PUSH_PATTERNS
 
-    ours = PUSHED | GALLERIES | {"model-00001-of-00002.safetensors", "onnx/model_quantized.onnx", "eval_roc_curve.png"}
+    ours = PUSHED | GALLERIES | {"model-00001-of-00002.safetensors", "onnx/model_quantized.onnx", "holdout_roc_curve.png"}
     theirs = {"notes.md", "my_plot.png", "photos/test_errors.png", "nested/test_results.json", "onnx/model_fp16.onnx"}
     # Everything a push sends is owned: an earlier copy of any of them goes when the push lacks it.
-    assert stale_paths(ours | theirs, pushed=set(), owned=OWNED_PATTERNS) == sorted(ours)
-    assert stale_paths(ours | theirs, pushed=PUSHED | GALLERIES, owned=OWNED_PATTERNS) == [
-        "eval_roc_curve.png", "model-00001-of-00002.safetensors", "onnx/model_quantized.onnx"]
+    assert stale_paths(ours | theirs, pushed=set(), owned=PUSH_PATTERNS) == sorted(ours)
+    assert stale_paths(ours | theirs, pushed=PUSHED | GALLERIES, owned=PUSH_PATTERNS) == [
+        "holdout_roc_curve.png", "model-00001-of-00002.safetensors", "onnx/model_quantized.onnx"]

@@ -6,10 +6,12 @@ import pytest
 from conftest import REPO
 
 import train
+from facemask import run_folder
 
 
 def run_quickstart(name, tmp_path):
     train.main([str(REPO / "configs" / f"{name}.yaml"), f"training.output_dir={tmp_path / name}"])
+    assert run_folder.unknown_files(tmp_path / name) == []  # every file it wrote is one run_folder.py names
     return json.loads((tmp_path / name / "test_results.json").read_text())
 
 

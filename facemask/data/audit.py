@@ -7,12 +7,14 @@ warnings, and the refusal that stops training.
 
 from __future__ import annotations
 
-import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from facemask.config.schema import DataConfig
+from facemask import run_folder
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.inspection import Inspection
 from facemask.data.shortcuts import attribute_shortcuts, attribute_values, partial_shortcuts
 from facemask.data.sources import PreparedData
 
@@ -25,6 +27,8 @@ BAD_CATEGORIES = {
     "too_small": "smaller than data.min_image_side",
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"}
+logger = logging.getLogger("facemask")
+
 MAX_LISTED_PAIRS = 1000  # pairs within splits listed in data_audit.json (all are counted)
 
 
@@ -93,8 +97,7 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
         "exact_duplicate_pairs": len(exact),
         "near_duplicate_pairs": len(near),
         "near_duplicate_distance": cfg.near_duplicate_distance,
-        "shortcuts": attribute_shortcuts(found, labels, cfg.shortcut_threshold, seed),
-        "partial_shortcuts": partial_shortcuts(values, labels, cfg.shortcut_min_images, cfg.shortcut_purity),
+        **shortcut_findings(found, values, labels, cfg, seed),
         "partial_shortcut_rule": {"min_images": cfg.shortcut_min_images, "purity": cfg.shortcut_purity,
                                   "margin_over_class_share": 0.10},
         "sharpness_edges": edges,
@@ -103,6 +106,15 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
     }
     report["errors"], report["warnings"] = _findings(report)
     return report
+
+
+def shortcut_findings(found: List[Inspection], values: List[Dict[str, str]], labels: List[str], cfg: DataConfig,
+                      seed: int) -> Dict[str, List[Dict[str, Any]]]:
+    """The audit's shortcut rules on usable images: attributes that tell the classes apart over the
+    whole set ("shortcuts") or for a slice of it ("partial_shortcuts"). evaluate.py applies the
+    same rules to the data it evaluates."""
+    return {"shortcuts": attribute_shortcuts(found, labels, cfg.shortcut_threshold, seed),
+            "partial_shortcuts": partial_shortcuts(values, labels, cfg.shortcut_min_images, cfg.shortcut_purity)}
 
 
 def flagged_attributes(report: Dict[str, Any]) -> List[str]:
@@ -213,5 +225,17 @@ def summary_markdown(report: Dict[str, Any]) -> str:
 
 def write_audit(report: Dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "data_audit.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (output_dir / "data_audit.md").write_text(summary_markdown(report), encoding="utf-8")
+    run_folder.write_json(run_folder.AUDIT_JSON.path(output_dir), report)
+    run_folder.AUDIT_MD.path(output_dir).write_text(summary_markdown(report), encoding="utf-8")
+
+
+def check_audit(report: Dict[str, Any], output_dir: Path, main_process: bool = True) -> None:
+    """A run's use of its audit: written into the run folder, its warnings logged, and a
+    ConfigError (naming the full report) when it refuses the data."""
+    if main_process:
+        write_audit(report, output_dir)
+    for warning in report["warnings"]:
+        logger.warning("data audit: %s", warning)
+    reason = refusal(report)
+    if reason:
+        raise ConfigError(f"{reason}\n(full report: {run_folder.AUDIT_JSON.path(output_dir)})")

@@ -25,7 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import cache_root, images_digest, unique_suffix
+from facemask.data.storage import cache_root, images_digest, staged
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 2
@@ -178,9 +178,8 @@ def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_s
             inspections[name] = found
             try:
                 saved[name].parent.mkdir(parents=True, exist_ok=True)
-                partial = saved[name].with_suffix(f".{unique_suffix()}.partial")
-                partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
-                partial.replace(saved[name])
+                with staged(saved[name]) as partial:
+                    partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
             except OSError:
                 pass  # a read-only cache folder costs the next run a re-inspection, nothing else
     return inspections

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -52,3 +54,29 @@ def cache_root(preprocess_dir: Optional[str] = None) -> Path:
     if preprocess_dir:
         return Path(preprocess_dir).expanduser()
     return Path(datasets.config.HF_DATASETS_CACHE) / "facemask-preprocessed"
+
+
+@contextmanager
+def staged(final: Path, folder: bool = False) -> Iterator[Path]:
+    """A temporary name beside `final` (`.<name>.<host>.<pid>.<hex>.partial`) to write to; it
+    becomes `final` only when the block completes, so a crash or an error never leaves a
+    half-written `final`, nor replaces a good one. The temporary file or folder is removed either way.
+
+    Where another process finished the same folder first, its copy stands: the content is the same
+    by construction (the name is a digest of it). A file replaces any earlier one at once.
+    """
+    staging = final.with_name(f".{final.name}.{unique_suffix()}.partial")
+    try:
+        if folder:
+            staging.mkdir(parents=True)
+        yield staging
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if not (folder and final.is_dir()):
+                raise
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Tuple
@@ -319,7 +318,7 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again."""
-    from facemask.data.storage import unique_suffix
+    from facemask.data.storage import staged
 
     folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator_digest()}"
     if (folder / "dataset_info.json").is_file():
@@ -328,15 +327,11 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) 
         except (OSError, ValueError):
             pass  # damaged: draw it again below
     ds = synthetic_dataset(num_images, size, seed)
-    staging = root / f".{folder.name}.{unique_suffix()}.partial"
     try:
-        ds.save_to_disk(str(staging))
-        staging.rename(folder)
+        with staged(folder) as staging:
+            ds.save_to_disk(str(staging))
     except OSError:
         pass  # another process stored it first, or the folder is read-only: the drawn set serves
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return ds
 
 

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional
 import datasets
 import numpy as np
 
-from facemask.evaluation import figures as plots
+from facemask import run_folder
+from facemask.evaluation import figures
 from facemask.evaluation.slices import slice_metrics
 
 logger = logging.getLogger("facemask")
@@ -21,9 +22,6 @@ CALIBRATION_BINS = 15
 GALLERY_SIZE = 16
 TARGET = 0.99  # precision / recall targets of the operating-point table
 
-
-def _write(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
 def calibration(probs: np.ndarray, label_ids: np.ndarray, bins: int = CALIBRATION_BINS) -> Dict[str, Any]:
@@ -95,7 +93,7 @@ def threshold_from(run_dir: Path, value: str) -> float:
         return float(value)
     except ValueError:
         pass
-    path = Path(run_dir) / "operating_points.json"
+    path = run_folder.OPERATING_POINTS.path(run_dir)
     if not path.is_file():
         raise ValueError(f"--threshold {value!r}: not a number, and {path} does not exist")
     table = json.loads(path.read_text(encoding="utf-8"))
@@ -127,17 +125,17 @@ def analyse_split(prefix: str, probs: np.ndarray, label_ids: np.ndarray, dataset
     out: Dict[str, Any] = {}
     if attributes is not None and len(attributes) == len(label_ids):
         out["slices"] = slice_metrics(attributes, label_ids, probs.argmax(axis=1), labels)
-        _write(out_dir / f"{prefix}_slices.json", out["slices"])
+        run_folder.write_json(run_folder.SLICES.path(out_dir, prefix), out["slices"])
     out["calibration"] = calibration(probs, label_ids)
-    _write(out_dir / f"{prefix}_calibration.json", out["calibration"])
-    plots.reliability_png(out["calibration"], f"{prefix} split", out_dir / f"{prefix}_calibration.png")
+    run_folder.write_json(run_folder.CALIBRATION.path(out_dir, prefix), out["calibration"])
+    figures.reliability_png(out["calibration"], f"{prefix} split", run_folder.CALIBRATION_FIGURE.path(out_dir, prefix))
     errors = error_rows(probs, label_ids, names, labels)
-    _write(out_dir / f"{prefix}_errors.json", {"misclassified": int((probs.argmax(axis=1) != label_ids).sum()),
+    run_folder.write_json(run_folder.ERRORS.path(out_dir, prefix), {"misclassified": int((probs.argmax(axis=1) != label_ids).sum()),
                                                 "images": int(len(label_ids)), "worst": errors})
-    gallery = out_dir / f"{prefix}_errors.png"
+    gallery = run_folder.ERRORS_FIGURE.path(out_dir, prefix)
     if errors:
         items = dataset.select([e["row"] for e in errors])[image_column]
-        plots.error_gallery_png([load_image(item, 256) for item in items], errors, gallery)
+        figures.error_gallery_png([load_image(item, 256) for item in items], errors, gallery)
     elif gallery.exists():
         gallery.unlink()  # an earlier evaluation's errors would otherwise stand for this one
     out["errors"] = errors

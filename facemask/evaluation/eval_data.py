@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import datasets
 
-from facemask.config.schema import ConfigError
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError, DataConfig
+from facemask.data.inspection import Inspection, inspect_splits
+from facemask.data.prepare import prepare_data
+from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, label_key, load_image_folder, with_label_ids
 from facemask.data.synthetic import synthetic_dataset
 
@@ -42,6 +46,18 @@ class EvalData:
     label_column: str
     source: str
     split: str
+
+
+@dataclass
+class SplitData:
+    """A split to evaluate: its rows (images undecoded) and what the evaluation reads beside them."""
+
+    dataset: datasets.Dataset
+    labels: List[str]
+    image_column: str
+    attributes: Optional[List[Dict[str, str]]] = None  # per image, for the slices (data/shortcuts.py)
+    inspections: Optional[List[Inspection]] = None  # per image, for the shortcut test
+
 
 
 def _has_split_folders(folder: Path) -> bool:
@@ -101,3 +117,27 @@ def sample_names(ds: datasets.Dataset, image_column: str) -> List[str]:
     """The file each sample came from, or its index for images held in memory."""
     raw = ds.cast_column(image_column, datasets.Image(decode=False))[image_column]
     return [item.get("path") or str(i) if isinstance(item, dict) else str(i) for i, item in enumerate(raw)]
+
+
+def evaluation_split(split: str, id2label: Dict[int, str], image_side: int, data: Optional[str] = None,
+                     config: Optional[str] = None, num_images: int = 1000, image_size: int = 128, seed: int = 1,
+                     cache_dir: Optional[str] = None) -> Tuple[EvalData, SplitData]:
+    """The split evaluate.py evaluates, its classes matched to the model's labels by name: DATA's
+    split, or the split a training config carves (copies removed as training removed them), with
+    each image's inspection and attributes for the slices and the shortcut test."""
+    if config:
+        cfg = load_config(config)
+        prepared = prepare_data(cfg.data, cfg.seed, image_side)
+        found = from_prepared(prepared.data, split)
+        inspections, attributes = prepared.inspections.get(split), prepared.attributes.get(split)
+        min_side = cfg.data.min_image_side
+    else:
+        found = load_eval_data(data, split, num_images, image_size, seed)
+        inspections, attributes, min_side = None, None, DataConfig().min_image_side
+    if inspections is None:
+        inspections = inspect_splits({split: found.dataset}, found.image_column, min_side, image_side,
+                                     cache_dir)[split]
+        edges = sharpness_edges([f.sharpness for f in inspections])
+        attributes = [attribute_values(f, edges) for f in inspections]
+    found = remap_labels(found, match_labels(found.labels, id2label), id2label)
+    return found, SplitData(found.dataset, found.labels, found.image_column, attributes, inspections)

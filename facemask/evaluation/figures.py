@@ -1,9 +1,12 @@
-"""PNG figures for the model card: confusion matrix and training curves (matplotlib, optional)."""
+"""PNG figures of a run (matplotlib, optional): confusion matrix, ROC curve, reliability diagram,
+error gallery and training curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from facemask import run_folder
 
 # PNGs without a timestamp or version stamp, so regenerated figures are byte-identical.
 _PNG_METADATA = {"Software": None}
@@ -42,6 +45,13 @@ def confusion_matrix_png(matrix: Dict[str, Any], title: str, path: Path) -> bool
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
+
+
+def confusion_figure(prefix: str, matrix: Dict[str, Any], directory: Path) -> Optional[str]:
+    """The split's confusion matrix as <prefix>_confusion_matrix.png in `directory`; its name, or
+    None without matplotlib. The evaluation and the card both draw it through here."""
+    path = run_folder.CONFUSION_FIGURE.path(directory, prefix)
+    return path.name if confusion_matrix_png(matrix, f"{run_folder.split_name(prefix)} split", path) else None
 
 
 def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:

@@ -12,8 +12,7 @@ import torch
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from facemask.config.schema import ConfigError
-
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}
+from facemask.run_folder import ONNX_DIR, ONNX_FILES
 
 
 def missing_onnxruntime() -> str:
@@ -52,23 +51,16 @@ class OnnxClassifier(torch.nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-def load_onnx_classifier(model: str, backend: str, revision: Optional[str] = None) -> OnnxClassifier:
-    """The exported graph of a run folder (RUN_DIR/onnx/...) or a Hub model (its onnx/ folder)."""
+def load_onnx_classifier(folder: Path, backend: str, source: Optional[str] = None) -> OnnxClassifier:
+    """The exported graph of a model folder (FOLDER/onnx/...): a run folder, or a Hub model's files
+    (evaluation.loading.model_folder). `source` names the model in the error when there is none."""
     from transformers import AutoConfig
 
-    name = ONNX_FILES[backend]
-    path = Path(model).expanduser()
-    if path.is_dir():
-        graph = path / "onnx" / name
-        if not graph.is_file():
-            hint = " --quantize int8" if backend == "onnx-int8" else ""
-            raise ConfigError(f"{graph} does not exist: export the run first (python -m facemask export {path}{hint})")
-        return OnnxClassifier(graph, AutoConfig.from_pretrained(str(path)))
-    from huggingface_hub import hf_hub_download
-
-    try:
-        graph = hf_hub_download(model, f"onnx/{name}", revision=revision)
-        config = AutoConfig.from_pretrained(model, revision=revision)
-    except Exception as err:  # offline, missing file, unknown repository
-        raise ConfigError(f"cannot load onnx/{name} of '{model}': {str(err).splitlines()[0]}") from None
-    return OnnxClassifier(graph, config)
+    graph = Path(folder) / ONNX_DIR / ONNX_FILES[backend]
+    if not graph.is_file():
+        hint = " --quantize int8" if backend == "onnx-int8" else ""
+        if source is not None and not Path(source).expanduser().exists():
+            raise ConfigError(f"the Hub model '{source}' has no {ONNX_DIR}/{ONNX_FILES[backend]}: export its run "
+                              f"(python -m facemask export RUN_DIR{hint}) and push it again")
+        raise ConfigError(f"{graph} does not exist: export the run first (python -m facemask export {folder}{hint})")
+    return OnnxClassifier(graph, AutoConfig.from_pretrained(str(folder)))

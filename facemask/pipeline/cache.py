@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import images_digest, unique_suffix
+from facemask.data.storage import images_digest, staged
 
 logger = logging.getLogger("facemask")
 
@@ -206,13 +205,10 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
 
     num_proc = num_proc or default_num_proc(len(ds))
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{folder.name}.{unique_suffix()}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     features = datasets.Features({
         "pixels": datasets.Value("binary"), "width": datasets.Value("int32"),
         "height": datasets.Value("int32")})
-    try:
+    with staged(folder, folder=True) as staging:
         built = ds.select_columns([image_column]).map(
             functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor),
             batched=True, batch_size=64, with_indices=True, remove_columns=[image_column], features=features,
@@ -224,13 +220,5 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
         record = {"version": CACHE_VERSION, "spec": spec.__dict__, "images": len(ds), "files": files,
                   "seconds": round(time.perf_counter() - start, 2), "processes": num_proc}
         (staging / "cache.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        try:
-            staging.rename(folder)
-        except OSError:
-            # Another process finished the same cache first; its copy is identical.
-            if not (folder / "cache.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     cached = _load(folder, spec, labels)
     return cached, CacheReport(split, str(folder), len(cached), False, time.perf_counter() - start, num_proc)

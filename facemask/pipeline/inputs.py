@@ -76,6 +76,17 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
     return InputPipeline(splits, collate_cached, clock, transform, reports)
 
 
+def eval_batches(processor: Any, preprocess: str) -> tuple[Callable, Optional[BatchTransform]]:
+    """The collate function and device-batch transform an evaluation Trainer needs for inputs made
+    by `eval_view`: the cache's uint8 batches are normalised on the device; per-image ones arrive ready."""
+    from facemask.config.schema import DataConfig
+    from facemask.pipeline.processor import processor_image_size
+
+    if preprocess == "cache":
+        return collate_cached, BatchTransform(processor, DataConfig(), processor_image_size(processor))
+    return collate, None
+
+
 def eval_view(ds: Any, split: str, image_column: str, label_column: str, processor: Any, preprocess: str,
               preprocess_dir: Optional[str] = None, num_proc: Optional[int] = None,
               args: Optional[TrainingArguments] = None) -> Any:

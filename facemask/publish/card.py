@@ -9,6 +9,7 @@ and the same files always give the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from facemask import CARD_TEMPLATES
 from facemask.config.dump import redact
 from facemask.publish.card_figures import write_figures
-from facemask.run_folder import RunFiles, read_run, split_name
+from facemask.run_folder import CARD, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
 NOT_RECORDED = "not recorded"
@@ -267,8 +268,17 @@ def _section_title(prefix: str) -> str:
 def write_card(run_dir: str | Path, output: Optional[str | Path] = None, model_id: Optional[str] = None) -> Path:
     """Regenerate a run's card (and its figures, beside it); returns the card's path."""
     run = read_run(run_dir)
-    path = Path(output) if output else run.directory / "README.md"
+    path = Path(output) if output else CARD.path(run.directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     figures = write_figures(run, path.parent)
     path.write_text(render_card(run, figures, model_id), encoding="utf-8")
     return path
+
+
+def add_split_to_card(run_dir: Path, evaluated_in: Path, prefix: str) -> Path:
+    """evaluate.py --update-card: the split's files copied into the run folder (when they were
+    written elsewhere) and the card regenerated with the split in it."""
+    if Path(evaluated_in).resolve() != Path(run_dir).resolve():
+        for path in split_files(Path(evaluated_in), prefix):
+            shutil.copy(path, Path(run_dir) / path.name)
+    return write_card(run_dir)

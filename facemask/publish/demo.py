@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from PIL import Image, UnidentifiedImageError
 
 from facemask.publish.card import hub_model_id, model_name
-from facemask.run_folder import RunFiles, read_run, split_name
+from facemask.run_folder import CARD, ONNX_DIR, ONNX_FILES, PUSH_PATTERNS, RunFiles, read_run, split_name
 
 logger = logging.getLogger("facemask")
 
@@ -106,27 +106,6 @@ def run_figures(run: RunFiles) -> List[Tuple[str, Path]]:
     return [(caption, path) for caption, path in figures if path.is_file()]
 
 
-def local_folder(source: str, revision: Optional[str] = None, backend: str = "torch") -> Path:
-    """A run folder as it is, or a Hub model's pushed files downloaded (cached by huggingface_hub)."""
-    from huggingface_hub import snapshot_download
-
-    from facemask.config.schema import ConfigError
-    from facemask.evaluation.onnx_backend import ONNX_FILES
-    from facemask.publish.hub import PUSH_PATTERNS
-
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    patterns = [pattern for pattern in PUSH_PATTERNS if pattern != "README.md"]
-    if backend != "torch":
-        patterns.append(f"onnx/{ONNX_FILES[backend]}")
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
-    except Exception as err:  # offline, unknown repository, no access
-        raise ConfigError(f"'{source}' is neither a run folder nor a Hub model that could be downloaded "
-                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
-
-
 @dataclass
 class Demo:
     """What the page needs: the model, the run's files and the decision rules."""
@@ -179,10 +158,13 @@ class Demo:
 
 
 def load_demo(source: str, backend: str = "torch", revision: Optional[str] = None) -> Demo:
-    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.loading import load_model, model_folder
 
-    folder = local_folder(source, revision, backend)
-    model, processor = load_model(str(folder), backend=backend)
+    # The run's files too, for the metrics tab and the operating points; the card is not needed.
+    patterns = [p for p in PUSH_PATTERNS if p != CARD.name and not p.startswith(f"{ONNX_DIR}/")]
+    patterns += [f"{ONNX_DIR}/{ONNX_FILES[backend]}"] if backend != "torch" else []
+    folder = model_folder(source, revision, patterns)
+    model, processor = load_model(source, backend=backend, folder=folder)
     run = read_run(folder)
     return Demo(source, model, processor, run, backend, decision_rules(run.operating_points))
 

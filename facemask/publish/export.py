@@ -13,7 +13,6 @@ to DIR/parity.json, which the card reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError
+from facemask.data.storage import staged
+from facemask.run_folder import ONNX_DIR, ONNX_FILES, ONNX_GRAPH, ONNX_INT8, PARITY, write_json
 
 logger = logging.getLogger("facemask")
 
@@ -148,15 +149,15 @@ def export(run_dir: str | Path, output: Optional[str | Path] = None, opset: int 
     from facemask.pipeline.processor import processor_image_size
 
     run_dir = Path(run_dir)
-    out = Path(output) if output else run_dir / "onnx"
+    out = Path(output) if output else run_dir / ONNX_DIR
     model, processor = load_model(str(run_dir))
     model = model.float().eval()
     pixels, labels, source = parity_images(run_dir, processor, model.config, data, split, max_images)
     out.mkdir(parents=True, exist_ok=True)
-    final, staged = out / "model.onnx", out / ".model.onnx.partial"
-    try:
-        export_graph(model, processor_image_size(processor), staged, opset)
-        exported = OnnxClassifier(staged, model.config)
+    final = out / ONNX_FILES["onnx"]
+    with staged(final) as graph:
+        export_graph(model, processor_image_size(processor), graph, opset)
+        exported = OnnxClassifier(graph, model.config)
         reference = torch_logits(model, pixels)
         fp32 = compare(reference, onnx_logits(exported, pixels), labels)
         if fp32["max_abs_logit_diff"] > tolerance or fp32["disagreeing_images"]:
@@ -167,43 +168,42 @@ def export(run_dir: str | Path, output: Optional[str | Path] = None, opset: int 
                 f"{fp32['accuracy_onnx']:.4f} (ONNX). Nothing was written to {final}; try another --opset")
         fp32["images_per_s_pytorch"] = images_per_second(lambda x: torch_logits(model, x), pixels)
         fp32["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(exported, x), pixels)
-        staged.replace(final)
-    finally:
-        staged.unlink(missing_ok=True)
     # An int8 graph of an earlier export no longer matches model.onnx: only _quantized may put one back.
-    (out / "model_quantized.onnx").unlink(missing_ok=True)
+    int8_path = out / ONNX_FILES["onnx-int8"]
+    int8_path.unlink(missing_ok=True)
     result: Dict[str, Any] = {"opset": opset, "exporter": f"torch.onnx (dynamo) {torch.__version__}",
                               "images": source, "tolerance": tolerance, "speed_batch": SPEED_BATCH,
-                              "files": ["onnx/model.onnx"], "fp32": fp32}
+                              "files": [ONNX_GRAPH.name], "fp32": fp32}
     if quantize == "int8":
-        result["int8"] = _quantized(final, out / "model_quantized.onnx", model.config, pixels, labels,
-                                    reference, fp32, max_accuracy_drop)
+        result["int8"] = _quantized(final, int8_path, model.config, pixels, labels, reference, fp32, max_accuracy_drop)
         if result["int8"]["kept"]:
-            result["files"].append("onnx/model_quantized.onnx")
-    (out / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
+            result["files"].append(ONNX_INT8.name)
+    write_json(out / PARITY.name.split("/")[-1], result)
     return result
+
+
+class _NotKept(Exception):
+    """Leaves a staged graph unwritten."""
 
 
 def _quantized(source: Path, target: Path, config: Any, pixels: np.ndarray, labels: np.ndarray,
                reference: np.ndarray, fp32: Dict[str, Any], max_drop: float) -> Dict[str, Any]:
     from facemask.evaluation.onnx_backend import OnnxClassifier
 
-    staged = target.with_name(f".{target.name}.partial")
     try:
-        quantize_int8(source, staged)
-        quantized = OnnxClassifier(staged, config)
-        int8 = compare(reference, onnx_logits(quantized, pixels), labels)
-        int8["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(quantized, x), pixels)
-        int8["speedup_vs_onnx_fp32"] = int8["images_per_s_onnx"] / fp32["images_per_s_onnx"]
-        int8["speedup_vs_pytorch"] = int8["images_per_s_onnx"] / fp32["images_per_s_pytorch"]
-        int8["accuracy_drop_points"] = 100 * (int8["accuracy_pytorch"] - int8["accuracy_onnx"])
-        int8["max_accuracy_drop_points"] = max_drop
-        int8["kept"] = int8["accuracy_drop_points"] <= max_drop
-        if int8["kept"]:
-            staged.replace(target)
-        else:
-            logger.warning("int8 model removed: its accuracy dropped %.2f points (allowed %.2f, --max-accuracy-drop)",
-                           int8["accuracy_drop_points"], max_drop)
-    finally:
-        staged.unlink(missing_ok=True)
+        with staged(target) as graph:
+            quantize_int8(source, graph)
+            quantized = OnnxClassifier(graph, config)
+            int8 = compare(reference, onnx_logits(quantized, pixels), labels)
+            int8["images_per_s_onnx"] = images_per_second(lambda x: onnx_logits(quantized, x), pixels)
+            int8["speedup_vs_onnx_fp32"] = int8["images_per_s_onnx"] / fp32["images_per_s_onnx"]
+            int8["speedup_vs_pytorch"] = int8["images_per_s_onnx"] / fp32["images_per_s_pytorch"]
+            int8["accuracy_drop_points"] = 100 * (int8["accuracy_pytorch"] - int8["accuracy_onnx"])
+            int8["max_accuracy_drop_points"] = max_drop
+            int8["kept"] = int8["accuracy_drop_points"] <= max_drop
+            if not int8["kept"]:
+                raise _NotKept
+    except _NotKept:
+        logger.warning("int8 model removed: its accuracy dropped %.2f points (allowed %.2f, --max-accuracy-drop)",
+                       int8["accuracy_drop_points"], max_drop)
     return int8

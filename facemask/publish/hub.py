@@ -9,16 +9,7 @@ from typing import Iterable, List, Optional
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-from facemask.evaluation.onnx_backend import ONNX_FILES
-
-# Top-level files of a run folder that make up the published model. Checkpoints, optimizer and
-# scheduler state, RNG state and training_args.bin (which can hold a hub_token) never leave.
-PUSH_PATTERNS = [
-    "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-    "preprocessor_config.json", "README.md", "*_results.json", "*_confusion_matrix.json", "*.png",
-    "*_slices.json", "*_calibration.json", "*_errors.json", "*_shortcut_test.json", "operating_points.json",
-    "experiment.yaml", "run_info.json", "trainer_state.json", "data_audit.json", "data_audit.md",
-]
+from facemask.run_folder import CONFIG, PUSH_PATTERNS
 
 
 class PushError(RuntimeError):
@@ -50,25 +41,22 @@ def check_write_access(token: Optional[str] = None) -> str:
     return info.get("name", "?")
 
 
-# python -m facemask export's graphs and parity, pushed under onnx/ where transformers.js and Optimum look.
-PUSHED_ONNX_FILES = (*ONNX_FILES.values(), "parity.json")
-
-
-# Remote files a push owns: names this project writes into a run folder. When a push no longer has
-# one (a re-export dropped the int8 graph, a retrained model has fewer shards, a split was not
+# The files a push publishes are those run_folder.OUTPUTS marks `pushed`: the model and what
+# describes it. Checkpoints, optimizer and scheduler state, RNG state and training_args.bin (which
+# can hold a hub_token) never leave. A push also owns those names on the Hub: when it no longer
+# has one (a re-export dropped the int8 graph, a retrained model has fewer shards, a split was not
 # evaluated again), the earlier copy would describe other weights, so the push's commit deletes it
 # (the Hub's history keeps it). Files of other names, a user's own notes or images, are never touched.
-OWNED_PATTERNS = [p for p in PUSH_PATTERNS if p != "*.png"] + [
-    "*_confusion_matrix.png", "*_roc_curve.png", "*_calibration.png", "*_errors.png", "training_curves.png",
-] + [f"onnx/{name}" for name in PUSHED_ONNX_FILES]
 
 
 def stale_paths(remote: Iterable[str], pushed: Iterable[str], owned: Iterable[str]) -> List[str]:
     """The remote files matching `owned` (glob patterns; `*` stays within a folder) that the push lacks."""
     pushed, owned = set(pushed), list(owned)
-    return sorted(path for path in remote if path not in pushed
-                  and any(fnmatch.fnmatchcase(path, pattern) and path.count("/") == pattern.count("/")
-                          for pattern in owned))
+    return sorted(path for path in remote if path not in pushed and _owned(path, owned))
+
+
+def _owned(path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, pattern) and path.count("/") == pattern.count("/") for pattern in patterns)
 
 
 def delete_stale(api: HfApi, repo_id: str, repo_type: str, revision: Optional[str], pushed: Iterable[str],
@@ -84,10 +72,7 @@ def delete_stale(api: HfApi, repo_id: str, repo_type: str, revision: Optional[st
 
 def files_to_push(run_dir: str | Path) -> List[Path]:
     run_dir = Path(run_dir)
-    files = [p for p in run_dir.iterdir()
-             if p.is_file() and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in PUSH_PATTERNS)]
-    files += [run_dir / "onnx" / name for name in PUSHED_ONNX_FILES if (run_dir / "onnx" / name).is_file()]
-    return sorted(files)
+    return sorted(p for p in run_dir.rglob("*") if p.is_file() and _owned(p.relative_to(run_dir).as_posix(), PUSH_PATTERNS))
 
 
 def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,
@@ -95,7 +80,7 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
     """Create the repository if needed and commit the run's model files; returns the commit URL."""
     run_dir = Path(run_dir)
     files = files_to_push(run_dir)
-    if not any(p.name == "config.json" for p in files):
+    if not any(p.name == CONFIG.name for p in files):
         raise PushError(f"{run_dir} holds no config.json: is it a finished run's output folder?")
     api = HfApi(token=token)
     try:
@@ -105,7 +90,7 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
         operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
                       for p in files]
         operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations],
-                                   OWNED_PATTERNS)
+                                   PUSH_PATTERNS)
         commit = api.create_commit(model_id, operations=operations, revision=revision,
                                    commit_message=f"Upload face-mask classifier from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Dict
 
 from transformers import TrainingArguments
@@ -52,6 +53,16 @@ def training_arguments(cfg: ExperimentConfig) -> TrainingArguments:
         return TrainingArguments(**{**_TRAINING_DEFAULTS, **values})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"training: {err}") from None
+
+
+def evaluation_arguments(output_dir: Path, batch_size: int, preprocess: str) -> TrainingArguments:
+    """TrainingArguments for predicting only (evaluate.py): on a GPU when there is one, quiet."""
+    import torch
+
+    use_cpu = not torch.cuda.is_available()
+    return TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size, use_cpu=use_cpu,
+                             report_to="none", disable_tqdm=True, **_TRAINING_DEFAULTS,
+                             **dataloader_settings({"use_cpu": use_cpu}, preprocess))
 
 
 def log_dataloader(cfg: ExperimentConfig, args: TrainingArguments) -> None:

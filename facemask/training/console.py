@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-LOG_FILE = "train_log.jsonl"
+from facemask.run_folder import TRAIN_LOG
+
 _SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
 
 
@@ -57,7 +58,7 @@ class ConsoleProgress(TrainerCallback):
             return
         if args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
+            with open(TRAIN_LOG.path(args.output_dir), "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
         if "loss" in logs and self.bar is not None:
             self.bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', 0):.3g}", refresh=False)

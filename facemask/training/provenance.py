@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shlex
 import subprocess
+from pathlib import Path
 from typing import Any, Dict, List
 
 from transformers import TrainingArguments
@@ -13,7 +15,10 @@ from transformers import TrainingArguments
 from facemask import REPO
 from facemask.config.schema import ExperimentConfig
 from facemask.data.sources import PreparedData
+from facemask.run_folder import EXPERIMENT, RUN_INFO, write_json
 from facemask.training.arguments import effective_batch_size
+
+logger = logging.getLogger("facemask")
 
 
 def git_state() -> Dict[str, Any]:
@@ -53,17 +58,11 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
 def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig) -> Dict[str, Any]:
     """What the card needs to say about a run and that its other files do not hold."""
     import platform
-
-    import accelerate
-    import datasets
-    import huggingface_hub
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     from facemask import __version__
     from facemask.config.dump import redact
     from facemask.data.sources import class_counts
-    from facemask.evaluation.metrics import evaluate
 
     return {
         "command": redact(" ".join(["python", "train.py", *map(shlex.quote, argv)])),
@@ -80,9 +79,22 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
                 for split, ds in data.splits.items()
             },
         },
-        "versions": {
-            "Python": platform.python_version(), "PyTorch": torch.__version__, "Transformers": transformers.__version__,
-            "Datasets": datasets.__version__, "Evaluate": evaluate.__version__, "Accelerate": accelerate.__version__,
-            "huggingface_hub": huggingface_hub.__version__, "facemask": __version__,
-        },
+        # Read from the installed distributions: importing a library only to ask its version is slow.
+        "versions": {"Python": platform.python_version(),
+                     **{name: version(dist) for name, dist in LIBRARIES.items()}, "facemask": __version__},
     }
+
+
+# The card's "Framework versions": the libraries a run is made of, by their distribution names.
+LIBRARIES = {"PyTorch": "torch", "Transformers": "transformers", "Datasets": "datasets", "Accelerate": "accelerate",
+             "huggingface_hub": "huggingface_hub"}
+
+
+def write_run_record(output_dir: Path, info: Dict[str, Any], resolved_config: str, resuming: bool) -> None:
+    """experiment.yaml (the resolved config) and run_info.json, before training starts."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    experiment = EXPERIMENT.path(output_dir)
+    if resuming and experiment.is_file() and experiment.read_text(encoding="utf-8") != resolved_config:
+        logger.warning("resuming with a configuration that differs from the interrupted run's experiment.yaml")
+    experiment.write_text(resolved_config, encoding="utf-8")
+    write_json(RUN_INFO.path(output_dir), info)

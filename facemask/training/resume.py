@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from facemask import REPO
 from facemask.config.schema import ConfigError
+from facemask.run_folder import CHECKPOINTS, EXPERIMENT, RESULTS, RUN_MARKERS, STATE
 
 
 def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def latest_checkpoint(output_dir: Path) -> Optional[str]:
     trainer_state.json (the Trainer's last write), which cannot be resumed from."""
     if not output_dir.is_dir():
         return None
-    complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    complete = [p for p in output_dir.glob(CHECKPOINTS.name) if STATE.path(p).is_file()
                 and p.name.split("-")[-1].isdigit()]
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
@@ -43,9 +44,9 @@ def previous_run(output_dir: Path) -> Optional[str]:
     """What an earlier run left in output_dir: 'finished', 'interrupted', or None for nothing."""
     if not output_dir.is_dir():
         return None
-    if (output_dir / "train_results.json").is_file():
+    if RESULTS.path(output_dir, "train").is_file():
         return "finished"
-    if any(output_dir.glob("checkpoint-*")) or (output_dir / "experiment.yaml").is_file():
+    if any(output_dir.glob(CHECKPOINTS.name)) or EXPERIMENT.path(output_dir).is_file():
         return "interrupted"
     return None
 
@@ -58,7 +59,7 @@ def resolve_resume(output_dir: Path, resume: Optional[str], overwrite: bool) -> 
             raise ConfigError(f"--resume: {output_dir} holds no complete checkpoint-* folder to resume from")
         return checkpoint
     if resume:
-        if not (Path(resume) / "trainer_state.json").is_file():
+        if not STATE.path(Path(resume)).is_file():
             raise ConfigError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
         return resume
     state = previous_run(output_dir)
@@ -69,10 +70,6 @@ def resolve_resume(output_dir: Path, resume: Optional[str], overwrite: bool) -> 
             "training.output_dir"
         )
     return None
-
-
-RUN_MARKERS = ("experiment.yaml", "run_info.json", "train_results.json", "all_results.json", "trainer_state.json",
-               "data_audit.json")
 
 
 def overwrite_refusal(output_dir: Path) -> Optional[str]:
@@ -87,7 +84,7 @@ def overwrite_refusal(output_dir: Path) -> Optional[str]:
             return f"--overwrite would delete {target}, which is {name} or holds it; choose a run's own output folder"
     if not target.is_dir() or not any(target.iterdir()):
         return None
-    if any((target / marker).is_file() for marker in RUN_MARKERS) or any(target.glob("checkpoint-*")):
+    if any((target / marker).is_file() for marker in RUN_MARKERS) or any(target.glob(CHECKPOINTS.name)):
         return None
     return (f"--overwrite: {target} holds files but no run's (no {', '.join(RUN_MARKERS[:3])}, checkpoint-*): "
             "it was not made by train.py, so it is left alone; choose another training.output_dir")
@@ -101,3 +98,16 @@ def clear_output_dir(output_dir: Path) -> None:
     if output_dir.is_dir():
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def claim_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool, main_process: bool) -> Optional[str]:
+    """train.py's use of the run folder: the checkpoint to resume from (None: a fresh run), after
+    --overwrite emptied the folder. Every process checks, so none goes on alone; the main one deletes."""
+    checkpoint = resolve_resume(output_dir, resume, overwrite)
+    if overwrite:
+        reason = overwrite_refusal(output_dir)
+        if reason:
+            raise ConfigError(reason)
+        if main_process:
+            clear_output_dir(output_dir)
+    return checkpoint

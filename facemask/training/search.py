@@ -124,16 +124,11 @@ def write_tables(rows: List[Dict[str, Any]], folder: Path) -> None:
 def run_search(config: str, overrides: List[str], trials: int, output: Optional[str] = None,
                overwrite: bool = False) -> Dict[str, Any]:
     import optuna
-    from transformers import set_seed
 
-    from facemask.data.prepare import prepare_data
-    from facemask.pipeline.inputs import prepare_inputs
-    from facemask.pipeline.processor import load_image_processor, processor_image_size
     from facemask.recipe.build import build_recipe
-    from facemask.training.arguments import setup_logging, training_arguments
     from facemask.training.modeling import build_model
     from facemask.training.performance import uses_gpu
-    from facemask.training.trainer import build_trainer
+    from facemask.training.setup import RunSetup
 
     cfg = load_config(config, overrides)
     space = parse_space(cfg.search.space)
@@ -159,13 +154,10 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     trial_training = {**cfg.training, "output_dir": str(folder / "trials"), "save_strategy": "no",
                       "load_best_model_at_end": False, "report_to": "none"}
     cfg.training = trial_training
-    args = training_arguments(cfg)
-    setup_logging(args)
-    set_seed(args.seed)
-    processor = load_image_processor(cfg.model)
-    data = prepare_data(cfg.data, args.seed, processor_image_size(processor)).data
-    pipeline = prepare_inputs(data, processor, cfg, args)
-    if "validation" not in pipeline.splits:
+    run = RunSetup.start(cfg)
+    args = run.args
+    data = run.load_data().data
+    if "validation" not in data.splits:
         raise ConfigError("a search needs a validation split to score trials: set data.validation_split > 0")
 
     def config_for(values: Dict[str, Any]) -> ExperimentConfig:
@@ -177,12 +169,12 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
         model_cfg = config_for(suggest(space, trial)).model if trial is not None else cfg.model
         return build_model(model_cfg, data.id2label, data.label2id, gpu=uses_gpu(cfg.training))
 
-    trainer = build_trainer(None, args, data, processor, cfg, pipeline, model_init=model_init)
+    trainer = run.build(model_init=model_init)
     train_labels = list(data.splits["train"][data.label_column])
 
     def setup(values: Dict[str, Any]) -> None:
         trial_cfg = config_for(values)
-        trainer.recipe = build_recipe(trial_cfg, data.labels, train_labels, args.process_index, processor)
+        trainer.recipe = build_recipe(trial_cfg, data.labels, train_labels, args.process_index, run.processor)
         if trainer.batch_transform is not None:
             trainer.batch_transform.cfg = trial_cfg.data
 

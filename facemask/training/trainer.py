@@ -13,7 +13,7 @@ from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.sources import PreparedData, resolve_positive_label
 from facemask.evaluation.metrics import make_compute_metrics
 from facemask.pipeline.augment import BatchTransform
-from facemask.pipeline.inputs import AugmentationEpochCallback, InputPipeline
+from facemask.pipeline.inputs import AugmentationEpochCallback, InputPipeline, eval_batches
 from facemask.recipe.balance import BalancedSampler
 from facemask.recipe.build import Recipe, RecordedEarlyStopping, build_recipe
 from facemask.recipe.ema import WeightAverage
@@ -224,6 +224,14 @@ def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, proce
     )
     console.install(trainer)
     return trainer
+
+
+def evaluation_trainer(model: Any, processor: Any, args: TrainingArguments, preprocess: str,
+                       pos_label: int) -> FaceMaskTrainer:
+    """A Trainer that only predicts (evaluate.py), reading inputs made by `pipeline.inputs.eval_view`."""
+    collator, transform = eval_batches(processor, preprocess)
+    return FaceMaskTrainer(model=model, args=args, data_collator=collator, processing_class=processor,
+                           compute_metrics=make_compute_metrics(pos_label), batch_transform=transform)
 
 
 def early_stopping_record(trainer: FaceMaskTrainer) -> Dict[str, Any]:

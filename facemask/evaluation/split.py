@@ -1,0 +1,93 @@
+"""The one evaluation of a split, used by train.py (eval and test) and evaluate.py alike.
+
+`evaluate_split` predicts the split with the run's Trainer and writes every per-split file the
+run folder names (run_folder.SPLIT_OUTPUTS): results, predictions, confusion matrix (JSON and
+figure), classification report, ROC curve, slices, calibration and the error gallery.
+`write_operating_points` and `shortcut_test` then read what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import datasets
+import numpy as np
+
+from facemask import run_folder
+from facemask.evaluation.analysis import analyse_split, operating_points
+from facemask.evaluation.counterfactuals import shortcut_tests
+from facemask.evaluation.eval_data import SplitData, sample_names
+from facemask.evaluation.figures import confusion_figure, roc_curve_png
+from facemask.evaluation.metrics import classification_report, confusion, softmax
+from facemask.evaluation.predict import prediction_rows, write_rows
+
+logger = logging.getLogger("facemask")
+
+
+@dataclass
+class EvaluatedSplit:
+    prefix: str
+    metrics: Dict[str, Any]
+    probs: np.ndarray
+    label_ids: np.ndarray
+
+
+def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_label: int, out_dir: Path,
+                   extra_metrics: Optional[Dict[str, Any]] = None, log_history: bool = False) -> EvaluatedSplit:
+    """Predict `view` (the split as the Trainer reads it) and write the split's files into out_dir.
+
+    Every process predicts its share (the Trainer gathers them); only the main one writes.
+    `log_history` records the metrics in the Trainer's log history first, as `evaluate()` does.
+    """
+    output = trainer.predict(view, metric_key_prefix=prefix)
+    names = sample_names(split.dataset, split.image_column)
+    if len(output.label_ids) != len(names):
+        raise RuntimeError(f"evaluated {len(output.label_ids)} samples for {len(names)} images")
+    metrics = {**output.metrics, **(extra_metrics or {})}
+    if log_history:
+        trainer.log(metrics)  # also adds the epoch to the metrics
+    trainer.log_metrics(prefix, metrics)
+    trainer.save_metrics(prefix, metrics)
+    probs, labels = softmax(output.predictions), split.labels
+    if trainer.is_world_process_zero():
+        out_dir = Path(out_dir)
+        write_rows(prediction_rows(names, output.label_ids, probs, labels), run_folder.PREDICTIONS.path(out_dir, prefix))
+        matrix = confusion(output.label_ids, output.predictions, labels)
+        run_folder.write_json(run_folder.CONFUSION.path(out_dir, prefix), matrix)
+        confusion_figure(prefix, matrix, out_dir)
+        run_folder.write_json(run_folder.REPORT.path(out_dir, prefix),
+                              classification_report(output.label_ids, probs, labels))
+        roc_curve_png(output.label_ids, probs, labels, pos_label, f"{run_folder.split_name(prefix)} split",
+                      run_folder.ROC_FIGURE.path(out_dir, prefix))
+        analyse_split(prefix, probs, output.label_ids, split.dataset, split.image_column, names, labels,
+                      split.attributes, out_dir)
+    return EvaluatedSplit(prefix, metrics, probs, output.label_ids)
+
+
+def write_operating_points(validation: EvaluatedSplit, test: Optional[EvaluatedSplit], pos_label: int,
+                           labels: List[str], out_dir: Path) -> Optional[Dict[str, Any]]:
+    """Thresholds chosen on validation, with their validation and test metrics (binary tasks)."""
+    as_dict = lambda e: {"probs": e.probs, "label_ids": e.label_ids}  # noqa: E731
+    table = operating_points(as_dict(validation), as_dict(test) if test else None, pos_label, labels)
+    if table is not None:
+        run_folder.write_json(run_folder.OPERATING_POINTS.path(out_dir), table)
+    return table
+
+
+def shortcut_test(trainer: Any, view: Callable[[datasets.Dataset, str], Any], flagged: List[str], split: SplitData,
+                  evaluated: EvaluatedSplit, image_side: int, out_dir: Path) -> List[Dict[str, Any]]:
+    """The split predicted again with each flagged attribute family neutralised (see
+    evaluation/counterfactuals.py); `view` turns a changed copy into what the Trainer reads."""
+
+    def predict(ds: datasets.Dataset, name: str) -> np.ndarray:
+        return softmax(trainer.predict(view(ds, name), metric_key_prefix="shortcut").predictions)
+
+    tests = shortcut_tests(flagged, evaluated.prefix, split.dataset, split.image_column, split.inspections,
+                           split.labels, evaluated.label_ids, evaluated.probs, predict, image_side)
+    if trainer.is_world_process_zero():
+        run_folder.write_json(run_folder.SHORTCUT_TEST.path(out_dir, evaluated.prefix),
+                              {"flagged": flagged, "tests": tests})
+    return tests

@@ -1,0 +1,72 @@
+"""One run set-up, shared by train.py and the search: config -> arguments -> logging -> seed ->
+image processor -> data (audited, split) -> the inputs the Trainer reads -> model -> Trainer.
+
+    run = RunSetup.start(cfg)     # arguments and logging: nothing read or written yet
+    run.load_data()               # seed, processor, data (the main process first, the others read what it kept)
+    run.build()                   # inputs, model (or model_init) and the Trainer
+
+Between the steps a caller does what is its own: train.py claims the run folder after `start`
+and checks the data audit after `load_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from transformers import TrainingArguments, set_seed
+
+from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.data.prepare import Prepared, prepare_data
+from facemask.pipeline.inputs import InputPipeline, prepare_inputs
+from facemask.pipeline.processor import load_image_processor, processor_image_size
+from facemask.training.arguments import setup_logging, training_arguments
+from facemask.training.modeling import build_model
+from facemask.training.performance import uses_gpu
+from facemask.training.trainer import FaceMaskTrainer, build_trainer
+
+
+@dataclass
+class RunSetup:
+    cfg: ExperimentConfig
+    args: TrainingArguments
+    processor: Any = None
+    prepared: Optional[Prepared] = None
+    pipeline: Optional[InputPipeline] = None
+    model: Any = None
+    trainer: Optional[FaceMaskTrainer] = None
+
+    @classmethod
+    def start(cls, cfg: ExperimentConfig) -> "RunSetup":
+        args = training_arguments(cfg)
+        setup_logging(args)
+        return cls(cfg, args)
+
+    @property
+    def main_process(self) -> bool:
+        return self.args.process_index == 0
+
+    @property
+    def image_side(self) -> int:
+        return processor_image_size(self.processor)
+
+    def load_data(self) -> Prepared:
+        set_seed(self.args.seed)
+        self.processor = load_image_processor(self.cfg.model)
+        with self.args.main_process_first(desc="data audit"):
+            # The main process draws (synthetic), inspects and keeps; the others then read what it kept.
+            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side)
+        if "validation" not in self.prepared.data.splits and self.args.eval_strategy != "no":
+            raise ConfigError("there is no validation split: set data.validation_split > 0 or "
+                              "training.eval_strategy=no")
+        return self.prepared
+
+    def build(self, model_init: Optional[Callable[..., Any]] = None) -> FaceMaskTrainer:
+        """The inputs, then the model (unless `model_init` builds one per trial), then the Trainer."""
+        data = self.prepared.data
+        if model_init is None:
+            self.model = build_model(self.cfg.model, data.id2label, data.label2id, gpu=uses_gpu(self.cfg.training))
+        self.pipeline = prepare_inputs(data, self.processor, self.cfg, self.args)
+        self.trainer = build_trainer(self.model, self.args, data, self.processor, self.cfg, self.pipeline,
+                                     model_init=model_init)
+        return self.trainer

@@ -1,0 +1,58 @@
+"""One owner for every output name: run_folder.py names what a run writes, and everything that reads,
+copies, pushes or documents a run folder follows it."""
+
+import fnmatch
+import json
+
+from conftest import REPO, tiny_config
+
+import train
+from facemask import run_folder
+from facemask.publish.hub import files_to_push
+
+
+def test_docs_outputs_table_is_the_registry():
+    page = (REPO / "docs" / "outputs.md").read_text(encoding="utf-8")
+    start = page.index("<!-- outputs table")
+    table = page[page.index("\n", start) + 1:page.index("<!-- end of outputs table -->")]
+    assert table == run_folder.outputs_table()
+
+
+def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(tmp_path):
+    out = tmp_path / "out"
+    train.main([str(tiny_config(tmp_path)), "training.save_strategy=steps", "training.save_steps=2"])
+    assert run_folder.unknown_files(out) == []
+    for prefix in ("eval", "test"):
+        present = {o.name for o in run_folder.SPLIT_OUTPUTS if o.path(out, prefix).is_file()}
+        # Every per-split file but the gallery, which exists only when images were misclassified, and
+        # the shortcut test, which runs on the split that reports the headline number (test).
+        expected = {o.name for o in run_folder.SPLIT_OUTPUTS} - {run_folder.ERRORS_FIGURE.name}
+        if prefix == "eval":
+            expected.discard(run_folder.SHORTCUT_TEST.name)
+        assert expected <= present, expected - present
+        matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())["matrix"]
+        rows = (out / f"{prefix}_predictions.csv").read_text().splitlines()
+        assert len(rows) - 1 == sum(map(sum, matrix)) > 0
+    for output in (run_folder.CONFIG, run_folder.WEIGHTS, run_folder.PROCESSOR, run_folder.EXPERIMENT,
+                   run_folder.RUN_INFO, run_folder.TRAIN_LOG, run_folder.STATE, run_folder.ALL_RESULTS,
+                   run_folder.AUDIT_JSON, run_folder.AUDIT_MD, run_folder.OPERATING_POINTS, run_folder.CARD):
+        assert output.path(out).is_file(), output.name
+    assert any(out.glob(run_folder.CHECKPOINTS.name))
+    # A push sends exactly the files marked pushed: no checkpoint, no training_args.bin, no predictions.
+    pushed = {p.relative_to(out).as_posix() for p in files_to_push(out)}
+    assert pushed == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                      and any(fnmatch.fnmatchcase(p.relative_to(out).as_posix(), pattern)
+                              and p.relative_to(out).as_posix().count("/") == pattern.count("/")
+                              for pattern in run_folder.PUSH_PATTERNS)}
+    assert not {"training_args.bin", "eval_predictions.csv"} & pushed and all("checkpoint" not in p for p in pushed)
+    # A file no writer names is reported.
+    (out / "notes.txt").write_text("mine")
+    assert run_folder.unknown_files(out) == ["notes.txt"]
+
+
+def test_the_reader_reads_every_per_split_json_the_evaluation_writes(tmp_path):
+    run_folder.write_json(run_folder.CONFUSION.path(tmp_path, "holdout"), {"labels": ["a", "b"], "matrix": [[1, 0], [0, 1]]})
+    run_folder.write_json(run_folder.RESULTS.path(tmp_path, "holdout"), {"holdout_accuracy": 1.0})
+    run_folder.write_json(run_folder.ALL_RESULTS.path(tmp_path), {"holdout_accuracy": 1.0})
+    run = run_folder.read_run(tmp_path)
+    assert list(run.results) == ["holdout"] and run.confusion["holdout"]["labels"] == ["a", "b"]
