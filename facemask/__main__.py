@@ -1,6 +1,12 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
 predict (classify image files), audit (check a config's data), search (hyperparameters), export (ONNX),
-demo (a Gradio page for a run or a Hub model), space (that page as a Hugging Face Space)."""
+demo (a Gradio page for a run or a Hub model), space (that page as a Hugging Face Space).
+
+Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
+Exit codes: 0 done; 1 the work failed (a push refused, an export whose parity fails, a skipped
+input, an audit that refuses the data); 2 a usage or config error (bad arguments, a config key or
+value, a model, run folder or data that cannot be found).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+from facemask.config.schema import ConfigError
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -35,25 +43,18 @@ def _push(args: argparse.Namespace) -> int:
         write_card(args.run_dir, model_id=args.model_id)
         url = push_run(args.run_dir, args.model_id, private=args.private, revision=args.revision)
     except PushError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _failed(err)
     print(f"pushed {args.run_dir} to {url}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from facemask.config.schema import ConfigError
+    from facemask.data.sources import resolve_positive_label
+    from facemask.evaluation.analysis import threshold_from
     from facemask.evaluation.loading import load_model
     from facemask.evaluation.predict import collect_paths, format_rows, predict_files, write_rows
 
-    try:
-        model, processor = load_model(args.model, backend=args.backend)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from facemask.data.sources import resolve_positive_label
-    from facemask.evaluation.analysis import threshold_from
-
+    model, processor = load_model(args.model, backend=args.backend)
     threshold = None
     if args.threshold is not None or args.positive_label is not None:
         try:
@@ -64,8 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
                 raise ValueError("--threshold needs a model with two labels")
             threshold = threshold_from(Path(args.model), args.threshold)
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise ConfigError(str(err)) from None
     paths, skipped = collect_paths(args.paths)
     rows, unreadable = predict_files(model, processor, paths, args.batch_size, threshold, args.positive_label)
     skipped += unreadable
@@ -83,22 +83,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from facemask.config.loading import load_config
-    from facemask.config.schema import ConfigError
     from facemask.data.audit import refusal, summary_markdown, write_audit
     from facemask.data.prepare import prepare_data
     from facemask.pipeline.processor import load_image_processor, processor_image_size
+    from facemask.run_folder import AUDIT_JSON
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        cfg.data.audit = True
-        side = processor_image_size(load_image_processor(cfg.model))
-        report = prepare_data(cfg.data, cfg.seed, side).report
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    cfg.data.audit = True
+    side = processor_image_size(load_image_processor(cfg.model))
+    report = prepare_data(cfg.data, cfg.seed, side).report
     write_audit(report, cfg.output_dir)
     print(summary_markdown(report))
-    print(f"full report: {cfg.output_dir / 'data_audit.json'}")
+    print(f"full report: {AUDIT_JSON.path(cfg.output_dir)}")
     reason = refusal(report)
     if reason:
         print(reason, file=sys.stderr)
@@ -107,15 +103,14 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from facemask.config.schema import ConfigError
     from facemask.publish.export import ExportError, export
+    from facemask.run_folder import ONNX_DIR, PARITY
 
     try:
         result = export(args.run_dir, args.output, args.opset, args.quantize, args.tolerance,
                         args.max_accuracy_drop, args.data, args.split, args.max_images)
-    except (ConfigError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ExportError as err:
+        return _failed(err)
     fp32 = result["fp32"]
     print(f"parity on {result['images']}: max |logit difference| {fp32['max_abs_logit_diff']:.2g}, top-1 agreement "
           f"{fp32['top1_agreement']:.4f}, accuracy {fp32['accuracy_pytorch']:.4f} (PyTorch) / "
@@ -126,8 +121,8 @@ def _export(args: argparse.Namespace) -> int:
         verdict = "kept" if int8["kept"] else f"removed (over --max-accuracy-drop {int8['max_accuracy_drop_points']})"
         print(f"int8: accuracy {int8['accuracy_onnx']:.4f} ({-int8['accuracy_drop_points']:+.2f} points), "
               f"{int8['speedup_vs_onnx_fp32']:.2f}x the fp32 graph's speed: {verdict}")
-    out = Path(args.output) if args.output else Path(args.run_dir) / "onnx"
-    print(f"wrote {', '.join(result['files'])} and parity.json to {out}")
+    out = Path(args.output) if args.output else Path(args.run_dir) / ONNX_DIR
+    print(f"wrote {', '.join(result['files'])} and {Path(PARITY.name).name} to {out}")
     return 0
 
 
@@ -140,41 +135,41 @@ def _bool(value: str) -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from facemask.config.schema import ConfigError
     from facemask.publish.demo import launch
 
     if args.host not in ("127.0.0.1", "localhost"):
         print(f"warning: --host {args.host}: the page is reachable from other machines", file=sys.stderr)
-    try:
-        launch(args.model, args.host, args.port, args.share, args.backend, args.revision)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    launch(args.model, args.host, args.port, args.share, args.backend, args.revision)
     return 0
 
 
 def _space(args: argparse.Namespace) -> int:
     from facemask.publish.hub import PushError, check_write_access
     from facemask.publish.space import push_space, space_files, space_model_id, write_space
+    from facemask.run_folder import SPACE_DIR
 
     try:
         model_id = space_model_id(args.run_dir, args.model_id)
         files = space_files(args.run_dir, model_id, args.revision)
-        folder = write_space(files, args.output or Path(args.run_dir) / "space")
+        folder = write_space(files, args.output or SPACE_DIR.path(Path(args.run_dir)))
         print(f"wrote the Space's {len(files)} files to {folder}")
         if args.no_push:
             return 0
         check_write_access()
         url = push_space(files, args.space_id, folder, model_id, args.revision, private=args.private)
     except PushError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _failed(err)
     print(f"pushed the Space {args.space_id}: {url}\nIt loads {model_id} from the Hub; a private model needs a Space "
           "secret HF_TOKEN that can read it.")
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _failed(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write the synthetic face-mask set as an image folder")
@@ -221,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "with onnxruntime on the CPU")
     predict.set_defaults(func=_predict)
 
-    from facemask.publish.export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE
+    from facemask.publish.export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE  # no torch
 
     export = commands.add_parser("export", help="export a run to ONNX, with parity checked on its validation images")
     export.add_argument("run_dir")
@@ -260,14 +255,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     space_visibility.add_argument("--public", dest="private", action="store_false")
     space.set_defaults(func=_space)
     search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
-    from facemask.training.search import add_arguments, command
+    from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
 
     add_arguments(search)
     search.set_defaults(func=command)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from facemask.config.schema import ConfigError
+
 PREFIX = "<prefix>"  # a split's metric prefix in a per-split name: eval, test, or evaluate.py's --split
 
 
@@ -41,7 +43,8 @@ def _split(suffix: str, content: str, pushed: bool = True, writer: str = "train.
 
 # The model, as transformers writes it (Trainer.save_model).
 CONFIG = Output("config.json", "Trainer.save_model", "the model's config, with the class names (id2label)", True)
-WEIGHTS = Output("model.safetensors", "Trainer.save_model", "the weights (the EMA's, when recipe.ema_decay is on)", True)
+WEIGHTS = Output("model.safetensors", "Trainer.save_model", "the weights (the EMA's, when recipe.ema_decay is on)",
+                 True)
 SHARDS = Output("model-*-of-*.safetensors", "Trainer.save_model", "the weights in shards (large models)", True)
 SHARD_INDEX = Output("model.safetensors.index.json", "Trainer.save_model", "which shard holds which weight", True)
 PROCESSOR = Output("preprocessor_config.json", "Trainer.save_model", "the image processor (resize, normalise)", True)
@@ -91,6 +94,11 @@ PARITY = Output("onnx/parity.json", "`python -m facemask export`",
                 "parity of the graphs with PyTorch on the validation images, accuracy, speed", True)
 # python -m facemask space.
 SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as pushed (a folder)", False)
+
+# python -m facemask search: its own folder (default OUTPUT_DIR-search), not a run folder.
+SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD = "search_trials.csv", "search_trials.md"
+SEARCH_BEST_CONFIG, SEARCH_STUDY = "best_config.yaml", "search.db"
+SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_CONFIG)
 
 OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, STATE,
@@ -176,7 +184,7 @@ def _per_split(directory: Path, output: Output, by_name: bool = False) -> Dict[s
 def read_run(directory: str | Path) -> RunFiles:
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"run folder not found: {directory}")
+        raise ConfigError(f"run folder not found: {directory}: point at a training run's output folder")
     run = RunFiles(directory)
     experiment = EXPERIMENT.path(directory)
     if experiment.is_file():

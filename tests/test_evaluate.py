@@ -45,12 +45,6 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_loading_the_script_leaves_the_library_in_place():
-    import evaluate
-
-    assert hasattr(evaluate, "Metric") and evaluate is not evaluate_script
-
-
 def test_results_match_the_predictions_csv(run_dir, eval_folder, tmp_path, capsys):
     out = tmp_path / "eval"
     metrics = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out)])
@@ -241,7 +235,10 @@ def test_evaluation_writes_slices_calibration_and_errors(run_dir, eval_folder, t
     slices = json.loads((out / "test_slices.json").read_text())
     assert slices["overall"]["images"] == 41 and {"file format", "sharpness"} <= set(slices["attributes"])
     formats = {s["value"]: s["images"] for s in slices["attributes"]["file format"]}
-    assert formats == {"JPEG": 21, "PNG": 20} or sum(formats.values()) == 41
+    # The folder's own files decide the expected split per format (the synth CLI mixes JPEG and PNG).
+    on_disk = {"JPEG": len(list(eval_folder.rglob("*.jpg"))), "PNG": len(list(eval_folder.rglob("*.png")))}
+    assert on_disk["JPEG"] > 0 and on_disk["PNG"] > 0 and sum(on_disk.values()) == 41
+    assert formats == on_disk
     errors = json.loads((out / "test_errors.json").read_text())
     rows = read_csv(out / "test_predictions.csv")
     wrong = [r for r in rows if r["true_label"] != r["predicted_label"]]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from conftest import REPO, tiny_config
@@ -17,8 +18,6 @@ from fake_hub import FakeHub
 import train
 from facemask.__main__ import main as cli
 from facemask.publish.export import ExportError, export
-
-onnxruntime = pytest.importorskip("onnxruntime")
 
 _spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
 evaluate_script = importlib.util.module_from_spec(_spec)

@@ -9,9 +9,10 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import datasets
+if TYPE_CHECKING:  # imported where used: the CLI's --help reaches this module through export's defaults
+    import datasets
 
 
 def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
@@ -53,6 +54,8 @@ def cache_root(preprocess_dir: Optional[str] = None) -> Path:
     """The configured cache folder, else one beside datasets' own cache."""
     if preprocess_dir:
         return Path(preprocess_dir).expanduser()
+    import datasets
+
     return Path(datasets.config.HF_DATASETS_CACHE) / "facemask-preprocessed"
 
 

@@ -130,8 +130,9 @@ def analyse_split(prefix: str, probs: np.ndarray, label_ids: np.ndarray, dataset
     run_folder.write_json(run_folder.CALIBRATION.path(out_dir, prefix), out["calibration"])
     figures.reliability_png(out["calibration"], f"{prefix} split", run_folder.CALIBRATION_FIGURE.path(out_dir, prefix))
     errors = error_rows(probs, label_ids, names, labels)
-    run_folder.write_json(run_folder.ERRORS.path(out_dir, prefix), {"misclassified": int((probs.argmax(axis=1) != label_ids).sum()),
-                                                "images": int(len(label_ids)), "worst": errors})
+    misclassified = int((probs.argmax(axis=1) != label_ids).sum())
+    run_folder.write_json(run_folder.ERRORS.path(out_dir, prefix),
+                          {"misclassified": misclassified, "images": int(len(label_ids)), "worst": errors})
     gallery = run_folder.ERRORS_FIGURE.path(out_dir, prefix)
     if errors:
         items = dataset.select([e["row"] for e in errors])[image_column]

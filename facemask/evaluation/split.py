@@ -54,7 +54,8 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
     probs, labels = softmax(output.predictions), split.labels
     if trainer.is_world_process_zero():
         out_dir = Path(out_dir)
-        write_rows(prediction_rows(names, output.label_ids, probs, labels), run_folder.PREDICTIONS.path(out_dir, prefix))
+        rows = prediction_rows(names, output.label_ids, probs, labels)
+        write_rows(rows, run_folder.PREDICTIONS.path(out_dir, prefix))
         matrix = confusion(output.label_ids, output.predictions, labels)
         run_folder.write_json(run_folder.CONFUSION.path(out_dir, prefix), matrix)
         confusion_figure(prefix, matrix, out_dir)

@@ -1,9 +1,7 @@
 """Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
 
-Only files are read (experiment.yaml, *_results.json, trainer_state.json, config.json,
-run_info.json, *_confusion_matrix.json, data_audit.md/.json, the analysis files *_slices.json,
-*_calibration.json, *_errors.json(+.png), *_shortcut_test.json, operating_points.json), never the model, so a card can be regenerated anywhere
-and the same files always give the same bytes.
+Only the run folder's files are read (run_folder.read_run), never the model, so a card can be
+regenerated anywhere and the same files always give the same bytes.
 """
 
 from __future__ import annotations

@@ -19,7 +19,18 @@ from typing import Any, Dict, List, Optional, Tuple
 from PIL import Image, UnidentifiedImageError
 
 from facemask.publish.card import hub_model_id, model_name
-from facemask.run_folder import CARD, ONNX_DIR, ONNX_FILES, PUSH_PATTERNS, RunFiles, read_run, split_name
+from facemask.run_folder import (
+    CARD,
+    CONFUSION_FIGURE,
+    CURVES_FIGURE,
+    ERRORS_FIGURE,
+    ONNX_DIR,
+    ONNX_FILES,
+    PUSH_PATTERNS,
+    RunFiles,
+    read_run,
+    split_name,
+)
 
 logger = logging.getLogger("facemask")
 
@@ -98,11 +109,11 @@ def run_figures(run: RunFiles) -> List[Tuple[str, Path]]:
     """The run's confusion matrices, error galleries and training curves that exist, with captions."""
     figures = []
     for prefix in sorted(run.confusion, key=lambda p: p != "test"):
-        figures.append((f"Confusion matrix, {split_name(prefix)} split", run.directory / f"{prefix}_confusion_matrix.png"))
+        figures.append((f"Confusion matrix, {split_name(prefix)} split", CONFUSION_FIGURE.path(run.directory, prefix)))
     for prefix, errors in sorted(run.errors.items(), key=lambda item: item[0] != "test"):
         figures.append((f"Worst errors, {split_name(prefix)} split ({errors.get('misclassified', '?')} of "
-                        f"{errors.get('images', '?')} misclassified)", run.directory / f"{prefix}_errors.png"))
-    figures.append(("Training curves", run.directory / "training_curves.png"))
+                        f"{errors.get('images', '?')} misclassified)", ERRORS_FIGURE.path(run.directory, prefix)))
+    figures.append(("Training curves", CURVES_FIGURE.path(run.directory)))
     return [(caption, path) for caption, path in figures if path.is_file()]
 
 

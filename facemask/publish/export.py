@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError
 from facemask.data.storage import staged
 from facemask.run_folder import ONNX_DIR, ONNX_FILES, ONNX_GRAPH, ONNX_INT8, PARITY, write_json
+
+if TYPE_CHECKING:  # torch is imported where it is used: `python -m facemask --help` reads this module's defaults
+    import torch
 
 logger = logging.getLogger("facemask")
 
@@ -72,6 +74,8 @@ def parity_images(run_dir: Path, processor: Any, model_config: Any, data: Option
 
 
 def torch_logits(model: torch.nn.Module, pixels: np.ndarray, batch: int = SPEED_BATCH) -> np.ndarray:
+    import torch
+
     with torch.inference_mode():
         return np.concatenate([model(pixel_values=torch.from_numpy(pixels[i:i + batch])).logits.float().numpy()
                                for i in range(0, len(pixels), batch)])
@@ -109,6 +113,8 @@ def export_graph(model: torch.nn.Module, side: int, path: Path, opset: int) -> N
     the exporter's decomposition rejects ("Cannot view a tensor with shape ..."), and below opset 23
     ONNX has no attention operator, so either path becomes the same MatMul/Softmax. Parity is then
     checked against the model as it was trained, attention included."""
+    import torch
+
     example = torch.zeros(2, 3, side, side)
     batch = torch.export.Dim("batch", min=1)
     trained_attention = model.config._attn_implementation
@@ -144,6 +150,8 @@ def export(run_dir: str | Path, output: Optional[str | Path] = None, opset: int 
            max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, data: Optional[str] = None,
            split: str = "validation", max_images: Optional[int] = None) -> Dict[str, Any]:
     """Export, check parity (and quantize); returns what parity.json holds."""
+    import torch
+
     from facemask.evaluation.loading import load_model
     from facemask.evaluation.onnx_backend import OnnxClassifier
     from facemask.pipeline.processor import processor_image_size

@@ -72,7 +72,8 @@ def delete_stale(api: HfApi, repo_id: str, repo_type: str, revision: Optional[st
 
 def files_to_push(run_dir: str | Path) -> List[Path]:
     run_dir = Path(run_dir)
-    return sorted(p for p in run_dir.rglob("*") if p.is_file() and _owned(p.relative_to(run_dir).as_posix(), PUSH_PATTERNS))
+    return sorted(p for p in run_dir.rglob("*")
+                  if p.is_file() and _owned(p.relative_to(run_dir).as_posix(), PUSH_PATTERNS))
 
 
 def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 from facemask.config.dump import to_yaml
 from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.run_folder import SEARCH_BEST_CONFIG, SEARCH_FILES, SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD
 
 logger = logging.getLogger("facemask")
 
@@ -112,13 +113,35 @@ def write_tables(rows: List[Dict[str, Any]], folder: Path) -> None:
     columns: List[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(folder / "search_trials.csv", "w", newline="", encoding="utf-8") as f:
+    with open(folder / SEARCH_TRIALS_CSV, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (folder / "search_trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / SEARCH_TRIALS_MD).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _claim_folder(folder: Path, overwrite: bool) -> Path:
+    """The search's folder, emptied of an earlier search's files with --overwrite (and only of them)."""
+    if (folder / SEARCH_TRIALS_CSV).is_file() or (folder / SEARCH_STUDY).is_file():
+        if not overwrite:
+            raise ConfigError(f"{folder} already holds a search: pass --overwrite to replace it, or --output")
+        for name in SEARCH_FILES:
+            (folder / name).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _objective(cfg: ExperimentConfig) -> tuple[str, str]:
+    """The metric a trial is judged by and its direction: search.metric / search.direction, else
+    eval_<training.metric_for_best_model> in its natural direction."""
+    metric_name = cfg.training.get("metric_for_best_model") or "loss"
+    metric = cfg.search.metric or (metric_name if metric_name.startswith("eval_") else f"eval_{metric_name}")
+    direction = cfg.search.direction or ("minimize" if metric.endswith("loss") else "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"bad value for 'search.direction': expected maximize or minimize, got {direction!r}")
+    return metric, direction
 
 
 def run_search(config: str, overrides: List[str], trials: int, output: Optional[str] = None,
@@ -137,20 +160,8 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
             trial_config(config, overrides, {key: value})
     if any(key.startswith("data.") for key in space) and cfg.data.preprocess != "cache":
         raise ConfigError("searching data.* augmentation keys needs data.preprocess=cache")
-    folder = Path(output) if output else Path(f"{cfg.output_dir}-search")
-    if (folder / "search_trials.csv").is_file() or (folder / "search.db").is_file():
-        if not overwrite:
-            raise ConfigError(f"{folder} already holds a search: pass --overwrite to replace it, or --output")
-        # Only the files a search writes; anything else in the folder stays.
-        for name in ("search.db", "search_trials.csv", "search_trials.md", "best_config.yaml"):
-            (folder / name).unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    metric_name = cfg.training.get("metric_for_best_model") or "loss"
-    metric = cfg.search.metric or (metric_name if metric_name.startswith("eval_") else f"eval_{metric_name}")
-    direction = cfg.search.direction or ("minimize" if metric.endswith("loss") else "maximize")
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"bad value for 'search.direction': expected maximize or minimize, got {direction!r}")
+    folder = _claim_folder(Path(output) if output else Path(f"{cfg.output_dir}-search"), overwrite)
+    metric, direction = _objective(cfg)
     trial_training = {**cfg.training, "output_dir": str(folder / "trials"), "save_strategy": "no",
                       "load_best_model_at_end": False, "report_to": "none"}
     cfg.training = trial_training
@@ -179,7 +190,7 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
             trainer.batch_transform.cfg = trial_cfg.data
 
     trainer.search_setup = (lambda trial: suggest(space, trial), setup)
-    storage = f"sqlite:///{(folder / 'search.db').resolve()}"
+    storage = f"sqlite:///{(folder / SEARCH_STUDY).resolve()}"
     # Two complete trials before any is judged: one earlier trial is no median.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if cfg.search.pruner == "median" else \
         optuna.pruners.NopPruner()
@@ -199,13 +210,13 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     rows = trials_table(study, metric, space)
     write_tables(rows, folder)
     best_values = config_values(space, best.hyperparameters)
-    best_cfg = trial_config(config, overrides, best_values)
+    path = folder / SEARCH_BEST_CONFIG
     header = (f"# Best of {trials} search trials (python -m facemask search {config} --trials {trials}):\n"
               f"# trial {best.run_id}, {metric} {best.objective:.6g} at its last evaluation; values searched:\n"
               + "".join(f"#   {k}: {v}\n" for k, v in best_values.items())
-              + f"#   python train.py {folder / 'best_config.yaml'}\n"
+              + f"#   python train.py {path}\n"
               "# Expected: not measured as a full run (the trials kept no checkpoint).\n")
-    (folder / "best_config.yaml").write_text(header + to_yaml(best_cfg), encoding="utf-8")
+    path.write_text(header + to_yaml(trial_config(config, overrides, best_values)), encoding="utf-8")
     logger.info("search: best trial %s, %s = %.6g; wrote %s", best.run_id, metric, best.objective, folder)
     return {"best": best_values, "objective": best.objective, "trials": rows, "folder": str(folder)}
 
@@ -219,13 +230,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    import sys
-
-    try:
-        if args.trials < 1:
-            raise ConfigError("--trials must be at least 1")
-        run_search(args.config, args.overrides, args.trials, args.output, args.overwrite)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """`python -m facemask search`; a ConfigError is the CLI's to report (exit code 2)."""
+    if args.trials < 1:
+        raise ConfigError("--trials must be at least 1")
+    run_search(args.config, args.overrides, args.trials, args.output, args.overwrite)
     return 0
