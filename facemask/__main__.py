@@ -264,7 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in commands:
+        # Each subcommand parses its own arguments, options and `key=value` overrides in any order
+        # (argparse cannot parse intermixed through subparsers).
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")
     try:

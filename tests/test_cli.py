@@ -1,12 +1,15 @@
 """python -m facemask: subcommands load lazily, and one exit code per kind of error."""
 
+import json
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+import yaml
+from conftest import REPO, tiny_config
 
 from facemask.__main__ import build_parser, main
+from facemask.config.loading import load_config
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -48,3 +51,40 @@ def test_bad_arguments_exit_2():
     with pytest.raises(SystemExit) as done:
         main(["predict"])
     assert done.value.code == 2
+
+
+def test_train_takes_options_and_overrides_in_any_order(tmp_path):
+    import train
+
+    config = tiny_config(tmp_path)
+    train.main([str(config), "training.max_steps=1"])
+    # An option before an override: the override must still apply (one step more is two).
+    results = train.main([str(config), "--overwrite", "training.max_steps=2", "data.test_split=0"])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and "test" not in results
+    # `--resume KEY=VALUE` gives the override back, in its place: the later override wins.
+    from facemask.training.resume import parse_args
+
+    args = parse_args([str(config), "training.seed=1", "--resume", "training.seed=2"], "")
+    assert args.resume == "latest" and args.overrides == ["training.seed=1", "training.seed=2"]
+
+
+def test_search_takes_options_and_overrides_in_any_order(tmp_path):
+    config = tiny_config(tmp_path, training={"max_steps": 2, "eval_strategy": "steps", "eval_steps": 2})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["search"] = {"space": {"training.learning_rate": {"log_uniform": [1.0e-4, 1.0e-2]}}}
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "found"
+    assert main(["search", str(config), "--trials", "1", "training.max_steps=1", "--output", str(out),
+                 "training.logging_steps=1"]) == 0
+    best = load_config(out / "best_config.yaml")
+    assert best.training["max_steps"] == 1 and best.training["logging_steps"] == 1
+
+
+def test_audit_takes_options_and_overrides_in_any_order(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    report = tmp_path / "audited"
+    # audit's only positional before its overrides is the config; it has no options of its own.
+    assert main(["audit", str(config), f"training.output_dir={report}", "data.synthetic_num_images=40"]) == 0
+    audit = json.loads((report / "data_audit.json").read_text())
+    assert audit["checked_images"] == 40

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,10 +21,14 @@ def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespac
                         help="continue the run in training.output_dir from its latest checkpoint, or from CHECKPOINT")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete what training.output_dir holds and start the run over")
-    args = parser.parse_args(argv)
-    # `--resume section.key=value` would take the override as a checkpoint path: give it back.
+    # Options and overrides in any order: `CONFIG --overwrite training.x=1` as well as the other way.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_intermixed_args(argv)
+    # `--resume section.key=value` would take the override as a checkpoint path: give it back, in
+    # its place on the command line (a later override wins over an earlier one).
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
-        args.overrides.insert(0, args.resume)
+        given = set(args.overrides) | {args.resume}
+        args.overrides = [arg for arg in argv if arg in given]
         args.resume = "latest"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
