@@ -25,7 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import cache_root, images_digest, staged
+from facemask.data.storage import Damaged, cache_root, discard, images_digest, staged
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 2
@@ -164,14 +164,30 @@ def saved_inspections_path(ds: datasets.Dataset, image_column: str, min_side: in
     return cache_root(preprocess_dir) / f"audit-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
 
 
+def _read_saved(path: Path, images: int) -> List[Inspection]:
+    """Kept inspections, checked: one per image of the split, each readable."""
+    try:
+        found = [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a file cut short is not valid JSON
+        raise Damaged(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if len(found) != images:
+        raise Damaged(f"it holds {len(found)} inspections for {images} images")
+    return found
+
+
 def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_side: int, image_side: int,
                    preprocess_dir: Optional[str] = None) -> Dict[str, List[Inspection]]:
     """Each split's inspections, in row order: read back where kept, else computed and kept."""
     splits = {name: ds.cast_column(image_column, datasets.Image(decode=False)) for name, ds in splits.items()}
     saved = {name: saved_inspections_path(ds, image_column, min_side, image_side, preprocess_dir)
              for name, ds in splits.items()}
-    inspections = {name: [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
-                   for name, path in saved.items() if path.is_file()}
+    inspections = {}
+    for name, path in saved.items():
+        if path.is_file():
+            try:
+                inspections[name] = _read_saved(path, len(splits[name]))
+            except Damaged as err:
+                discard(path, str(err))
     todo = {name: ds for name, ds in splits.items() if name not in inspections}
     if todo:
         for name, found in _inspect_splits(todo, image_column, min_side, image_side).items():

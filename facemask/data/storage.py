@@ -1,15 +1,21 @@
 """Where kept data lives on disk: the cache root, unique temporary names for a write that ends in
-a rename, and a digest of a split's stored images.
+a rename (and the clean-up of those a killed process left), discarding a damaged entry, and a
+digest of a split's stored images.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional
+
+logger = logging.getLogger("facemask")
 
 if TYPE_CHECKING:  # imported where used: the CLI's --help reaches this module through export's defaults
     import datasets
@@ -43,9 +49,8 @@ def images_digest(ds: datasets.Dataset, image_column: str) -> str:
 
 def unique_suffix() -> str:
     """A temporary name's suffix no other process makes, on this host or another one sharing the
-    filesystem (PIDs repeat across nodes)."""
+    filesystem (PIDs repeat across nodes): <host>.<pid>.<8 hex digits>."""
     import secrets
-    import socket
 
     return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
 
@@ -83,3 +88,53 @@ def staged(final: Path, folder: bool = False) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
         else:
             staging.unlink(missing_ok=True)
+
+
+class Damaged(Exception):
+    """A kept entry (cache, inspections, drawn set) that does not read back as it was written."""
+
+
+def discard(path: Path, why: str) -> None:
+    """A damaged entry that this project wrote under its cache root: warned about by name, moved
+    aside at once (so no other reader opens it) and deleted; the caller builds it again."""
+    logger.warning("%s is damaged (%s): rebuilding it", path, why)
+    aside = path.with_name(f".{path.name}.{unique_suffix()}.partial")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return  # another process discarded it first
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_partials(root: Path) -> List[Path]:
+    """Remove from `root` what `staged` left behind for a process of this host that has died (a
+    run killed while it built a cache): never one of a live process, nor of another host sharing
+    the folder, whose processes cannot be seen from here. Returns the removed paths, each logged."""
+    if not root.is_dir():
+        return []
+    mine = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}\.(\d+)\.[0-9a-f]{{8}}\.partial$")
+    removed = []
+    for path in sorted(root.iterdir()):
+        found = mine.match(path.name)
+        if found is None or _pid_alive(int(found.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        logger.info("removed %s, left by process %s of this host, which is no longer running", path, found.group(1))
+        removed.append(path)
+    return removed

@@ -28,12 +28,12 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import images_digest, staged
+from facemask.data.storage import Damaged, discard, images_digest, staged
 
 logger = logging.getLogger("facemask")
 
 # Bump when the stored representation changes, so old caches are never read as new ones.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: cache.json records each file's bytes and rows, checked on every open
 # Training images are stored at this multiple of the model's side: 256 px for a 224 px model.
 DEFAULT_SCALE = 8 / 7
 _MIN_IMAGES_PER_PROCESS = 500
@@ -186,10 +186,26 @@ def default_num_proc(num_images: int) -> int:
 
 
 def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
-    record = json.loads((folder / "cache.json").read_text(encoding="utf-8"))
-    parts = [datasets.Dataset.from_file(str(folder / name)) for name in record["files"]]
-    table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    return CachedImages(table, spec, labels, folder)
+    """The cache as its record (cache.json) describes it; Damaged when a file's size or rows differ
+    from the record (a copy cut short, a full disk) or a file cannot be read at all."""
+    try:
+        record = json.loads((folder / "cache.json").read_text(encoding="utf-8"))
+        parts = []
+        for name, expected in record["files"].items():
+            size = (folder / name).stat().st_size
+            if size != expected["bytes"]:
+                raise Damaged(f"{name} holds {size} bytes, its record says {expected['bytes']}")
+            part = datasets.Dataset.from_file(str(folder / name))
+            if len(part) != expected["rows"]:
+                raise Damaged(f"{name} holds {len(part)} images, its record says {expected['rows']}")
+            parts.append(part)
+        table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        return CachedImages(table, spec, labels, folder)
+    except Damaged:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as err:
+        # pyarrow's ArrowInvalid is a ValueError; a truncated record batch an OSError.
+        raise Damaged(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_column: str, spec: CacheSpec,
@@ -200,8 +216,11 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     folder = root / f"{spec.mode}-{spec.side}px-{key}"
     labels = ds.select_columns([label_column]).with_format("numpy")[label_column]
     if (folder / "cache.json").is_file():
-        cached = _load(folder, spec, labels)
-        return cached, CacheReport(split, str(folder), len(cached), True, time.perf_counter() - start, 0)
+        try:
+            cached = _load(folder, spec, labels)
+            return cached, CacheReport(split, str(folder), len(cached), True, time.perf_counter() - start, 0)
+        except Damaged as err:
+            discard(folder, str(err))
 
     num_proc = num_proc or default_num_proc(len(ds))
     root.mkdir(parents=True, exist_ok=True)
@@ -215,7 +234,10 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
             num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(staging / "pixels.arrow"),
             writer_batch_size=256, desc=f"caching {split} images", load_from_cache_file=False,
             new_fingerprint=key)
-        files = sorted(Path(f["filename"]).name for f in built.cache_files)
+        files = {}
+        for name in sorted(Path(f["filename"]).name for f in built.cache_files):
+            rows = len(datasets.Dataset.from_file(str(staging / name)))
+            files[name] = {"bytes": (staging / name).stat().st_size, "rows": rows}
         del built
         record = {"version": CACHE_VERSION, "spec": spec.__dict__, "images": len(ds), "files": files,
                   "seconds": round(time.perf_counter() - start, 2), "processes": num_proc}

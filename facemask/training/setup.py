@@ -18,6 +18,7 @@ from transformers import TrainingArguments, set_seed
 
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.prepare import Prepared, prepare_data
+from facemask.data.storage import cache_root, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
 from facemask.pipeline.processor import load_image_processor, processor_image_size
 from facemask.training.arguments import setup_logging, training_arguments
@@ -51,6 +52,9 @@ class RunSetup:
         return processor_image_size(self.processor)
 
     def load_data(self) -> Prepared:
+        if self.args.local_process_index == 0:
+            # What a killed run left half-written under the cache root goes before this one adds to it.
+            remove_stale_partials(cache_root(self.cfg.data.preprocess_dir))
         set_seed(self.args.seed)
         self.processor = load_image_processor(self.cfg.model)
         with self.args.main_process_first(desc="data audit"):
