@@ -10,7 +10,8 @@ from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and star
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Optional
+from contextlib import nullcontext
+from typing import Any, Dict, List, Optional
 
 from facemask.config.dump import to_yaml
 from facemask.config.loading import load_config
@@ -23,7 +24,7 @@ from facemask.training.arguments import log_batch_size, log_dataloader, logger
 from facemask.training.final_evaluation import evaluate_trained
 from facemask.training.performance import switches_record
 from facemask.training.provenance import run_info, write_run_record
-from facemask.training.resume import claim_output_dir, parse_args
+from facemask.training.resume import RunLock, claim_output_dir, parse_args
 from facemask.training.setup import RunSetup
 from facemask.training.trainer import early_stopping_record
 
@@ -34,6 +35,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     args = parse_args(argv, __doc__)
     cfg = load_config(args.config, args.overrides)
     run = RunSetup.start(cfg)
+    # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
+    with RunLock(cfg.output_dir) if run.main_process else nullcontext():
+        return train(run, args, argv)
+
+
+def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, float]]:
+    cfg = run.cfg
     checkpoint = claim_output_dir(cfg.output_dir, args.resume, args.overwrite, run.main_process)
     log_batch_size(run.args)
     log_dataloader(cfg, run.args)

@@ -5,6 +5,7 @@ process's or another host's."""
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,10 +13,10 @@ import sys
 import datasets
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 import train
-from facemask.config.schema import ModelConfig
+from facemask.config.schema import ConfigError, ModelConfig
 from facemask.data.inspection import inspect_splits
 from facemask.data.storage import remove_stale_partials
 from facemask.data.synthetic import stored_synthetic_dataset, synthetic_dataset
@@ -115,3 +116,50 @@ def test_a_run_starts_by_removing_what_a_killed_run_left(tmp_path):
     (stale / "pixels.arrow").write_bytes(b"\0" * 1000)
     train.main([str(tiny_config(tmp_path)), f"data.preprocess_dir={cache}"])
     assert not stale.exists() and any(cache.glob("train-*"))
+
+
+def _lock_of(tmp_path, host, pid):
+    out = tmp_path / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({"host": host, "pid": pid, "started": "2026-11-29T10:00:00+00:00",
+                                              "command": "train.py earlier.yaml"}))
+    return out
+
+
+def test_a_second_run_into_a_folder_in_use_stops_and_names_the_first(tmp_path):
+    config = tiny_config(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.')\n"
+        "from pathlib import Path\n"
+        "from facemask.training.resume import RunLock\n"
+        f"lock = RunLock(Path({str(tmp_path / 'out')!r})).acquire()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n")], cwd=str(REPO), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"is in use by another run \(process {holder.pid} on "
+                                              rf"{re.escape(socket.gethostname())}, started .*\): wait for it"):
+            train.main([str(config), "--overwrite"])
+        assert (tmp_path / "out" / "run.lock").is_file()  # the first run's lock, untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed, its process holds nothing: the next run takes the lock over, says so, and runs.
+    train.main([str(config)])
+    assert (tmp_path / "out" / "train_results.json").is_file() and not (tmp_path / "out" / "run.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over(tmp_path, caplog):
+    out = _lock_of(tmp_path, socket.gethostname(), _dead_pid())
+    with caplog.at_level(logging.WARNING, logger="facemask"):
+        train.main([str(tiny_config(tmp_path))])
+    assert "which is no longer running" in caplog.text and "train.py earlier.yaml" in caplog.text
+    assert (out / "train_results.json").is_file() and not (out / "run.lock").exists()
+
+
+def test_a_lock_of_another_host_is_left_alone(tmp_path):
+    out = _lock_of(tmp_path, "another-node", 4242)
+    with pytest.raises(ConfigError, match=r"locked by a run on host another-node .* delete .*run.lock"):
+        train.main([str(tiny_config(tmp_path))])
+    assert json.loads((out / "run.lock").read_text())["host"] == "another-node"
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]

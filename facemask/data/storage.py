@@ -109,7 +109,8 @@ def discard(path: Path, why: str) -> None:
         aside.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that PID is running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,7 +130,7 @@ def remove_stale_partials(root: Path) -> List[Path]:
     removed = []
     for path in sorted(root.iterdir()):
         found = mine.match(path.name)
-        if found is None or _pid_alive(int(found.group(1))):
+        if found is None or pid_alive(int(found.group(1))):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import fcntl
+import json
+import logging
+import os
 import shutil
+import socket
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from facemask import REPO
 from facemask.config.schema import ConfigError
-from facemask.run_folder import CHECKPOINTS, EXPERIMENT, RESULTS, RUN_MARKERS, STATE
+from facemask.data.storage import pid_alive
+from facemask.run_folder import CHECKPOINTS, EXPERIMENT, LOCK, RESULTS, RUN_MARKERS, STATE
+
+logger = logging.getLogger("facemask")
 
 
 def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
@@ -87,7 +96,7 @@ def overwrite_refusal(output_dir: Path) -> Optional[str]:
     for name, place in protected.items():
         if target == place or target in place.parents:
             return f"--overwrite would delete {target}, which is {name} or holds it; choose a run's own output folder"
-    if not target.is_dir() or not any(target.iterdir()):
+    if not target.is_dir() or not any(p.name != LOCK.name for p in target.iterdir()):
         return None
     if any((target / marker).is_file() for marker in RUN_MARKERS) or any(target.glob(CHECKPOINTS.name)):
         return None
@@ -100,9 +109,14 @@ def clear_output_dir(output_dir: Path) -> None:
     reason = overwrite_refusal(output_dir)
     if reason:
         raise ConfigError(reason)
-    if output_dir.is_dir():
-        shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for path in output_dir.iterdir():
+        if path.name == LOCK.name:
+            continue  # this run's own lock, held while it writes
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def claim_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool, main_process: bool) -> Optional[str]:
@@ -116,3 +130,89 @@ def claim_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool, m
         if main_process:
             clear_output_dir(output_dir)
     return checkpoint
+
+
+class RunLock:
+    """The lock a run holds on its output folder while it writes (run_folder.LOCK: host, PID and
+    start time). A second run into a locked folder stops with a message naming the first; a lock
+    left by a dead process of this host is taken over with a warning; one of another host is left
+    alone (its processes cannot be seen from here). Only a distributed run's main process takes it.
+
+    The file is locked with flock, which the kernel releases when its process dies, and its
+    content says whose it is: on a file system without flock, the content still decides."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = LOCK.path(output_dir)
+        self._fd: Optional[int] = None
+        self._made_folder = False
+
+    def acquire(self) -> "RunLock":
+        self._made_folder = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_lock(fd)
+                os.close(fd)
+                self._made_folder = False
+                raise ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for "
+                                  "it to end, or choose another training.output_dir") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break  # not a file the previous holder removed while this one opened it
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        holder = _read_lock(fd)
+        if holder and holder.get("pid") != os.getpid():
+            if holder.get("host") != socket.gethostname():
+                os.close(fd)
+                self._made_folder = False
+                raise ConfigError(f"{self.path.parent} is locked by a run on host {holder.get('host')} "
+                                  f"({_describe(holder)}); if that run is over, delete {self.path}")
+            if isinstance(holder.get("pid"), int) and pid_alive(holder["pid"]):
+                os.close(fd)
+                self._made_folder = False
+                raise ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for "
+                                  "it to end, or choose another training.output_dir")
+            logger.warning("taking over %s from process %s, which is no longer running (%s)", self.path,
+                           holder.get("pid"), _describe(holder))
+        mine = {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
+        os.close(self._fd)
+        self._fd = None
+        if self._made_folder and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a run that stopped before writing anything leaves no folder behind
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_lock(fd: int) -> Dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+    except (ValueError, OSError):
+        return {}
+
+
+def _describe(holder: Dict[str, Any]) -> str:
+    if not holder:
+        return "no details recorded"
+    return (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+            f"{holder.get('command', '?')}")
+
