@@ -4,8 +4,8 @@
     python evaluate.py MODEL --config configs/quickstart.yaml --split test
     accelerate launch evaluate.py MODEL --data DATA      (each sample is counted once)
 
-Writes DIR/<split>_results.json, <split>_predictions.csv, <split>_confusion_matrix.json/.png,
-<split>_roc_curve.png and <split>_classification_report.json; DIR defaults to MODEL when it is
+Writes the split's files into DIR (the per-split rows of docs/outputs.md: results, predictions,
+confusion matrix, ROC curve, report, slices, calibration, errors); DIR defaults to MODEL when it is
 a run folder. --update-card adds the split to the run's model card.
 
 This file shares its name with the `evaluate` library, which nothing in this project imports.
@@ -89,9 +89,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         return eval_view(ds, name, split.image_column, found.label_column, processor, args.preprocess,
                          args.cache_dir, args=training_args)
 
-    # Which graph produced these figures, in the results and the card.
     evaluated = evaluate_split(trainer, view(split.dataset, args.split), split, args.split, pos_label, out_dir,
-                               extra_metrics={f"{args.split}_backend": args.backend})
+                               extra_metrics={f"{args.split}_backend": args.backend})  # which graph, for the card
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
         flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
         shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)
@@ -118,5 +117,6 @@ def audit_flags(split: SplitData, evaluated: EvaluatedSplit, source: str) -> Lis
 if __name__ == "__main__":
     try:
         main()
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    except ConfigError as err:  # exit code 2, as python -m facemask's config errors
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

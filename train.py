@@ -50,6 +50,8 @@ def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, floa
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
     prepared = run.load_data()
+    if "validation" not in prepared.data.splits and run.args.eval_strategy != "no":
+        raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
     if prepared.report is not None:
         check_audit(prepared.report, cfg.output_dir, run.main_process)
     info = run_info(argv, prepared.data, run.args, cfg)
@@ -81,5 +83,6 @@ def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, floa
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, PushError) as err:
-        sys.exit(f"error: {err}")
+    except (ConfigError, PushError) as err:  # exit codes as python -m facemask's: 2 config, 1 failure
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)

@@ -60,7 +60,8 @@ STATE = Output("trainer_state.json", "Trainer.save_state", "log history, best ch
 ALL_RESULTS = Output("all_results.json", "Trainer.save_metrics", "every split's metrics in one file", True)
 LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time (removed at its "
               "end)", False)
-CHECKPOINTS = Output("checkpoint-*", "Trainer (training.save_strategy)", "checkpoints for `--resume` (folders)", False)
+CHECKPOINTS = Output("checkpoint-*", "Trainer (training.save_strategy)", "checkpoints for `--resume` (folders; "
+                     "with recipe.ema_decay each holds the average as ema.safetensors)", False)
 TRACKER_LOGS = Output("runs", "training.report_to: tensorboard", "TensorBoard event files (a folder)", False)
 AUDIT_JSON = Output("data_audit.json", "the data audit", "the audit: bad files, copies and leaks, shortcuts, balance",
                     True)
@@ -173,7 +174,9 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def _split_order(prefix: str) -> tuple:
-    return ({"train": 0, "eval": 1, "test": 2}.get(prefix, 3), prefix)
+    """train, then the training run's splits in PREFIXES order, then any other split by name."""
+    order = ["train", *PREFIXES.values()]
+    return (order.index(prefix) if prefix in order else len(order), prefix)
 
 
 def _per_split(directory: Path, output: Output, by_name: bool = False) -> Dict[str, Dict[str, Any]]:

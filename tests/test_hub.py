@@ -1,13 +1,18 @@
 """Pushing through huggingface_hub's real client to a stand-in Hub on 127.0.0.1."""
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO, tiny_config
 from fake_hub import FakeHub
+
+from facemask.publish.public import local_folders, public_text
+from facemask.run_folder import read_run
 
 TOKEN = "hf_" + "Zq9" * 12
 PUSHED = {
@@ -57,9 +62,14 @@ def test_training_pushes_exactly_the_model_files(pushed_run):
     assert len(hub.commits) == 1
     files = hub.commits[0]["files"]
     assert set(files) - GALLERIES == PUSHED  # no checkpoints, optimizer state or training_args.bin
+    folders = local_folders(read_run(out))
     for name, content in files.items():
-        assert content == (out / name).read_bytes(), name
-        assert TOKEN.encode() not in content, name
+        local = (out / name).read_bytes()
+        # Text goes out without this machine's paths; everything else as it is.
+        expected = public_text(local.decode(), folders).encode() if name.endswith((".json", ".yaml", ".md")) else local
+        assert content == expected, name
+        assert TOKEN.encode() not in content and str(tmp).encode() not in content, name
+    assert str(out) in (out / "experiment.yaml").read_text()  # the local files keep their full paths
     assert 'model="tester/vit-facemask"' in files["README.md"].decode()
     assert any(auth == f"Bearer {TOKEN}" for auth in hub.authorizations)
     assert TOKEN not in result.stdout + result.stderr
@@ -114,3 +124,25 @@ def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
     assert stale_paths(ours | theirs, pushed=set(), owned=PUSH_PATTERNS) == sorted(ours)
     assert stale_paths(ours | theirs, pushed=PUSHED | GALLERIES, owned=PUSH_PATTERNS) == [
         "holdout_roc_curve.png", "model-00001-of-00002.safetensors", "onnx/model_quantized.onnx"]
+
+
+def test_no_local_path_leaves_the_machine(tmp_path, synth_folder):
+    """A run on an image folder: the card and every pushed file name the data by its folder's name."""
+    data = tmp_path / "home" / "ana" / "masks"
+    shutil.copytree(synth_folder, data)
+    config = tiny_config(tmp_path, data={"train_dir": str(data), "validation_split": 0.2, "test_split": 0.2})
+    with FakeHub() as hub:
+        result = run(["train.py", str(config), "hub.push=true", "hub.model_id=tester/paths"], hub, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = hub.commits[0]["files"]
+    out = tmp_path / "out"
+    for name, content in files.items():
+        assert str(tmp_path).encode() not in content, name
+    card = files["README.md"].decode()
+    assert "from masks" in card or "masks" in card
+    errors = json.loads(files["test_errors.json"])["worst"]
+    assert all(row["file"].startswith("masks/") for row in errors)
+    assert json.loads(files["run_info.json"])["data"]["source"] == "masks"
+    # Locally, the full paths stay where they are useful.
+    assert json.loads((out / "run_info.json").read_text())["data"]["source"] == str(data)
+    assert str(tmp_path) not in (out / "README.md").read_text()

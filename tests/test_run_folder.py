@@ -1,7 +1,6 @@
 """One owner for every output name: run_folder.py names what a run writes, and everything that reads,
 copies, pushes or documents a run folder follows it."""
 
-import fnmatch
 import json
 
 from conftest import REPO, tiny_config
@@ -38,13 +37,16 @@ def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(t
                    run_folder.AUDIT_JSON, run_folder.AUDIT_MD, run_folder.OPERATING_POINTS, run_folder.CARD):
         assert output.path(out).is_file(), output.name
     assert any(out.glob(run_folder.CHECKPOINTS.name))
-    # A push sends exactly the files marked pushed: no checkpoint, no training_args.bin, no predictions.
+    # A push sends the model and what describes it, and nothing else: named here one by one.
     pushed = {p.relative_to(out).as_posix() for p in files_to_push(out)}
-    assert pushed == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
-                      and any(fnmatch.fnmatchcase(p.relative_to(out).as_posix(), pattern)
-                              and p.relative_to(out).as_posix().count("/") == pattern.count("/")
-                              for pattern in run_folder.PUSH_PATTERNS)}
-    assert not {"training_args.bin", "eval_predictions.csv"} & pushed and all("checkpoint" not in p for p in pushed)
+    expected = {"config.json", "model.safetensors", "preprocessor_config.json", "experiment.yaml", "run_info.json",
+                "trainer_state.json", "all_results.json", "train_results.json", "data_audit.json", "data_audit.md",
+                "operating_points.json", "README.md", "test_shortcut_test.json"}
+    expected |= {f"{prefix}_{suffix}" for prefix in ("eval", "test") for suffix in (
+        "results.json", "confusion_matrix.json", "confusion_matrix.png", "roc_curve.png", "slices.json",
+        "calibration.json", "calibration.png", "errors.json")}
+    expected |= {name for name in ("training_curves.png", "eval_errors.png", "test_errors.png") if (out / name).is_file()}
+    assert pushed == expected
     # A file no writer names is reported.
     (out / "notes.txt").write_text("mine")
     assert run_folder.unknown_files(out) == ["notes.txt"]

@@ -10,8 +10,8 @@
 - `attribute_shortcuts`: a one-attribute classifier (depth-2 decision tree) whose cross-validated
   balanced accuracy reaches `data.shortcut_threshold`: the attribute predicts the class over the
   whole set.
-- `counterfactual`: a copy of a split in which a flagged attribute no longer tells the classes
-  apart, for the shortcut reliance test (see `shortcut_verdict`).
+
+Whether a trained model relies on a flagged attribute is evaluation/counterfactuals.py's test.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ the operating points of the positive class (thresholds chosen on validation).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -96,7 +95,7 @@ def threshold_from(run_dir: Path, value: str) -> float:
     path = run_folder.OPERATING_POINTS.path(run_dir)
     if not path.is_file():
         raise ValueError(f"--threshold {value!r}: not a number, and {path} does not exist")
-    table = json.loads(path.read_text(encoding="utf-8"))
+    table = run_folder.read_json(path)
     names = {row["name"]: row["threshold"] for row in table["rows"]}
     if value not in names:
         raise ValueError(f"--threshold {value!r}: the run's operating points are {', '.join(map(repr, names))}")

@@ -41,7 +41,7 @@ def shortcut_tests(flagged: List[str], prefix: str, dataset: datasets.Dataset, i
                    inspections: List[Inspection], labels: List[str], label_ids: np.ndarray, probs: np.ndarray,
                    predict: Callable[[datasets.Dataset, str], np.ndarray], image_side: int) -> List[Dict[str, Any]]:
     """For each family of flagged attributes: accuracy and recall on the split, and on a copy of it
-    in which those attributes are neutralised for every image (see shortcuts.neutralise)."""
+    in which those attributes are neutralised for every image (see `neutralise` below)."""
     families: Dict[str, List[str]] = defaultdict(list)
     for attribute in flagged:
         if attribute in FAMILIES:

@@ -15,6 +15,8 @@ from facemask.run_folder import CONFIG, ONNX_DIR, ONNX_FILES, PROCESSOR, SHARD_I
 # What loading a model needs of a run folder or a Hub model: the model files (run_folder.OUTPUTS
 # written by Trainer.save_model), and for an ONNX backend its graph.
 MODEL_FILES = [o.pattern for o in (CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR)]
+# Hub models this project did not train may hold PyTorch's pickled weights instead.
+MODEL_FILES += ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"]
 
 
 def model_folder(source: str, revision: Optional[str] = None, patterns: Optional[List[str]] = None) -> Path:

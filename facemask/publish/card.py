@@ -15,8 +15,8 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from facemask import CARD_TEMPLATES
-from facemask.config.dump import redact
 from facemask.publish.card_figures import write_figures
+from facemask.publish.public import local_folders, public_text
 from facemask.run_folder import CARD, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
@@ -254,7 +254,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         reproducibility={key: run.run_info.get(key) for key in
                          ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint", "switches")},
     ).content
-    return redact(content)
+    return public_text(content, local_folders(run))
 
 
 def _section_title(prefix: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError
 from facemask.data.storage import staged
-from facemask.run_folder import ONNX_DIR, ONNX_FILES, ONNX_GRAPH, ONNX_INT8, PARITY, write_json
+from facemask.run_folder import EXPERIMENT, ONNX_DIR, ONNX_FILES, ONNX_GRAPH, ONNX_INT8, PARITY, write_json
 
 if TYPE_CHECKING:  # torch is imported where it is used: `python -m facemask --help` reads this module's defaults
     import torch
@@ -51,7 +51,7 @@ def parity_images(run_dir: Path, processor: Any, model_config: Any, data: Option
 
     side = processor_image_size(processor)
     if data is None:
-        experiment = run_dir / "experiment.yaml"
+        experiment = EXPERIMENT.path(run_dir)
         if not experiment.is_file():
             raise ConfigError(f"{experiment} does not exist: pass --data FOLDER to check parity on an image folder")
         cfg = load_config(str(experiment))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-from facemask.run_folder import CONFIG, PUSH_PATTERNS
+from facemask.publish.public import local_folders, public_text
+from facemask.run_folder import CONFIG, PUSH_PATTERNS, read_run
 
 
 class PushError(RuntimeError):
@@ -76,6 +77,17 @@ def files_to_push(run_dir: str | Path) -> List[Path]:
                   if p.is_file() and _owned(p.relative_to(run_dir).as_posix(), PUSH_PATTERNS))
 
 
+# Files that may name local folders (data, run folder): uploaded as public_text, never as they are.
+TEXT_SUFFIXES = (".json", ".yaml", ".md", ".csv", ".jsonl")
+
+
+def _published(path: Path, folders: Dict[str, str]) -> Any:
+    """What a push uploads for `path`: text without local paths or tokens, other files as they are."""
+    if path.suffix in TEXT_SUFFIXES:
+        return public_text(path.read_text(encoding="utf-8"), folders).encode("utf-8")
+    return str(path)
+
+
 def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision: Optional[str] = None,
              token: Optional[str] = None) -> str:
     """Create the repository if needed and commit the run's model files; returns the commit URL."""
@@ -84,12 +96,13 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
     if not any(p.name == CONFIG.name for p in files):
         raise PushError(f"{run_dir} holds no config.json: is it a finished run's output folder?")
     api = HfApi(token=token)
+    folders = local_folders(read_run(run_dir))
     try:
         api.create_repo(model_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(model_id, branch=revision, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(), path_or_fileobj=str(p))
-                      for p in files]
+        operations = [CommitOperationAdd(path_in_repo=p.relative_to(run_dir).as_posix(),
+                                         path_or_fileobj=_published(p, folders)) for p in files]
         operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations],
                                    PUSH_PATTERNS)
         commit = api.create_commit(model_id, operations=operations, revision=revision,

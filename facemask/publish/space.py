@@ -16,7 +16,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from facemask import REPO
 from facemask.publish.card import hub_model_id, model_name
 from facemask.publish.hub import PushError, delete_stale
-from facemask.run_folder import read_run
+from facemask.run_folder import CONFIG, read_run
 
 PACKAGE = REPO / "facemask"
 TEMPLATES = REPO / "space_template"
@@ -73,13 +73,13 @@ def push_space(files: Dict[str, bytes], space_id: str, folder: Path, model_id: s
     where they were written, is named in the error. The model `model_id` must be on the Hub already."""
     api = HfApi(token=token)
     try:
-        model_there = api.file_exists(model_id, "config.json", revision=revision)
+        model_there = api.file_exists(model_id, CONFIG.name, revision=revision)
     except Exception as err:  # network, auth: nothing was pushed yet
         raise PushError(f"could not check the model {model_id} on the Hub: {err}") from None
     if not model_there:
         # Otherwise the Space would be created and then fail at start-up, where only its logs say why.
         at = f" at revision {revision}" if revision else ""
-        raise PushError(f"the Hub has no model {model_id}{at} (no config.json) for the Space to load, or this token "
+        raise PushError(f"the Hub has no model {model_id}{at} (no {CONFIG.name}) for the Space to load, or this token "
                         f"cannot read it: push the run first with python -m facemask push RUN_DIR --model-id {model_id}"
                         f"; the Space's files are in {folder}")
     try:

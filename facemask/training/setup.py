@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from transformers import TrainingArguments, set_seed
 
-from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.config.schema import ExperimentConfig
 from facemask.data.prepare import Prepared, prepare_data
 from facemask.data.storage import cache_root, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
@@ -60,9 +60,6 @@ class RunSetup:
         with self.args.main_process_first(desc="data audit"):
             # The main process draws (synthetic), inspects and keeps; the others then read what it kept.
             self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side)
-        if "validation" not in self.prepared.data.splits and self.args.eval_strategy != "no":
-            raise ConfigError("there is no validation split: set data.validation_split > 0 or "
-                              "training.eval_strategy=no")
         return self.prepared
 
     def build(self, model_init: Optional[Callable[..., Any]] = None) -> FaceMaskTrainer:

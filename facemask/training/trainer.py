@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -19,6 +19,7 @@ from facemask.recipe.build import Recipe, RecordedEarlyStopping, build_recipe
 from facemask.recipe.ema import WeightAverage
 from facemask.recipe.loss import smoothed_targets, soft_cross_entropy
 from facemask.recipe.param_groups import describe, parameter_groups
+from facemask.run_folder import CONFIG
 from facemask.training import console
 
 logger = logging.getLogger("facemask")
@@ -163,7 +164,7 @@ class FaceMaskTrainer(Trainer):
     def _plain_checkpoint(self, checkpoint: Optional[str]) -> bool:
         return (
             checkpoint is not None
-            and os.path.isfile(os.path.join(checkpoint, "config.json"))
+            and CONFIG.path(Path(checkpoint)).is_file()
             and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         )
 
