@@ -10,7 +10,7 @@ from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and star
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack
 from typing import Any, Dict, List, Optional
 
 from facemask.config.dump import to_yaml
@@ -20,7 +20,8 @@ from facemask.data.audit import check_audit
 from facemask.evaluation.split import EvaluatedSplit
 from facemask.publish.card import write_card
 from facemask.publish.hub import PushError, check_write_access, push_run
-from facemask.training.arguments import log_batch_size, log_dataloader, logger
+from facemask.run_folder import TRAIN_TEXT_LOG
+from facemask.training.arguments import log_batch_size, log_dataloader, log_file, logger
 from facemask.training.final_evaluation import evaluate_trained
 from facemask.training.performance import switches_record
 from facemask.training.provenance import run_info, write_run_record
@@ -35,14 +36,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     args = parse_args(argv, __doc__)
     cfg = load_config(args.config, args.overrides)
     run = RunSetup.start(cfg)
-    # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
-    with RunLock(cfg.output_dir) if run.main_process else nullcontext():
-        return train(run, args, argv)
+    with ExitStack() as held:
+        if run.main_process:
+            # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
+            held.enter_context(RunLock(cfg.output_dir))
+        return train(run, args, argv, held)
 
 
-def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, float]]:
+def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[str, Dict[str, float]]:
     cfg = run.cfg
     checkpoint = claim_output_dir(cfg.output_dir, args.resume, args.overwrite, run.main_process)
+    if run.main_process:
+        held.enter_context(log_file(cfg.output_dir))
     log_batch_size(run.args)
     log_dataloader(cfg, run.args)
     if cfg.hub.push and run.main_process:
@@ -50,6 +55,7 @@ def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, floa
         logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
     prepared = run.load_data()
+    logger.info("training %s on %s; outputs go to %s", run.model_description, prepared.data.source, cfg.output_dir)
     if "validation" not in prepared.data.splits and run.args.eval_strategy != "no":
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
     if prepared.report is not None:
@@ -77,6 +83,8 @@ def train(run: RunSetup, args: Any, argv: List[str]) -> Dict[str, Dict[str, floa
         logger.info("model card: %s", write_card(cfg.output_dir))
         if cfg.hub.push:
             logger.info("pushed to %s", push_run(cfg.output_dir, cfg.hub.model_id, cfg.hub.private, cfg.hub.revision))
+        logger.info("outputs in %s (docs/outputs.md says what each file holds; the full log is %s)", cfg.output_dir,
+                    TRAIN_TEXT_LOG.name)
     return {"train": metrics, **{e.prefix: e.metrics for e in evaluated.values()}}
 
 

@@ -56,6 +56,8 @@ EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python
 RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
                   "the switches asked for and used, the preprocessing caches", True)
 TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
+TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own messages and every library's, warnings "
+                        "included (the console shows the run's own)", False)
 STATE = Output("trainer_state.json", "Trainer.save_state", "log history, best checkpoint, global step", True)
 ALL_RESULTS = Output("all_results.json", "Trainer.save_metrics", "every split's metrics in one file", True)
 LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time (removed at its "
@@ -104,8 +106,8 @@ SEARCH_BEST_CONFIG, SEARCH_STUDY = "best_config.yaml", "search.db"
 SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_CONFIG)
 
 OUTPUTS: List[Output] = [
-    CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, LOCK, STATE,
-    ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
+    CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
+    LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, ERRORS, ERRORS_FIGURE,
     SHORTCUT_TEST, CARD, CURVES_FIGURE, ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
 ]

@@ -112,3 +112,27 @@ def test_stock_trainer_reload_still_misses_the_weights(tmp_path):
     Trainer._load_best_model(trainer)  # the stock method, not the override
     current = trainer.model.state_dict()
     assert all(torch.equal(v, current[k]) for k, v in expected.items())
+
+
+def test_the_console_says_what_the_run_does_and_the_rest_goes_to_train_log(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tiny_config(tmp_path, training={"disable_tqdm": False, "save_strategy": "steps", "save_steps": 1})
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    done = subprocess.run([sys.executable, "train.py", str(config)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    # What the run is about to do, the data summary, one progress bar, the metric blocks, where the outputs are.
+    for shown in ("training a random-init vit model on synthetic", "validation: 8 images", "training: 100%",
+                  "***** test metrics *****", f"outputs in {tmp_path / 'out'}"):
+        assert shown in console, shown
+    # Not: the libraries' progress bars and chatter (dataset saving and mapping, shard writing, fonts).
+    for noise in ("Saving the dataset", "Writing model shards", "caching train images", "fontManager",
+                  "transformers.trainer"):
+        assert noise not in console, noise
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "facemask: validation: 8 images" in log and "transformers.trainer: ***** Running training *****" in log
+    assert "matplotlib.font_manager" in log  # a fresh font cache: said in the log, not on the console

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 from transformers import TrainingArguments
 
 from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.run_folder import TRAIN_TEXT_LOG
 from facemask.training.performance import dataloader_settings, hardware_switches, uses_gpu
 
 logger = logging.getLogger("facemask")
@@ -95,7 +97,62 @@ def log_batch_size(args: TrainingArguments) -> None:
         args.learning_rate)
 
 
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+class _OwnMessages(logging.Filter):
+    """The console shows the run's own messages (and anyone's errors); the log file shows all."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or (record.name.startswith("facemask") and record.levelno >= self.level)
+
+
 def setup_logging(args: TrainingArguments) -> None:
+    """The console says what the run does: the run's own log lines, the one training bar (the
+    Trainer's callback), one line per evaluation and the metric blocks. Libraries' messages, their
+    warnings and their progress bars (dataset saving and mapping, shard writing, downloads) go to
+    the run's log file only (`log_file`)."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
     level = logging.INFO if args.should_log else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
-    logger.setLevel(level)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in [h for h in root.handlers if getattr(h, "_facemask_console", False)]:
+        root.removeHandler(handler)  # set up again by a later run in the same process
+    console = logging.StreamHandler()
+    console.setFormatter(_FORMAT)
+    console.addFilter(_OwnMessages(level))
+    console._facemask_console = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    for library in (transformers.utils.logging, datasets.utils.logging):
+        library.set_verbosity_info()
+        library.disable_progress_bar()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    datasets.utils.logging.get_logger().handlers.clear()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+@contextmanager
+def log_file(output_dir: Path) -> Iterator[Path]:
+    """Every message of the run, libraries' included, appended to OUTPUT_DIR/train.log while the
+    block runs (a resumed run adds to the same file)."""
+    path = TRAIN_TEXT_LOG.path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_FORMAT)
+    handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield path
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()

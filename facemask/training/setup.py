@@ -48,6 +48,12 @@ class RunSetup:
         return self.args.process_index == 0
 
     @property
+    def model_description(self) -> str:
+        """The checkpoint, or the random-init model type, for the run's first line."""
+        m = self.cfg.model
+        return m.name_or_path or f"a random-init {m.from_config['model_type']} model"
+
+    @property
     def image_side(self) -> int:
         return processor_image_size(self.processor)
 
