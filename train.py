@@ -45,14 +45,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
 def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[str, Dict[str, float]]:
     cfg = run.cfg
+    if cfg.hub.push and run.main_process:
+        # Before anything else: a missing or read-only token should cost seconds, not a GPU-day.
+        logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
     checkpoint = claim_output_dir(cfg.output_dir, args.resume, args.overwrite, run.main_process)
     if run.main_process:
         held.enter_context(log_file(cfg.output_dir))
     log_batch_size(run.args)
     log_dataloader(cfg, run.args)
-    if cfg.hub.push and run.main_process:
-        # Before any training: a missing or read-only token should cost seconds, not a GPU-day.
-        logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
 
     prepared = run.load_data()
     logger.info("training %s on %s; outputs go to %s", run.model_description, prepared.data.source, cfg.output_dir)

@@ -164,6 +164,21 @@ def _space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from facemask.data.storage import cache_root
+    from facemask.pipeline.cache_entries import clear, kept_entries, table
+
+    root = cache_root(args.cache_dir)
+    if args.action == "list":
+        print(f"{root}:\n{table(kept_entries(root))}")
+        return 0
+    removed = clear(root, args.older_than)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path.name}")
+    print(f"removed {len(removed)} entries, {sum(e.bytes for e in removed) / 1e6:.1f} MB, from {root}")
+    return 0
+
+
 def _failed(err: Exception) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 1
@@ -254,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="create the Space as private (default)")
     space_visibility.add_argument("--public", dest="private", action="store_false")
     space.set_defaults(func=_space)
+    cache = commands.add_parser("cache", help="what the cache folder keeps (preprocessing caches, audit inspections, "
+                                              "drawn sets): list it, or clear it")
+    cache.add_argument("action", choices=["list", "clear"])
+    cache.add_argument("--older-than", type=float, metavar="DAYS",
+                       help="clear only what no run has used for DAYS days")
+    cache.add_argument("--cache-dir", help="the cache folder (data.preprocess_dir; default: <datasets cache>/"
+                                           "facemask-preprocessed)")
+    cache.set_defaults(func=_cache)
     search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
     from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
 

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import datasets
 import numpy as np
@@ -163,3 +164,31 @@ def test_a_lock_of_another_host_is_left_alone(tmp_path):
         train.main([str(tiny_config(tmp_path))])
     assert json.loads((out / "run.lock").read_text())["host"] == "another-node"
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+def test_cache_list_and_clear_touch_only_what_the_project_keeps(tmp_path, synth_folder, capsys):
+    from facemask.__main__ import main
+
+    root = tmp_path / "kept"
+    ds = synthetic_dataset(24, 40, 3).cast_column("image", datasets.Image(decode=False))
+    _cache(ds, root)
+    folder = datasets.load_dataset("imagefolder", data_dir=str(synth_folder), split="train")
+    inspect_splits({"train": folder.cast_column("image", datasets.Image(decode=False))}, "image", 8, 32, str(root))
+    stored_synthetic_dataset(30, 32, 5, root)
+    (root / "notes.txt").write_text("mine")
+    live = root / f".train-37px-abc.{socket.gethostname()}.{os.getpid()}.0a1b2c3d.partial"
+    live.mkdir()
+    assert main(["cache", "list", "--cache-dir", str(root)]) == 0
+    listed = capsys.readouterr().out
+    for kind, images in (("preprocessing cache", "24"), ("audit inspections", "40"), ("drawn set", "30")):
+        assert any(line.startswith(kind) and f" {images} " in line for line in listed.splitlines()), (kind, listed)
+    assert "unfinished write" in listed and "notes.txt" not in listed
+    # Used again now, the drawn set stays; the others were last used 40 days ago.
+    old = time.time() - 40 * 24 * 3600
+    for marker in [*root.glob("eval-*/cache.json"), *root.glob("audit-*.json")]:
+        os.utime(marker, (old, old))
+    stored_synthetic_dataset(30, 32, 5, root)
+    assert main(["cache", "clear", "--older-than", "30", "--cache-dir", str(root)]) == 0
+    assert not list(root.glob("eval-*")) and not list(root.glob("audit-*")) and list(root.glob("synthetic-*"))
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    assert sorted(p.name for p in root.iterdir()) == sorted(["notes.txt", live.name])  # not ours, or still live

@@ -25,7 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import Damaged, cache_root, discard, images_digest, staged
+from facemask.data.storage import Damaged, cache_root, discard, images_digest, mark_used, staged
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 2
@@ -186,6 +186,7 @@ def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_s
         if path.is_file():
             try:
                 inspections[name] = _read_saved(path, len(splits[name]))
+                mark_used(path)
             except Damaged as err:
                 discard(path, str(err))
     todo = {name: ds for name, ds in splits.items() if name not in inspections}

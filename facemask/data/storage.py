@@ -98,15 +98,31 @@ def discard(path: Path, why: str) -> None:
     """A damaged entry that this project wrote under its cache root: warned about by name, moved
     aside at once (so no other reader opens it) and deleted; the caller builds it again."""
     logger.warning("%s is damaged (%s): rebuilding it", path, why)
+    remove(path)
+
+
+def remove(path: Path) -> None:
+    """Delete a kept entry: first moved aside under a temporary name (so no reader opens it half
+    deleted; one that has it open keeps reading, as Linux keeps the files of an open map), then
+    deleted. Gone already (another process removed it) is fine."""
     aside = path.with_name(f".{path.name}.{unique_suffix()}.partial")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
-        return  # another process discarded it first
+        return
     if aside.is_dir():
         shutil.rmtree(aside, ignore_errors=True)
     else:
         aside.unlink(missing_ok=True)
+
+
+def mark_used(path: Path) -> None:
+    """Record that a run read a kept entry (its marker file's mtime): `cache list` shows it, and
+    `cache clear --older-than DAYS` keeps what was used since."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache folder: the date stays the build's
 
 
 def pid_alive(pid: int) -> bool:

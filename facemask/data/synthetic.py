@@ -318,7 +318,7 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again."""
-    from facemask.data.storage import discard, staged
+    from facemask.data.storage import discard, mark_used, staged
 
     folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator_digest()}"
     if folder.is_dir():
@@ -327,6 +327,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) 
             if len(kept) != num_images:
                 raise ValueError(f"it holds {len(kept)} images, not {num_images}")
             kept.with_format("arrow")[len(kept) - 1]  # reads through to the last row
+            mark_used(folder / "dataset_info.json")
             return kept
         except (OSError, ValueError, FileNotFoundError) as err:  # pyarrow's errors are OSError / ValueError
             discard(folder, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import Damaged, discard, images_digest, staged
+from facemask.data.storage import Damaged, discard, images_digest, mark_used, staged
 
 logger = logging.getLogger("facemask")
 
@@ -218,6 +218,7 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     if (folder / "cache.json").is_file():
         try:
             cached = _load(folder, spec, labels)
+            mark_used(folder / "cache.json")
             return cached, CacheReport(split, str(folder), len(cached), True, time.perf_counter() - start, 0)
         except Damaged as err:
             discard(folder, str(err))
