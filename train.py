@@ -27,7 +27,7 @@ from facemask.training.performance import switches_record
 from facemask.training.provenance import run_info, write_run_record
 from facemask.training.resume import RunLock, claim_output_dir, parse_args
 from facemask.training.setup import RunSetup
-from facemask.training.trainer import early_stopping_record
+from facemask.training.trainer import CheckpointError, early_stopping_record
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
@@ -91,6 +91,6 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, PushError) as err:  # exit codes as python -m facemask's: 2 config, 1 failure
+    except (ConfigError, PushError, CheckpointError) as err:  # as python -m facemask's: 2 config, 1 failure
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)

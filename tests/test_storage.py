@@ -192,3 +192,53 @@ def test_cache_list_and_clear_touch_only_what_the_project_keeps(tmp_path, synth_
     assert not list(root.glob("eval-*")) and not list(root.glob("audit-*")) and list(root.glob("synthetic-*"))
     assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
     assert sorted(p.name for p in root.iterdir()) == sorted(["notes.txt", live.name])  # not ours, or still live
+
+
+def test_a_cache_that_the_disk_cannot_hold_stops_before_any_work(tmp_path, monkeypatch):
+    import facemask.data.storage as storage
+
+    real = storage.shutil.disk_usage
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: real(path)._replace(free=50_000))
+    config = tiny_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"preprocessing cache of the train split \(40 images at 37 px\) needs "
+                                          r"about 1\.2 MB in .*, whose disk has 0\.1 MB free: .*data\.preprocess_dir"):
+        train.main([str(config), f"data.preprocess_dir={tmp_path / 'cache'}"])
+    assert not list((tmp_path / "cache").glob("train-*")) and not (tmp_path / "out" / "trainer_state.json").exists()
+
+
+def test_a_checkpoint_the_disk_cannot_hold_stops_before_training(tmp_path, monkeypatch):
+    import facemask.data.storage as storage
+
+    real = storage.shutil.disk_usage
+    config = tiny_config(tmp_path, training={"save_strategy": "steps", "save_steps": 1})
+    # Room for the caches (a few hundred kB), not for a checkpoint of the tiny model (~1.3 MB).
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: real(path)._replace(free=1_200_000))
+    with pytest.raises(ConfigError, match=r"a checkpoint needs about .* in .*out, whose disk has 1\.2 MB free"):
+        train.main([str(config)])
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_failed_checkpoint_save_leaves_the_previous_one_to_resume_from(tmp_path, monkeypatch):
+    import errno
+
+    from facemask.training.trainer import CheckpointError, FaceMaskTrainer
+
+    config = tiny_config(tmp_path, training={"max_steps": 3, "save_strategy": "steps", "save_steps": 1})
+    real, saves = FaceMaskTrainer._save_optimizer_and_scheduler, []
+
+    def full_disk(self, output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:  # the second checkpoint: its weights are written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(FaceMaskTrainer, "_save_optimizer_and_scheduler", full_disk)
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 failed \(No space left on device\); .*checkpoint-1 "
+                                              r"is intact: free some space, then continue with --resume"):
+        train.main([str(config)])
+    out = tmp_path / "out"
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file() and not (out / "checkpoint-2").exists()
+    monkeypatch.setattr(FaceMaskTrainer, "_save_optimizer_and_scheduler", real)
+    train.main([str(config), "--resume"])
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and (out / "train_results.json").is_file()

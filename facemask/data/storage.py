@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 
+from facemask.config.schema import ConfigError
+
 logger = logging.getLogger("facemask")
 
 if TYPE_CHECKING:  # imported where used: the CLI's --help reaches this module through export's defaults
@@ -155,3 +157,19 @@ def remove_stale_partials(root: Path) -> List[Path]:
         logger.info("removed %s, left by process %s of this host, which is no longer running", path, found.group(1))
         removed.append(path)
     return removed
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def require_space(where: Path, needed: int, what: str, hint: str) -> None:
+    """Stop before writing `needed` bytes (an estimate) into `where` when its file system has less
+    free, with a message saying how much is needed, where, and `hint` (what else to do)."""
+    folder = Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folder is made later: its nearest existing parent's disk
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ConfigError(f"{what} needs about {_gb(needed)} in {where}, whose disk has {_gb(free)} free: free "
+                          f"some space there, or {hint}")

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import Damaged, discard, images_digest, mark_used, staged
+from facemask.data.storage import Damaged, discard, images_digest, mark_used, require_space, staged
 
 logger = logging.getLogger("facemask")
 
@@ -224,6 +224,11 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
             discard(folder, str(err))
 
     num_proc = num_proc or default_num_proc(len(ds))
+    # uint8 pixels, plus Arrow's offsets and the width and height columns.
+    require_space(root, int(len(ds) * (spec.side * spec.side * 3 + 16) * 1.02) + 1_000_000,
+                  f"the preprocessing cache of the {split} split ({len(ds)} images at {spec.side} px)",
+                  "set data.preprocess_dir to a folder on a larger disk (or data.preprocess=per_image, which keeps "
+                  "no cache)")
     root.mkdir(parents=True, exist_ok=True)
     features = datasets.Features({
         "pixels": datasets.Value("binary"), "width": datasets.Value("int32"),

@@ -76,4 +76,6 @@ class RunSetup:
         self.pipeline = prepare_inputs(data, self.processor, self.cfg, self.args)
         self.trainer = build_trainer(self.model, self.args, data, self.processor, self.cfg, self.pipeline,
                                      model_init=model_init)
+        if model_init is None:
+            self.trainer.require_checkpoint_space()  # before any training, not at the first save
         return self.trainer

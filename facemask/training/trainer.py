@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -11,6 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.sources import PreparedData, resolve_positive_label
+from facemask.data.storage import require_space
 from facemask.evaluation.metrics import make_compute_metrics
 from facemask.pipeline.augment import BatchTransform
 from facemask.pipeline.inputs import AugmentationEpochCallback, InputPipeline, eval_batches
@@ -19,10 +21,15 @@ from facemask.recipe.build import Recipe, RecordedEarlyStopping, build_recipe
 from facemask.recipe.ema import WeightAverage
 from facemask.recipe.loss import smoothed_targets, soft_cross_entropy
 from facemask.recipe.param_groups import describe, parameter_groups
-from facemask.run_folder import CONFIG
+from facemask.run_folder import CHECKPOINTS, CONFIG, STATE
 from facemask.training import console
+from facemask.training.resume import latest_checkpoint
 
 logger = logging.getLogger("facemask")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written; the message names the one to resume from."""
 
 
 class FaceMaskTrainer(Trainer):
@@ -147,6 +154,42 @@ class FaceMaskTrainer(Trainer):
             # A checkpoint: the live weights (resumed from) and their average, before trainer_state.json
             # marks the checkpoint complete.
             self.ema.save(output_dir or self.args.output_dir)
+
+    def checkpoint_bytes(self) -> int:
+        """About what one checkpoint takes: the weights, AdamW's two moments of the trained ones, the
+        EMA's copy, and a little for the scheduler, RNG and trainer state."""
+        model = self.accelerator.unwrap_model(self.model) if self.model is not None else None
+        if model is None:
+            return 0
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        moments = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return int((weights * (2 if self.recipe and self.recipe.ema else 1) + moments) * 1.05) + 1_000_000
+
+    def require_checkpoint_space(self) -> None:
+        """Before training: room for one checkpoint (the Trainer keeps several; each save checks again)."""
+        if self.args.save_strategy != "no" and self.args.should_save:
+            require_space(Path(self.args.output_dir), self.checkpoint_bytes(), "a checkpoint",
+                          "set training.output_dir to a larger disk, or save less often (training.save_strategy, "
+                          "training.save_total_limit)")
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's save, with its room checked first; a save that fails removes its incomplete
+        folder and says which checkpoint is intact to --resume from."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{CHECKPOINTS.name[:-1]}{self.state.global_step}"
+        if self.args.should_save:
+            require_space(run_dir, self.checkpoint_bytes(), f"saving {folder.name}",
+                          f"set training.output_dir to a larger disk; then continue with --resume from "
+                          f"{latest_checkpoint(run_dir) or 'the start'}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as err:
+            if folder.is_dir() and not STATE.path(folder).is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # incomplete: never resumed from, only in the way
+            previous = latest_checkpoint(run_dir)
+            intact = (f"{previous} is intact: free some space, then continue with --resume" if previous
+                      else "there is no earlier checkpoint to resume from")
+            raise CheckpointError(f"saving {folder} failed ({err.strerror or err}); {intact}") from err
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         result = super().train(*args, **kwargs)
