@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from facemask.config.schema import ConfigError
 
@@ -184,9 +184,7 @@ def _failed(err: Exception) -> int:
     return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_synth(commands: Any) -> None:
     synth = commands.add_parser("synth", help="write the synthetic face-mask set as an image folder")
     synth.add_argument("directory")
     synth.add_argument("--num-images", type=int, default=1000)
@@ -196,12 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="file format; mixed alternates JPEG and PNG independently of the class")
     synth.set_defaults(func=_synth)
 
+
+def _add_card(commands: Any) -> None:
     card = commands.add_parser("card", help="regenerate a run's model card from the files it left")
     card.add_argument("run_dir", help="a training run's output folder")
     card.add_argument("--output", help="where to write the card (default RUN_DIR/README.md); figures go beside it")
     card.add_argument("--model-id", help="Hub id to name in the card (default: the run's hub.model_id)")
     card.set_defaults(func=_card)
 
+
+def _add_push(commands: Any) -> None:
     push = commands.add_parser("push", help="push a finished run (model, card, results, plots) to the Hub")
     push.add_argument("run_dir")
     push.add_argument("--model-id", required=True, help="e.g. your-name/vit-facemask")
@@ -212,11 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     visibility.add_argument("--public", dest="private", action="store_false")
     push.set_defaults(func=_push)
 
+
+def _add_audit(commands: Any) -> None:
     audit = commands.add_parser("audit", help="check a config's data: bad files, leaks, shortcuts, balance")
     audit.add_argument("config")
     audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_dir=photos")
     audit.set_defaults(func=_audit)
 
+
+def _add_predict(commands: Any) -> None:
     predict = commands.add_parser("predict", help="classify image files; exit code 1 if any input was skipped")
     predict.add_argument("model", help="a training run's output folder or a Hub model id")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
@@ -231,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "with onnxruntime on the CPU")
     predict.set_defaults(func=_predict)
 
+
+def _add_export(commands: Any) -> None:
     from facemask.publish.export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE  # no torch
 
     export = commands.add_parser("export", help="export a run to ONNX, with parity checked on its validation images")
@@ -246,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--split", default="validation", help="the split to check parity on (default validation)")
     export.add_argument("--max-images", type=int, help="check parity on at most this many images")
     export.set_defaults(func=_export)
+
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser("demo", help="a Gradio page that classifies uploads and webcam frames and shows the "
                                             "run's metrics")
     demo.add_argument("model", help="a training run's output folder or a Hub model id")
@@ -256,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     demo.add_argument("--revision", help="branch, tag or commit of a Hub model")
     demo.set_defaults(func=_demo)
+
+
+def _add_space(commands: Any) -> None:
     space = commands.add_parser("space", help="write and push a Hugging Face Space serving the demo page of a pushed "
                                               "model")
     space.add_argument("run_dir")
@@ -269,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="create the Space as private (default)")
     space_visibility.add_argument("--public", dest="private", action="store_false")
     space.set_defaults(func=_space)
+
+
+def _add_cache(commands: Any) -> None:
     cache = commands.add_parser("cache", help="what the cache folder keeps (preprocessing caches, audit inspections, "
                                               "drawn sets): list it, or clear it")
     cache.add_argument("action", choices=["list", "clear"])
@@ -277,11 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", help="the cache folder (data.preprocess_dir; default: <datasets cache>/"
                                            "facemask-preprocessed)")
     cache.set_defaults(func=_cache)
-    search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
+
+
+def _add_search(commands: Any) -> None:
     from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
 
+    search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
     add_arguments(search)
     search.set_defaults(func=command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_export, _add_demo, _add_space,
+                _add_cache, _add_search):
+        add(commands)
     return parser
 
 
