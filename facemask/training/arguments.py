@@ -101,14 +101,18 @@ _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", d
 
 
 class _OwnMessages(logging.Filter):
-    """The console shows the run's own messages (and anyone's errors); the log file shows all."""
+    """The console shows the run's own messages and anyone's errors; libraries' warnings too unless
+    a run's log file (`log_file`) takes them, which takes everything."""
 
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or (record.name.startswith("facemask") and record.levelno >= self.level)
+        if record.name.startswith("facemask"):
+            return record.levelno >= self.level
+        logged = any(getattr(h, "_facemask_file", False) for h in logging.getLogger().handlers)
+        return record.levelno >= (logging.ERROR if logged else logging.WARNING)
 
 
 def setup_logging(args: TrainingArguments) -> None:
@@ -150,6 +154,7 @@ def log_file(output_dir: Path) -> Iterator[Path]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_FORMAT)
     handler.setLevel(logging.INFO)
+    handler._facemask_file = True  # type: ignore[attr-defined]
     logging.getLogger().addHandler(handler)
     try:
         yield path
