@@ -165,7 +165,7 @@ def _space(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from facemask.data.storage import cache_root
+    from facemask.data.storage import cache_root, human_bytes
     from facemask.pipeline.cache_entries import clear, kept_entries, table
 
     root = cache_root(args.cache_dir)
@@ -175,7 +175,7 @@ def _cache(args: argparse.Namespace) -> int:
     removed = clear(root, args.older_than)
     for entry in removed:
         print(f"removed {entry.kind} {entry.path.name}")
-    print(f"removed {len(removed)} entries, {sum(e.bytes for e in removed) / 1e6:.1f} MB, from {root}")
+    print(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for e in removed))}, from {root}")
     return 0
 
 

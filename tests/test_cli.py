@@ -67,6 +67,10 @@ def test_train_takes_options_and_overrides_in_any_order(tmp_path):
 
     args = parse_args([str(config), "training.seed=1", "--resume", "training.seed=2"], "")
     assert args.resume == "latest" and args.overrides == ["training.seed=1", "training.seed=2"]
+    args = parse_args([str(config), "training.seed=1", "--resume=training.seed=2", "training.seed=3"], "")
+    assert args.resume == "latest" and args.overrides == ["training.seed=1", "training.seed=2", "training.seed=3"]
+    args = parse_args(["--resume", str(config), "training.seed=1"], "")  # the option first, then the config
+    assert (args.config, args.resume, args.overrides) == (str(config), "latest", ["training.seed=1"])
 
 
 def test_search_takes_options_and_overrides_in_any_order(tmp_path):

@@ -25,6 +25,10 @@ from facemask.pipeline.cache import CacheSpec, build_or_load
 from facemask.pipeline.processor import load_image_processor
 
 
+# Temporary names carry the host without its dots (data/storage.py's unique_suffix).
+HOST = socket.gethostname().replace(".", "-")
+
+
 def _processor():
     return load_image_processor(ModelConfig(from_config={"model_type": "vit", "image_size": 32}))
 
@@ -94,11 +98,12 @@ def _dead_pid():
 
 
 def test_partials_of_dead_processes_of_this_host_are_removed_and_no_others(tmp_path, caplog):
-    host, dead = socket.gethostname(), _dead_pid()
+    host, dead = HOST, _dead_pid()
     names = {"dead": f".train-37px-abc.{host}.{dead}.0a1b2c3d.partial",
              "dead file": f".audit-abc.json.{host}.{dead}.99aa00ff.partial",
              "alive": f".eval-32px-abc.{host}.{os.getpid()}.0a1b2c3d.partial",
              "other host": f".train-37px-abc.another-node.{dead}.0a1b2c3d.partial",
+             "host ending like ours": f".train-37px-abc.gpu-{host}.{dead}.0a1b2c3d.partial",  # host gpu.<ours>
              "not ours": "train-37px-abc", "user file": "notes.partial"}
     for key, name in names.items():
         (tmp_path / name).mkdir() if key != "dead file" else (tmp_path / name).write_text("{")
@@ -106,13 +111,13 @@ def test_partials_of_dead_processes_of_this_host_are_removed_and_no_others(tmp_p
         removed = remove_stale_partials(tmp_path)
     assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead file"]])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        names[k] for k in ("alive", "other host", "not ours", "user file"))
+        names[k] for k in ("alive", "other host", "host ending like ours", "not ours", "user file"))
     assert f"process {dead} of this host, which is no longer running" in caplog.text
 
 
 def test_a_run_starts_by_removing_what_a_killed_run_left(tmp_path):
     cache = tmp_path / "cache"
-    stale = cache / f".train-37px-abc.{socket.gethostname()}.{_dead_pid()}.0a1b2c3d.partial"
+    stale = cache / f".train-37px-abc.{HOST}.{_dead_pid()}.0a1b2c3d.partial"
     stale.mkdir(parents=True)
     (stale / "pixels.arrow").write_bytes(b"\0" * 1000)
     train.main([str(tiny_config(tmp_path)), f"data.preprocess_dir={cache}"])
@@ -176,7 +181,7 @@ def test_cache_list_and_clear_touch_only_what_the_project_keeps(tmp_path, synth_
     inspect_splits({"train": folder.cast_column("image", datasets.Image(decode=False))}, "image", 8, 32, str(root))
     stored_synthetic_dataset(30, 32, 5, root)
     (root / "notes.txt").write_text("mine")
-    live = root / f".train-37px-abc.{socket.gethostname()}.{os.getpid()}.0a1b2c3d.partial"
+    live = root / f".train-37px-abc.{HOST}.{os.getpid()}.0a1b2c3d.partial"
     live.mkdir()
     assert main(["cache", "list", "--cache-dir", str(root)]) == 0
     listed = capsys.readouterr().out
@@ -218,7 +223,8 @@ def test_a_checkpoint_the_disk_cannot_hold_stops_before_training(tmp_path, monke
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
-def test_a_failed_checkpoint_save_leaves_the_previous_one_to_resume_from(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["OSError", "RuntimeError"])
+def test_a_failed_checkpoint_save_leaves_the_previous_one_to_resume_from(tmp_path, monkeypatch, failure):
     import errno
 
     from facemask.training.trainer import CheckpointError, FaceMaskTrainer
@@ -229,12 +235,14 @@ def test_a_failed_checkpoint_save_leaves_the_previous_one_to_resume_from(tmp_pat
     def full_disk(self, output_dir):
         saves.append(output_dir)
         if len(saves) == 2:  # the second checkpoint: its weights are written, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
+            if failure == "OSError":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")  # torch.save
         return real(self, output_dir)
 
     monkeypatch.setattr(FaceMaskTrainer, "_save_optimizer_and_scheduler", full_disk)
-    with pytest.raises(CheckpointError, match=r"checkpoint-2 failed \(No space left on device\); .*checkpoint-1 "
-                                              r"is intact: free some space, then continue with --resume"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 failed \((No space left on device|RuntimeError: .*)\); "
+                                              r".*checkpoint-1 is intact: free some space, then continue with --resume"):
         train.main([str(config)])
     out = tmp_path / "out"
     assert (out / "checkpoint-1" / "trainer_state.json").is_file() and not (out / "checkpoint-2").exists()
@@ -242,3 +250,12 @@ def test_a_failed_checkpoint_save_leaves_the_previous_one_to_resume_from(tmp_pat
     train.main([str(config), "--resume"])
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and (out / "train_results.json").is_file()
+
+
+def test_public_text_names_whole_folders_only_in_either_spelling():
+    from facemask.publish.public import public_text
+
+    folders = {"/data": "data", "/srv/jos\u00e9/masks": "masks"}
+    assert public_text("/data/a.jpg and /mnt/data/b.jpg", folders) == "data/a.jpg and /mnt/data/b.jpg"
+    assert public_text('{"file": "/srv/jos\\u00e9/masks/c.jpg"}', folders) == '{"file": "masks/c.jpg"}'
+    assert public_text("from /srv/jos\u00e9/masks.", folders) == "from masks."

@@ -25,7 +25,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import Damaged, cache_root, discard, images_digest, mark_used, staged
+from facemask.data.storage import Damaged, cache_root, discard, first_line, images_digest, mark_used, staged
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 2
@@ -169,7 +169,7 @@ def _read_saved(path: Path, images: int) -> List[Inspection]:
     try:
         found = [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
     except (OSError, ValueError, KeyError, TypeError) as err:  # a file cut short is not valid JSON
-        raise Damaged(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        raise Damaged(first_line(err)) from None
     if len(found) != images:
         raise Damaged(f"it holds {len(found)} inspections for {images} images")
     return found

@@ -54,7 +54,24 @@ def unique_suffix() -> str:
     filesystem (PIDs repeat across nodes): <host>.<pid>.<8 hex digits>."""
     import secrets
 
-    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+    return f"{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _host() -> str:
+    """This host's name without dots, so a temporary name splits into its fields unambiguously
+    (a host `gpu.node1` is never taken for `node1`)."""
+    return socket.gethostname().replace(".", "-")
+
+
+def partial_name(path: Path) -> Path:
+    """The temporary name beside `path` that `staged` writes to and `remove` moves it aside to."""
+    return path.with_name(f".{path.name}.{unique_suffix()}.partial")
+
+
+def first_line(err: BaseException) -> str:
+    """An error as one line for a message: its type and the first line of its text."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def cache_root(preprocess_dir: Optional[str] = None) -> Path:
@@ -75,7 +92,7 @@ def staged(final: Path, folder: bool = False) -> Iterator[Path]:
     Where another process finished the same folder first, its copy stands: the content is the same
     by construction (the name is a digest of it). A file replaces any earlier one at once.
     """
-    staging = final.with_name(f".{final.name}.{unique_suffix()}.partial")
+    staging = partial_name(final)
     try:
         if folder:
             staging.mkdir(parents=True)
@@ -100,14 +117,17 @@ def discard(path: Path, why: str) -> None:
     """A damaged entry that this project wrote under its cache root: warned about by name, moved
     aside at once (so no other reader opens it) and deleted; the caller builds it again."""
     logger.warning("%s is damaged (%s): rebuilding it", path, why)
-    remove(path)
+    try:
+        remove(path)
+    except OSError as err:  # a read-only cache folder: the rebuild says where it cannot write
+        logger.warning("could not remove %s: %s", path, first_line(err))
 
 
 def remove(path: Path) -> None:
     """Delete a kept entry: first moved aside under a temporary name (so no reader opens it half
     deleted; one that has it open keeps reading, as Linux keeps the files of an open map), then
     deleted. Gone already (another process removed it) is fine."""
-    aside = path.with_name(f".{path.name}.{unique_suffix()}.partial")
+    aside = partial_name(path)
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -144,7 +164,7 @@ def remove_stale_partials(root: Path) -> List[Path]:
     the folder, whose processes cannot be seen from here. Returns the removed paths, each logged."""
     if not root.is_dir():
         return []
-    mine = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}\.(\d+)\.[0-9a-f]{{8}}\.partial$")
+    mine = re.compile(rf"^\..+\.{re.escape(_host())}\.(\d+)\.[0-9a-f]{{8}}\.partial$")
     removed = []
     for path in sorted(root.iterdir()):
         found = mine.match(path.name)
@@ -159,7 +179,7 @@ def remove_stale_partials(root: Path) -> List[Path]:
     return removed
 
 
-def _gb(n: float) -> str:
+def human_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
@@ -171,5 +191,5 @@ def require_space(where: Path, needed: int, what: str, hint: str) -> None:
         folder = folder.parent  # the folder is made later: its nearest existing parent's disk
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise ConfigError(f"{what} needs about {_gb(needed)} in {where}, whose disk has {_gb(free)} free: free "
+        raise ConfigError(f"{what} needs about {human_bytes(needed)} in {where}, whose disk has {human_bytes(free)} free: free "
                           f"some space there, or {hint}")

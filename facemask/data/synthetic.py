@@ -318,7 +318,7 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again."""
-    from facemask.data.storage import discard, mark_used, staged
+    from facemask.data.storage import discard, first_line, mark_used, staged
 
     folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator_digest()}"
     if folder.is_dir():
@@ -330,7 +330,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) 
             mark_used(folder / "dataset_info.json")
             return kept
         except (OSError, ValueError, FileNotFoundError) as err:  # pyarrow's errors are OSError / ValueError
-            discard(folder, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            discard(folder, first_line(err))
     ds = synthetic_dataset(num_images, size, seed)
     try:
         with staged(folder) as staging:

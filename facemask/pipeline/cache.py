@@ -10,6 +10,7 @@ changed image or setting rebuilds, and an unchanged one is reused across runs an
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import Damaged, discard, images_digest, mark_used, require_space, staged
+from facemask.data.storage import Damaged, discard, first_line, images_digest, mark_used, require_space, staged
 
 logger = logging.getLogger("facemask")
 
@@ -203,9 +204,14 @@ def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
         return CachedImages(table, spec, labels, folder)
     except Damaged:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as err:
-        # pyarrow's ArrowInvalid is a ValueError; a truncated record batch an OSError.
-        raise Damaged(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise  # the machine's limits, not the cache: it stays
+        raise Damaged(first_line(err)) from None  # a truncated record batch
+    except (ValueError, KeyError, RuntimeError) as err:
+        # pyarrow's ArrowInvalid is a ValueError; a record without a file's entry a KeyError;
+        # CachedImages' shape and count checks RuntimeErrors.
+        raise Damaged(first_line(err)) from None
 
 
 def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_column: str, spec: CacheSpec,
@@ -215,6 +221,8 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     key = cache_key(ds, image_column, spec)
     folder = root / f"{spec.mode}-{spec.side}px-{key}"
     labels = ds.select_columns([label_column]).with_format("numpy")[label_column]
+    if folder.exists() and not (folder / "cache.json").is_file():
+        discard(folder, "it has no cache.json, the record written last")  # a copy cut short
     if (folder / "cache.json").is_file():
         try:
             cached = _load(folder, spec, labels)

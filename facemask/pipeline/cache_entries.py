@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from facemask.data.storage import remove, remove_stale_partials
+from facemask.data.storage import human_bytes, remove, remove_stale_partials
 
 KINDS = {
     re.compile(r"^(train|eval)-(\d+)px-[0-9a-f]{24}$"): "preprocessing cache",
@@ -69,7 +69,10 @@ def kept_entries(root: Path) -> List[Entry]:
     for path in root.iterdir():
         kind = next((name for pattern, name in KINDS.items() if pattern.match(path.name)), None)
         if kind is not None:
-            found.append(_describe(path, kind))
+            try:
+                found.append(_describe(path, kind))
+            except FileNotFoundError:
+                pass  # finished or removed by a run while this one listed
     return sorted(found, key=lambda e: e.last_used)
 
 
@@ -93,6 +96,6 @@ def table(entries: List[Entry]) -> str:
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
         images = "" if e.images is None else str(e.images)
-        lines.append(f"{e.kind:<20} {e.bytes / 1e6:>8.1f}MB {images:>8} {used:>16}  {e.path.name}")
-    lines.append(f"{len(entries)} entries, {sum(e.bytes for e in entries) / 1e6:.1f} MB")
+        lines.append(f"{e.kind:<20} {human_bytes(e.bytes):>10} {images:>8} {used:>16}  {e.path.name}")
+    lines.append(f"{len(entries)} entries, {human_bytes(sum(e.bytes for e in entries))}")
     return "\n".join(lines)

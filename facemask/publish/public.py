@@ -9,6 +9,7 @@ a push uploads go through it; the run folder's own files keep the full paths.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -51,9 +52,11 @@ def local_folders(run: RunFiles) -> Dict[str, str]:
 
 def public_text(text: str, folders: Dict[str, str]) -> str:
     """`text` with each folder of `folders` named by its name, the home folder as `~`, and tokens masked."""
-    for path in sorted(folders, key=len, reverse=True):  # a folder inside another one first
-        text = re.sub(re.escape(path) + r"(?=[/\\\"'`\s.,;:)\]}]|$)", lambda _: folders[path], text)
+    start, end = r"(?<![\w.~/-])", r"(?=[/\\\"'`\s.,;:)\]}]|$)"  # a whole path, not the tail of a longer one
     home = str(Path.home()).rstrip("/")
-    if home:
-        text = re.sub(re.escape(home) + r"(?=/|$)", "~", text)
+    names = {**folders, **({home: "~"} if home else {})}
+    for path in sorted(names, key=len, reverse=True):  # a folder inside another one first
+        # JSON files escape non-ASCII names (/srv/jos\u00e9/masks): both spellings are replaced.
+        for spelled in dict.fromkeys([path, json.dumps(path)[1:-1]]):
+            text = re.sub(start + re.escape(spelled) + end, lambda _: names[path], text)
     return redact(text)

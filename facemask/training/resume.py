@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import fcntl
 import json
 import logging
@@ -35,9 +36,12 @@ def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespac
     args = parser.parse_intermixed_args(argv)
     # `--resume section.key=value` would take the override as a checkpoint path: give it back, in
     # its place on the command line (a later override wins over an earlier one).
+    if args.resume and "=" in args.config and Path(args.resume).suffix in (".yaml", ".yml"):
+        # `--resume CONFIG key=value`: the option took the config as its checkpoint.
+        args.config, args.overrides, args.resume = args.resume, [args.config, *args.overrides], "latest"
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
-        given = set(args.overrides) | {args.resume}
-        args.overrides = [arg for arg in argv if arg in given]
+        at = next(i for i, arg in enumerate(argv) if arg in (args.resume, f"--resume={args.resume}"))
+        args.overrides.insert(sum(arg in args.overrides for arg in argv[:at]), args.resume)
         args.resume = "latest"
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
@@ -153,7 +157,9 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    break  # a file system without flock: the content below decides
                 holder = _read_lock(fd)
                 os.close(fd)
                 self._made_folder = False
@@ -166,7 +172,7 @@ class RunLock:
                 pass
             os.close(fd)
         holder = _read_lock(fd)
-        if holder and holder.get("pid") != os.getpid():
+        if holder and (holder.get("host"), holder.get("pid")) != (socket.gethostname(), os.getpid()):
             if holder.get("host") != socket.gethostname():
                 os.close(fd)
                 self._made_folder = False

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.sources import PreparedData, resolve_positive_label
-from facemask.data.storage import require_space
+from facemask.data.storage import first_line, require_space
 from facemask.evaluation.metrics import make_compute_metrics
 from facemask.pipeline.augment import BatchTransform
 from facemask.pipeline.inputs import AugmentationEpochCallback, InputPipeline, eval_batches
@@ -177,19 +177,22 @@ class FaceMaskTrainer(Trainer):
         folder and says which checkpoint is intact to --resume from."""
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"{CHECKPOINTS.name[:-1]}{self.state.global_step}"
-        if self.args.should_save:
-            require_space(run_dir, self.checkpoint_bytes(), f"saving {folder.name}",
-                          f"set training.output_dir to a larger disk; then continue with --resume from "
-                          f"{latest_checkpoint(run_dir) or 'the start'}")
         try:
+            if self.args.should_save:
+                require_space(run_dir, self.checkpoint_bytes(), f"saving {folder.name}",
+                              f"set training.output_dir to a larger disk; then continue with --resume from "
+                              f"{latest_checkpoint(run_dir) or 'the start'}")
             super()._save_checkpoint(model, trial)
-        except OSError as err:
-            if folder.is_dir() and not STATE.path(folder).is_file():
+        except ConfigError as err:  # mid-training, no room is a failure of the run (exit 1), not of its config
+            raise CheckpointError(str(err)) from None
+        except Exception as err:  # a full disk: OSError, torch.save's RuntimeError, SafetensorError
+            if self.args.should_save and folder.is_dir() and not STATE.path(folder).is_file():
                 shutil.rmtree(folder, ignore_errors=True)  # incomplete: never resumed from, only in the way
             previous = latest_checkpoint(run_dir)
             intact = (f"{previous} is intact: free some space, then continue with --resume" if previous
                       else "there is no earlier checkpoint to resume from")
-            raise CheckpointError(f"saving {folder} failed ({err.strerror or err}); {intact}") from err
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+            raise CheckpointError(f"saving {folder} failed ({reason}); {intact}") from err
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         result = super().train(*args, **kwargs)
