@@ -53,6 +53,13 @@ def test_export_writes_both_graphs_and_their_parity(exported):
     assert int8["kept"] and int8["max_accuracy_drop_points"] == 100
     assert int8["accuracy_drop_points"] == pytest.approx(100 * (int8["accuracy_pytorch"] - int8["accuracy_onnx"]))
     assert fp32["images_per_s_onnx"] > 0 and int8["speedup_vs_onnx_fp32"] > 0
+    # The graphs are pushed: no stack trace naming this machine's files (the exporter records one per node).
+    import site
+
+    local = [str(REPO), *site.getsitepackages()]
+    for graph in ("model.onnx", "model_quantized.onnx"):
+        content = (onnx_dir / graph).read_bytes()
+        assert not [path for path in local if path.encode() in content], graph
 
     # The batch dimension is dynamic, and the graph equals the saved model on inputs it never saw.
     from transformers import AutoModelForImageClassification

@@ -126,6 +126,20 @@ def export_graph(model: torch.nn.Module, side: int, path: Path, opset: int) -> N
     finally:
         model.set_attn_implementation(trained_attention)
     program.save(str(path))
+    _drop_stack_traces(path)
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """The exporter records each node's Python stack trace, which names this machine's files
+    (`/home/ana/.venv/lib/.../modeling_vit.py`); the graph is pushed, so they are dropped."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for node in graph.graph.node:
+        kept = [p for p in node.metadata_props if not p.key.endswith("stack_trace")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(graph, str(path))
 
 
 def quantize_int8(source: Path, target: Path) -> None:
