@@ -103,10 +103,7 @@ def staged(final: Path, folder: bool = False) -> Iterator[Path]:
             if not (folder and final.is_dir()):
                 raise
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
+        _delete(staging)
 
 
 class Damaged(Exception):
@@ -132,10 +129,15 @@ def remove(path: Path) -> None:
         os.replace(path, aside)
     except FileNotFoundError:
         return
-    if aside.is_dir():
-        shutil.rmtree(aside, ignore_errors=True)
+    _delete(aside)
+
+
+def _delete(path: Path) -> None:
+    """A file or a folder this project wrote, gone (nothing there is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        aside.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def mark_used(path: Path) -> None:
@@ -170,10 +172,7 @@ def remove_stale_partials(root: Path) -> List[Path]:
         found = mine.match(path.name)
         if found is None or pid_alive(int(found.group(1))):
             continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        _delete(path)
         logger.info("removed %s, left by process %s of this host, which is no longer running", path, found.group(1))
         removed.append(path)
     return removed
@@ -191,5 +190,5 @@ def require_space(where: Path, needed: int, what: str, hint: str) -> None:
         folder = folder.parent  # the folder is made later: its nearest existing parent's disk
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise ConfigError(f"{what} needs about {human_bytes(needed)} in {where}, whose disk has {human_bytes(free)} free: free "
-                          f"some space there, or {hint}")
+        raise ConfigError(f"{what} needs about {human_bytes(needed)} in {where}, whose disk has {human_bytes(free)} "
+                          f"free: free some space there, or {hint}")

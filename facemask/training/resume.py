@@ -163,8 +163,7 @@ class RunLock:
                 holder = _read_lock(fd)
                 os.close(fd)
                 self._made_folder = False
-                raise ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for "
-                                  "it to end, or choose another training.output_dir") from None
+                raise self._in_use(holder) from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break  # not a file the previous holder removed while this one opened it
@@ -181,8 +180,7 @@ class RunLock:
             if isinstance(holder.get("pid"), int) and pid_alive(holder["pid"]):
                 os.close(fd)
                 self._made_folder = False
-                raise ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for "
-                                  "it to end, or choose another training.output_dir")
+                raise self._in_use(holder)
             logger.warning("taking over %s from process %s, which is no longer running (%s)", self.path,
                            holder.get("pid"), _describe(holder))
         mine = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -192,6 +190,10 @@ class RunLock:
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         self._fd = fd
         return self
+
+    def _in_use(self, holder: Dict[str, Any]) -> ConfigError:
+        return ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for it to end, "
+                           "or choose another training.output_dir")
 
     def release(self) -> None:
         if self._fd is None:
