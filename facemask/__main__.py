@@ -1,5 +1,5 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
-predict (classify image files), audit (check a config's data), search (hyperparameters), export (ONNX),
+predict (classify image files), detect (every face in photos and videos), audit (check a config's data), search (hyperparameters), export (ONNX),
 demo (a Gradio page for a run or a Hub model), space (that page as a Hugging Face Space).
 
 Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
@@ -48,24 +48,38 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _threshold(args: argparse.Namespace, model: Any) -> Optional[float]:
+    """--threshold / --positive-label of predict and detect, checked against the model."""
     from facemask.data.sources import resolve_positive_label
     from facemask.evaluation.analysis import threshold_from
+
+    if args.threshold is None and args.positive_label is None:
+        return None
+    try:
+        resolve_positive_label(list(model.config.id2label.values()), args.positive_label)
+        if args.threshold is None:
+            raise ValueError("--positive-label goes with --threshold")
+        if len(model.config.id2label) != 2:
+            raise ValueError("--threshold needs a model with two labels")
+        return threshold_from(Path(args.model), args.threshold)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _report_skipped(skipped: List[Any], total: int) -> int:
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} of {total} inputs skipped", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _predict(args: argparse.Namespace) -> int:
     from facemask.evaluation.loading import load_model
     from facemask.evaluation.predict import collect_paths, format_rows, predict_files, write_rows
 
     model, processor = load_model(args.model, backend=args.backend)
-    threshold = None
-    if args.threshold is not None or args.positive_label is not None:
-        try:
-            resolve_positive_label(list(model.config.id2label.values()), args.positive_label)
-            if args.threshold is None:
-                raise ValueError("--positive-label goes with --threshold")
-            if len(model.config.id2label) != 2:
-                raise ValueError("--threshold needs a model with two labels")
-            threshold = threshold_from(Path(args.model), args.threshold)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+    threshold = _threshold(args, model)
     paths, skipped = collect_paths(args.paths)
     rows, unreadable = predict_files(model, processor, paths, args.batch_size, threshold, args.positive_label)
     skipped += unreadable
@@ -74,11 +88,54 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} predictions to {args.output}")
     else:
         sys.stdout.write(format_rows(rows))
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if skipped:
-        print(f"{len(skipped)} of {len(rows) + len(skipped)} inputs skipped", file=sys.stderr)
-    return 1 if skipped else 0
+    return _report_skipped(skipped, len(rows) + len(skipped))
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from facemask.data.sources import resolve_positive_label
+    from facemask.detection.crops import margin_from_images
+    from facemask.detection.detectors import load_detector
+    from facemask.detection.scenes import SceneClassifier, detect_files, write_table
+    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.predict import class_labels, collect_paths
+    from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON
+
+    for name in ("every", "max_side", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    out = Path(args.output)
+    previous = [out / n for n in (DETECTIONS_CSV, DETECTIONS_JSON) if (out / n).exists()]
+    if previous and not args.overwrite:
+        raise ConfigError(f"{previous[0]} exists from an earlier run: pass --overwrite to write over it, or choose "
+                          "another --output")
+    detector = load_detector(args.detector)
+    model, processor = load_model(args.model, backend=args.backend)
+    threshold = _threshold(args, model)
+    margin = args.margin
+    if args.margin_from:
+        found, _ = collect_paths([args.margin_from])
+        measured = margin_from_images(found, detector)
+        if "margin" not in measured:
+            raise ConfigError(f"--margin-from {args.margin_from}: no face found in its {measured['images']} images")
+        margin = measured["margin"]
+        print(f"margin {margin} (median over {measured['images'] - measured['without_face']} training images with a "
+              f"face, quartiles {measured['margin_iqr']}), from {args.margin_from}")
+    positive = resolve_positive_label(class_labels(model), args.positive_label)
+    scene = SceneClassifier(model, processor, detector, threshold, positive, margin, not args.no_square,
+                            args.min_face, args.max_side, args.detector_threshold, args.batch_size)
+    paths, skipped = collect_paths(args.inputs)
+    paths = [p for p in paths if out.resolve() not in p.resolve().parents]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"detect: {len(paths)} files, detector {args.detector}, classifier {args.model} ({args.backend}), margin "
+          f"{margin}{' square' if scene.square else ''}, every {args.every} frame(s)")
+    report = detect_files(scene, paths, out, args.every)
+    report.skipped = skipped + report.skipped
+    for note in report.notes:
+        print(note)
+    tables = write_table(report, scene.labels, out)
+    print(report.summary())
+    print(f"wrote {', '.join(str(p) for p in tables)} and {len(report.written)} annotated files to {out}")
+    return _report_skipped(report.skipped, len(paths) + len(skipped))
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -227,15 +284,48 @@ def _add_predict(commands: Any) -> None:
     predict.add_argument("model", help="a training run's output folder or a Hub model id")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     predict.add_argument("--output", help="write FILE.csv or FILE.json instead of printing")
-    predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--threshold", metavar="T",
-                         help="predict the positive class when its probability is >= T: a number, or a row of the "
-                              "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
-    predict.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
-    predict.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                         help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
-                              "with onnxruntime on the CPU")
+    _add_model_options(predict)
     predict.set_defaults(func=_predict)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threshold", metavar="T",
+                        help="predict the positive class when its probability is >= T: a number, or a row of the "
+                             "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
+    parser.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                        help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
+                             "with onnxruntime on the CPU")
+
+
+def _add_detect(commands: Any) -> None:
+    from facemask.detection.crops import DEFAULT_MARGIN  # no torch
+
+    detect = commands.add_parser("detect", help="find every face in photos and videos, classify it, draw it; exit "
+                                                "code 1 if any input was skipped")
+    detect.add_argument("model", help="a training run's output folder or a Hub model id")
+    detect.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image and video files (mp4, mov, avi, webm, mkv, animated GIF/WebP/PNG), folders "
+                             "(recursive) or globs")
+    detect.add_argument("--output", default="detections", help="folder for detections.csv, detections.json and the "
+                                                               "annotated copies (default ./detections)")
+    detect.add_argument("--overwrite", action="store_true", help="write over an earlier detect's table in --output")
+    _add_model_options(detect)
+    detect.add_argument("--detector", default="retinaface", help="the face detector (retinaface)")
+    detect.add_argument("--detector-threshold", type=float, default=0.6, help="the detector's score a face needs")
+    detect.add_argument("--min-face", type=int, default=20, metavar="PX",
+                        help="ignore faces whose box is narrower than PX full-resolution pixels")
+    detect.add_argument("--max-side", type=int, default=1280, metavar="PX",
+                        help="shrink larger photos and frames to this side for the detector (crops come from the "
+                             "full resolution)")
+    detect.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="room around each face box in the crop, a fraction of the box's size on each side")
+    detect.add_argument("--margin-from", metavar="TRAIN_DIR",
+                        help="measure --margin on training images: how much of each one its face fills")
+    detect.add_argument("--no-square", action="store_true", help="crop the box's shape instead of a square")
+    detect.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth video frame")
+    detect.set_defaults(func=_detect)
 
 
 def _add_export(commands: Any) -> None:
@@ -307,8 +397,8 @@ def _add_search(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_export, _add_demo, _add_space,
-                _add_cache, _add_search):
+    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_export, _add_demo,
+                _add_space, _add_cache, _add_search):
         add(commands)
     return parser
 

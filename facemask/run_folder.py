@@ -104,6 +104,8 @@ SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as 
 SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD = "search_trials.csv", "search_trials.md"
 SEARCH_BEST_CONFIG, SEARCH_STUDY = "best_config.yaml", "search.db"
 SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_CONFIG)
+# `python -m facemask detect`: the table of every face, in its output folder (default ./detections/).
+DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 
 OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,

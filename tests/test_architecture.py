@@ -15,6 +15,7 @@ LAYERS = [
     {"facemask.data"},
     {"facemask.pipeline"},
     {"facemask.evaluation"},
+    {"facemask.detection"},
     {"facemask.recipe"},
     {"facemask.training"},
     {"facemask.publish"},

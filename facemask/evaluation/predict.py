@@ -9,7 +9,7 @@ import glob
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,12 +27,13 @@ def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, 
     return rows
 
 
-def write_rows(rows: List[Dict[str, Any]], path: Path) -> None:
+def write_rows(rows: List[Dict[str, Any]], path: Path, columns: Optional[List[str]] = None) -> None:
+    """Rows as FILE.json (a list of objects) or CSV (`columns`, else the first row's keys)."""
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         return
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
+        writer = csv.DictWriter(f, fieldnames=columns or (list(rows[0]) if rows else ["file"]))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -58,6 +59,41 @@ def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, 
     return unique, missing
 
 
+def read_input(path: Path, draft_side: Optional[int] = None) -> Tuple[Optional[Image.Image], str]:
+    """(the image as upright RGB, "") or (None, why it cannot be classified): the one reading of an
+    input file, and its messages, that predict and detect share."""
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file")
+        return load_image(path, draft_side), ""
+    except (UnidentifiedImageError, ValueError, OSError, Image.DecompressionBombError) as err:
+        return None, "not an image file" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
+
+
+def class_labels(model: Any) -> List[str]:
+    return [model.config.id2label[i] for i in sorted(model.config.id2label)]
+
+
+def class_probabilities(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    """Each image's class probabilities (images x classes): the processor's preprocessing, in batches."""
+    model.eval()
+    chunks = [np.zeros((0, len(model.config.id2label)), dtype=np.float32)]
+    for start in range(0, len(images), batch_size):
+        with torch.no_grad():
+            pixels = processor(list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
+            logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits.float()
+            chunks.append(torch.softmax(logits, dim=-1).cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def decide(probs: np.ndarray, threshold: Optional[float] = None, positive: int = 1) -> np.ndarray:
+    """The predicted class of each row: the arg-max, or with a threshold (two-label models) the
+    positive class where its probability reaches it and the other class elsewhere."""
+    if threshold is None:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+
+
 def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32,
                   threshold: Optional[float] = None, positive_label: Optional[str] = None
                   ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
@@ -69,21 +105,15 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
     from facemask.data.sources import resolve_positive_label
     from facemask.pipeline.processor import processor_image_size
 
-    labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    labels = class_labels(model)
     positive = resolve_positive_label(labels, positive_label)
     draft_side = 2 * processor_image_size(processor)
     rows, skipped = [], []
     images, kept = [], []
-    model.eval()
 
     def flush() -> None:
-        if not images:
-            return
-        with torch.no_grad():
-            pixels = processor(images, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
-            probs = torch.softmax(model(pixel_values=pixels).logits.float(), dim=-1).cpu().numpy()
-        for path, p in zip(kept, probs):
-            choice = int(p.argmax()) if threshold is None else (positive if p[positive] >= threshold else 1 - positive)
+        probs = class_probabilities(model, processor, images, batch_size)
+        for path, p, choice in zip(kept, probs, decide(probs, threshold, positive)):
             row = {"path": str(path), "label": labels[choice], "confidence": round(float(p[choice]), 6)}
             row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
             rows.append(row)
@@ -91,12 +121,8 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
         kept.clear()
 
     for path in paths:
-        try:
-            if path.stat().st_size == 0:
-                raise ValueError("empty file")
-            image = load_image(path, draft_side)
-        except (UnidentifiedImageError, ValueError, OSError, Image.DecompressionBombError) as err:
-            reason = "not an image file" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
+        image, reason = read_input(path, draft_side)
+        if image is None:
             skipped.append((str(path), reason))
             continue
         images.append(image)

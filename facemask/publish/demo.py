@@ -130,7 +130,9 @@ class Demo:
 
     @property
     def labels(self) -> List[str]:
-        return [self.model.config.id2label[i] for i in sorted(self.model.config.id2label)]
+        from facemask.evaluation.predict import class_labels
+
+        return class_labels(self.model)
 
     @property
     def positive_label(self) -> Optional[str]:

@@ -1,0 +1,107 @@
+"""Reading the inputs of `detect` as frames and writing annotated videos: video files through PyAV
+(its wheels bundle FFmpeg), animated images (GIF, WebP, PNG) through PIL, both as (frame index,
+time in seconds, RGB image)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+from facemask.data.images import to_rgb
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".webm", ".mkv", ".m4v", ".mpg", ".mpeg"}
+Frame = Tuple[int, float, Image.Image]
+
+
+class UnreadableVideo(ValueError):
+    """A video that cannot be decoded, or stops part-way (`frames` were read before the failure)."""
+
+    def __init__(self, message: str, frames: int = 0) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def animation_frames(path: Path) -> int:
+    """How many frames an image file holds (1 for a still); raises what PIL raises for a bad file."""
+    with Image.open(path) as image:
+        return getattr(image, "n_frames", 1)
+
+
+def video_frames(path: Path) -> Iterator[Frame]:
+    """Every frame of a video or an animated image, decoded in order."""
+    if not is_video(path):
+        with Image.open(path) as image:
+            time = 0.0
+            for index, frame in enumerate(ImageSequence.Iterator(image)):
+                yield index, time, to_rgb(frame.copy())
+                time += (frame.info.get("duration") or 100) / 1000
+        return
+    import av
+
+    index = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UnreadableVideo("no video stream")
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                time = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
+                yield index, time, frame.to_image()
+                index += 1
+    except (av.error.FFmpegError, OSError) as err:  # what FFmpeg says of a bad or truncated file
+        where = f" after {index} frames" if index else ""
+        raise UnreadableVideo(f"not a readable video{where} ({type(err).__name__}: {str(err).splitlines()[0]})",
+                              index) from None
+    if index == 0:
+        raise UnreadableVideo("not a readable video (no frame could be decoded)")
+
+
+def frame_rate(path: Path) -> Fraction:
+    """Frames per second to write the annotated copy at: the video's own, or the animation's mean."""
+    if not is_video(path):
+        with Image.open(path) as image:
+            durations = [frame.info.get("duration") or 100 for frame in ImageSequence.Iterator(image)]
+        return Fraction(1000 * len(durations), max(sum(durations), 1)).limit_denominator(1000)
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return Fraction(rate).limit_denominator(1000) if rate else Fraction(25)
+
+
+class VideoWriter:
+    """An H.264 MP4 (yuv420p, which every player reads; odd sides are padded by one pixel)."""
+
+    def __init__(self, path: Path, rate: Fraction) -> None:
+        import av
+
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": "23", "preset": "veryfast"}
+        self.size: Optional[Tuple[int, int]] = None
+
+    def write(self, image: Image.Image) -> None:
+        import av
+
+        if self.size is None:
+            self.size = (image.width + image.width % 2, image.height + image.height % 2)
+            self.stream.width, self.stream.height = self.size
+        if image.size != self.size:
+            canvas = Image.new("RGB", self.size)
+            canvas.paste(image)
+            image = canvas
+        frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
