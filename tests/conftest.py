@@ -60,3 +60,46 @@ def synth_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     assert main(["synth", str(root), "--num-images", "40", "--image-size", "48", "--seed", "3"]) == 0
     return root
+
+
+# Scenes for the face detector: real faces (scikit-image's astronaut portrait, a photograph), pasted
+# at known places, because a drawn face need not look like a face to a real detector.
+ASTRONAUT_FACE = (175, 55, 275, 180)  # the face in data.astronaut(), hand-labelled: x0, y0, x1, y1
+FACE_CROP = (150, 20, 300, 210)  # the part of the photo pasted into scenes: the face with hair and shoulders
+
+
+def face_crops():
+    """(the astronaut's face crop, the same with a drawn mask over nose and mouth)."""
+    from PIL import Image, ImageDraw
+    from skimage import data
+
+    face = Image.fromarray(data.astronaut()).crop(FACE_CROP)
+    masked = face.copy()
+    w, h = masked.size
+    ImageDraw.Draw(masked).polygon([(w * 0.2, h * 0.55), (w * 0.8, h * 0.55), (w * 0.75, h * 0.9), (w * 0.5, h * 0.97),
+                                    (w * 0.25, h * 0.9)], fill=(90, 150, 220))
+    return face, masked
+
+
+def compose_scene(size=(960, 540), places=((50, 60, 1.0), (350, 200, 0.7), (650, 80, 1.3), (820, 380, 0.45)),
+                  background=(200, 190, 170)):
+    """A canvas with a face crop pasted at each (x, y, scale), masked on every other one, and the
+    known face boxes (x0, y0, x1, y1) there."""
+    from PIL import Image
+
+    face, masked = face_crops()
+    canvas = Image.new("RGB", size, background)
+    boxes = []
+    fx0, fy0, fx1, fy1 = (a - b for a, b in zip(ASTRONAUT_FACE, FACE_CROP[:2] * 2))
+    for i, (x, y, scale) in enumerate(places):
+        crop = masked if i % 2 else face
+        canvas.paste(crop.resize((round(crop.width * scale), round(crop.height * scale))), (x, y))
+        boxes.append((x + fx0 * scale, y + fy0 * scale, x + fx1 * scale, y + fy1 * scale))
+    return canvas, boxes
+
+
+def best_iou(box, boxes) -> float:
+    """The largest overlap (IoU) of `box` with any of `boxes`."""
+    from facemask.detection.tracking import iou
+
+    return float(iou([box], boxes).max()) if len(boxes) else 0.0

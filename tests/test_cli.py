@@ -34,6 +34,7 @@ def test_help_of_every_subcommand_imports_no_torch():
 @pytest.mark.parametrize("args", [
     ["predict", "no/such-model-here", "x.jpg"],
     ["demo", "no/such-model-here"],
+    ["detect", "no/such-model-here", "x.jpg", "--output", "{tmp}/det"],
     ["export", "{tmp}/not-a-run"],
     ["card", "{tmp}/not-a-run"],
     ["audit", "{tmp}/missing.yaml"],
