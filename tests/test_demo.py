@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, best_iou, compose_scene, tiny_config
 from fake_hub import FakeHub
 from PIL import Image
 
@@ -96,6 +96,28 @@ def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads, tm
         message, probabilities = demo.classify(str(truncated), ARGMAX_RULE)
         assert message.startswith("**Not classified.** truncated.jpg could not be read ("), (cut, message)
         assert probabilities is None
+
+
+def test_scene_tab_finds_draws_and_tables_every_face(run_dir, uploads, tmp_path):
+    demo = load_demo(str(run_dir))
+    scene, known = compose_scene()
+    scene.save(tmp_path / "queue.png")
+    message, drawn, table = demo.scene(str(tmp_path / "queue.png"), ARGMAX_RULE)
+    assert message.startswith("## 4 faces: ") and drawn.size == scene.size and len(table) == 4
+    assert demo.scene_columns[:5] == ["face", "x0", "y0", "x1", "y1"]
+    assert all(best_iou(box, [row[1:5] for row in table]) >= 0.5 for box in known)
+    labels = [row[demo.scene_columns.index("label")] for row in table]
+    assert message == "## 4 faces: " + ", ".join(f"{label} {labels.count(label)}" for label in demo.labels
+                                                 if label in labels)
+    # A threshold of 0 makes every face the positive class.
+    rules = {**demo.rules, "everything": 0.0}
+    demo.rules = rules
+    _, _, table = demo.scene(str(tmp_path / "queue.png"), "everything")
+    assert {row[demo.scene_columns.index("label")] for row in table} == {demo.positive_label or "with_mask"}
+    Image.new("RGB", (320, 240), (90, 160, 90)).save(tmp_path / "lawn.png")
+    assert demo.scene(str(tmp_path / "lawn.png"), ARGMAX_RULE)[0].startswith("## No face found")
+    assert demo.scene(str(uploads / "notes.png"), ARGMAX_RULE) == (
+        "**Not analysed.** notes.png is not an image: upload a photo (JPEG, PNG, WebP, BMP, TIFF or GIF).", None, [])
 
 
 def test_metrics_tab_reads_the_run_folder(run_dir):
@@ -198,6 +220,26 @@ def test_demo_page_in_headless_chromium(run_dir, uploads, tmp_path):
         assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
         with Image.open(tmp_path / "demo.png") as shot:
             assert shot.size[0] >= 1000
+
+        # The Scene tab: every face of a photo found, drawn and tabled.
+        next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Scene").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#scene-photo input[type=file]"))
+        scene, known = compose_scene()
+        scene.save(tmp_path / "queue.png")
+        browser.find_element(By.CSS_SELECTOR, "#scene-photo input[type=file]").send_keys(str(tmp_path / "queue.png"))
+        wait.until(lambda b: "4 faces" in b.find_element(By.ID, "scene-result").text)
+        rows = "#scene-table div[role=row]"  # Gradio's data grid: one div a row, the header apart
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, rows)) == 4)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#scene-drawn img"))
+        cells = [[c.text for c in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]
+                 for row in browser.find_elements(By.CSS_SELECTOR, rows)]
+        header = [c.get_attribute("title") for c in browser.find_elements(By.CSS_SELECTOR, "#scene-table th")]
+        assert header[:5] == ["face", "x0", "y0", "x1", "y1"], header
+        shown = [[float(v) for v in row[1:5]] for row in cells]
+        assert all(best_iou(box, shown) >= 0.5 for box in known), cells
+        browser.save_screenshot(str(tmp_path / "scene.png"))
+        browser.find_element(By.CSS_SELECTOR, "#scene-photo input[type=file]").send_keys(str(uploads / "notes.png"))
+        wait.until(lambda b: "notes.png is not an image" in b.find_element(By.ID, "scene-result").text)
     finally:
         if browser is not None:
             browser.quit()
@@ -242,19 +284,22 @@ def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_pa
         for name, content in files.items():
             (space / name).parent.mkdir(parents=True, exist_ok=True)
             (space / name).write_bytes(content)
+        compose_scene()[0].save(tmp_path / "scene.png")
         script = ("import json, sys, app, facemask\n"
                   "message, probabilities = app.page.classify(sys.argv[1], app.page.rules and next(iter(app.page.rules)))\n"
-                  "print(json.dumps([facemask.__file__, message, probabilities]))\n")
+                  "scene_message, _, table = app.page.scene(sys.argv[2], next(iter(app.page.rules)))\n"
+                  "print(json.dumps([facemask.__file__, message, probabilities, scene_message, len(table)]))\n")
         env.pop("HF_TOKEN")
-        done = subprocess.run([sys.executable, "-c", script, str(uploads / "with-mask.jpg")], cwd=space, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", script, str(uploads / "with-mask.jpg"), str(tmp_path / "scene.png")],
+                              cwd=space, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     import json
 
-    module_file, message, probabilities = json.loads(done.stdout.splitlines()[-1])
+    module_file, message, probabilities, scene_message, faces = json.loads(done.stdout.splitlines()[-1])
     assert Path(module_file).parent == space / "facemask"
     local = load_demo(str(run_dir))
     assert [message, probabilities] == list(local.classify(str(uploads / "with-mask.jpg"), ARGMAX_RULE))
+    assert faces == 4 and scene_message == local.scene(str(tmp_path / "scene.png"), ARGMAX_RULE)[0]
     assert any(method == "GET" and "/tester/demo-model/resolve/" in path for method, path in hub.requests)
 
 

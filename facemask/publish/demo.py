@@ -1,7 +1,8 @@
 """The demo page (python -m facemask demo): a Gradio app around a run folder or a Hub model.
 
 One tab classifies an upload or a webcam frame with the same code as `predict`, under the decision
-rule of the run's operating points (operating_points.json) when it has them; the other shows the
+rule of the run's operating points (operating_points.json) when it has them; the Scene tab finds
+every face in a photo with the code of `detect`, and draws and tables them; the last shows the
 run's metrics, confusion matrix and error gallery from the files the run left. A Hub model is
 fetched once (the files `push` sends) and then read like a run folder, so the Space built by
 `python -m facemask space` runs this same module.
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -138,6 +140,52 @@ class Demo:
     def positive_label(self) -> Optional[str]:
         return self.run.operating_points.get("positive_label")
 
+    def scene(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Image.Image], List[List[Any]]]:
+        """(the page's message, the photo with each face drawn, the table's rows) for one upload."""
+        from dataclasses import replace
+
+        from facemask.evaluation.predict import read_input
+
+        if not path:
+            return "Upload a photo of a scene (a street, a queue, a classroom), or take one with the webcam.", None, []
+        try:
+            note = check_upload(path)
+            image, reason = read_input(Path(path))
+            if image is None:
+                raise BadUpload(f"{Path(path).name} could not be read ({reason}): {UPLOAD_HINT}.")
+            scene = replace(self.scene_classifier, threshold=self.rules.get(rule))
+            faces = scene.faces(image)
+        except BadUpload as err:
+            return f"**Not analysed.** {err}", None, []
+        except Exception as err:  # the page shows a message; the console keeps the traceback
+            logger.exception("demo: finding faces in %s failed", path)
+            return f"**Not analysed.** {type(err).__name__}: {err}", None, []
+        rows = scene.rows(Path(path).name, faces)
+        counts = Counter(row["label"] for row in rows)
+        if rows:
+            message = (f"## {len(rows)} face{'s' * (len(rows) != 1)}: "
+                       + ", ".join(f"{label} {counts[label]}" for label in self.labels if counts[label]))
+        else:
+            message = f"## No face found\n\n{Path(path).name}: the detector found no face of at least " \
+                      f"{scene.min_face} pixels."
+        table = [[i + 1] + [row[c] for c in self.scene_columns[1:]] for i, row in enumerate(rows)]
+        return message + (f"\n\n{note}" if note else ""), scene.draw(image, faces.boxes, faces.probs), table
+
+    @property
+    def scene_columns(self) -> List[str]:
+        from facemask.detection.scenes import table_columns
+
+        return ["face"] + [c for c in table_columns(self.labels) if c not in ("file", "frame", "time_s", "track")]
+
+    @cached_property
+    def scene_classifier(self) -> Any:
+        from facemask.data.sources import resolve_positive_label
+        from facemask.detection.detectors import load_detector
+        from facemask.detection.scenes import SceneClassifier
+
+        positive = resolve_positive_label(self.labels, self.positive_label)
+        return SceneClassifier(self.model, self.processor, load_detector(), positive=positive)
+
     def classify(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Dict[str, float]]]:
         """(the page's message in Markdown, class probabilities or None) for one uploaded file."""
         from facemask.evaluation.predict import predict_files
@@ -218,6 +266,21 @@ def build_app(demo: Demo) -> Any:
                                              show_heading=False, elem_id="probabilities")
             for event in (image.change, rule.change):
                 event(demo.classify, [image, rule], [message, probabilities])
+        with gr.Tab("Scene"):
+            with gr.Row():
+                with gr.Column():
+                    scene = gr.Image(type="filepath", sources=["upload", "webcam"], label="Photo of a scene",
+                                     elem_id="scene-photo")
+                    scene.preprocess = partial(_undecoded, scene.preprocess)
+                    scene_rule = gr.Dropdown(list(demo.rules), value=default_rule(demo.rules), label="Decision rule",
+                                             elem_id="scene-rule")
+                with gr.Column():
+                    scene_message = gr.Markdown("Upload a photo of a scene, or take one with the webcam: every face "
+                                                "is found, classified and drawn.", elem_id="scene-result")
+                    drawn = gr.Image(type="pil", label="Faces found", interactive=False, elem_id="scene-drawn")
+            faces = gr.Dataframe(headers=demo.scene_columns, label="Faces", interactive=False, elem_id="scene-table")
+            for event in (scene.change, scene_rule.change):
+                event(demo.scene, [scene, scene_rule], [scene_message, drawn, faces])
         with gr.Tab("Run metrics"):
             gr.Markdown(metrics_markdown(demo.run), elem_id="metrics")
             for caption, path in run_figures(demo.run):

@@ -1,8 +1,8 @@
 """python -m facemask space: the demo page as a Hugging Face Space that loads the model by its Hub id.
 
 The Space holds app.py and README.md (from space_template/), this package (the page is
-facemask/publish/demo.py, the code `python -m facemask demo` runs) and the project's requirements.txt, so
-it runs the versions the page was tested with. They are written to a local folder first, then pushed.
+facemask/publish/demo.py, the code `python -m facemask demo` runs) with its face detector's weights,
+and the project's requirements.txt, so it runs the versions the page was tested with. They are written to a local folder first, then pushed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jinja2
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from facemask import REPO
+from facemask.detection.detectors import WEIGHTS_DIR
 from facemask.publish.card import hub_model_id, model_name
 from facemask.publish.hub import PushError, delete_stale
 from facemask.run_folder import CONFIG, read_run
@@ -54,8 +55,8 @@ def space_files(run_dir: str | Path, model_id: str, revision: Optional[str] = No
     files = {name[: -len(".j2")]: env.get_template(name).render(**values).encode()
              for name in ("app.py.j2", "README.md.j2")}
     files["requirements.txt"] = requirements.encode()
-    files.update({f"facemask/{path.relative_to(PACKAGE).as_posix()}": path.read_bytes()
-                  for path in sorted(PACKAGE.rglob("*.py"))})
+    shipped = sorted(PACKAGE.rglob("*.py")) + sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_file())
+    files.update({f"facemask/{path.relative_to(PACKAGE).as_posix()}": path.read_bytes() for path in shipped})
     return files
 
 
