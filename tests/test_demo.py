@@ -286,12 +286,14 @@ def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_pa
             (space / name).write_bytes(content)
         compose_scene()[0].save(tmp_path / "scene.png")
         script = ("import json, sys, app, facemask\n"
-                  "message, probabilities = app.page.classify(sys.argv[1], app.page.rules and next(iter(app.page.rules)))\n"
-                  "scene_message, _, table = app.page.scene(sys.argv[2], next(iter(app.page.rules)))\n"
+                  "rule = app.page.rules and next(iter(app.page.rules))\n"
+                  "message, probabilities = app.page.classify(sys.argv[1], rule)\n"
+                  "scene_message, _, table = app.page.scene(sys.argv[2], rule)\n"
                   "print(json.dumps([facemask.__file__, message, probabilities, scene_message, len(table)]))\n")
         env.pop("HF_TOKEN")
-        done = subprocess.run([sys.executable, "-c", script, str(uploads / "with-mask.jpg"), str(tmp_path / "scene.png")],
-                              cwd=space, env=env, capture_output=True, text=True, timeout=300)
+        inputs = [str(uploads / "with-mask.jpg"), str(tmp_path / "scene.png")]
+        done = subprocess.run([sys.executable, "-c", script, *inputs], cwd=space, env=env, capture_output=True,
+                              text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     import json
 

@@ -2,7 +2,8 @@
 
 The Space holds app.py and README.md (from space_template/), this package (the page is
 facemask/publish/demo.py, the code `python -m facemask demo` runs) with its face detector's weights,
-and the project's requirements.txt, so it runs the versions the page was tested with. They are written to a local folder first, then pushed.
+and the project's requirements.txt, so it runs the versions the page was tested with. They are
+written to a local folder first, then pushed.
 """
 
 from __future__ import annotations
