@@ -84,3 +84,17 @@ def test_inference_bench_times_all_four_backends(tmp_path, capsys):
             assert f["ratio_min"] <= f["ratio_to_eager"] <= f["ratio_max"], name
         assert figures["onnx"]["max_abs_logit_diff"] < 1e-3 and figures["compile"]["max_abs_logit_diff"] < 1e-3
     assert "onnx-int8" in capsys.readouterr().out
+
+
+def test_detect_bench_times_the_detector_and_each_classifier_arm(tmp_path, capsys):
+    out = tmp_path / "detect.json"
+    results = load("detect").main(["--models", "tiny", "--backends", "torch", "onnx-int8", "--repeats", "2",
+                                   "--iters", "1", "--output", str(out)])
+    assert json.loads(out.read_text()) == results
+    arms = ["detector only", "+ tiny ViT torch", "+ tiny ViT onnx-int8"]
+    assert list(results) == [f"{size} {arm}" for size in ("640x480", "1920x1080") for arm in arms]
+    for name, f in results.items():
+        assert f["faces"] == (4 if name.startswith("640") else 6), name  # every pasted face found
+        assert 0 < f["min"] <= f["images_per_s"] <= f["max"], name
+        assert f["faces_per_s"] == pytest.approx(f["images_per_s"] * f["faces"])
+    assert "faces/s" in capsys.readouterr().out

@@ -232,3 +232,13 @@ def _model(run_dir):
     from facemask.evaluation.loading import load_model
 
     return load_model(str(run_dir))
+
+
+def test_the_shipped_detector_weights_are_the_ones_their_licence_file_names():
+    import hashlib
+    import re
+
+    from facemask.detection.detectors import WEIGHTS_DIR, RetinaFace
+
+    stated = re.search(r"sha256 ([0-9a-f]{64})", (WEIGHTS_DIR / "LICENSE").read_text()).group(1)
+    assert hashlib.sha256(RetinaFace.weights.read_bytes()).hexdigest() == stated

@@ -60,14 +60,18 @@ class SceneClassifier:
         self.labels = class_labels(self.model)
         self.colours = label_colours(self.labels, self.positive)
 
-    def faces(self, image: Image.Image) -> Faces:
+    def find(self, image: Image.Image) -> Tuple[np.ndarray, np.ndarray]:
+        """The faces' boxes in `image`'s own pixels and their detector scores (the detector's part)."""
         scale = min(1.0, self.max_side / max(image.size))
         small = image if scale == 1.0 else image.resize(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
         boxes, scores = self.detector.detect(np.asarray(small), self.detector_threshold)
         boxes = boxes / scale
         big = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face
-        boxes, scores = boxes[big], scores[big]
+        return boxes[big], scores[big]
+
+    def faces(self, image: Image.Image) -> Faces:
+        boxes, scores = self.find(image)
         crops = [image.crop(crop_box(box, image.size, self.margin, self.square)) for box in boxes]
         return Faces(boxes, scores, class_probabilities(self.model, self.processor, crops, self.batch_size))
 
