@@ -58,9 +58,9 @@ def moving_frames(count, step=6):
     return frames
 
 
-def write_video(path, frames, rate=10):
+def write_video(path, frames, rate=10, options=None):
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
+        stream = container.add_stream("libx264", rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_image(frame)))
@@ -179,14 +179,24 @@ def test_detect_follows_faces_through_a_video_and_an_animation(run_dir, tmp_path
     write_video(tmp_path / "queue.mp4", [f for f, _ in frames])
     frames[0][0].save(tmp_path / "loop.gif", save_all=True, append_images=[f for f, _ in frames[1:4]], duration=100)
     (tmp_path / "cut.mp4").write_bytes((tmp_path / "queue.mp4").read_bytes()[:2500])
+    # A Matroska file cut in half: FFmpeg decodes the first half without an error. (Every frame a
+    # key frame, so that half the bytes hold about half the frames.)
+    write_video(tmp_path / "whole.mkv", [f for f, _ in frames], options={"g": "1"})
+    whole = (tmp_path / "whole.mkv").read_bytes()
+    (tmp_path / "half.mkv").write_bytes(whole[:len(whole) // 2])
     out = tmp_path / "det"
     code = main(["detect", str(run_dir), str(tmp_path / "queue.mp4"), str(tmp_path / "loop.gif"),
-                 str(tmp_path / "cut.mp4"), "--output", str(out), "--every", "2", "--threshold", "0.5"])
+                 str(tmp_path / "cut.mp4"), str(tmp_path / "half.mkv"), "--output", str(out), "--every", "2",
+                 "--threshold", "0.5"])
     captured = capsys.readouterr()
     assert code == 1 and "cut.mp4: not a readable video" in captured.err
+    assert "half.mkv: truncated video: decoding stopped at" in captured.err and "are in the table" in captured.err
+    assert "2 of 4 inputs skipped" in captured.err
     assert "loop.gif is animated (4 frames): read as a video" in captured.out
-    assert "8 of 16 frames analysed" in captured.out and "frames/s" in captured.out
     _, rows = read_table(out)
+    half = {int(r["frame"]) for r in rows if r["file"].endswith("half.mkv")}
+    assert half and max(half) < 10 and len(half) == sum(1 for _ in range(0, max(half) + 1, 2))
+    assert f"{6 + 2 + len(half)} of " in captured.out and "frames/s" in captured.out
     video = [r for r in rows if r["file"].endswith("queue.mp4")]
     # One row per face per analysed frame (0, 2, ..., 10), at the frame's time.
     assert sorted({int(r["frame"]) for r in video}) == [0, 2, 4, 6, 8, 10]

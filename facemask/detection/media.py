@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageSequence
@@ -46,22 +46,43 @@ def video_frames(path: Path) -> Iterator[Frame]:
         return
     import av
 
-    index = 0
+    index, time, missing = 0, 0.0, ""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UnreadableVideo("no video stream")
             stream = container.streams.video[0]
+            rate = float(stream.average_rate or 25)
             for frame in container.decode(stream):
-                time = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
+                time = float(frame.time) if frame.time is not None else index / rate
                 yield index, time, frame.to_image()
                 index += 1
+            missing = _truncation(container, stream, index, time + 1 / rate, rate)
     except (av.error.FFmpegError, OSError) as err:  # what FFmpeg says of a bad or truncated file
         where = f" after {index} frames" if index else ""
         raise UnreadableVideo(f"not a readable video{where} ({type(err).__name__}: {str(err).splitlines()[0]})",
                               index) from None
     if index == 0:
         raise UnreadableVideo("not a readable video (no frame could be decoded)")
+    if missing:
+        raise UnreadableVideo(f"truncated video: {missing}", index)
+
+
+def _truncation(container: Any, stream: Any, frames: int, end: float, rate: float) -> str:
+    """What a video's header promises and decoding did not give ("" when nothing is missing).
+    FFmpeg stops at the end of a cut-off MKV or AVI without an error, so the decoded length is
+    checked against the frame count or duration the file states."""
+    if stream.frames and frames < stream.frames - 1:
+        return f"{frames} of the {stream.frames} frames its header lists could be decoded"
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:  # with audio, the container's may be longer
+        duration = container.duration / 1e6
+    else:
+        return ""
+    if end < duration - max(2 / rate, 0.1):
+        return f"decoding stopped at {end:.2f} s of the {duration:.2f} s its header states"
+    return ""
 
 
 def frame_rate(path: Path) -> Fraction:

@@ -192,7 +192,7 @@ def detect_video(scene: SceneClassifier, path: Path, every: int, out: Optional[P
     if not any(len(f.boxes) for _, _, f, _ in analysed):
         report.without_faces.append(str(path))
     if error:
-        report.skipped.append((str(path), f"{error}: the frames before it are in the table"))
+        report.skipped.append((str(path), f"{error} (the {frames} frames decoded before it are in the table)"))
     if out is None:
         return
     target = out / output_name(path, ".mp4", taken)
