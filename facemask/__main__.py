@@ -94,49 +94,61 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _detect(args: argparse.Namespace) -> int:
     from facemask.data.sources import resolve_positive_label
-    from facemask.detection.crops import margin_from_images
+    from facemask.detection.crops import describe, margin_from_images, run_margin
     from facemask.detection.detectors import load_detector
-    from facemask.detection.scenes import SceneClassifier, detect_files, write_table
+    from facemask.detection.scenes import OutputError, SceneClassifier, detect_files, write_table
     from facemask.evaluation.loading import load_model
     from facemask.evaluation.predict import class_labels, collect_paths
     from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON
 
-    for name in ("every", "max_side", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    for name, low in (("every", 1), ("max_side", 1), ("batch_size", 1), ("min_face", 0), ("margin", 0)):
+        if getattr(args, name) is not None and getattr(args, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}")
+    if not 0 < args.detector_threshold <= 1:
+        raise ConfigError("--detector-threshold is a detector score: between 0 (excluded) and 1")
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file: name a folder")
     previous = [out / n for n in (DETECTIONS_CSV, DETECTIONS_JSON) if (out / n).exists()]
     if previous and not args.overwrite:
-        raise ConfigError(f"{previous[0]} exists from an earlier run: pass --overwrite to write over it, or choose "
-                          "another --output")
+        raise ConfigError(f"{previous[0]} exists from an earlier run: pass --overwrite to write over it and the "
+                          "annotated copies of the same names, or choose another --output")
     detector = load_detector(args.detector)
     model, processor = load_model(args.model, backend=args.backend)
     threshold = _threshold(args, model)
-    margin = args.margin
-    if args.margin_from:
-        found, _ = collect_paths([args.margin_from])
+    if args.margin is not None:
+        margin, how = args.margin, "--margin"
+    elif args.margin_from:
+        found, missing = collect_paths([args.margin_from])
         measured = margin_from_images(found, detector)
         if "margin" not in measured:
-            raise ConfigError(f"--margin-from {args.margin_from}: no face found in its {measured['images']} images")
-        margin = measured["margin"]
-        print(f"margin {margin} (median over {measured['images'] - measured['without_face']} training images with a "
-              f"face, quartiles {measured['margin_iqr']}), from {args.margin_from}")
+            why = missing[0][1] if missing else f"no face found in its {measured['images']} images"
+            raise ConfigError(f"--margin-from {args.margin_from}: {why}")
+        margin, how = measured["margin"], describe(measured, args.margin_from)
+    else:
+        margin, how = run_margin(args.model, detector)
     positive = resolve_positive_label(class_labels(model), args.positive_label)
     scene = SceneClassifier(model, processor, detector, threshold, positive, margin, not args.no_square,
                             args.min_face, args.max_side, args.detector_threshold, args.batch_size)
-    paths, skipped = collect_paths(args.inputs)
-    paths = [p for p in paths if out.resolve() not in p.resolve().parents]
+    found, missing = collect_paths(args.inputs)
+    inside = [p for p in found if out.resolve() in p.resolve().parents]
+    skipped = missing + [(str(p), f"it is inside the output folder {out}: detect would read its own output")
+                         for p in inside]
+    paths = [p for p in found if p not in inside]
     out.mkdir(parents=True, exist_ok=True)
-    print(f"detect: {len(paths)} files, detector {args.detector}, classifier {args.model} ({args.backend}), margin "
-          f"{margin}{' square' if scene.square else ''}, every {args.every} frame(s)")
-    report = detect_files(scene, paths, out, args.every)
+    print(f"detect: {len(paths)} files, detector {args.detector}, classifier {args.model} ({args.backend}), "
+          f"every {args.every} frame(s); crop margin {margin} ({how}){', square' if scene.square else ''}")
+    try:
+        report = detect_files(scene, paths, out, args.every, args.overwrite)
+    except OutputError as err:
+        return _failed(err)
     report.skipped = skipped + report.skipped
     for note in report.notes:
         print(note)
     tables = write_table(report, scene.labels, out)
-    print(report.summary())
+    print(report.summary(scene.labels))
     print(f"wrote {', '.join(str(p) for p in tables)} and {len(report.written)} annotated files to {out}")
-    return _report_skipped(report.skipped, len(paths) + len(skipped))
+    return _report_skipped(report.skipped, len(found) + len(missing))
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -316,14 +328,17 @@ def _add_detect(commands: Any) -> None:
     detect.add_argument("--detector", default="retinaface", help="the face detector (retinaface)")
     detect.add_argument("--detector-threshold", type=float, default=0.6, help="the detector's score a face needs")
     detect.add_argument("--min-face", type=int, default=20, metavar="PX",
-                        help="ignore faces whose box is narrower than PX full-resolution pixels")
+                        help="ignore faces whose box's shorter side is under PX full-resolution pixels")
     detect.add_argument("--max-side", type=int, default=1280, metavar="PX",
                         help="shrink larger photos and frames to this side for the detector (crops come from the "
                              "full resolution)")
-    detect.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                        help="room around each face box in the crop, a fraction of the box's size on each side")
-    detect.add_argument("--margin-from", metavar="TRAIN_DIR",
-                        help="measure --margin on training images: how much of each one its face fills")
+    margin = detect.add_mutually_exclusive_group()
+    margin.add_argument("--margin", type=float,
+                        help="room around each face box in the crop, a fraction of the box's size on each side "
+                             f"(default: measured on the run's training images where they are here, else "
+                             f"{DEFAULT_MARGIN})")
+    margin.add_argument("--margin-from", metavar="TRAIN_DIR",
+                        help="measure --margin on these training images: how much of each one its face fills")
     detect.add_argument("--no-square", action="store_true", help="crop the box's shape instead of a square")
     detect.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth video frame")
     detect.set_defaults(func=_detect)

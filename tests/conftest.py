@@ -100,6 +100,6 @@ def compose_scene(size=(960, 540), places=((50, 60, 1.0), (350, 200, 0.7), (650,
 
 def best_iou(box, boxes) -> float:
     """The largest overlap (IoU) of `box` with any of `boxes`."""
-    from facemask.detection.tracking import iou
+    from facemask.detection.detectors import iou
 
     return float(iou([box], boxes).max()) if len(boxes) else 0.0

@@ -35,6 +35,9 @@ def test_help_of_every_subcommand_imports_no_torch():
     ["predict", "no/such-model-here", "x.jpg"],
     ["demo", "no/such-model-here"],
     ["detect", "no/such-model-here", "x.jpg", "--output", "{tmp}/det"],
+    ["detect", "no/such-model-here", "x.jpg", "--margin", "-0.5"],
+    ["detect", "no/such-model-here", "x.jpg", "--detector-threshold", "2"],
+    ["detect", "no/such-model-here", "x.jpg", "--output", "README.md"],  # a file, not a folder
     ["export", "{tmp}/not-a-run"],
     ["card", "{tmp}/not-a-run"],
     ["audit", "{tmp}/missing.yaml"],

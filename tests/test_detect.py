@@ -118,14 +118,19 @@ def test_margin_measured_on_training_crops_recovers_the_margin_they_were_cut_wit
 
 
 def test_tracker_keeps_ids_across_frames_and_gives_new_faces_new_ids():
-    tracker = Tracker(max_gap=2)
-    assert tracker.update(np.array([[0, 0, 10, 10], [50, 50, 60, 60]])) == [1, 2]
-    assert tracker.update(np.array([[52, 50, 62, 60], [1, 0, 11, 10]])) == [2, 1]
-    assert tracker.update(np.array([[100, 0, 110, 10]])) == [3]
-    assert tracker.update(np.array([[2, 0, 12, 10]])) == [1]  # unseen for one frame: within max_gap
-    for _ in range(3):
-        tracker.update(np.zeros((0, 4)))
-    assert tracker.update(np.array([[2, 0, 12, 10]])) == [4]  # gone longer than max_gap
+    tracker = Tracker(max_gap=2, max_gap_s=1.0)
+    assert tracker.update(np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), 0.0) == [1, 2]
+    assert tracker.update(np.array([[52, 50, 62, 60], [1, 0, 11, 10]]), 0.1) == [2, 1]
+    assert tracker.update(np.array([[100, 0, 110, 10]]), 0.2) == [3]
+    assert tracker.update(np.array([[2, 0, 12, 10]]), 0.3) == [1]  # unseen for one frame: within max_gap
+    for step in range(5):
+        tracker.update(np.zeros((0, 4)), 0.4 + 0.1 * step)
+    # Unseen for 5 frames but 0.6 s: within max_gap_s, the same face.
+    assert tracker.update(np.array([[2, 0, 12, 10]]), 0.9) == [1]
+    # Unseen for 3 frames and 1.5 s: a new track.
+    for time in (1.4, 1.9):
+        tracker.update(np.zeros((0, 4)), time)
+    assert tracker.update(np.array([[2, 0, 12, 10]]), 2.4) == [4]
 
 
 def test_detect_photos_boxes_crops_table_and_bad_inputs(run_dir, tmp_path, capsys):
@@ -137,6 +142,8 @@ def test_detect_photos_boxes_crops_table_and_bad_inputs(run_dir, tmp_path, capsy
     (tmp_path / "notes.png").write_text("not an image")
     huge_png(tmp_path / "huge.png")
     out = tmp_path / "det"
+    out.mkdir()
+    (out / "street.jpg").write_bytes(b"the user's own file, not detect's")
     code = main(["detect", str(run_dir), str(tmp_path / "*.*"), "--output", str(out), "--max-side", "640"])
     captured = capsys.readouterr()
     assert code == 1  # something was skipped
@@ -163,8 +170,9 @@ def test_detect_photos_boxes_crops_table_and_bad_inputs(run_dir, tmp_path, capsy
     for row, pred in zip(rows, predicted):
         assert float(row["prob_with_mask"]) == pytest.approx(pred["prob_with_mask"], abs=1e-5)
         assert row["label"] == pred["label"]
-    annotated = Image.open(out / "street.jpg")
+    annotated = Image.open(out / "street-2.jpg")  # street.jpg was there before: kept
     assert annotated.size == scene.size and (out / "sky.png").is_file()
+    assert (out / "street.jpg").read_bytes() == b"the user's own file, not detect's"
 
     # The table is not written over unless asked.
     assert main(["detect", str(run_dir), str(tmp_path / "sky.png"), "--output", str(out)]) == 2
@@ -172,12 +180,43 @@ def test_detect_photos_boxes_crops_table_and_bad_inputs(run_dir, tmp_path, capsy
     assert main(["detect", str(run_dir), str(tmp_path / "sky.png"), "--output", str(out), "--overwrite",
                  "--threshold", "0"]) == 0
     assert read_table(out)[1] == [] and "0 faces" in capsys.readouterr().out
+    # An input inside the output folder is not read (it may be detect's own output).
+    assert main(["detect", str(run_dir), str(out / "sky.png"), "--output", str(out), "--overwrite"]) == 1
+    assert "sky.png: it is inside the output folder" in capsys.readouterr().err
+
+
+def test_the_margin_is_measured_on_the_runs_training_images_when_they_are_here(run_dir, detector, tmp_path):
+    import shutil
+
+    import yaml
+
+    from facemask.detection.crops import DEFAULT_MARGIN, run_margin
+
+    assert run_margin(str(run_dir), detector) == (DEFAULT_MARGIN, "the default (no training images of the run to "
+                                                                  "measure it on here)")
+    photo = Image.fromarray(data.astronaut())
+    [box], _ = detector.detect(np.asarray(photo))
+    for label in LABELS:
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i, scale in enumerate((0.7, 1.2)):
+            crop = photo.crop(crop_box(box, photo.size, margin=0.15, square=False))
+            crop = crop.resize((round(crop.width * scale), round(crop.height * scale)))
+            crop.save(tmp_path / "train" / label / f"{i}.png")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    experiment = yaml.safe_load((run / "experiment.yaml").read_text())
+    experiment["data"]["train_dir"] = str(tmp_path / "train")
+    (run / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    margin, how = run_margin(str(run), detector)
+    assert margin == pytest.approx(0.15, abs=0.05) and how.startswith("measured on the run's training images")
 
 
 def test_detect_follows_faces_through_a_video_and_an_animation(run_dir, tmp_path, capsys):
     frames = moving_frames(12)
     write_video(tmp_path / "queue.mp4", [f for f, _ in frames])
-    frames[0][0].save(tmp_path / "loop.gif", save_all=True, append_images=[f for f, _ in frames[1:4]], duration=100)
+    # An animation of odd size whose frames show for different times.
+    gif = [f.crop((0, 0, 959, 539)) for f, _ in frames[:4]]
+    gif[0].save(tmp_path / "loop.gif", save_all=True, append_images=gif[1:], duration=[100, 300, 100, 200], loop=0)
     (tmp_path / "cut.mp4").write_bytes((tmp_path / "queue.mp4").read_bytes()[:2500])
     # A Matroska file cut in half: FFmpeg decodes the first half without an error. (Every frame a
     # key frame, so that half the bytes hold about half the frames.)
@@ -192,7 +231,7 @@ def test_detect_follows_faces_through_a_video_and_an_animation(run_dir, tmp_path
     assert code == 1 and "cut.mp4: not a readable video" in captured.err
     assert "half.mkv: truncated video: decoding stopped at" in captured.err and "are in the table" in captured.err
     assert "2 of 4 inputs skipped" in captured.err
-    assert "loop.gif is animated (4 frames): read as a video" in captured.out
+    assert "loop.gif is animated: read as a video" in captured.out
     _, rows = read_table(out)
     half = {int(r["frame"]) for r in rows if r["file"].endswith("half.mkv")}
     assert half and max(half) < 10 and len(half) == sum(1 for _ in range(0, max(half) + 1, 2))
@@ -215,7 +254,8 @@ def test_detect_follows_faces_through_a_video_and_an_animation(run_dir, tmp_path
         assert np.ptp(boxes_of(track_rows)[:, 1]) < 5  # the faces only move sideways
         mean = float(track_rows[0]["prob_with_mask"])
         assert track_rows[0]["label"] == ("with_mask" if mean >= 0.5 else "without_mask")
-    assert len([r for r in rows if r["file"].endswith("loop.gif")]) == 4 * 2
+    loop = [r for r in rows if r["file"].endswith("loop.gif")]
+    assert len(loop) == 4 * 2 and sorted({r["time_s"] for r in loop}) == ["0.0", "0.4"]  # frames 0 and 2
     # Annotated copies: every frame, at the input's rate and size.
     with av.open(str(out / "queue.mp4")) as container:
         stream = container.streams.video[0]
@@ -223,7 +263,42 @@ def test_detect_follows_faces_through_a_video_and_an_animation(run_dir, tmp_path
         assert len(decoded) == 12 and stream.average_rate == 10
     assert decoded[0].shape == (540, 960, 3)
     assert not np.array_equal(decoded[0], np.asarray(frames[0][0]))  # boxes were drawn
-    assert (out / "loop.mp4").is_file()
+    # The animation's copy: its frames at their own times; odd sides padded by one pixel.
+    with av.open(str(out / "loop.mp4")) as container:
+        shown = [(round(float(frame.time), 2), frame.width, frame.height) for frame in container.decode(video=0)]
+    assert shown == [(0.0, 960, 540), (0.1, 960, 540), (0.4, 960, 540), (0.5, 960, 540)]
+
+
+def test_detect_reads_a_rotated_phone_video_upright_an_animated_webp_and_a_truncated_gif(run_dir, tmp_path, capsys):
+    frames = moving_frames(3)
+    # Stored on its side, with the display matrix that turns it upright (as phones record portrait).
+    with av.open(str(tmp_path / "phone.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 540, 960, "yuv420p"
+        stream.set_display_rotation(90)
+        for frame, _ in frames:
+            container.mux(stream.encode(av.VideoFrame.from_image(frame.rotate(-90, expand=True))))
+        container.mux(stream.encode(None))
+    gif = [f for f, _ in moving_frames(6)]
+    gif[0].save(tmp_path / "whole.gif", save_all=True, append_images=gif[1:], duration=100)
+    whole = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(whole[:len(whole) * 2 // 3])
+    gif[0].save(tmp_path / "loop.webp", save_all=True, append_images=gif[1:3], duration=100, lossless=True)
+    out = tmp_path / "det"
+    code = main(["detect", str(run_dir), str(tmp_path / "phone.mp4"), str(tmp_path / "cut.gif"),
+                 str(tmp_path / "loop.webp"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "cut.gif: truncated animation after" in err and "are in the table" in err
+    _, rows = read_table(out)
+    phone = [r for r in rows if r["file"].endswith("phone.mp4")]
+    for index, (_, known) in enumerate(frames):
+        found = boxes_of([r for r in phone if r["frame"] == str(index)])
+        assert len(found) == 4 and all(best_iou(box, found) >= 0.5 for box in known)
+    with av.open(str(out / "phone.mp4")) as container:
+        assert [(f.width, f.height) for f in container.decode(video=0)] == [(960, 540)] * 3
+    assert sorted(int(r["frame"]) for r in rows if r["file"].endswith("loop.webp")) == [0] * 4 + [1] * 4 + [2] * 4
+    cut = {int(r["frame"]) for r in rows if r["file"].endswith("cut.gif")}
+    assert cut and cut == set(range(max(cut) + 1)) and max(cut) < 5
 
 
 def test_the_crops_batch_size_does_not_change_the_probabilities(run_dir, tmp_path):

@@ -1,11 +1,14 @@
 """The part of a scene photo the classifier sees for each face: the detector's box grown by a
 margin and made square, as face-mask training images are face crops with some room around the face.
 
-The default margin is the room a typical training crop leaves: the detector's box (brow to chin,
-cheek to cheek) is about 70% of the side of a face-mask dataset's crop, so each side gets 0.2 of
-the box's size (1.4 x the box in all). That is an estimate, not a measurement on the reference
-data (which is not on this machine): `margin_from_images` (`detect --margin-from TRAIN_DIR`)
-measures it on your own training images, the derivation this default stands in for.
+The margin is derived from the training images themselves: on each one the detector's box is
+found, and the margin that would make the box fill the image as much as the face fills it is
+(image side / box side - 1) / 2. `detect` measures it on the run's own training folder when that
+folder is on this machine (or on `--margin-from DIR`), the median over up to 200 images spread
+over the folder. Where there is nothing to measure (a Hub model, a drawn set), DEFAULT_MARGIN
+stands in: 0.2 on each side (a crop 1.4 x the box), an estimate from the detector's box (brow to
+chin, cheek to cheek) being about 70% of the side of a typical face-mask training crop, not a
+measurement on the reference data, which is not on this machine.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ def margin_from_images(paths: Iterable[Path], detector: Any, max_images: int = 2
     the median over images is the margin to crop scenes with."""
     from facemask.evaluation.predict import read_input
 
+    paths = list(paths)
+    # Spread over the (sorted) list, so that a class-per-folder layout gives every class its share.
+    step = max(1.0, len(paths) / max_images)
+    chosen = [paths[int(i * step)] for i in range(min(len(paths), max_images))]
     margins, measured, without_face = [], 0, 0
-    for path in list(paths)[:max_images]:
+    for path in chosen:
         image, _ = read_input(Path(path))
         if image is None:
             continue
@@ -60,3 +67,25 @@ def margin_from_images(paths: Iterable[Path], detector: Any, max_images: int = 2
         q1, median, q3 = np.percentile(margins, [25, 50, 75])
         result.update(margin=round(float(median), 3), margin_iqr=[round(float(q1), 3), round(float(q3), 3)])
     return result
+
+
+def run_margin(model: str, detector: Any) -> Tuple[float, str]:
+    """The margin for a model's crops, and how it was found: measured on the run's training folder
+    (experiment.yaml's data.train_dir) where MODEL is a run folder and that folder is here."""
+    from facemask.evaluation.predict import collect_paths
+    from facemask.run_folder import read_run
+
+    folder = Path(model).expanduser()
+    train_dir = ((read_run(folder).experiment.get("data") or {}).get("train_dir")
+                 if folder.is_dir() else None)
+    if train_dir and Path(train_dir).expanduser().is_dir():
+        paths, _ = collect_paths([str(Path(train_dir).expanduser())])
+        measured = margin_from_images(paths, detector)
+        if "margin" in measured:
+            return measured["margin"], describe(measured, f"the run's training images ({train_dir})")
+    return DEFAULT_MARGIN, "the default (no training images of the run to measure it on here)"
+
+
+def describe(measured: Dict[str, Any], source: str) -> str:
+    faces = measured["images"] - measured["without_face"]
+    return f"measured on {source}: median over {faces} images with a face, quartiles {measured['margin_iqr']}"

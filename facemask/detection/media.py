@@ -29,24 +29,22 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def animation_frames(path: Path) -> int:
-    """How many frames an image file holds (1 for a still); raises what PIL raises for a bad file."""
+def is_animated(path: Path) -> bool:
+    """Whether an image file holds more than one frame (read without counting them all, so that a
+    truncated animation still counts as one)."""
     with Image.open(path) as image:
-        return getattr(image, "n_frames", 1)
+        return bool(getattr(image, "is_animated", False))
 
 
 def video_frames(path: Path) -> Iterator[Frame]:
-    """Every frame of a video or an animated image, decoded in order."""
+    """Every frame of a video or an animated image, decoded in order, upright, its time counted
+    from the first frame."""
     if not is_video(path):
-        with Image.open(path) as image:
-            time = 0.0
-            for index, frame in enumerate(ImageSequence.Iterator(image)):
-                yield index, time, to_rgb(frame.copy())
-                time += (frame.info.get("duration") or 100) / 1000
+        yield from _animation_frames(path)
         return
     import av
 
-    index, time, missing = 0, 0.0, ""
+    index, time, start, missing = 0, 0.0, None, ""
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -54,8 +52,17 @@ def video_frames(path: Path) -> Iterator[Frame]:
             stream = container.streams.video[0]
             rate = float(stream.average_rate or 25)
             for frame in container.decode(stream):
-                time = float(frame.time) if frame.time is not None else index / rate
-                yield index, time, frame.to_image()
+                if frame.time is not None:
+                    start = frame.time if start is None else start
+                    time = float(frame.time - start)
+                else:
+                    time = index / rate
+                image = frame.to_image()
+                # The display matrix: how far the stored picture is turned counterclockwise for
+                # display (phones store portrait video as landscape frames and say so here).
+                if frame.rotation:
+                    image = image.rotate(frame.rotation, expand=True)
+                yield index, time, image
                 index += 1
             missing = _truncation(container, stream, index, time + 1 / rate, rate)
     except (av.error.FFmpegError, OSError) as err:  # what FFmpeg says of a bad or truncated file
@@ -66,6 +73,24 @@ def video_frames(path: Path) -> Iterator[Frame]:
         raise UnreadableVideo("not a readable video (no frame could be decoded)")
     if missing:
         raise UnreadableVideo(f"truncated video: {missing}", index)
+
+
+def _animation_frames(path: Path) -> Iterator[Frame]:
+    index = 0
+    try:
+        with Image.open(path) as image:
+            time = 0.0
+            for index, frame in enumerate(ImageSequence.Iterator(image)):
+                yield index, time, to_rgb(frame.copy())
+                time += frame_duration(frame)
+    except OSError as err:  # PIL's word for a file that ends early
+        raise UnreadableVideo(f"truncated animation after {index} frames ({str(err).splitlines()[0]})",
+                              index) from None
+
+
+def frame_duration(frame: Image.Image) -> float:
+    """An animation frame's display time in seconds; browsers show 0 or missing as 0.1 s."""
+    return (frame.info.get("duration") or 100) / 1000
 
 
 def _truncation(container: Any, stream: Any, frames: int, end: float, rate: float) -> str:
@@ -85,12 +110,11 @@ def _truncation(container: Any, stream: Any, frames: int, end: float, rate: floa
     return ""
 
 
-def frame_rate(path: Path) -> Fraction:
-    """Frames per second to write the annotated copy at: the video's own, or the animation's mean."""
+def time_base(path: Path) -> Fraction:
+    """The rate the annotated copy counts time in: the video's frame rate, or hundredths of a second
+    for an animation, whose frames each keep their own duration."""
     if not is_video(path):
-        with Image.open(path) as image:
-            durations = [frame.info.get("duration") or 100 for frame in ImageSequence.Iterator(image)]
-        return Fraction(1000 * len(durations), max(sum(durations), 1)).limit_denominator(1000)
+        return Fraction(100)
     import av
 
     with av.open(str(path)) as container:
@@ -99,7 +123,8 @@ def frame_rate(path: Path) -> Fraction:
 
 
 class VideoWriter:
-    """An H.264 MP4 (yuv420p, which every player reads; odd sides are padded by one pixel)."""
+    """An H.264 MP4 (yuv420p, which every player reads: odd sides are padded by one black pixel),
+    each frame shown at the time it had in the input."""
 
     def __init__(self, path: Path, rate: Fraction) -> None:
         import av
@@ -108,9 +133,11 @@ class VideoWriter:
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"crf": "23", "preset": "veryfast"}
+        self.rate = rate
         self.size: Optional[Tuple[int, int]] = None
+        self.last_pts = -1
 
-    def write(self, image: Image.Image) -> None:
+    def write(self, image: Image.Image, time: float) -> None:
         import av
 
         if self.size is None:
@@ -121,6 +148,7 @@ class VideoWriter:
             canvas.paste(image)
             image = canvas
         frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
+        frame.pts = self.last_pts = max(round(time * self.rate), self.last_pts + 1)
         self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:

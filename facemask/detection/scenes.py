@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from facemask.detection.annotate import draw_faces, label_colours
 from facemask.detection.crops import DEFAULT_MARGIN, crop_box
-from facemask.detection.media import UnreadableVideo, VideoWriter, animation_frames, frame_rate, is_video, video_frames
+from facemask.detection.media import UnreadableVideo, VideoWriter, is_animated, is_video, time_base, video_frames
 from facemask.detection.tracking import Tracker
 from facemask.evaluation.predict import class_labels, class_probabilities, decide, read_input
 from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON
@@ -98,6 +99,16 @@ class SceneClassifier:
         return out
 
 
+def label_counts(labels: Sequence[str], order: Sequence[str]) -> str:
+    """'with_mask 2, without_mask 1': how many faces got each label, in the model's class order."""
+    counts = Counter(labels)
+    return ", ".join(f"{label} {counts[label]}" for label in order if counts[label])
+
+
+class OutputError(RuntimeError):
+    """An annotated copy that could not be written (the output folder's fault, not the input's)."""
+
+
 @dataclass
 class Report:
     rows: List[Dict[str, Any]] = field(default_factory=list)
@@ -111,11 +122,7 @@ class Report:
     video_seconds: float = 0.0
     without_faces: List[str] = field(default_factory=list)
 
-    @property
-    def labels(self) -> Counter:
-        return Counter(row["label"] for row in self.rows)
-
-    def summary(self) -> str:
+    def summary(self, order: Sequence[str]) -> str:
         files = self.images + self.videos
         line = f"{files} file{'s' * (files != 1)} ({self.images} image{'s' * (self.images != 1)}, {self.videos} " \
                f"video{'s' * (self.videos != 1)}"
@@ -125,7 +132,7 @@ class Report:
                 line += f", {self.analysed_frames / self.video_seconds:.1f} frames/s"
         line += f"), {len(self.rows)} face{'s' * (len(self.rows) != 1)}"
         if self.rows:
-            line += ": " + ", ".join(f"{label} {n}" for label, n in sorted(self.labels.items()))
+            line += ": " + label_counts([row["label"] for row in self.rows], order)
         lines = [line]
         if self.without_faces:
             shown = ", ".join(self.without_faces[:10]) + (", ..." if len(self.without_faces) > 10 else "")
@@ -134,7 +141,8 @@ class Report:
 
 
 def output_name(path: Path, suffix: str, taken: set) -> str:
-    """A name in the output folder for an input's annotated copy, unique within this run."""
+    """A name in the output folder for an input's annotated copy that no other input of this run,
+    and no file already there (unless --overwrite), has."""
     stem, n = path.stem, 1
     name = f"{stem}{suffix}"
     while name.lower() in taken:
@@ -142,6 +150,16 @@ def output_name(path: Path, suffix: str, taken: set) -> str:
         name = f"{stem}-{n}{suffix}"
     taken.add(name.lower())
     return name
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    import av
+
+    try:
+        yield
+    except (OSError, ValueError, av.error.FFmpegError) as err:
+        raise OutputError(f"could not write {target}: {str(err).splitlines()[0]}") from None
 
 
 def detect_image(scene: SceneClassifier, path: Path, image: Image.Image, out: Optional[Path], report: Report,
@@ -154,7 +172,8 @@ def detect_image(scene: SceneClassifier, path: Path, image: Image.Image, out: Op
     if out is not None:
         suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
         target = out / output_name(path, suffix, taken)
-        scene.draw(image, faces.boxes, faces.probs).save(target, quality=92)
+        with writing(target):
+            scene.draw(image, faces.boxes, faces.probs).save(target, quality=92)
         report.written.append(target)
 
 
@@ -162,7 +181,7 @@ def detect_video(scene: SceneClassifier, path: Path, every: int, out: Optional[P
                  taken: set) -> None:
     """Two passes: the sampled frames are analysed and their faces tracked, then (with an output
     folder) every frame is written with the latest analysed frame's boxes and each track's label."""
-    tracker, analysed = Tracker(max_gap=max(2, 30 // every)), []
+    tracker, analysed = Tracker(), []
     start, frames, error = time.perf_counter(), 0, None
     try:
         for index, time_s, image in video_frames(path):
@@ -170,7 +189,7 @@ def detect_video(scene: SceneClassifier, path: Path, every: int, out: Optional[P
             if index % every:
                 continue
             faces = scene.faces(image)
-            analysed.append((index, time_s, faces, tracker.update(faces.boxes)))
+            analysed.append((index, time_s, faces, tracker.update(faces.boxes, time_s)))
     except UnreadableVideo as err:
         if not analysed:
             raise
@@ -186,9 +205,12 @@ def detect_video(scene: SceneClassifier, path: Path, every: int, out: Optional[P
             sums[track] = sums.get(track, 0) + p
             counts[track] += 1
     mean = {track: sums[track] / counts[track] for track in sums}
+
+    def track_probs(tracks: List[int]) -> np.ndarray:
+        return np.array([mean[t] for t in tracks]).reshape(len(tracks), len(scene.labels))
+
     for index, time_s, faces, tracks in analysed:
-        probs = np.array([mean[t] for t in tracks]).reshape(len(tracks), len(scene.labels))
-        report.rows += scene.rows(str(path), faces, index, round(time_s, 3), tracks, probs)
+        report.rows += scene.rows(str(path), faces, index, round(time_s, 3), tracks, track_probs(tracks))
     if not any(len(f.boxes) for _, _, f, _ in analysed):
         report.without_faces.append(str(path))
     if error:
@@ -196,28 +218,33 @@ def detect_video(scene: SceneClassifier, path: Path, every: int, out: Optional[P
     if out is None:
         return
     target = out / output_name(path, ".mp4", taken)
-    writer, shown = VideoWriter(target, frame_rate(path)), iter(analysed)
+    shown = iter(analysed)
     current, upcoming = None, next(shown, None)
-    try:
-        for index, _, image in video_frames(path):
-            while upcoming is not None and upcoming[0] <= index:
-                current, upcoming = upcoming, next(shown, None)
-            if current is not None:
-                _, _, faces, tracks = current
-                probs = np.array([mean[t] for t in tracks]).reshape(len(tracks), len(scene.labels))
-                image = scene.draw(image, faces.boxes, probs)
-            writer.write(image)
-    except UnreadableVideo:
-        pass  # the same frames as the first pass were written; the failure is already reported
-    finally:
-        writer.close()
+    with writing(target):
+        writer = VideoWriter(target, time_base(path))
+        try:
+            for index, time_s, image in video_frames(path):
+                while upcoming is not None and upcoming[0] <= index:
+                    current, upcoming = upcoming, next(shown, None)
+                if current is not None:
+                    _, _, faces, tracks = current
+                    image = scene.draw(image, faces.boxes, track_probs(tracks))
+                writer.write(image, time_s)
+        except UnreadableVideo:
+            pass  # the frames the first pass read were written; the failure is already reported
+        finally:
+            writer.close()
     report.written.append(target)
 
 
-def detect_files(scene: SceneClassifier, paths: Sequence[Path], out: Optional[Path] = None,
-                 every: int = 1) -> Report:
-    """Run the scene classifier over image and video files; bad files are skipped with the reason."""
-    report, taken = Report(), {DETECTIONS_CSV.lower(), DETECTIONS_JSON.lower()}
+def detect_files(scene: SceneClassifier, paths: Sequence[Path], out: Optional[Path] = None, every: int = 1,
+                 overwrite: bool = False) -> Report:
+    """Run the scene classifier over image and video files; bad files are skipped with the reason.
+    Annotated copies never replace a file already in `out` unless `overwrite`."""
+    taken = {DETECTIONS_CSV.lower(), DETECTIONS_JSON.lower()}
+    if out is not None and not overwrite and out.is_dir():
+        taken |= {p.name.lower() for p in out.iterdir()}
+    report = Report()
     for path in paths:
         path = Path(path)
         try:
@@ -231,15 +258,14 @@ def detect_files(scene: SceneClassifier, paths: Sequence[Path], out: Optional[Pa
             if image is None:
                 report.skipped.append((str(path), reason))
                 continue
-            frames = animation_frames(path)
-            if frames > 1:
-                report.notes.append(f"{path} is animated ({frames} frames): read as a video")
+            if is_animated(path):
+                report.notes.append(f"{path} is animated: read as a video")
                 detect_video(scene, path, every, out, report, taken)
             else:
                 detect_image(scene, path, image, out, report, taken)
         except UnreadableVideo as err:
             report.skipped.append((str(path), str(err)))
-        except OSError as err:
+        except OSError as err:  # reading the input: writing raises OutputError
             report.skipped.append((str(path), str(err).splitlines()[0]))
     return report
 

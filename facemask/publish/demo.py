@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -144,6 +143,7 @@ class Demo:
         """(the page's message, the photo with each face drawn, the table's rows) for one upload."""
         from dataclasses import replace
 
+        from facemask.detection.scenes import label_counts
         from facemask.evaluation.predict import read_input
 
         if not path:
@@ -161,10 +161,9 @@ class Demo:
             logger.exception("demo: finding faces in %s failed", path)
             return f"**Not analysed.** {type(err).__name__}: {err}", None, []
         rows = scene.rows(Path(path).name, faces)
-        counts = Counter(row["label"] for row in rows)
         if rows:
             message = (f"## {len(rows)} face{'s' * (len(rows) != 1)}: "
-                       + ", ".join(f"{label} {counts[label]}" for label in self.labels if counts[label]))
+                       + label_counts([row["label"] for row in rows], self.labels))
         else:
             message = f"## No face found\n\n{Path(path).name}: the detector found no face of at least " \
                       f"{scene.min_face} pixels."
