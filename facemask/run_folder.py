@@ -82,6 +82,9 @@ REPORT = _split("classification_report.json", "scikit-learn's per-class precisio
 ROC_FIGURE = _split("roc_curve.png", "the ROC curve of the positive class")
 SLICES = _split("slices.json", "accuracy and recall per file format, colour mode, size, aspect and sharpness")
 CALIBRATION = _split("calibration.json", "expected calibration error and the reliability diagram's bins")
+INTERVALS = _split("intervals.json", "each headline metric with its 95% interval (Wilson for accuracy, precision, "
+                   "recall; a stratified bootstrap for balanced accuracy, F1, ROC-AUC, calibration error), and the "
+                   "split's source (a folder's or dataset's name)")
 CALIBRATION_FIGURE = _split("calibration.png", "the reliability diagram")
 ERRORS = _split("errors.json", "the misclassified images with the highest loss")
 ERRORS_FIGURE = _split("errors.png", "those images, as a gallery (absent when nothing is misclassified)")
@@ -110,7 +113,7 @@ DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
     LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
-    CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, ERRORS, ERRORS_FIGURE,
+    CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
     SHORTCUT_TEST, CARD, CURVES_FIGURE, ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
 ]
 ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}
@@ -163,6 +166,7 @@ class RunFiles:
     # Per Trainer prefix (eval, test): what evaluation/analysis.py wrote.
     slices: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     calibration: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    intervals: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     errors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     operating_points: Dict[str, Any] = field(default_factory=dict)
@@ -208,6 +212,7 @@ def read_run(directory: str | Path) -> RunFiles:
     run.audit_report = read_json(AUDIT_JSON.path(directory))
     run.slices = _per_split(directory, SLICES)
     run.calibration = _per_split(directory, CALIBRATION)
+    run.intervals = _per_split(directory, INTERVALS)
     run.errors = _per_split(directory, ERRORS)
     run.shortcut_tests = _per_split(directory, SHORTCUT_TEST)
     run.operating_points = read_json(OPERATING_POINTS.path(directory))

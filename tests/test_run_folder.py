@@ -44,7 +44,7 @@ def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(t
                 "operating_points.json", "README.md", "test_shortcut_test.json"}
     expected |= {f"{prefix}_{suffix}" for prefix in ("eval", "test") for suffix in (
         "results.json", "confusion_matrix.json", "confusion_matrix.png", "roc_curve.png", "slices.json",
-        "calibration.json", "calibration.png", "errors.json")}
+        "calibration.json", "calibration.png", "intervals.json", "errors.json")}
     expected |= {name for name in ("training_curves.png", "eval_errors.png", "test_errors.png") if (out / name).is_file()}
     assert pushed == expected
     # A file no writer names is reported.

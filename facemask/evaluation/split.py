@@ -2,7 +2,7 @@
 
 `evaluate_split` predicts the split with the run's Trainer and writes every per-split file the
 run folder names (run_folder.SPLIT_OUTPUTS): results, predictions, confusion matrix (JSON and
-figure), classification report, ROC curve, slices, calibration and the error gallery.
+figure), classification report, ROC curve, slices, calibration, intervals and the error gallery.
 `write_operating_points` and `shortcut_test` then read what it returns.
 """
 
@@ -21,6 +21,7 @@ from facemask.evaluation.analysis import analyse_split, operating_points
 from facemask.evaluation.counterfactuals import shortcut_tests
 from facemask.evaluation.eval_data import SplitData, sample_names
 from facemask.evaluation.figures import confusion_figure, roc_curve_png
+from facemask.evaluation.intervals import split_intervals
 from facemask.evaluation.metrics import classification_report, confusion, softmax
 from facemask.evaluation.predict import prediction_rows, write_rows
 
@@ -36,11 +37,14 @@ class EvaluatedSplit:
 
 
 def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_label: int, out_dir: Path,
-                   extra_metrics: Optional[Dict[str, Any]] = None, log_history: bool = False) -> EvaluatedSplit:
+                   extra_metrics: Optional[Dict[str, Any]] = None, log_history: bool = False,
+                   source: Optional[str] = None) -> EvaluatedSplit:
     """Predict `view` (the split as the Trainer reads it) and write the split's files into out_dir.
 
     Every process predicts its share (the Trainer gathers them); only the main one writes.
     `log_history` records the metrics in the Trainer's log history first, as `evaluate()` does.
+    `source` names where the split's images came from in its intervals file (a folder's or
+    dataset's name, never a path: the file is published).
     """
     output = trainer.predict(view, metric_key_prefix=prefix)
     names = sample_names(split.dataset, split.image_column)
@@ -65,6 +69,9 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
                       run_folder.ROC_FIGURE.path(out_dir, prefix))
         analyse_split(prefix, probs, output.label_ids, split.dataset, split.image_column, names, labels,
                       split.attributes, out_dir)
+        intervals = split_intervals(probs, output.label_ids, pos_label)
+        run_folder.write_json(run_folder.INTERVALS.path(out_dir, prefix), {"split": prefix, "source": source,
+                                                                           **intervals})
     return EvaluatedSplit(prefix, metrics, probs, output.label_ids)
 
 

@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from facemask import CARD_TEMPLATES
 from facemask.publish.card_figures import write_figures
 from facemask.publish.public import local_folders, public_text
-from facemask.run_folder import CARD, RunFiles, read_run, split_files, split_name
+from facemask.run_folder import CARD, SPLIT_NAMES, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
 NOT_RECORDED = "not recorded"
@@ -241,6 +241,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
             {"title": _section_title(prefix), "block": _indent(metrics_block(prefix, metrics))}
             for prefix, metrics in run.results.items() if prefix != "train" and metrics
         ],
+        generalization=_generalization(run),
         confusion=[
             {"split": split_name(prefix), "labels": m["labels"], "rows": list(zip(m["labels"], m["matrix"])),
              "figure": figures.get(f"confusion_{prefix}")}
@@ -255,6 +256,43 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
                          ("seed", "world_size", "effective_batch_size", "git", "data_fingerprint", "switches")},
     ).content
     return public_text(content, local_folders(run))
+
+
+GENERALIZATION_METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "F1",
+                          "roc_auc": "ROC-AUC", "ece": "calibration error"}
+
+
+def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
+    """The card's "Generalization (95% intervals)" table: every evaluated split with its intervals
+    (<prefix>_intervals.json), the difference of each to the in-distribution test split."""
+    if not run.intervals:
+        return None
+    baseline = (run.intervals.get("test") or {}).get("metrics", {}).get("accuracy", {}).get("value")
+
+    def cell(metric: Dict[str, Any]) -> str:
+        if not metric or metric.get("value") is None:
+            return "n/a"
+        bounds = f" ({metric['low']:.3f}-{metric['high']:.3f})" if metric.get("low") is not None else ""
+        return f"{metric['value']:.3f}{bounds}"
+
+    rows, resamples = [], set()
+    for prefix, payload in run.intervals.items():
+        if prefix == "train":
+            continue
+        metrics = payload.get("metrics", {})
+        accuracy = metrics.get("accuracy", {}).get("value")
+        in_distribution = prefix in SPLIT_NAMES
+        rows.append({
+            "name": split_name(prefix),
+            "source": "held out from the training data" if in_distribution else (payload.get("source") or NOT_RECORDED),
+            "images": payload.get("images"),
+            "cells": [cell(metrics.get(key, {})) for key in GENERALIZATION_METRICS],
+            "delta": "" if prefix == "test" or baseline is None or accuracy is None
+            else f"{100 * (accuracy - baseline):+.1f} points",
+        })
+        resamples.add((payload.get("bootstrap") or {}).get("resamples"))
+    return {"rows": rows, "columns": list(GENERALIZATION_METRICS.values()), "has_test": baseline is not None,
+            "resamples": ", ".join(str(r) for r in sorted(r for r in resamples if r))}
 
 
 def _section_title(prefix: str) -> str:
