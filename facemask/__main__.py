@@ -1,7 +1,7 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
-predict (classify image files), detect (every face in photos and videos), audit (check a config's
-data), search (hyperparameters), export (ONNX), demo (a Gradio page for a run or a Hub model), space
-(that page as a Hugging Face Space).
+predict (classify image files), detect (every face in photos and videos), compare (two runs on the
+same images), audit (check a config's data), search (hyperparameters), export (ONNX), demo (a
+Gradio page for a run or a Hub model), space (that page as a Hugging Face Space).
 
 Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
 Exit codes: 0 done; 1 the work failed (a push refused, an export whose parity fails, a skipped
@@ -149,6 +149,18 @@ def _detect(args: argparse.Namespace) -> int:
     print(report.summary(scene.labels))
     print(f"wrote {', '.join(str(p) for p in tables)} and {len(report.written)} annotated files to {out}")
     return _report_skipped(report.skipped, len(found) + len(missing))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from facemask.evaluation.compare import compare_runs, comparison_table
+    from facemask.run_folder import write_json
+
+    result = compare_runs(args.run_a, args.run_b, args.split)
+    print(comparison_table(result))
+    if args.output:
+        write_json(Path(args.output), result)
+        print(f"wrote {args.output}")
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -344,6 +356,16 @@ def _add_detect(commands: Any) -> None:
     detect.set_defaults(func=_detect)
 
 
+def _add_compare(commands: Any) -> None:
+    compare = commands.add_parser("compare", help="two runs on the same images: accuracy difference with its "
+                                                  "bootstrap interval, McNemar's exact test")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--split", default="test", help="validation, test or an extra test set's name (default test)")
+    compare.add_argument("--output", metavar="FILE.json", help="also write the comparison as JSON")
+    compare.set_defaults(func=_compare)
+
+
 def _add_export(commands: Any) -> None:
     from facemask.publish.export import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_OPSET, DEFAULT_TOLERANCE  # no torch
 
@@ -413,8 +435,8 @@ def _add_search(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_export, _add_demo,
-                _add_space, _add_cache, _add_search):
+    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
+                _add_demo, _add_space, _add_cache, _add_search):
         add(commands)
     return parser
 

@@ -1,0 +1,103 @@
+"""Two runs judged on the same images (`python -m facemask compare RUN_A RUN_B`): the accuracy
+difference with a paired bootstrap interval, and McNemar's exact test on the images where exactly
+one of them is right. This, not two headline numbers side by side, is what a search or a recipe
+change should be judged by.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from facemask import run_folder
+from facemask.config.schema import ConfigError
+from facemask.evaluation.intervals import CONFIDENCE, RESAMPLES, SEED, resample_counts
+
+
+def prefix_of(split: str) -> str:
+    """A split's metric prefix: validation -> eval, test -> test, any other name as it is."""
+    return run_folder.PREFIXES.get(split, split)
+
+
+def read_predictions(run_dir: Path, prefix: str) -> Dict[str, Tuple[str, str]]:
+    """{image: (true label, predicted label)} of a run's <prefix>_predictions.csv."""
+    path = run_folder.PREDICTIONS.path(run_dir, prefix)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: evaluate the split first (python evaluate.py {run_dir} ...)")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    found = {row["file"]: (row["true_label"], row["predicted_label"]) for row in rows}
+    if len(found) != len(rows):
+        raise ConfigError(f"{path} names some images more than once: the rows cannot be paired")
+    return found
+
+
+def _same_images(a: Path, b: Path, rows_a: Dict[str, Any], rows_b: Dict[str, Any]) -> None:
+    only_a, only_b = sorted(set(rows_a) - set(rows_b)), sorted(set(rows_b) - set(rows_a))
+    if only_a or only_b:
+        example = (only_a or only_b)[0]
+        raise ConfigError(f"the runs were evaluated on different images ({len(only_a)} only in {a}, {len(only_b)} "
+                          f"only in {b}, e.g. {example}): compare needs the same images")
+    if all(name.isdigit() for name in rows_a):
+        # Images held in memory (a drawn set) are named by position only: the data must be the same.
+        info_a, info_b = (run_folder.read_json(run_folder.RUN_INFO.path(d)) for d in (a, b))
+        same = info_a.get("data_fingerprint") and info_a.get("data_fingerprint") == info_b.get("data_fingerprint") \
+            and info_a.get("seed") == info_b.get("seed")
+        if not same:
+            raise ConfigError("the images are held in memory (named by position, not by file): compare pairs them "
+                              "only when both runs' run_info.json give the same data fingerprint and seed")
+    relabelled = [name for name in rows_a if rows_a[name][0] != rows_b[name][0]]
+    if relabelled:
+        raise ConfigError(f"{len(relabelled)} images have another true label in {b} than in {a} (e.g. "
+                          f"{relabelled[0]}): not the same data")
+
+
+def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: int = RESAMPLES,
+                 seed: int = SEED, confidence: float = CONFIDENCE) -> Dict[str, Any]:
+    from scipy.stats import binomtest
+
+    a, b = Path(a), Path(b)
+    prefix = prefix_of(split)
+    rows_a, rows_b = read_predictions(a, prefix), read_predictions(b, prefix)
+    _same_images(a, b, rows_a, rows_b)
+    names = sorted(rows_a)
+    labels = sorted({true for true, _ in rows_a.values()})
+    label_ids = np.array([labels.index(rows_a[n][0]) for n in names])
+    right_a = np.array([rows_a[n][0] == rows_a[n][1] for n in names])
+    right_b = np.array([rows_b[n][0] == rows_b[n][1] for n in names])
+    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    # Paired: each resample draws images, and both runs are scored on the same draw.
+    gain = right_b.astype(np.float64) - right_a
+    draws = np.concatenate([counts @ gain / len(names) for counts in resample_counts(label_ids, resamples, seed)])
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {
+        "split": split, "images": len(names),
+        "run_a": {"name": a.name, "accuracy": round(float(right_a.mean()), 6)},
+        "run_b": {"name": b.name, "accuracy": round(float(right_b.mean()), 6)},
+        "difference": {"b_minus_a": round(float(gain.mean()), 6), "low": round(float(low), 6),
+                       "high": round(float(high), 6), "confidence": confidence,
+                       "bootstrap": {"resamples": resamples, "seed": seed, "stratified_by": "true class",
+                                     "paired": True}},
+        "mcnemar": {"a_right_b_wrong": only_a, "a_wrong_b_right": only_b, "p_value": float(p_value),
+                    "test": "exact (two-sided binomial test on the discordant images)"},
+    }
+
+
+def comparison_table(result: Dict[str, Any]) -> str:
+    a, b, diff, mc = result["run_a"], result["run_b"], result["difference"], result["mcnemar"]
+    pct = round(100 * diff["confidence"])
+    return "\n".join([
+        f"| {result['split']} ({result['images']} images) | A: {a['name']} | B: {b['name']} | "
+        f"B - A ({pct}% interval) | McNemar exact p |",
+        "|---|---:|---:|---|---:|",
+        f"| accuracy | {a['accuracy']:.4f} | {b['accuracy']:.4f} | {diff['b_minus_a']:+.4f} "
+        f"({diff['low']:+.4f} to {diff['high']:+.4f}) | {mc['p_value']:.4g} |",
+        "",
+        f"Images where only one run is right: {mc['a_right_b_wrong']} only A, {mc['a_wrong_b_right']} only B "
+        f"(McNemar's test uses these alone).",
+    ])
