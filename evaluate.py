@@ -90,7 +90,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                          args.cache_dir, args=training_args)
 
     evaluated = evaluate_split(trainer, view(split.dataset, args.split), split, args.split, pos_label, out_dir,
-                               extra_metrics={f"{args.split}_backend": args.backend})  # which graph, for the card
+                               extra_metrics={f"{args.split}_backend": args.backend},  # which graph, for the card
+                               source=found.public_name)
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
         flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
         shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)

@@ -44,6 +44,9 @@ class DataConfig:
     train_dir: Optional[str] = None
     validation_dir: Optional[str] = None
     test_dir: Optional[str] = None
+    # Test sets from other sources, evaluated at the end of training as split NAME (NAME_results.json,
+    # ...): {NAME: an image folder, a dataset folder or a Hub dataset id, with @SPLIT to pick its split}.
+    extra_test: Dict[str, str] = field(default_factory=dict)
     synthetic: bool = False
     synthetic_num_images: int = 2000
     synthetic_image_size: int = 96

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from typing import Any, Dict
 
 from facemask.config.schema import ConfigError, ExperimentConfig, nearest
 
+# Split names a run gives its own splits and metric prefixes: an extra test set takes another.
+RESERVED_SPLITS = {"train", "eval", "validation", "test"}
 # Keys that existed once, and what replaced them.
 RENAMED = {"data.allow_leaks": "'data.allow_leaks' was replaced by 'data.on_leak' (drop, error or keep; "
                                "allow_leaks=true is on_leak=keep)"}
@@ -138,6 +141,13 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"bad value for 'data.{key}': expected a fraction in [0, 1), got {value}")
     if d.validation_split + d.test_split >= 1.0:
         raise ConfigError("'data.validation_split' + 'data.test_split' must leave some training data")
+    for name, source in d.extra_test.items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in RESERVED_SPLITS:
+            raise ConfigError(f"bad name 'data.extra_test.{name}': letters, digits or _ (it names files and metric "
+                              f"keys), and none of {', '.join(sorted(RESERVED_SPLITS))}")
+        if not source:
+            raise ConfigError(f"'data.extra_test.{name}' is empty: give an image folder, a dataset folder or a Hub "
+                              "dataset id")
     for key in ("crop_scale", "crop_ratio"):
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:

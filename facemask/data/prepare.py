@@ -123,10 +123,10 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
 def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[str], offsets: Dict[str, int],
             cfg: DataConfig, seed: int, carved: Dict[str, Any]) -> tuple[PreparedData, Dict[str, List[int]]]:
     members["train"] = _subsample(members["train"], cfg.max_train_samples, seed)
-    for name in ("validation", "test"):
-        if name in members:
-            members[name] = _subsample(members[name], cfg.max_eval_samples, seed)
-    ordered = {name: members[name] for name in ("train", "validation", "test") if name in members}
+    evaluated = [name for name in ("validation", "test", *cfg.extra_test) if name in members]
+    for name in evaluated:
+        members[name] = _subsample(members[name], cfg.max_eval_samples, seed)
+    ordered = {name: members[name] for name in ("train", *evaluated)}
     splits = {}
     for name, ks in ordered.items():
         source = split_of[ks[0]] if ks else name
@@ -142,5 +142,5 @@ def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[s
                     " and ".join(carved["splits"]), carved["duplicate_groups"], carved["images_in_groups"],
                     ", ".join(f"{k} {v['images']} ({100 * v['fraction']:.1f}%)" for k, v in carved["achieved"].items()))
     data = PreparedData(datasets.DatasetDict(splits), given.labels, given.image_column, given.label_column,
-                        given.source)
+                        given.source, given.extra_sources)
     return data, ordered

@@ -5,7 +5,7 @@ name across splits, and the class naming rules (which class is positive, which n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -25,6 +25,8 @@ class PreparedData:
     image_column: str
     label_column: str
     source: str
+    # data.extra_test's splits: {NAME: the set's public name (a folder's name or a Hub id)}.
+    extra_sources: Dict[str, str] = field(default_factory=dict)
 
     @property
     def id2label(self) -> Dict[int, str]:
@@ -50,6 +52,52 @@ def load_image_folder(folder: Path, split: str, cache_dir: Optional[str] = None)
         return ds
     paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
     return ds.add_column("label", [Path(p["path"]).parent.name for p in paths])
+
+
+SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val")
+
+
+def has_split_folders(folder: Path) -> bool:
+    """A dataset folder (train/, test/, ... inside) rather than an image folder of class sub-folders."""
+    return any((folder / name).is_dir() for name in SPLIT_FOLDERS)
+
+
+def load_split_source(source: str, split: str, cache_dir: Optional[str] = None) -> tuple[datasets.Dataset, str]:
+    """One split of SOURCE, and a name for it that holds no local path: an image folder of class
+    sub-folders (its folder name), a dataset folder's SPLIT sub-folder, or a Hub dataset's SPLIT."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if has_split_folders(folder):
+            if not (folder / split).is_dir():
+                found = ", ".join(n for n in SPLIT_FOLDERS if (folder / n).is_dir())
+                raise ConfigError(f"{folder}: no '{split}' folder (it has {found})")
+            folder, name = folder / split, f"{folder.name}/{split}"
+        else:
+            name = folder.name
+        if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
+            raise ConfigError(f"data folder {folder} holds no images: expected one sub-folder of images per class")
+        return load_image_folder(folder, split, cache_dir), name
+    try:
+        return datasets.load_dataset(source, split=split, cache_dir=cache_dir), f"{source} ({split})"
+    except ValueError as err:
+        raise ConfigError(f"{source}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # FileNotFoundError, DatasetNotFoundError, ConnectionError offline
+        raise ConfigError(f"data not found: '{source}' is not a folder or a loadable Hub dataset "
+                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def extra_test_sets(cfg: DataConfig, labels: List[str]) -> tuple[Dict[str, datasets.Dataset], Dict[str, str]]:
+    """data.extra_test's sets ({NAME: SOURCE[@SPLIT]}, the split defaulting to test), classes matched
+    to the training classes by name as a test folder's are; and each one's public name."""
+    sets, names = {}, {}
+    for name, source in cfg.extra_test.items():
+        where, _, split = source.rpartition("@") if "@" in source else (source, "", "test")
+        ds, names[name] = load_split_source(where, split or "test", cfg.cache_dir)
+        _check_columns(ds, cfg, name)
+        if len(ds) == 0:
+            raise ConfigError(f"data.extra_test.{name}: {names[name]} holds no images")
+        sets[name] = _align_labels(ds, cfg.label_column, labels, name, names[name])
+    return sets, names
 
 
 def with_label_ids(ds: datasets.Dataset, column: str, ids: List[int], names: List[str]) -> datasets.Dataset:
@@ -148,11 +196,13 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
     for split, ds in splits.items():
         if len(ds) == 0:
             raise ConfigError(f"{source}: the {split} split is empty")
+    extra, sources = extra_test_sets(cfg, labels)
     # Images stay undecoded until the transform, which opens every file the same way (load_image).
     undecoded = datasets.Image(decode=False)
     ordered = {name: splits[name].cast_column(cfg.image_column, undecoded)
                for name in ("train", "validation", "test") if name in splits}
-    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source)
+    ordered.update({name: ds.cast_column(cfg.image_column, undecoded) for name, ds in extra.items()})
+    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source, sources)
 
 
 def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:

@@ -59,16 +59,17 @@ def carve(labels: Sequence[int], groups: Sequence[int], fraction: float, seed: i
 def leaked_copies(pairs: Sequence[Tuple[int, int]], split_of: Sequence[str], on_leak: str) -> Dict[str, Dict[int, int]]:
     """For on_leak=drop: which item to remove for each pair across given splits, keyed by its split,
     mapped to the item it copies. Train loses its copies of validation/test images; validation its
-    copies of test images; the test split always stays whole."""
+    copies of test images; the test split and the extra test sets (any other split name) always
+    stay whole, so a copy shared by two of them stays in both (the audit still reports it)."""
     if on_leak != "drop":
         return {}
-    rank = {"train": 0, "validation": 1, "test": 2}
+    rank = {"train": 0, "validation": 1}
     removed: Dict[str, Dict[int, int]] = {}
     for a, b in pairs:
         sa, sb = split_of[a], split_of[b]
-        if sa == sb:
+        if sa == sb or min(rank.get(sa, 2), rank.get(sb, 2)) == 2:
             continue
-        loser, other = (a, b) if rank[sa] < rank[sb] else (b, a)
+        loser, other = (a, b) if rank.get(sa, 2) < rank.get(sb, 2) else (b, a)
         removed.setdefault(split_of[loser], {}).setdefault(loser, other)
     return removed
 

@@ -4,7 +4,6 @@ split a training config carves; its classes matched to the model's labels by nam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import datasets
@@ -14,7 +13,7 @@ from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.inspection import Inspection, inspect_splits
 from facemask.data.prepare import prepare_data
 from facemask.data.shortcuts import attribute_values, sharpness_edges
-from facemask.data.sources import PreparedData, label_key, load_image_folder, with_label_ids
+from facemask.data.sources import PreparedData, label_key, load_split_source, with_label_ids
 from facemask.data.synthetic import synthetic_dataset
 
 
@@ -46,6 +45,7 @@ class EvalData:
     label_column: str
     source: str
     split: str
+    public_name: Optional[str] = None  # the source as a published file may name it: no local path
 
 
 @dataclass
@@ -60,31 +60,14 @@ class SplitData:
 
 
 
-def _has_split_folders(folder: Path) -> bool:
-    """A dataset folder (train/, test/, ... inside) rather than an image folder of class sub-folders."""
-    return any((folder / name).is_dir() for name in ("train", "test", "validation", "valid", "val"))
-
-
 def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: int = 128, seed: int = 0,
                    image_column: str = "image", label_column: str = "label") -> EvalData:
     """DATA as an image folder, `synthetic`, or a Hub dataset id (its SPLIT)."""
     if data == "synthetic":
         ds = synthetic_dataset(num_images, image_size, seed)
-        source = f"synthetic ({num_images} images, seed {seed})"
-    elif Path(data).expanduser().is_dir() and not _has_split_folders(Path(data).expanduser()):
-        folder = Path(data).expanduser()
-        if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
-            raise ConfigError(f"data folder {folder} holds no images: expected one sub-folder of images per class")
-        ds = load_image_folder(folder, split)
-        source = str(folder)
+        source = public = f"synthetic ({num_images} images, seed {seed})"
     else:
-        try:
-            ds = datasets.load_dataset(data, split=split)
-        except ValueError as err:
-            raise ConfigError(f"{data}: {str(err).splitlines()[0]}") from None
-        except Exception as err:  # FileNotFoundError, DatasetNotFoundError, ConnectionError offline
-            raise ConfigError(f"data not found: '{data}' is not a folder, 'synthetic' or a loadable Hub dataset "
-                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        ds, public = load_split_source(data, split)
         source = data
     for column in (image_column, label_column):
         if column not in ds.column_names:
@@ -94,14 +77,14 @@ def load_eval_data(data: str, split: str, num_images: int = 1000, image_size: in
     if len(ds) == 0:
         raise ConfigError(f"{source}: the {split} split is empty")
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
-    return EvalData(ds, list(ds.features[label_column].names), image_column, label_column, source, split)
+    return EvalData(ds, list(ds.features[label_column].names), image_column, label_column, source, split, public)
 
 
 def from_prepared(prepared: PreparedData, split: str) -> EvalData:
     if split not in prepared.splits:
         raise ConfigError(f"{prepared.source}: no '{split}' split; splits are: {', '.join(prepared.splits)}")
     return EvalData(prepared.splits[split], prepared.labels, prepared.image_column, prepared.label_column,
-                    prepared.source, split)
+                    prepared.source, split, prepared.extra_sources.get(split))
 
 
 def remap_labels(data: EvalData, mapping: Dict[int, int], id2label: Dict[int, str]) -> EvalData:
@@ -110,7 +93,7 @@ def remap_labels(data: EvalData, mapping: Dict[int, int], id2label: Dict[int, st
     ids = [mapping[i] for i in data.dataset[column]]
     names = [id2label[i] for i in sorted(id2label)]
     return EvalData(with_label_ids(data.dataset, column, ids, names), names, data.image_column, column, data.source,
-                    data.split)
+                    data.split, data.public_name)
 
 
 def sample_names(ds: datasets.Dataset, image_column: str) -> List[str]:

@@ -1,6 +1,7 @@
-"""The end of a training run: its validation and test splits evaluated (evaluation/split.py, the
-same evaluation evaluate.py runs), the operating points chosen on validation, and the shortcut
-reliance test of the attributes the audit flagged, on the split that reports the headline number."""
+"""The end of a training run: its validation and test splits and the extra test sets evaluated
+(evaluation/split.py, the same evaluation evaluate.py runs), the operating points chosen on
+validation, and the shortcut reliance test of the attributes the audit flagged, on the split that
+reports the headline number."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ def split_data(prepared: Prepared, split: str) -> SplitData:
 
 
 def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
-    """{split: its evaluation} for validation and test, where the run has them."""
+    """{split: its evaluation} for validation, test and data.extra_test's sets, where the run has them."""
     cfg, trainer, prepared = run.cfg, run.trainer, run.prepared
     data, out = prepared.data, cfg.output_dir
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
+    # An extra test set's prefix is its name: NAME_results.json, NAME_accuracy, ...
+    prefixes = {split: PREFIXES.get(split, split) for split in data.splits if split != "train"}
     evaluated = {split: evaluate_split(trainer, run.pipeline.splits[split], split_data(prepared, split), prefix,
-                                       pos_label, out, log_history=prefix == "eval")
-                 for split, prefix in PREFIXES.items() if split in data.splits}
+                                       pos_label, out, log_history=prefix == "eval",
+                                       source=data.extra_sources.get(split))
+                 for split, prefix in prefixes.items()}
     trainer.save_state()
     if run.main_process and "validation" in evaluated:
         write_operating_points(evaluated["validation"], evaluated.get("test"), pos_label, data.labels, out)
