@@ -1,7 +1,8 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
 predict (classify image files), detect (every face in photos and videos), compare (two runs on the
-same images), audit (check a config's data), search (hyperparameters), export (ONNX), demo (a
-Gradio page for a run or a Hub model), space (that page as a Hugging Face Space).
+same images), audit (check a config's data), search (hyperparameters), repeat (a config over seeds
+or folds), export (ONNX), demo (a Gradio page for a run or a Hub model), space (that page as a
+Hugging Face Space).
 
 Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
 Exit codes: 0 done; 1 the work failed (a push refused, an export whose parity fails, a skipped
@@ -424,6 +425,15 @@ def _add_cache(commands: Any) -> None:
     cache.set_defaults(func=_cache)
 
 
+def _add_repeat(commands: Any) -> None:
+    from facemask.training.repeat import add_arguments, command  # no torch until it runs
+
+    repeat = commands.add_parser("repeat", help="run a config once per seed (or per cross-validation fold): every "
+                                                "run's metrics, their mean, standard error and range")
+    add_arguments(repeat)
+    repeat.set_defaults(func=command)
+
+
 def _add_search(commands: Any) -> None:
     from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
 
@@ -436,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search):
+                _add_demo, _add_space, _add_cache, _add_search, _add_repeat):
         add(commands)
     return parser
 

@@ -107,6 +107,9 @@ SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as 
 SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD = "search_trials.csv", "search_trials.md"
 SEARCH_BEST_CONFIG, SEARCH_STUDY = "best_config.yaml", "search.db"
 SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_CONFIG)
+# `python -m facemask repeat`: in OUTPUT_DIR, above the runs' own folders (seed-N/, fold-N/), with
+# a summary card (README.md, the CARD name).
+REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.json"
 # `python -m facemask detect`: the table of every face, in its output folder (default ./detections/).
 DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 

@@ -55,6 +55,10 @@ class DataConfig:
     # Fractions of the training split held out, stratified, when the source lacks that split.
     validation_split: float = 0.15
     test_split: float = 0.0
+    # K-fold cross-validation (set by `python -m facemask repeat --folds K`): validation is fold
+    # cv_fold of cv_folds over the training data (after test is carved), duplicate groups on one side.
+    cv_folds: Optional[int] = None
+    cv_fold: Optional[int] = None
     # Expected number of classes; None means the face-mask default of two.
     num_labels: Optional[int] = None
     # Class whose precision/recall/F1 are reported; None picks the "with mask" class.

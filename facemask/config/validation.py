@@ -141,6 +141,11 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"bad value for 'data.{key}': expected a fraction in [0, 1), got {value}")
     if d.validation_split + d.test_split >= 1.0:
         raise ConfigError("'data.validation_split' + 'data.test_split' must leave some training data")
+    if (d.cv_folds is None) != (d.cv_fold is None):
+        raise ConfigError("set 'data.cv_folds' and 'data.cv_fold' together (python -m facemask repeat --folds K does)")
+    if d.cv_folds is not None and not (d.cv_folds >= 2 and 0 <= d.cv_fold < d.cv_folds):
+        raise ConfigError(f"bad cross-validation fold: data.cv_fold={d.cv_fold} of data.cv_folds={d.cv_folds} "
+                          "(folds >= 2, fold from 0 to folds - 1)")
     for name, source in d.extra_test.items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in RESERVED_SPLITS:
             raise ConfigError(f"bad name 'data.extra_test.{name}': letters, digits or _ (it names files and metric "

@@ -21,7 +21,7 @@ from facemask.data.duplicates import duplicate_pairs, groups, image_records
 from facemask.data.inspection import inspect_splits
 from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, load_sources
-from facemask.data.splits import achieved, carve, leaked_copies, within
+from facemask.data.splits import achieved, carve, folds, leaked_copies, within
 
 logger = logging.getLogger("facemask")
 
@@ -60,16 +60,27 @@ def _carve_missing(members: Dict[str, List[int]], labels: List[int], pairs: List
     plan = []
     if "test" not in members and cfg.test_split > 0:
         plan.append(("test", cfg.test_split))
-    if "validation" not in members and cfg.validation_split > 0:
+    if cfg.cv_folds is not None:
+        if "validation" in members:
+            raise ConfigError("cross-validation carves validation out of train, but the source has its own "
+                              "validation split (data.validation_dir or the dataset's): drop it to use folds")
+        plan.append(("validation", None))
+    elif "validation" not in members and cfg.validation_split > 0:
         taken = cfg.test_split if "test" in dict(plan) else 0.0
         plan.append(("validation", cfg.validation_split / (1.0 - taken)))
     keep = np.arange(len(train))
     for name, fraction in plan:
-        held = carve([labels[train[i]] for i in keep], group[keep], fraction, seed)
+        labels_kept = [labels[train[i]] for i in keep]
+        if fraction is None:  # the fold cv_fold of cv_folds, over what test left
+            held = np.flatnonzero(folds(labels_kept, group[keep], cfg.cv_folds, seed) == cfg.cv_fold)
+        else:
+            held = carve(labels_kept, group[keep], fraction, seed)
         members[name] = [train[i] for i in keep[held]]
         keep = np.delete(keep, held)
     members["train"] = [train[i] for i in keep]
     carved["splits"] = [name for name, _ in plan]
+    if cfg.cv_folds is not None:
+        carved["cross_validation"] = {"folds": cfg.cv_folds, "fold": cfg.cv_fold}
     return carved
 
 

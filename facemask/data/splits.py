@@ -56,6 +56,29 @@ def carve(labels: Sequence[int], groups: Sequence[int], fraction: float, seed: i
     return held
 
 
+def folds(labels: Sequence[int], groups: Sequence[int], k: int, seed: int) -> np.ndarray:
+    """Each item's fold (0..k-1) for k-fold cross-validation: a duplicate group never straddles two
+    folds, and each class is spread evenly (each group, counted for its majority class, goes to the
+    fold holding the fewest images of that class so far; groups shuffled with the seed, largest first)."""
+    labels, groups = np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    _, group = np.unique(groups, return_inverse=True)
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    if n_groups < k:
+        raise ConfigError(f"cannot make {k} folds of {n_groups} duplicate groups: lower --folds or add images")
+    votes = np.zeros((n_groups, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(votes, (group, labels), 1)
+    sizes, majority = votes.sum(axis=1), votes.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    fold_of_group = np.zeros(n_groups, dtype=np.int64)
+    filled = np.zeros((votes.shape[1], k), dtype=np.int64)
+    order = rng.permutation(n_groups)
+    for g in order[np.argsort(-sizes[order], kind="stable")]:
+        c = majority[g]
+        fold_of_group[g] = int(np.argmin(filled[c]))
+        filled[c, fold_of_group[g]] += sizes[g]
+    return fold_of_group[group]
+
+
 def leaked_copies(pairs: Sequence[Tuple[int, int]], split_of: Sequence[str], on_leak: str) -> Dict[str, Dict[int, int]]:
     """For on_leak=drop: which item to remove for each pair across given splits, keyed by its split,
     mapped to the item it copies. Train loses its copies of validation/test images; validation its

@@ -1,0 +1,182 @@
+"""python -m facemask repeat CONFIG --seeds 0 1 2 | --folds K [key=value ...]: one config run several
+times, to say how far its figures can be trusted.
+
+Each run is `python train.py CONFIG ... training.output_dir=OUTPUT_DIR/seed-N` (or fold-N, with
+data.cv_folds / data.cv_fold: validation is fold N of K over the training data, duplicate groups
+on one side, classes stratified), one after another, each in a fresh process. A run whose folder
+holds its card (written last) is finished and is not run again, so the same command resumes an
+interrupted repeat; an unfinished folder is started over. OUTPUT_DIR gets every run's metrics with
+their mean, standard error and range (repeat_results.csv / .json, printed too) and a summary card
+(README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from facemask import REPO
+from facemask.config.schema import ConfigError
+from facemask.run_folder import CARD, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, read_run, write_json
+
+HEADLINE = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "loss")
+SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
+TEMPLATE = REPO / "model_cards" / "repeat.md.j2"
+
+
+class RepeatError(RuntimeError):
+    """A run of the repeat failed; the runs before it stand, and the same command goes on."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--seeds", nargs="+", metavar="SEED", help="run once per seed (training.seed); the first "
+                                                                 "key=value after them ends the list")
+    what.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation over the training data")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. training.num_train_epochs=3")
+
+
+def runs_of(args: argparse.Namespace) -> Tuple[List[Tuple[str, List[str]]], List[str]]:
+    """[(folder name, the run's own overrides)], and the overrides shared by all: argparse gives
+    `--seeds 0 1 data.x=1` all to --seeds, so the first item that is not a whole number ends them."""
+    overrides = list(args.overrides)
+    if args.folds is not None:
+        if args.folds < 2:
+            raise ConfigError("--folds must be at least 2")
+        return [(f"fold-{k}", [f"data.cv_folds={args.folds}", f"data.cv_fold={k}"]) for k in range(args.folds)], \
+            overrides
+    seeds: List[int] = []
+    for position, item in enumerate(args.seeds):
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            overrides = list(args.seeds[position:]) + overrides
+            break
+    if not seeds:
+        raise ConfigError("--seeds needs at least one whole number")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {seeds}")
+    return [(f"seed-{seed}", [f"training.seed={seed}"]) for seed in seeds], overrides
+
+
+def finished(folder: Path) -> bool:
+    return CARD.path(folder).is_file()
+
+
+def run_one(config: str, folder: Path, overrides: List[str]) -> None:
+    command = [sys.executable, str(REPO / "train.py"), config, *overrides, f"training.output_dir={folder}"]
+    if folder.exists() and any(folder.iterdir()):
+        command.append("--overwrite")  # an interrupted run of this repeat: started over
+    print(f"{folder.name}: {' '.join(command[1:])}", flush=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise RepeatError(f"{folder.name} failed (exit code {done.returncode}; its log is {folder / 'train.log'}). "
+                          "The finished runs stand: run the same command again to go on from this one")
+
+
+def run_metrics(folder: Path) -> Dict[str, float]:
+    """A finished run's headline metrics of every evaluated split, and its training time."""
+    results = read_run(folder).results
+    row = {key: value for prefix, metrics in results.items() if prefix != "train"
+           for key, value in metrics.items() if key.split("_", 1)[-1] in HEADLINE or
+           any(key == f"{prefix}_{name}" for name in HEADLINE)}
+    if "train_runtime" in results.get("train", {}):
+        row["train_runtime"] = results["train"]["train_runtime"]
+    return row
+
+
+def summarise(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Per metric: mean, standard error of the mean (sample standard deviation / sqrt(n)), range."""
+    keys = [k for k in rows[0] if k not in ("run", "seed", "fold")] if rows else []
+    summary = {}
+    for key in keys:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        n = len(values)
+        mean = sum(values) / n
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
+        summary[key] = {"mean": mean, "se": se, "min": min(values), "max": max(values), "n": n}
+    return summary
+
+
+def table(rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, float]]) -> str:
+    shown = [k for k in summary if k.split("_", 1)[-1] in SHOWN or k == "train_runtime"]
+    lines = ["| run | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
+    for row in rows:
+        lines.append(f"| {row['run']} | " + " | ".join(_number(row.get(k)) for k in shown) + " |")
+    lines.append("| mean ± SE | " + " | ".join(
+        f"{_number(summary[k]['mean'])} ± {_number(summary[k]['se'])}" for k in shown) + " |")
+    lines.append("| range | " + " | ".join(
+        f"{_number(summary[k]['min'])}-{_number(summary[k]['max'])}" for k in shown) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.4f}"
+
+
+def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, Any]],
+                  summary: Dict[str, Dict[str, float]], kind: str) -> None:
+    import jinja2
+    import torch
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (out / REPEAT_RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    machine = (f"{platform.system()} {platform.machine()}, {_cores()} CPU cores, torch {torch.__version__}"
+               + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
+    command = "python -m facemask repeat " + " ".join(argv)
+    write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
+                                           "machine": machine, "runs": rows, "summary": summary})
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), keep_trailing_newline=True)
+    CARD.path(out).write_text(env.get_template(TEMPLATE.name).render(
+        config=Path(config).name, command=command, kind=kind, machine=machine, runs=len(rows),
+        table=table(rows, summary), summary=summary, files=(REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON)),
+        encoding="utf-8")
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def command(args: argparse.Namespace) -> int:
+    """`python -m facemask repeat`; a ConfigError is the CLI's to report (exit code 2)."""
+    from facemask.config.loading import load_config
+
+    runs, overrides = runs_of(args)
+    what = f"--folds {args.folds}" if args.folds else "--seeds " + " ".join(n.split("-")[1] for n, _ in runs)
+    argv = [args.config, what, *overrides]
+    out = load_config(args.config, overrides).output_dir
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for name, own in runs:
+        folder = Path(out) / name
+        if finished(folder):
+            print(f"{name}: finished earlier ({CARD.path(folder)}): not run again", flush=True)
+            continue
+        try:
+            run_one(args.config, folder, overrides + own)
+        except RepeatError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    rows = []
+    for name, _ in runs:
+        number = int(name.split("-")[1])
+        rows.append({"run": name, name.split("-")[0]: number, **run_metrics(Path(out) / name)})
+    summary = summarise(rows)
+    kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
+    write_outputs(Path(out), args.config, argv, rows, summary, kind)
+    print(table(rows, summary))
+    print(f"wrote {Path(out) / REPEAT_RESULTS_CSV}, {REPEAT_RESULTS_JSON} and the summary card {CARD.path(out)}")
+    return 0

@@ -1,0 +1,109 @@
+"""python -m facemask repeat: a config over seeds or cross-validation folds, its table of every run
+with mean, standard error and range, resumed after an interruption without running anything twice."""
+
+import csv
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from facemask.__main__ import build_parser, main
+from facemask.config.loading import load_config
+from facemask.data.prepare import prepare_data
+from facemask.data.splits import folds
+from facemask.training.repeat import runs_of, summarise
+
+
+def parse(argv):
+    commands = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
+    return commands.choices["repeat"].parse_intermixed_args(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["c.yaml", "--seeds", "0", "1", "2", "data.x=1", "training.y=2"],
+    ["c.yaml", "data.x=1", "--seeds", "0", "1", "2", "training.y=2"],
+    ["c.yaml", "data.x=1", "training.y=2", "--seeds", "0", "1", "2"],
+])
+def test_the_first_key_value_ends_the_seeds_and_overrides_go_anywhere(argv):
+    runs, overrides = runs_of(parse(argv))
+    assert runs == [("seed-0", ["training.seed=0"]), ("seed-1", ["training.seed=1"]), ("seed-2", ["training.seed=2"])]
+    assert sorted(overrides) == ["data.x=1", "training.y=2"]
+
+
+def test_folds_and_bad_seeds():
+    runs, _ = runs_of(parse(["c.yaml", "--folds", "3"]))
+    assert [name for name, _ in runs] == ["fold-0", "fold-1", "fold-2"]
+    assert runs[1][1] == ["data.cv_folds=3", "data.cv_fold=1"]
+    with pytest.raises(Exception, match="seed twice"):
+        runs_of(parse(["c.yaml", "--seeds", "1", "1"]))
+
+
+def test_summary_is_mean_standard_error_and_range():
+    rows = [{"run": "seed-0", "test_accuracy": 0.90}, {"run": "seed-1", "test_accuracy": 0.94},
+            {"run": "seed-2", "test_accuracy": 0.95}]
+    s = summarise(rows)["test_accuracy"]
+    assert s["mean"] == pytest.approx(0.93)
+    assert s["se"] == pytest.approx(np.std([0.90, 0.94, 0.95], ddof=1) / math.sqrt(3))
+    assert (s["min"], s["max"], s["n"]) == (0.90, 0.95, 3)
+
+
+def test_folds_keep_duplicate_groups_together_and_classes_stratified():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    groups = np.arange(400)
+    groups[:30] = 7  # one group of 30 copies
+    fold = folds(labels, groups, 4, seed=0)
+    assert len(set(fold[:30])) == 1
+    for k in range(4):
+        share = labels[fold == k].mean()
+        assert abs(share - labels.mean()) < 0.08 and 80 <= (fold == k).sum() <= 125
+
+
+def test_cross_validation_folds_partition_the_training_data(tmp_path):
+    validations = []
+    for k in range(3):
+        cfg = load_config(tiny_config(tmp_path), ["data.cv_folds=3", f"data.cv_fold={k}"])
+        data = prepare_data(cfg.data, cfg.seed, 32).data
+        # Drawn images are held in memory: known by their bytes.
+        images = {hashlib.sha256(item["bytes"]).hexdigest() for item in data.splits["validation"]["image"]}
+        validations.append((images, len(data.splits["train"]), len(data.splits["test"])))
+    assert all(not (a[0] & b[0]) for i, a in enumerate(validations) for b in validations[i + 1:])
+    assert len({v[2] for v in validations}) == 1  # the same test split for every fold
+
+
+@pytest.mark.slow  # five tiny training runs, each its own process
+def test_repeat_over_seeds_resumes_without_running_anything_twice_then_folds(tmp_path, capsys):
+    config = str(tiny_config(tmp_path))
+    out = tmp_path / "out"
+    assert main(["repeat", config, "--seeds", "0", "1", "training.max_steps=1"]) == 0
+    first = (out / "seed-0" / "README.md").stat().st_mtime_ns
+    # Interrupted: seed-2's folder holds an unfinished run (no card yet).
+    (out / "seed-2").mkdir()
+    (out / "seed-2" / "experiment.yaml").write_text("training: {}\n")
+    capsys.readouterr()
+    assert main(["repeat", config, "training.max_steps=1", "--seeds", "0", "1", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "seed-0: finished earlier" in printed and "seed-1: finished earlier" in printed
+    assert (out / "seed-0" / "README.md").stat().st_mtime_ns == first
+    assert (out / "seed-2" / "README.md").is_file()
+    with (out / "repeat_results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["seed-0", "seed-1", "seed-2"] and [r["seed"] for r in rows] == ["0", "1", "2"]
+    summary = json.loads((out / "repeat_results.json").read_text())["summary"]
+    accuracies = [float(r["test_accuracy"]) for r in rows]
+    assert summary["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["test_accuracy"]["se"] == pytest.approx(np.std(accuracies, ddof=1) / math.sqrt(3))
+    assert "| mean ± SE |" in printed and "test_accuracy" in printed
+    card = (out / "README.md").read_text()
+    assert "3 seeds" in card and "python -m facemask repeat" in card and "| seed-2 |" in card
+
+    cv = tmp_path / "cv"
+    assert main(["repeat", config, "--folds", "2", f"training.output_dir={cv}", "training.max_steps=1"]) == 0
+    sizes = [json.loads((cv / f"fold-{k}" / "run_info.json").read_text())["data"]["splits"] for k in range(2)]
+    # Two folds: each one's validation is the other's training data.
+    assert sizes[0]["validation"]["num_images"] == sizes[1]["train"]["num_images"] > 0
+    assert sizes[1]["validation"]["num_images"] == sizes[0]["train"]["num_images"] > 0
+    assert "2 folds" in (cv / "README.md").read_text()
