@@ -98,3 +98,11 @@ def test_detect_bench_times_the_detector_and_each_classifier_arm(tmp_path, capsy
         assert 0 < f["min"] <= f["images_per_s"] <= f["max"], name
         assert f["faces_per_s"] == pytest.approx(f["images_per_s"] * f["faces"])
     assert "faces/s" in capsys.readouterr().out
+
+
+def test_bootstrap_bench_times_the_intervals(capsys):
+    results = load("bootstrap").main(["--images", "500", "--resamples", "100", "1000", "--repeats", "2"])
+    assert list(results) == ["100", "1000"]
+    for figures in results.values():
+        assert 0 < figures["min"] <= figures["seconds"] <= figures["max"]
+    assert "one thread" in capsys.readouterr().out
