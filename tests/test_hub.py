@@ -23,6 +23,7 @@ PUSHED = {
     "eval_slices.json", "test_slices.json", "eval_calibration.json", "test_calibration.json",
     "eval_calibration.png", "test_calibration.png", "eval_errors.json", "test_errors.json",
     "operating_points.json", "test_shortcut_test.json", "eval_roc_curve.png", "test_roc_curve.png",
+    "eval_intervals.json", "test_intervals.json",
 }
 # Error galleries exist where a split had misclassified images.
 GALLERIES = {"eval_errors.png", "test_errors.png"}

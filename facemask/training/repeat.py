@@ -84,9 +84,8 @@ def run_one(config: str, folder: Path, overrides: List[str]) -> None:
 def run_metrics(folder: Path) -> Dict[str, float]:
     """A finished run's headline metrics of every evaluated split, and its training time."""
     results = read_run(folder).results
-    row = {key: value for prefix, metrics in results.items() if prefix != "train"
-           for key, value in metrics.items() if key.split("_", 1)[-1] in HEADLINE or
-           any(key == f"{prefix}_{name}" for name in HEADLINE)}
+    row = {f"{prefix}_{name}": metrics[f"{prefix}_{name}"] for prefix, metrics in results.items()
+           if prefix != "train" for name in HEADLINE if f"{prefix}_{name}" in metrics}
     if "train_runtime" in results.get("train", {}):
         row["train_runtime"] = results["train"]["train_runtime"]
     return row
@@ -106,7 +105,7 @@ def summarise(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
 
 
 def table(rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, float]]) -> str:
-    shown = [k for k in summary if k.split("_", 1)[-1] in SHOWN or k == "train_runtime"]
+    shown = [k for k in summary if any(k.endswith(f"_{name}") for name in SHOWN) or k == "train_runtime"]
     lines = ["| run | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
     for row in rows:
         lines.append(f"| {row['run']} | " + " | ".join(_number(row.get(k)) for k in shown) + " |")
