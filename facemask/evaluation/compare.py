@@ -75,10 +75,12 @@ def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: i
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(draws, [tail, 100 - tail])
     p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    # Runs of a repeat share folder names (seed-0 and seed-0): then the parent says which is which.
+    name_a, name_b = (a.name, b.name) if a.name != b.name else (f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}")
     return {
         "split": split, "images": len(names),
-        "run_a": {"name": a.name, "accuracy": round(float(right_a.mean()), 6)},
-        "run_b": {"name": b.name, "accuracy": round(float(right_b.mean()), 6)},
+        "run_a": {"name": name_a, "accuracy": round(float(right_a.mean()), 6)},
+        "run_b": {"name": name_b, "accuracy": round(float(right_b.mean()), 6)},
         "difference": {"b_minus_a": round(float(gain.mean()), 6), "low": round(float(low), 6),
                        "high": round(float(high), 6), "confidence": confidence,
                        "bootstrap": {"resamples": resamples, "seed": seed, "stratified_by": "true class",
