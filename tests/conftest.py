@@ -52,6 +52,17 @@ def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = Non
     return path
 
 
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory):
+    """A tiny ViT run with validation and test results, hence operating points, galleries and
+    confusion matrices: the model the demo and detect tests serve (they only read it)."""
+    import train
+
+    tmp = tmp_path_factory.mktemp("evaluated-run")
+    train.main([str(tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1}))])
+    return tmp / "out"
+
+
 @pytest.fixture
 def synth_folder(tmp_path_factory):
     """An image folder of mixed JPEG/PNG files, written by the project's own CLI."""

@@ -12,11 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, best_iou, compose_scene, tiny_config
+from conftest import REPO, best_iou, compose_scene
 from fake_hub import FakeHub
 from PIL import Image
 
-import train
 from facemask.data.synthetic import draw_face
 from facemask.evaluation.predict import predict_files
 from facemask.publish.demo import (
@@ -33,11 +32,8 @@ TOKEN = "hf_" + "Dm4" * 12
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny run with validation and test results, hence operating points, galleries and confusion matrices."""
-    tmp = tmp_path_factory.mktemp("demo")
-    train.main([str(tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1}))])
-    return tmp / "out"
+def run_dir(evaluated_run):
+    return evaluated_run
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import zlib
 import av
 import numpy as np
 import pytest
-from conftest import ASTRONAUT_FACE, best_iou, compose_scene, tiny_config
+from conftest import ASTRONAUT_FACE, best_iou, compose_scene
 from PIL import Image
 from skimage import data
 
-import train
 from facemask.__main__ import main
 from facemask.detection.crops import crop_box, margin_from_images
 from facemask.detection.detectors import load_detector, nms
@@ -26,10 +25,8 @@ COLUMNS = ["file", "frame", "time_s", "x0", "y0", "x1", "y1", "detector_score", 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("detect-run")
-    train.main([str(tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1}))])
-    return tmp / "out"
+def run_dir(evaluated_run):
+    return evaluated_run
 
 
 @pytest.fixture(scope="module")
