@@ -223,5 +223,10 @@ def read_run(directory: str | Path) -> RunFiles:
     return run
 
 
+def prefix_of(split: str) -> str:
+    """A split's metric prefix: validation -> eval, test -> test, an extra test set's name as it is."""
+    return PREFIXES.get(split, split)
+
+
 def split_name(prefix: str) -> str:
     return SPLIT_NAMES.get(prefix, prefix)

@@ -81,9 +81,39 @@ def test_a_copy_shared_by_train_and_an_extra_set_is_reported_and_handled_by_on_l
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.extra_test.test=/x", "none of eval, test, train, validation"),
+    ("data.extra_test.test=/x", "none of all, eval, test, train, validation"),
+    ("data.extra_test.Test=/x", "whatever its case"),
+    ("data.extra_test.all=/x", "none of all"),
     ("data.extra_test.two-words=/x", "letters, digits or _"),
 ])
 def test_extra_test_names_are_checked(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(tiny_config(tmp_path), [override])
+
+
+def test_copies_shared_by_test_and_an_extra_set_are_a_warning_not_a_leak(tmp_path):
+    for name, seed, n in (("train", 1, 40), ("test", 2, 20), ("other@source", 9, 20)):
+        assert main(["synth", str(tmp_path / name), "--num-images", str(n), "--image-size", "48",
+                     "--seed", str(seed)]) == 0
+    copied = sorted((tmp_path / "test" / "with_mask").iterdir())[0]
+    shutil.copy(copied, tmp_path / "other@source" / "with_mask" / f"copy-{copied.name}")
+    # A folder whose path holds an @ is taken whole, not read as SOURCE@SPLIT.
+    cfg = load_config(tiny_config(tmp_path), [f"data.train_dir={tmp_path / 'train'}", "data.synthetic=false",
+                                              f"data.test_dir={tmp_path / 'test'}", "data.on_leak=error",
+                                              f"data.extra_test.other={tmp_path / 'other@source'}",
+                                              "data.shortcut_threshold=1.01", "data.max_class_ratio=10"])
+    prepared = prepare_data(cfg.data, cfg.seed, 32)
+    report = prepared.report
+    assert report["leaks"] == [] and not any("leak" in e for e in report["errors"])
+    [pair] = report["copies_between_test_sets"]
+    assert {pair["a"]["split"], pair["b"]["split"]} == {"test", "other"}
+    assert any("shared by test sets" in w for w in report["warnings"])
+    assert len(prepared.data.splits["test"]) == 20 and len(prepared.data.splits["other"]) == 21
+
+
+def test_a_dataset_folders_validation_split_is_found_under_its_aliases(tmp_path):
+    from facemask.data.sources import load_split_source
+
+    assert main(["synth", str(tmp_path / "data" / "val"), "--num-images", "8", "--image-size", "32"]) == 0
+    ds, name = load_split_source(str(tmp_path / "data"), "validation")
+    assert len(ds) == 8 and name == "data/val"

@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from facemask.__main__ import build_parser, main
 from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError
 from facemask.data.prepare import prepare_data
 from facemask.data.splits import folds
 from facemask.training.repeat import runs_of, summarise
@@ -37,8 +38,10 @@ def test_folds_and_bad_seeds():
     runs, _ = runs_of(parse(["c.yaml", "--folds", "3"]))
     assert [name for name, _ in runs] == ["fold-0", "fold-1", "fold-2"]
     assert runs[1][1] == ["data.cv_folds=3", "data.cv_fold=1"]
-    with pytest.raises(Exception, match="seed twice"):
+    with pytest.raises(ConfigError, match="seed twice"):
         runs_of(parse(["c.yaml", "--seeds", "1", "1"]))
+    with pytest.raises(ConfigError, match="from 0"):
+        runs_of(parse(["c.yaml", "--seeds", "-1", "2"]))
 
 
 def test_summary_is_mean_standard_error_and_range():
@@ -107,3 +110,9 @@ def test_repeat_over_seeds_resumes_without_running_anything_twice_then_folds(tmp
     assert sizes[0]["validation"]["num_images"] == sizes[1]["train"]["num_images"] > 0
     assert sizes[1]["validation"]["num_images"] == sizes[0]["train"]["num_images"] > 0
     assert "2 folds" in (cv / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["repeat", config, "--folds", "2", f"training.output_dir={cv}", "training.max_steps=1"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 2
+    # A folder that holds a training run is not a repeat's folder.
+    assert main(["repeat", config, "--seeds", "0", f"training.output_dir={out / 'seed-0'}"]) == 2
+    assert "holds a training run" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any, Dict
 from facemask.config.schema import ConfigError, ExperimentConfig, nearest
 
 # Split names a run gives its own splits and metric prefixes: an extra test set takes another.
-RESERVED_SPLITS = {"train", "eval", "validation", "test"}
+RESERVED_SPLITS = {"train", "eval", "validation", "test", "all"}  # all: Trainer's all_results.json
 # Keys that existed once, and what replaced them.
 RENAMED = {"data.allow_leaks": "'data.allow_leaks' was replaced by 'data.on_leak' (drop, error or keep; "
                                "allow_leaks=true is on_leak=keep)"}
@@ -146,10 +146,14 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.cv_folds is not None and not (d.cv_folds >= 2 and 0 <= d.cv_fold < d.cv_folds):
         raise ConfigError(f"bad cross-validation fold: data.cv_fold={d.cv_fold} of data.cv_folds={d.cv_folds} "
                           "(folds >= 2, fold from 0 to folds - 1)")
+    seen = set()
     for name, source in d.extra_test.items():
-        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in RESERVED_SPLITS:
+        # Compared in lower case: on a case-insensitive file system Test_results.json is test_results.json.
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name) or name.lower() in RESERVED_SPLITS | seen:
             raise ConfigError(f"bad name 'data.extra_test.{name}': letters, digits or _ (it names files and metric "
-                              f"keys), and none of {', '.join(sorted(RESERVED_SPLITS))}")
+                              f"keys), none of {', '.join(sorted(RESERVED_SPLITS))}, and each name once whatever "
+                              "its case")
+        seen.add(name.lower())
         if not source:
             raise ConfigError(f"'data.extra_test.{name}' is empty: give an image folder, a dataset folder or a Hub "
                               "dataset id")

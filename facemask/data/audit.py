@@ -32,6 +32,12 @@ logger = logging.getLogger("facemask")
 MAX_LISTED_PAIRS = 1000  # pairs within splits listed in data_audit.json (all are counted)
 
 
+# Splits a model is trained or selected on: a copy shared with any other split is a leak.
+TRAINING_SIDE = {"train", "validation"}
+# The training source's own splits (extra test sets come from other sources).
+SOURCE_SPLITS = {"train", "validation", "test"}
+
+
 def _side(rec: Dict[str, Any], split: Optional[str] = None) -> Dict[str, Any]:
     return {"split": split or rec["split"], "file": rec["file"], "label": rec["label"]}
 
@@ -44,15 +50,21 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
     ignored, empty = _folder_notes(cfg)
     bad = [{"split": r["split"], "index": r["index"], "file": r["file"], "category": r["inspection"].status,
             "reason": r["inspection"].reason} for r in recs if r["inspection"].status != "ok"]
-    leaks, inside, conflicts = [], [], []
+    leaks, between_tests, inside, conflicts = [], [], [], []
     for pair in exact + near:
         a, b = recs[pair["i"]], recs[pair["j"]]
         if a["label"] != b["label"]:
             conflicts.append({"a": _side(a), "b": _side(b), "distance": pair["distance"]})
         if pair["i"] not in final or pair["j"] not in final:
             continue
-        entry = {"a": _side(a, final[pair["i"]]), "b": _side(b, final[pair["j"]]), "distance": pair["distance"]}
-        (leaks if final[pair["i"]] != final[pair["j"]] else inside).append(entry)
+        sa, sb = final[pair["i"]], final[pair["j"]]
+        entry = {"a": _side(a, sa), "b": _side(b, sb), "distance": pair["distance"]}
+        if sa == sb:
+            inside.append(entry)
+        elif sa in TRAINING_SIDE or sb in TRAINING_SIDE:
+            leaks.append(entry)
+        else:  # test and an extra test set, or two extra sets: each stays whole, neither was trained on
+            between_tests.append(entry)
     distance = {(min(p["i"], p["j"]), max(p["i"], p["j"])): p["distance"] for p in exact + near}
     removed_report = {
         split: [{**_side(recs[k]), "copy_of": _side(recs[other]), "distance": distance[min(k, other), max(k, other)]}
@@ -69,7 +81,9 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
         present = list(summary["class_counts"].values())
         if min(present) == 0 or max(present) / min(present) > cfg.max_class_ratio:
             imbalance.append({"split": split, "class_counts": summary["class_counts"]})
-    usable = [recs[k] for k in sorted(final) if recs[k]["inspection"].status == "ok"]
+    # The shortcut rules judge the training source: extra test sets from other sources would change
+    # what they flag.
+    usable = [recs[k] for k in sorted(final) if recs[k]["inspection"].status == "ok" and final[k] in SOURCE_SPLITS]
     found = [r["inspection"] for r in usable]
     labels = [r["label"] for r in usable]
     values = [attribute_values(f, edges) for f in found]
@@ -90,6 +104,7 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
         "on_leak": cfg.on_leak,
         "leaks": leaks,
         "leaks_removed": removed_report,
+        "copies_between_test_sets": between_tests,
         "duplicates_within_splits": inside[:MAX_LISTED_PAIRS],
         "duplicate_pairs_within_splits": len(inside),
         "label_conflicts": conflicts[:MAX_LISTED_PAIRS],
@@ -183,6 +198,9 @@ def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
         fix = ("; to correct for it in training, set recipe.class_weights=balanced (weighted loss) or "
                "recipe.balanced_sampler=true (class-balanced sampling)" if item["split"] == "train" else "")
         warnings_.append(f"class imbalance in {item['split']}: {item['class_counts']}{fix}")
+    if report.get("copies_between_test_sets"):
+        warnings_.append(f"{len(report['copies_between_test_sets'])} duplicate pair(s) shared by test sets (test and "
+                         "data.extra_test sets stay whole, so their figures are not independent)")
     if report["duplicate_pairs_within_splits"]:
         warnings_.append(f"{report['duplicate_pairs_within_splits']} duplicate pair(s) within splits")
     if report["label_conflict_pairs"]:

@@ -116,7 +116,8 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
     carved = _carve_missing(members, label_ids.tolist(), pairs, cfg, seed)
     data, members = _select(given, members, split_of, offsets, cfg, seed, carved)
 
-    usable = [r["inspection"] for r in records if r["inspection"].status == "ok"]
+    usable = [r["inspection"] for r in records
+              if r["inspection"].status == "ok" and r["split"] in audit.SOURCE_SPLITS]
     edges = sharpness_edges([f.sharpness for f in usable])
     report = audit.build_report(data, records, members, exact, near, removed, cfg, seed, carved, image_side, edges)
     attributes = {name: [attribute_values(records[k]["inspection"], edges) for k in ks] for name, ks in members.items()}

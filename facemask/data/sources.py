@@ -54,12 +54,18 @@ def load_image_folder(folder: Path, split: str, cache_dir: Optional[str] = None)
     return ds.add_column("label", [Path(p["path"]).parent.name for p in paths])
 
 
-SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val")
+SPLIT_FOLDERS = ("train", "test", *VALIDATION_ALIASES)
 
 
 def has_split_folders(folder: Path) -> bool:
     """A dataset folder (train/, test/, ... inside) rather than an image folder of class sub-folders."""
     return any((folder / name).is_dir() for name in SPLIT_FOLDERS)
+
+
+def split_folder(folder: Path, split: str) -> Optional[Path]:
+    """A dataset folder's sub-folder of `split` (validation also under its aliases: valid, val, dev)."""
+    names = VALIDATION_ALIASES if split in VALIDATION_ALIASES else (split,)
+    return next((folder / n for n in names if (folder / n).is_dir()), None)
 
 
 def load_split_source(source: str, split: str, cache_dir: Optional[str] = None) -> tuple[datasets.Dataset, str]:
@@ -68,10 +74,11 @@ def load_split_source(source: str, split: str, cache_dir: Optional[str] = None) 
     folder = Path(source).expanduser()
     if folder.is_dir():
         if has_split_folders(folder):
-            if not (folder / split).is_dir():
+            inside = split_folder(folder, split)
+            if inside is None:
                 found = ", ".join(n for n in SPLIT_FOLDERS if (folder / n).is_dir())
                 raise ConfigError(f"{folder}: no '{split}' folder (it has {found})")
-            folder, name = folder / split, f"{folder.name}/{split}"
+            folder, name = inside, f"{folder.name}/{inside.name}"
         else:
             name = folder.name
         if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
@@ -91,7 +98,9 @@ def extra_test_sets(cfg: DataConfig, labels: List[str]) -> tuple[Dict[str, datas
     to the training classes by name as a test folder's are; and each one's public name."""
     sets, names = {}, {}
     for name, source in cfg.extra_test.items():
-        where, _, split = source.rpartition("@") if "@" in source else (source, "", "test")
+        # A folder is taken whole even when its path holds an @; otherwise SOURCE@SPLIT picks a split.
+        at = "@" in source and not Path(source).expanduser().is_dir()
+        where, _, split = source.rpartition("@") if at else (source, "", "test")
         ds, names[name] = load_split_source(where, split or "test", cfg.cache_dir)
         _check_columns(ds, cfg, name)
         if len(ds) == 0:

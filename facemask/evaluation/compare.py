@@ -17,11 +17,6 @@ from facemask.config.schema import ConfigError
 from facemask.evaluation.intervals import CONFIDENCE, RESAMPLES, SEED, resample_counts
 
 
-def prefix_of(split: str) -> str:
-    """A split's metric prefix: validation -> eval, test -> test, any other name as it is."""
-    return run_folder.PREFIXES.get(split, split)
-
-
 def read_predictions(run_dir: Path, prefix: str) -> Dict[str, Tuple[str, str]]:
     """{image: (true label, predicted label)} of a run's <prefix>_predictions.csv."""
     path = run_folder.PREDICTIONS.path(run_dir, prefix)
@@ -60,7 +55,7 @@ def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: i
     from scipy.stats import binomtest
 
     a, b = Path(a), Path(b)
-    prefix = prefix_of(split)
+    prefix = run_folder.prefix_of(split)
     rows_a, rows_b = read_predictions(a, prefix), read_predictions(b, prefix)
     _same_images(a, b, rows_a, rows_b)
     names = sorted(rows_a)

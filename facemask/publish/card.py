@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from facemask import CARD_TEMPLATES
 from facemask.publish.card_figures import write_figures
 from facemask.publish.public import local_folders, public_text
-from facemask.run_folder import CARD, SPLIT_NAMES, RunFiles, read_run, split_files, split_name
+from facemask.run_folder import CARD, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
 NOT_RECORDED = "not recorded"
@@ -259,7 +259,8 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
 
 
 GENERALIZATION_METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "F1",
-                          "roc_auc": "ROC-AUC", "ece": "calibration error"}
+                          "precision": "precision", "recall": "recall", "roc_auc": "ROC-AUC",
+                          "ece": "calibration error"}
 
 
 def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
@@ -267,7 +268,10 @@ def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
     (<prefix>_intervals.json), the difference of each to the in-distribution test split."""
     if not run.intervals:
         return None
-    baseline = (run.intervals.get("test") or {}).get("metrics", {}).get("accuracy", {}).get("value")
+    # The in-distribution splits are those a run carved or was given with its training data: no
+    # source of their own (evaluate.py names the data it evaluated, even as --split test).
+    test = run.intervals.get("test") or {}
+    baseline = test.get("metrics", {}).get("accuracy", {}).get("value") if test.get("source") is None else None
 
     def cell(metric: Dict[str, Any]) -> str:
         if not metric or metric.get("value") is None:
@@ -281,10 +285,9 @@ def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
             continue
         metrics = payload.get("metrics", {})
         accuracy = metrics.get("accuracy", {}).get("value")
-        in_distribution = prefix in SPLIT_NAMES
         rows.append({
             "name": split_name(prefix),
-            "source": "held out from the training data" if in_distribution else (payload.get("source") or NOT_RECORDED),
+            "source": payload.get("source") or "held out from the training data",
             "images": payload.get("images"),
             "cells": [cell(metrics.get(key, {})) for key in GENERALIZATION_METRICS],
             "delta": "" if prefix == "test" or baseline is None or accuracy is None

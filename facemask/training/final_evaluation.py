@@ -12,7 +12,7 @@ from facemask.data.prepare import Prepared
 from facemask.data.sources import resolve_positive_label
 from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
 from facemask.pipeline.inputs import eval_view
-from facemask.run_folder import PREFIXES
+from facemask.run_folder import prefix_of
 from facemask.training.setup import RunSetup
 
 
@@ -28,7 +28,7 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
     data, out = prepared.data, cfg.output_dir
     pos_label = resolve_positive_label(data.labels, cfg.data.positive_label)
     # An extra test set's prefix is its name: NAME_results.json, NAME_accuracy, ...
-    prefixes = {split: PREFIXES.get(split, split) for split in data.splits if split != "train"}
+    prefixes = {split: prefix_of(split) for split in data.splits if split != "train"}
     evaluated = {split: evaluate_split(trainer, run.pipeline.splits[split], split_data(prepared, split), prefix,
                                        pos_label, out, log_history=prefix == "eval",
                                        source=data.extra_sources.get(split))

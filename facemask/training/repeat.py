@@ -21,13 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from facemask import REPO
+from facemask import CARD_TEMPLATES, REPO
+from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
-from facemask.run_folder import CARD, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, read_run, write_json
+from facemask.run_folder import CARD, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_MARKERS, read_run, write_json
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "loss")
 SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
-TEMPLATE = REPO / "model_cards" / "repeat.md.j2"
+TEMPLATE = CARD_TEMPLATES / "repeat.md.j2"
 
 
 class RepeatError(RuntimeError):
@@ -61,6 +62,8 @@ def runs_of(args: argparse.Namespace) -> Tuple[List[Tuple[str, List[str]]], List
             break
     if not seeds:
         raise ConfigError("--seeds needs at least one whole number")
+    if min(seeds) < 0:
+        raise ConfigError(f"--seeds must be whole numbers from 0: {seeds}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds lists a seed twice: {seeds}")
     return [(f"seed-{seed}", [f"training.seed={seed}"]) for seed in seeds], overrides
@@ -71,8 +74,10 @@ def finished(folder: Path) -> bool:
 
 
 def run_one(config: str, folder: Path, overrides: List[str]) -> None:
-    command = [sys.executable, str(REPO / "train.py"), config, *overrides, f"training.output_dir={folder}"]
-    if folder.exists() and any(folder.iterdir()):
+    # Each run keeps to its folder: none pushes to the Hub (they would all push to one model id).
+    command = [sys.executable, str(REPO / "train.py"), config, *overrides, "hub.push=false",
+               f"training.output_dir={folder}"]
+    if any((folder / marker).exists() for marker in RUN_MARKERS):
         command.append("--overwrite")  # an interrupted run of this repeat: started over
     print(f"{folder.name}: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command)
@@ -110,16 +115,17 @@ def table(rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, float]]) -> s
     for row in rows:
         lines.append(f"| {row['run']} | " + " | ".join(_number(row.get(k)) for k in shown) + " |")
     lines.append("| mean ± SE | " + " | ".join(
-        f"{_number(summary[k]['mean'])} ± {_number(summary[k]['se'])}" for k in shown) + " |")
+        f"{_number(summary[k]['mean'])} ± {_number(summary[k]['se'], summary[k]['mean'])}" for k in shown) + " |")
     lines.append("| range | " + " | ".join(
         f"{_number(summary[k]['min'])}-{_number(summary[k]['max'])}" for k in shown) + " |")
     return "\n".join(lines)
 
 
-def _number(value: Optional[float]) -> str:
+def _number(value: Optional[float], like: Optional[float] = None) -> str:
+    """Seconds to one decimal, scores to four; a standard error `like` its mean."""
     if value is None:
         return "n/a"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.4f}"
+    return f"{value:.1f}" if abs(value if like is None else like) >= 10 else f"{value:.4f}"
 
 
 def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, Any]],
@@ -134,7 +140,7 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
         writer.writerows(rows)
     machine = (f"{platform.system()} {platform.machine()}, {_cores()} CPU cores, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
-    command = "python -m facemask repeat " + " ".join(argv)
+    command = redact("python -m facemask repeat " + " ".join(argv))
     write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
                                            "machine": machine, "runs": rows, "summary": summary})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), keep_trailing_newline=True)
@@ -158,6 +164,10 @@ def command(args: argparse.Namespace) -> int:
     what = f"--folds {args.folds}" if args.folds else "--seeds " + " ".join(n.split("-")[1] for n, _ in runs)
     argv = [args.config, what, *overrides]
     out = load_config(args.config, overrides).output_dir
+    held = [marker for marker in RUN_MARKERS if (Path(out) / marker).exists()]
+    if held:
+        raise ConfigError(f"{out} holds a training run ({held[0]}): the repeat's runs and summary card would go "
+                          f"into it. Give the repeat its own folder: training.output_dir={out}-repeat")
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, own in runs:
         folder = Path(out) / name
