@@ -71,7 +71,9 @@ def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: i
     low, high = np.percentile(draws, [tail, 100 - tail])
     p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     # Runs of a repeat share folder names (seed-0 and seed-0): then the parent says which is which.
-    name_a, name_b = (a.name, b.name) if a.name != b.name else (f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}")
+    name_a, name_b = a.name, b.name
+    if name_a == name_b:
+        name_a, name_b = f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}"
     return {
         "split": split, "images": len(names),
         "run_a": {"name": name_a, "accuracy": round(float(right_a.mean()), 6)},
