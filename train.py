@@ -23,6 +23,7 @@ from facemask.publish.hub import PushError, check_write_access, push_run
 from facemask.run_folder import TRAIN_TEXT_LOG
 from facemask.training.arguments import log_batch_size, log_dataloader, log_file, logger
 from facemask.training.final_evaluation import evaluate_trained
+from facemask.training.lora import adapter_record, merge_for_saving
 from facemask.training.performance import switches_record
 from facemask.training.provenance import run_info, write_run_record
 from facemask.training.resume import RunLock, claim_output_dir, parse_args
@@ -67,12 +68,15 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
     asked = {**cfg.training, "attn_implementation": cfg.model.attn_implementation}
     info["switches"] = switches_record(asked, run.args, run.model)
     info["preprocessing"] = [cache.__dict__ for cache in run.pipeline.cache_reports]
+    if cfg.model.peft is not None:
+        info["peft"] = adapter_record(run.model, cfg.model.peft)
     if run.main_process:
         write_run_record(cfg.output_dir, info, to_yaml(cfg), resuming=checkpoint is not None)
 
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    merge_for_saving(trainer)
     trainer.save_model()
     metrics = {**train_result.metrics, **prepared.removed, **early_stopping_record(trainer)}
     trainer.log_metrics("train", metrics)

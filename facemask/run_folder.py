@@ -50,6 +50,15 @@ SHARD_INDEX = Output("model.safetensors.index.json", "Trainer.save_model", "whic
 PROCESSOR = Output("preprocessor_config.json", "Trainer.save_model", "the image processor (resize, normalise)", True)
 TRAINING_ARGS = Output("training_args.bin", "Trainer.save_model",
                        "the TrainingArguments, pickled; never pushed (it can hold a hub_token)", False)
+# model.peft: the adapter the merged weights above came from, in its own folder (a top-level
+# adapter_config.json would make transformers apply it again on top of the merged weights).
+ADAPTER_DIR = "adapter"
+ADAPTER = Output("adapter/*", "train.py (model.peft)", "the LoRA adapter and trained head (peft's adapter_config.json, "
+                 "adapter_model.safetensors); the top-level weights already include it", True)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# recipe.distill: who taught the model, and the teacher's metrics on the run's own splits.
+TEACHER = Output("teacher.json", "train.py (recipe.distill)", "the distillation teacher (Hub id or run-folder name), "
+                 "alpha, temperature, and the teacher's metrics on the run's validation and test splits", True)
 # The run.
 EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
                     "(secrets left out)", True)
@@ -115,7 +124,7 @@ DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 
 OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
-    LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
+    ADAPTER, TEACHER, LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
     SHORTCUT_TEST, CARD, CURVES_FIGURE, ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
 ]
@@ -174,6 +183,8 @@ class RunFiles:
     shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     operating_points: Dict[str, Any] = field(default_factory=dict)
     onnx: Dict[str, Any] = field(default_factory=dict)  # onnx/parity.json (python -m facemask export)
+    teacher: Dict[str, Any] = field(default_factory=dict)  # teacher.json (recipe.distill)
+    adapter_bytes: Optional[int] = None  # adapter/adapter_model.safetensors (model.peft)
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -220,6 +231,9 @@ def read_run(directory: str | Path) -> RunFiles:
     run.shortcut_tests = _per_split(directory, SHORTCUT_TEST)
     run.operating_points = read_json(OPERATING_POINTS.path(directory))
     run.onnx = read_json(PARITY.path(directory))
+    run.teacher = read_json(TEACHER.path(directory))
+    adapter = directory / ADAPTER_DIR / ADAPTER_WEIGHTS
+    run.adapter_bytes = adapter.stat().st_size if adapter.is_file() else None
     return run
 
 

@@ -31,12 +31,13 @@ TINY_MODELS = {
 
 
 def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = None, training: dict | None = None,
-                recipe: dict | None = None) -> Path:
-    """A YAML config for a 2-step run of a tiny random-init model on a little synthetic data."""
+                recipe: dict | None = None, model: dict | None = None) -> Path:
+    """A YAML config for a 2-step run of a tiny random-init model on a little synthetic data
+    (`model` replaces the model section: a checkpoint, LoRA)."""
     import yaml
 
     cfg = {
-        "model": {"from_config": TINY_MODELS[model_type]},
+        "model": model or {"from_config": TINY_MODELS[model_type]},
         "data": data if data is not None else {"synthetic": True, "synthetic_num_images": 60,
                                                "synthetic_image_size": 40, "test_split": 0.2},
         "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8,

@@ -19,6 +19,21 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning with peft: the checkpoint stays frozen, low-rank adapters
+    on `target_modules` and the classification head (in full) are trained; the run folder holds
+    the merged model, and the adapter in adapter/."""
+
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0  # LoRA's scale is alpha / r
+    dropout: float = 0.0
+    # Module names (suffixes) of the linear layers to adapt; default: the attention projections of
+    # ViT and BEiT (transformers 5 names them q_proj, k_proj, v_proj, o_proj).
+    target_modules: Optional[List[str]] = None
+
+
+@dataclass
 class ModelConfig:
     # A Hub id or a local folder holding a checkpoint; its classification head is replaced.
     name_or_path: Optional[str] = None
@@ -34,6 +49,8 @@ class ModelConfig:
     # Model config fields set when the model is built, checked against its config class:
     # drop_path_rate, hidden_dropout_prob, attention_probs_dropout_prob, layer_scale_init_value, ...
     config_overrides: Dict[str, Any] = field(default_factory=dict)
+    # LoRA (peft): set to train adapters instead of every weight; null trains every weight.
+    peft: Optional[PeftConfig] = None
 
 
 @dataclass
@@ -96,6 +113,21 @@ class DataConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation: the configured model (the student) learns from the teacher's
+    softened probabilities as well as from the labels."""
+
+    teacher: Optional[str] = None  # a run folder or a Hub id of a classifier with the same labels
+    # loss = (1 - alpha) x cross-entropy(labels) + alpha x T^2 x KL(teacher_T || student_T)
+    alpha: float = 0.5
+    temperature: float = 2.0
+    # Keep the teacher's logits of each training image: null caches when nothing varies the training
+    # images (data.augment false, no photometric or mixing switch), true insists, false never caches.
+    cache_logits: Optional[bool] = None
+    teacher_revision: Optional[str] = None
+
+
+@dataclass
 class RecipeConfig:
     """Training tricks, one switch each (facemask/recipe/build.py lists the module of each). Label
     smoothing is `training.label_smoothing_factor`; weight decay is never applied to biases, norm
@@ -129,12 +161,14 @@ class RecipeConfig:
     rand_augment_n: int = 0
     rand_augment_m: int = 9
     random_erasing: float = 0.0
+    # Distillation from a teacher: {teacher: RUN_OR_HUB_ID, alpha, temperature}; null trains on labels only.
+    distill: Optional[DistillConfig] = None
 
 
 @dataclass
 class SearchConfig:
     """`python -m facemask search CONFIG --trials N`: each key of `space` is a config key (any
-    training.*, recipe.*, model.config_overrides.* or model.from_config.* field, or the
+    training.*, recipe.*, model.config_overrides.*, model.from_config.* or model.peft.* (e.g. model.peft.r) field, or the
     augmentation's data.crop_scale/crop_ratio/hflip_prob) with a distribution:
     {log_uniform: [low, high]}, {uniform: [low, high]}, {int: [low, high]} or {choice: [a, b, ...]}."""
 

@@ -29,6 +29,8 @@ def check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> 
         if key not in names:
             raise ConfigError(f"{origin}: unknown key '{full}'; {nearest(key, names)}")
         sub = _field_types(schema)[key]
+        # An optional section (model.peft, recipe.distill): checked as its dataclass when given.
+        sub = next((a for a in typing.get_args(sub) if dataclasses.is_dataclass(a)), sub)
         if dataclasses.is_dataclass(sub) and isinstance(value, dict):
             check_keys(value, sub, f"{full}.", origin)
         elif key == "training" and prefix == "":
@@ -177,7 +179,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
     if d.num_labels is not None and d.num_labels < 2:
         raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
+    _validate_peft(cfg)
     _validate_recipe(cfg)
+    _validate_distill(cfg)
     if cfg.hub.push and not cfg.hub.model_id:
         raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
 
@@ -218,3 +222,61 @@ def _validate_recipe(cfg: ExperimentConfig) -> None:
     for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
         if not 0.0 <= getattr(r, key) <= 1.0:
             raise ConfigError(f"bad value for 'recipe.{key}': expected a probability, got {getattr(r, key)}")
+
+
+PEFT_METHODS = ("lora",)
+
+
+def _validate_peft(cfg: ExperimentConfig) -> None:
+    p = cfg.model.peft
+    if p is None:
+        return
+    if p.method not in PEFT_METHODS:
+        raise ConfigError(f"bad value for 'model.peft.method': {p.method!r}; {nearest(p.method, PEFT_METHODS)}")
+    if cfg.model.from_config is not None:
+        raise ConfigError("'model.peft' adapts a trained checkpoint, but 'model.from_config' builds a random-init "
+                          "model whose frozen weights would stay random: set model.name_or_path to a checkpoint "
+                          "(a Hub id or a run folder, e.g. outputs/quickstart), or remove model.peft")
+    if p.r < 1:
+        raise ConfigError(f"bad value for 'model.peft.r': expected a rank of at least 1, got {p.r}")
+    if p.alpha <= 0:
+        raise ConfigError(f"bad value for 'model.peft.alpha': expected a positive scale, got {p.alpha}")
+    if not 0.0 <= p.dropout < 1.0:
+        raise ConfigError(f"bad value for 'model.peft.dropout': expected a probability in [0, 1), got {p.dropout}")
+    if p.target_modules is not None and not p.target_modules:
+        raise ConfigError("'model.peft.target_modules' is empty: name the linear layers to adapt, or leave it "
+                          "out for the attention projections")
+
+
+def augmented(cfg: ExperimentConfig) -> list:
+    """The switches that make a training image differ from one epoch to the next."""
+    d, r = cfg.data, cfg.recipe
+    on = [("data.augment", d.augment), ("recipe.mixup_alpha", r.mixup_alpha > 0),
+          ("recipe.cutmix_alpha", r.cutmix_alpha > 0), ("recipe.color_jitter", r.color_jitter > 0),
+          ("recipe.rand_augment_n", r.rand_augment_n > 0), ("recipe.random_erasing", r.random_erasing > 0)]
+    return [name for name, value in on if value]
+
+
+def _validate_distill(cfg: ExperimentConfig) -> None:
+    k = cfg.recipe.distill
+    if k is None:
+        return
+    if not k.teacher:
+        raise ConfigError("'recipe.distill.teacher' is required: a run folder or a Hub id of a classifier trained "
+                          "on the same classes")
+    if not 0.0 < k.alpha <= 1.0:
+        raise ConfigError(f"bad value for 'recipe.distill.alpha': expected the teacher's share of the loss in "
+                          f"(0, 1], got {k.alpha} (0 would be training without the teacher: remove recipe.distill)")
+    if k.temperature <= 0:
+        raise ConfigError(f"bad value for 'recipe.distill.temperature': expected a positive number, got "
+                          f"{k.temperature}")
+    varying = augmented(cfg)
+    mixing = [name for name in varying if name in ("recipe.mixup_alpha", "recipe.cutmix_alpha")]
+    if k.cache_logits and mixing:
+        raise ConfigError(f"'recipe.distill.cache_logits: true' with {' and '.join(mixing)}: a mixed image has no "
+                          "cached soft target (the teacher must see the mixed batch); set "
+                          "recipe.distill.cache_logits=false or turn mixing off")
+    if k.cache_logits and varying:
+        raise ConfigError(f"'recipe.distill.cache_logits: true' but {', '.join(varying)} changes the training images "
+                          "every epoch, so cached teacher logits would be of other pixels than the student sees: "
+                          "set recipe.distill.cache_logits=false (or null), or turn those off")

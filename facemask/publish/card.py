@@ -130,6 +130,32 @@ def _hyperparameters(run: RunFiles) -> List[Dict[str, Any]]:
     return rows
 
 
+def _peft(run: RunFiles) -> Optional[Dict[str, Any]]:
+    """model.peft as the card states it: LoRA's settings, what was trained and the adapter's size."""
+    record = run.run_info.get("peft")
+    if not record:
+        return None
+    from facemask.data.storage import human_bytes
+
+    return {**record, "method": {"lora": "LoRA"}.get(record["method"], record["method"]),
+            "share": f"{100 * record['trainable_share']:.2f}%",
+            "adapter_size": None if run.adapter_bytes is None else human_bytes(run.adapter_bytes)
+            if run.adapter_bytes >= 1e6 else f"{run.adapter_bytes / 1e3:.1f} kB"}
+
+
+def _distill(run: RunFiles) -> Optional[Dict[str, Any]]:
+    """recipe.distill: the teacher by name, and its accuracy beside this model's on the same splits."""
+    teacher = run.teacher
+    if not teacher:
+        return None
+    rows = []
+    for prefix, metrics in (teacher.get("results") or {}).items():
+        own = run.results.get(prefix) or {}
+        rows.append({"split": split_name(prefix), "teacher": metrics.get(f"{prefix}_accuracy"),
+                     "student": own.get(f"{prefix}_accuracy")})
+    return {**teacher, "rows": rows}
+
+
 def _early_stopping(run: RunFiles) -> Optional[str]:
     recipe = run.experiment.get("recipe") or {}
     patience = recipe.get("early_stopping_patience")
@@ -232,6 +258,8 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         augmentation=_augmentation(run),
         selection=_selection(run),
         early_stopping=_early_stopping(run),
+        peft=_peft(run),
+        distill=_distill(run),
         weight_decay_rule=bool(run.experiment.get("recipe") is not None and (run.experiment.get("training") or {})
                                .get("weight_decay")),
         command=run.run_info.get("command"),

@@ -32,6 +32,7 @@ def local_folders(run: RunFiles) -> Dict[str, str]:
     its command line (the config file, `key=/a/path` overrides) and its preprocessing caches."""
     experiment, info = run.experiment, run.run_info
     values = [(experiment.get(section) or {}).get(key) for section, keys in FOLDER_KEYS.items() for key in keys]
+    values.append(((experiment.get("recipe") or {}).get("distill") or {}).get("teacher"))
     for word in shlex.split(info.get("command") or ""):
         value = word.split("=", 1)[-1]
         if value.startswith(("/", "~")):

@@ -67,7 +67,9 @@ def changed_settings(recipe: Dict[str, Any]) -> Dict[str, Any]:
     """The switches of a run's `recipe:` (as experiment.yaml holds it) that differ from their
     defaults: the card's rows."""
     defaults = dataclasses.asdict(RecipeConfig())
-    return {key: value for key, value in recipe.items() if key in defaults and value != defaults[key]}
+    # distill has a section of its own on the card (the teacher by name, never by local path).
+    return {key: value for key, value in recipe.items()
+            if key in defaults and key != "distill" and value != defaults[key]}
 
 
 class RecordedEarlyStopping(EarlyStoppingCallback):

@@ -27,7 +27,8 @@ class WeightAverage:
     @staticmethod
     def _tracked(model: torch.nn.Module) -> Iterator[tuple]:
         for name, param in model.named_parameters():
-            if param.dtype.is_floating_point:
+            # What is trained: with LoRA (model.peft) the frozen weights never move, so are not averaged.
+            if param.dtype.is_floating_point and param.requires_grad:
                 # torch.compile's wrapper prefixes every name; the average is kept under the plain ones.
                 yield name.replace("_orig_mod.", ""), param
 

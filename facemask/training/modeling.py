@@ -18,19 +18,25 @@ logger = logging.getLogger("facemask")
 
 def build_model(cfg: ModelConfig, id2label: Dict[int, str], label2id: Dict[str, int],
                 gpu: bool = False) -> PreTrainedModel:
-    """A classifier with a fresh head of len(id2label) outputs."""
+    """A classifier with a fresh head of len(id2label) outputs (with `model.peft`: wrapped with
+    adapters, only they and the head trainable)."""
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
     attention, notes = attention_implementation(cfg.attn_implementation, gpu)
     for note in notes:
         logger.warning(note)
     try:
-        return _build(cfg, labels, attention)
+        model = _build(cfg, labels, attention)
     except (ValueError, ImportError) as err:
         if attention is None or "attn" not in str(err).lower() and "attention" not in str(err).lower():
             raise
         logger.warning("model.attn_implementation=%s is not available for this model (%s): using the default",
                        attention, str(err).splitlines()[0])
-        return _build(cfg, labels, None)
+        model = _build(cfg, labels, None)
+    if cfg.peft is not None:
+        from facemask.training.lora import add_adapters
+
+        model = add_adapters(model, cfg.peft)
+    return model
 
 
 def check_config_overrides(config: Any, overrides: Dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Hyperparameter search: `python -m facemask search CONFIG --trials N`.
 
 Runs `Trainer.hyperparameter_search` with the Optuna backend over `search.space` (any training.*,
-recipe.*, model.config_overrides.* / model.from_config.* field, or the augmentation's crop and
+recipe.*, model.config_overrides.* / model.from_config.* / model.peft.* field, or the augmentation's crop and
 flip), on the config's data prepared once. Each trial trains from a fresh model with the trial's
 values applied to the whole config; trials whose evaluations trail the median of earlier trials
 at the same step are pruned. Writes, under the output folder: search_trials.csv and
@@ -27,7 +27,7 @@ from facemask.run_folder import SEARCH_BEST_CONFIG, SEARCH_FILES, SEARCH_STUDY, 
 logger = logging.getLogger("facemask")
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
-SEARCHABLE = ("training.", "recipe.", "model.config_overrides.", "model.from_config.", "data.crop_scale",
+SEARCHABLE = ("training.", "recipe.", "model.config_overrides.", "model.from_config.", "model.peft.", "data.crop_scale",
               "data.crop_ratio", "data.hflip_prob")
 # What a trial must not change: the search compares recipes, so every trial sees the same data
 # and writes nothing that a trial after it would trip over.
