@@ -3,7 +3,7 @@
 
 One module of this package per trick: param_groups.py (weight-decay exemptions, layer-wise decay), loss.py
 (smoothing, class weights, soft targets), mixing.py (mixup/CutMix), pipeline/photometric.py (kornia
-colour jitter, RandAugment, random erasing), ema.py, balance.py (sampler);
+colour jitter, RandAugment, random erasing), ema.py, balance.py (sampler), distill.py (a teacher's soft targets);
 early stopping is transformers' EarlyStoppingCallback, recorded here.
 """
 
@@ -35,6 +35,7 @@ class Recipe:
     ema: Optional[Dict[str, Any]] = None  # WeightAverage's decay, warmup, every
     sampler_labels: Optional[List[int]] = None  # the training labels, for the balanced sampler
     photometric: Optional[Any] = None  # batch_augment.PhotometricAugment
+    teacher: Optional[Any] = None  # distill.Teacher (recipe.distill)
 
 
 def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[int], process: int = 0,
@@ -53,6 +54,13 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
     weights = class_weights(r.class_weights, labels, counts)
     if weights is not None:
         logger.info("class weights in the loss: %s", {name: round(float(w), 4) for name, w in zip(labels, weights)})
+    teacher = None
+    if r.distill is not None:
+        from facemask.config.validation import augmented
+        from facemask.recipe.distill import Teacher
+
+        cache = r.distill.cache_logits if r.distill.cache_logits is not None else not augmented(cfg)
+        teacher = Teacher(r.distill, processor, cache)
     mixer = Mixer(r.mixup_alpha, r.cutmix_alpha, r.mix_prob, r.mix_switch_prob, cfg.seed, process)
     return Recipe(
         num_labels=len(labels), seed=cfg.seed,
@@ -60,6 +68,7 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
         class_weights=weights, mixer=mixer if mixer.active else None, layer_decay=r.layer_decay,
         ema={"decay": r.ema_decay, "warmup": r.ema_warmup, "every": r.ema_every} if r.ema_decay else None,
         sampler_labels=list(train_labels) if r.balanced_sampler else None, photometric=photometric,
+        teacher=teacher,
     )
 
 

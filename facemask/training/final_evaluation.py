@@ -5,15 +5,22 @@ reports the headline number."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import copy
+import logging
+from typing import Any, Dict, List
+
+from transformers import IntervalStrategy
 
 from facemask.data.audit import flagged_attributes
 from facemask.data.prepare import Prepared
 from facemask.data.sources import resolve_positive_label
 from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
 from facemask.pipeline.inputs import eval_view
-from facemask.run_folder import prefix_of
+from facemask.run_folder import TEACHER, prefix_of, split_name, write_json
 from facemask.training.setup import RunSetup
+from facemask.training.trainer import evaluation_trainer
+
+logger = logging.getLogger("facemask")
 
 
 def split_data(prepared: Prepared, split: str) -> SplitData:
@@ -45,4 +52,35 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
 
         shortcut_test(trainer, view, flagged_attributes(prepared.report), split_data(prepared, split),
                       evaluated[split], run.image_side, out)
+    if trainer.recipe is not None and trainer.recipe.teacher is not None:
+        evaluate_teacher(run, pos_label, [split for split in ("validation", "test") if split in evaluated])
     return evaluated
+
+
+def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[str, Any]:
+    """teacher.json: who taught the model, how, and the teacher's metrics on the run's own splits
+    (its own preprocessing, the same metrics), for the card to set beside the student's."""
+    cfg, teacher, data = run.cfg, run.trainer.recipe.teacher, run.prepared.data
+    d = cfg.data
+    # The run's arguments (devices, batch size, processes), for predicting only.
+    args = copy.copy(run.args)
+    args.eval_strategy, args.load_best_model_at_end, args.report_to = IntervalStrategy.NO, False, []
+    judge = evaluation_trainer(teacher.model, teacher.processor, args, d.preprocess, pos_label)
+    results = {}
+    for split in splits:
+        view = eval_view(data.splits[split], f"{split}-teacher", data.image_column, data.label_column,
+                         teacher.processor, d.preprocess, d.preprocess_dir, d.preprocess_num_proc, run.args)
+        prefix = prefix_of(split)
+        metrics = judge.predict(view, metric_key_prefix=prefix).metrics
+        results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    k = cfg.recipe.distill
+    record = {"teacher": teacher.name, "teacher_revision": k.teacher_revision, "alpha": k.alpha,
+              "temperature": k.temperature, "cached_logits": teacher.cache is not None,
+              "logit_cache": {"hits": teacher.hits, "misses": teacher.misses} if teacher.cache is not None else None,
+              "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()), "results": results}
+    if run.main_process:
+        write_json(TEACHER.path(cfg.output_dir), record)
+        for prefix, metrics in results.items():
+            logger.info("teacher %s on %s: accuracy %.4f", teacher.name, split_name(prefix),
+                        metrics[f"{prefix}_accuracy"])
+    return record

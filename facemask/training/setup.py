@@ -16,11 +16,12 @@ from typing import Any, Callable, Optional
 
 from transformers import TrainingArguments, set_seed
 
-from facemask.config.schema import ExperimentConfig
+from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.prepare import Prepared, prepare_data
 from facemask.data.storage import cache_root, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
 from facemask.pipeline.processor import load_image_processor, processor_image_size
+from facemask.recipe.distill import check_teacher, teacher_labels, teacher_name
 from facemask.training.arguments import setup_logging, training_arguments
 from facemask.training.modeling import build_model
 from facemask.training.performance import uses_gpu
@@ -41,6 +42,14 @@ class RunSetup:
     def start(cls, cfg: ExperimentConfig) -> "RunSetup":
         args = training_arguments(cfg)
         setup_logging(args)
+        if cfg.recipe.distill is not None:
+            # A missing teacher, or one of another number of classes, costs seconds, not a data audit.
+            labels = teacher_labels(cfg.recipe.distill)
+            expected = cfg.data.num_labels or 2
+            if len(labels) != expected:
+                raise ConfigError(f"'recipe.distill.teacher' {teacher_name(cfg.recipe.distill.teacher)!r} predicts "
+                                  f"{len(labels)} classes ({labels}); this run has {expected}: distil from a teacher "
+                                  "trained on the same classes")
         return cls(cfg, args)
 
     @property
@@ -66,6 +75,8 @@ class RunSetup:
         with self.args.main_process_first(desc="data audit"):
             # The main process draws (synthetic), inspects and keeps; the others then read what it kept.
             self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side)
+        if self.cfg.recipe.distill is not None:
+            check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
         return self.prepared
 
     def build(self, model_init: Optional[Callable[..., Any]] = None) -> FaceMaskTrainer:

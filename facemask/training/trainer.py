@@ -18,6 +18,7 @@ from facemask.pipeline.augment import BatchTransform
 from facemask.pipeline.inputs import AugmentationEpochCallback, InputPipeline, eval_batches
 from facemask.recipe.balance import BalancedSampler
 from facemask.recipe.build import Recipe, RecordedEarlyStopping, build_recipe
+from facemask.recipe.distill import distillation_loss
 from facemask.recipe.ema import WeightAverage
 from facemask.recipe.loss import smoothed_targets, soft_cross_entropy
 from facemask.recipe.param_groups import describe, parameter_groups
@@ -114,6 +115,11 @@ class FaceMaskTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         loss = soft_cross_entropy(outputs.logits, targets, self.recipe.class_weights)
+        teacher = self.recipe.teacher
+        if teacher is not None:
+            # The batch after augmentation and mixing: the teacher's soft targets are of what the student saw.
+            loss = distillation_loss(outputs.logits, teacher.logits(inputs["pixel_values"]), loss, teacher.alpha,
+                                     teacher.temperature)
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:

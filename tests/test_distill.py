@@ -1,0 +1,139 @@
+"""recipe.distill: a student trained on a teacher's soft targets and the labels; the teacher sees
+the student's batch, its logits cached when nothing varies, its accuracy on the card."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_MODELS, tiny_config
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+import train
+from facemask.config.loading import load_config
+from facemask.config.schema import ConfigError, DistillConfig
+from facemask.data.synthetic import sample
+from facemask.recipe.distill import Teacher, distillation_loss
+from facemask.training.trainer import FaceMaskTrainer
+
+SMALL = {**TINY_MODELS["vit"], "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("teacher")
+    train.main([str(tiny_config(tmp, "vit", training={"max_steps": 6}))])
+    return tmp / "out"
+
+
+def student_config(tmp_path, teacher, distill=None, recipe=None, data=None, training=None):
+    return tiny_config(tmp_path, model={"from_config": SMALL}, data=data, training=training,
+                       recipe={"distill": {"teacher": str(teacher), **(distill or {})}, **(recipe or {})})
+
+
+def test_the_loss_is_the_weighted_sum_of_cross_entropy_and_the_tempered_kl():
+    student, teacher = torch.randn(5, 2), torch.randn(5, 2)
+    hard = torch.tensor(0.7)
+    t = 3.0
+    p, q = F.softmax(teacher / t, -1), F.log_softmax(student / t, -1)
+    kl = (p * (p.log() - q)).sum(-1).mean()
+    assert distillation_loss(student, teacher, hard, 0.25, t) == pytest.approx(float(0.75 * hard + 0.25 * t * t * kl),
+                                                                              rel=1e-5)
+    # A student that already agrees with its teacher is left with the hard term only.
+    assert distillation_loss(teacher, teacher, hard, 0.25, t) == pytest.approx(0.75 * 0.7, abs=1e-6)
+
+
+def test_the_teacher_gets_its_own_input_and_its_cache_never_changes_a_target(teacher_run, tmp_path):
+    # A student processor with another normalisation and image size than the teacher's.
+    student_processor = AutoImageProcessor.from_pretrained(teacher_run)
+    student_processor.image_mean, student_processor.image_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    teacher = Teacher(DistillConfig(teacher=str(teacher_run)), student_processor, cache=True)
+    images = [sample(3, i, 40)[0] for i in range(4)]
+    own = teacher.processor(images=images, return_tensors="pt")["pixel_values"]
+    theirs = student_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(teacher._input(theirs), own, atol=1e-5)
+    plain = AutoModelForImageClassification.from_pretrained(teacher_run).eval()
+    with torch.no_grad():
+        expected = plain(pixel_values=own).logits
+    first = teacher.logits(theirs)
+    assert torch.allclose(first, expected, atol=1e-5) and (teacher.misses, teacher.hits) == (4, 0)
+    again = teacher.logits(torch.cat([theirs[2:], theirs[:1]]))  # three seen, in another order
+    assert torch.equal(again, torch.cat([first[2:], first[:1]])) and teacher.hits == 3
+    bigger = F.interpolate(theirs, size=(48, 48), mode="bilinear")  # a student at another image size
+    assert teacher.logits(bigger).shape == (4, 2) and teacher.misses == 8
+
+
+def test_a_student_learns_from_the_teacher_on_the_batch_it_sees(teacher_run, tmp_path, monkeypatch):
+    seen = {"student": [], "teacher": []}
+    compute_loss, teacher_logits = FaceMaskTrainer.compute_loss, Teacher.logits
+
+    def spy_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen["student"].append(inputs["pixel_values"].clone())
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    def spy_teacher(self, pixels):
+        seen["teacher"].append(pixels.clone())
+        return teacher_logits(self, pixels)
+
+    monkeypatch.setattr(FaceMaskTrainer, "compute_loss", spy_loss)
+    monkeypatch.setattr(Teacher, "logits", spy_teacher)
+    # Augmentation and mixup on: the teacher must see the mixed, augmented batch, not the image.
+    config = student_config(tmp_path, teacher_run, {"alpha": 0.7, "temperature": 2.0},
+                            recipe={"mixup_alpha": 0.4, "color_jitter": 0.3},
+                            training={"max_steps": 3, "eval_strategy": "steps", "eval_steps": 3})
+    metrics = train.main([str(config)])
+    assert len(seen["teacher"]) == len(seen["student"]) == 3
+    assert all(torch.equal(a, b) for a, b in zip(seen["student"], seen["teacher"]))
+
+    out = tmp_path / "out"
+    record = json.loads((out / "teacher.json").read_text())
+    assert record["teacher"] == teacher_run.name and record["alpha"] == 0.7 and record["cached_logits"] is False
+    # The teacher judged on the student's test split: the same images and metric as its own run's test split.
+    own = json.loads((teacher_run / "test_results.json").read_text())
+    assert record["results"]["test"]["test_accuracy"] == pytest.approx(own["test_accuracy"])
+    assert set(record["results"]) == {"eval", "test"}
+    card = (out / "README.md").read_text()
+    assert "### Distillation" in card and f"- Teacher: `{teacher_run.name}`" in card
+    assert f"| test | {own['test_accuracy']:.4f} | {metrics['test']['test_accuracy']:.4f} |" in card
+    assert str(teacher_run) not in card and "recipe.distill" not in card.split("### Distillation")[0]
+
+
+def test_without_augmentation_each_image_goes_through_the_teacher_once(teacher_run, tmp_path):
+    data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
+            "augment": False}
+    config = student_config(tmp_path, teacher_run, data=data, training={"max_steps": 12})
+    train.main([str(config)])
+    record = json.loads((tmp_path / "out" / "teacher.json").read_text())
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    n_train = info["data"]["splits"]["train"]["num_images"]
+    assert record["cached_logits"] is True
+    assert record["logit_cache"]["misses"] == n_train and record["logit_cache"]["hits"] == 12 * 8 - n_train
+
+
+def test_bad_distillation_settings_are_errors_before_any_work(teacher_run, tmp_path):
+    with pytest.raises(ConfigError, match="cache_logits.*mixup_alpha.*mixed image"):
+        load_config(student_config(tmp_path / "a", teacher_run, {"cache_logits": True}, recipe={"mixup_alpha": 0.4}))
+    with pytest.raises(ConfigError, match="cache_logits.*data.augment"):
+        load_config(student_config(tmp_path / "b", teacher_run, {"cache_logits": True}))
+    with pytest.raises(ConfigError, match=r"recipe.distill.alpha.*remove recipe.distill"):
+        load_config(student_config(tmp_path / "c", teacher_run, {"alpha": 0.0}))
+    with pytest.raises(ConfigError, match=r"recipe.distill.teacher.*cannot load"):
+        train.main([str(student_config(tmp_path / "d", tmp_path / "no-such-run"))])
+    # A teacher of the same classes in another order would teach the opposite.
+    swapped = tmp_path / "swapped"
+    model = AutoModelForImageClassification.from_pretrained(teacher_run)
+    labels = [model.config.id2label[i] for i in range(2)][::-1]
+    model.config.id2label, model.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+    model.save_pretrained(swapped)
+    AutoImageProcessor.from_pretrained(teacher_run).save_pretrained(swapped)
+    with pytest.raises(ConfigError, match="same names, same order"):
+        train.main([str(student_config(tmp_path / "e", swapped))])
+    assert not (tmp_path / "e" / "out" / "model.safetensors").exists()
+    three = tmp_path / "three"
+    AutoModelForImageClassification.from_config(
+        AutoModelForImageClassification.from_pretrained(teacher_run).config.__class__(
+            **{k: v for k, v in TINY_MODELS["vit"].items() if k != "model_type"}, num_labels=3)).save_pretrained(three)
+    with pytest.raises(ConfigError, match="predicts 3 classes"):
+        train.main([str(student_config(tmp_path / "f", three))])
+    assert not (tmp_path / "f" / "out" / "data_audit.json").exists()  # stopped before the data
