@@ -130,3 +130,65 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert stable(a) == stable(b), name
     a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "out" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+SLURM = REPO / "scripts" / "slurm" / "multi-node.sbatch"
+TWO_PROCESS_RUN = ["configs/quickstart.yaml", "training.max_steps=4", "training.eval_strategy=steps",
+                   "training.eval_steps=2", "training.save_strategy=steps", "training.save_steps=2",
+                   "data.synthetic_num_images=190", "data.max_eval_samples=17", "recipe.mixup_alpha=0.4",
+                   "training.log_level_replica=info"]
+
+
+def slurm_env(tmp_path, nodes=2):
+    """SLURM's environment for an allocation of `nodes` machines, all of them this host: the
+    stand-in srun (tests/fake_slurm) runs the script's task once per machine, as SLURM would."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dirs = [str(REPO / "tests" / "fake_slurm"), os.path.dirname(sys.executable)]
+    return {**os.environ, "PATH": os.pathsep.join([*bin_dirs, os.environ["PATH"]]), "SLURM_NNODES": str(nodes),
+            "SLURM_JOB_NODELIST": f"node[1-{nodes}]", "SLURM_JOB_ID": "4242", "GPUS_PER_NODE": "1",
+            "MAIN_PORT": str(port), "SRUN_LOGS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow  # two distributed runs of the quickstart model: tens of seconds
+def test_two_machines_through_the_slurm_script_match_two_processes_on_one(tmp_path):
+    machines = tmp_path / "machines"
+    machines.mkdir()
+    result = subprocess.run(["bash", str(SLURM), *TWO_PROCESS_RUN, f"training.output_dir={machines / 'out'}",
+                             f"data.preprocess_dir={machines / 'cache'}"], cwd=REPO, env=slurm_env(machines),
+                            capture_output=True, text=True, timeout=600)
+    logs = {n: (machines / f"machine-{n}.log").read_text() for n in (0, 1)}
+    assert result.returncode == 0, result.stdout + result.stderr + logs[0][-3000:] + logs[1][-3000:]
+    assert "2 machine(s) x 1 process(es), rendezvous at 127.0.0.1" in result.stdout
+    one = tmp_path / "one"
+    single = launch(["train.py", *TWO_PROCESS_RUN, f"training.output_dir={one / 'out'}",
+                     f"data.preprocess_dir={one / 'cache'}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    out = machines / "out"
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["effective_batch_size"] == 64
+    both = logs[0] + logs[1]
+    assert both.count("model card:") == 1 and (out / "README.md").is_file()  # one card, by the main process
+    # The data prepared once: the main process built each split's cache; the other machine read them.
+    assert both.count("built the preprocessing cache") == 3 and both.count("reused the preprocessing cache") == 3
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
+        assert sum(map(sum, matrix["matrix"])) == info["data"]["splits"][split]["num_images"]  # each image once
+        a = json.loads((out / f"{prefix}_results.json").read_text())
+        b = json.loads((one / "out" / f"{prefix}_results.json").read_text())
+        assert stable(a) == stable(b), prefix
+    a, b = load_file(out / "model.safetensors"), load_file(one / "out" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same samples, in the same order, on the same ranks
+
+
+def test_the_slurm_script_says_how_to_call_it(tmp_path):
+    result = subprocess.run(["bash", str(SLURM)], cwd=REPO, capture_output=True, text=True, env=slurm_env(tmp_path))
+    assert result.returncode == 2 and "usage: sbatch" in result.stderr
+    env = {k: v for k, v in slurm_env(tmp_path).items() if k != "SLURM_NNODES"}
+    result = subprocess.run(["bash", str(SLURM), "configs/quickstart.yaml"], cwd=REPO, capture_output=True, text=True,
+                            env=env)
+    assert result.returncode != 0 and "run this script with sbatch" in result.stderr

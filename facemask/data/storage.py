@@ -149,6 +149,33 @@ def mark_used(path: Path) -> None:
         pass  # a read-only cache folder: the date stays the build's
 
 
+@contextmanager
+def machine_by_machine(args: Any) -> Iterator[None]:
+    """Data preparation in a distributed run (`args`: TrainingArguments): the main process first,
+    then the first process of each other machine, then the rest, so that each machine prepares at
+    most once and the others read what it kept. On storage the machines share (the usual cluster
+    set-up) the other machines find the main process's caches and only read; on node-local disks
+    (training.save_on_each_node) each machine builds its own, never two processes of one machine
+    at once. Every process passes the same two barriers, in the same order."""
+    import torch.distributed as dist
+
+    if getattr(args, "world_size", 1) <= 1 or not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    first = args.process_index == 0
+    machine_first = args.local_process_index == 0 and not first
+    if not first:
+        dist.barrier()  # 1: the main process has prepared
+    if not first and not machine_first:
+        dist.barrier()  # 2: each machine's first process has
+    yield
+    if first:
+        dist.barrier()
+        dist.barrier()
+    elif machine_first:
+        dist.barrier()
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process of this host with that PID is running (another user's counts)."""
     try:

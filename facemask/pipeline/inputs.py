@@ -11,7 +11,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from facemask.config.schema import ExperimentConfig
 from facemask.data.sources import PreparedData
-from facemask.data.storage import cache_root
+from facemask.data.storage import cache_root, machine_by_machine
 from facemask.pipeline.augment import BatchTransform
 from facemask.pipeline.cache import CacheReport, CacheSpec, build_or_load, collate_cached
 from facemask.pipeline.geometry import INDEX_COLUMN, AugmentationClock
@@ -55,7 +55,8 @@ def attach_transforms(data: PreparedData, processor: Any, cfg: ExperimentConfig)
 def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
                   args: Optional[TrainingArguments] = None) -> InputPipeline:
     """The cached path: each split decoded once into a uint8 cache (built by the main process
-    while the others wait, then read by all), augmented and normalised per batch."""
+    while the others wait, then read by all: storage.machine_by_machine), augmented and
+    normalised per batch."""
     from contextlib import nullcontext
 
     from facemask.pipeline.processor import processor_image_size
@@ -66,7 +67,7 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
     splits, reports = {}, []
     for split, ds in data.splits.items():
         spec = CacheSpec.for_split(processor, train=split == "train" and d.augment, scale=d.preprocess_scale)
-        waiting = args.main_process_first(desc=f"preprocessing cache ({split})") if args is not None else nullcontext()
+        waiting = machine_by_machine(args) if args is not None else nullcontext()
         with waiting:
             splits[split], report = build_or_load(ds, split, data.image_column, data.label_column, spec, processor,
                                                   root, d.preprocess_num_proc)
@@ -101,7 +102,7 @@ def eval_view(ds: Any, split: str, image_column: str, label_column: str, process
         _, eval_tf = make_transforms(processor, DataConfig(), image_column, label_column)
         return ds.with_transform(eval_tf)
     spec = CacheSpec.for_split(processor, train=False)
-    waiting = args.main_process_first(desc=f"preprocessing cache ({split})") if args is not None else nullcontext()
+    waiting = machine_by_machine(args) if args is not None else nullcontext()
     with waiting:
         cached, report = build_or_load(ds, split, image_column, label_column, spec, processor,
                                        cache_root(preprocess_dir), num_proc)

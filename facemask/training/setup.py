@@ -18,7 +18,7 @@ from transformers import TrainingArguments, set_seed
 
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.prepare import Prepared, prepare_data
-from facemask.data.storage import cache_root, remove_stale_partials
+from facemask.data.storage import cache_root, machine_by_machine, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
 from facemask.pipeline.processor import load_image_processor, processor_image_size
 from facemask.recipe.distill import check_teacher, teacher_labels, teacher_name
@@ -72,8 +72,9 @@ class RunSetup:
             remove_stale_partials(cache_root(self.cfg.data.preprocess_dir))
         set_seed(self.args.seed)
         self.processor = load_image_processor(self.cfg.model)
-        with self.args.main_process_first(desc="data audit"):
-            # The main process draws (synthetic), inspects and keeps; the others then read what it kept.
+        with machine_by_machine(self.args):
+            # The main process draws (synthetic), inspects and keeps; the others then read what it kept
+            # (another machine's first process keeps its own where the machines share no storage).
             self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side)
         if self.cfg.recipe.distill is not None:
             check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
