@@ -23,7 +23,7 @@ from facemask.config.schema import ConfigError
 def _synth(args: argparse.Namespace) -> int:
     from facemask.data.synthetic import write_image_folder
 
-    root = write_image_folder(args.directory, args.num_images, args.image_size, args.seed, args.format)
+    root = write_image_folder(args.directory, args.num_images, args.image_size, args.seed, args.format, args.style)
     print(f"wrote {args.num_images} images to {root} (one sub-folder per class)")
     return 0
 
@@ -273,6 +273,8 @@ def _add_synth(commands: Any) -> None:
     synth.add_argument("--num-images", type=int, default=1000)
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--style", choices=["studio", "street"], default="studio",
+                       help="street: smaller, off-centre, tilted faces in harsher light (a shifted set)")
     synth.add_argument("--format", choices=["png", "jpg", "mixed"], default="mixed",
                        help="file format; mixed alternates JPEG and PNG independently of the class")
     synth.set_defaults(func=_synth)

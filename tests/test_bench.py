@@ -106,3 +106,26 @@ def test_bootstrap_bench_times_the_intervals(capsys):
     for figures in results.values():
         assert 0 < figures["min"] <= figures["seconds"] <= figures["max"]
     assert "one thread" in capsys.readouterr().out
+
+
+def test_lora_bench_measures_each_mode_in_its_own_process(capsys):
+    import argparse
+
+    runs = load("lora").cost(argparse.Namespace(batch=2, steps=1, repeats=1, tiny=True))
+    full, lora = runs["full"][0], runs["lora"][0]
+    assert full["trainable_parameters"] == full["total_parameters"]
+    assert 0 < lora["trainable_parameters"] < 0.5 * lora["total_parameters"]
+    assert all(r["step_s"] > 0 and r["peak_rss_mb"] > r["peak_above_imports_mb"] > 0 for r in (full, lora))
+    assert "full / LoRA, paired within each repeat" in capsys.readouterr().out
+
+
+def test_distill_bench_times_teacher_and_student_on_both_backends(evaluated_run, capsys):
+    import argparse
+
+    results = load("distill").speed(argparse.Namespace(repeats=2, iters=1), {"teacher": evaluated_run,
+                                                                             "student": evaluated_run})
+    assert list(results) == ["batch 1", "batch 32"]
+    for rates in results.values():
+        assert set(rates) == {"teacher eager", "teacher onnx-int8", "student eager", "student onnx-int8"}
+        assert all(rate > 0 for rate in rates.values())
+    assert "student / teacher, onnx-int8" in capsys.readouterr().out

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from facemask.config.dump import to_yaml
@@ -84,7 +86,7 @@ def test_written_config_reads_back_equal(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("name", ["quickstart", "quickstart-beit", "vit-base-facemask", "beit-base-facemask"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
 def test_shipped_configs_load_and_state_their_command(name):
     from conftest import REPO
 

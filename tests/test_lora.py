@@ -148,3 +148,17 @@ def test_a_lora_run_predicts_an_image_as_the_run_folder_says(tmp_path, base_run)
     sample(9, 0, 40)[0].save(image)
     assert main(["predict", str(tmp_path / "out"), str(image), "--output", str(tmp_path / "p.csv")]) == 0
     assert "face.png" in (tmp_path / "p.csv").read_text()
+
+
+def test_a_lora_run_pushes_the_merged_model_and_its_adapter_folder(tmp_path, base_run):
+    from fake_hub import FakeHub
+    from test_hub import run
+
+    train.main([str(lora_config(tmp_path, base_run, training={"max_steps": 2}))])
+    with FakeHub() as hub:
+        result = run(["-m", "facemask", "push", str(tmp_path / "out"), "--model-id", "tester/lora"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = set(hub.commits[0]["files"])
+    assert {"model.safetensors", "config.json", "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors"} <= files
+    assert "adapter_config.json" not in files and not any(f.startswith("checkpoint-") for f in files)

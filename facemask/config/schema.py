@@ -67,6 +67,9 @@ class DataConfig:
     synthetic: bool = False
     synthetic_num_images: int = 2000
     synthetic_image_size: int = 96
+    # "studio" portraits, or "street": the same kind of faces smaller, off-centre, tilted, in harsher
+    # light and noisier (a shifted set: configs/quickstart-lora.yaml adapts a studio model to it).
+    synthetic_style: str = "studio"
     image_column: str = "image"
     label_column: str = "label"
     # Fractions of the training split held out, stratified, when the source lacks that split.

@@ -163,6 +163,9 @@ def validate(cfg: ExperimentConfig) -> None:
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if d.synthetic_style not in ("studio", "street"):
+        raise ConfigError(f"bad value for 'data.synthetic_style': expected 'studio' or 'street', got "
+                          f"{d.synthetic_style!r}")
     if d.preprocess not in ("cache", "per_image"):
         raise ConfigError(f"bad value for 'data.preprocess': expected 'cache' or 'per_image', got {d.preprocess!r}")
     if d.preprocess_scale < 1.0:

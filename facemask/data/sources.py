@@ -120,8 +120,11 @@ def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
 
         root = cache_root(cfg.preprocess_dir)
         root.mkdir(parents=True, exist_ok=True)
-        full = stored_synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed, root)
-        return datasets.DatasetDict({"train": full}), f"synthetic ({cfg.synthetic_num_images} images, seed {seed})"
+        full = stored_synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed, root,
+                                        cfg.synthetic_style)
+        style = "" if cfg.synthetic_style == "studio" else f", {cfg.synthetic_style} style"
+        return (datasets.DatasetDict({"train": full}),
+                f"synthetic ({cfg.synthetic_num_images} images, seed {seed}{style})")
     if cfg.train_dir is not None:
         # One load per folder: imagefolder infers labels from folder names only when every file
         # sits at the same depth, which separate train/validation folders need not share.

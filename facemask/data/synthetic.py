@@ -5,6 +5,10 @@ straps). Negatives are chosen to share the cues a lazy model would latch onto: s
 gaiters in mask colours under the chin, beards over the jaw, hands in front of the mouth, and
 mask-coloured shapes in the background. Both classes share the same distributions of face, hair,
 background, lighting, pose and noise, so only what covers the mouth and nose tells them apart.
+
+Two styles: "studio" (the default: centred, upright, evenly lit portraits) and "street", the
+same faces as a doorway camera sees them (smaller, off-centre, tilted, strong colour casts,
+noisier and often blurred): a shifted set for transfer experiments (configs/quickstart-lora.yaml).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ CLASS_NAMES = ["with_mask", "without_mask"]
 WITH_MASK, WITHOUT_MASK = 0, 1
 
 Color = Tuple[int, int, int]
+STYLES = ("studio", "street")
 
 SKIN_TONES: List[Color] = [
     (255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96),
@@ -170,18 +175,20 @@ def _draw_hand(draw: ImageDraw.ImageDraw, rng: random.Random, face, skin: Color)
     draw.rectangle([hx - hw / 3, hy + hh * 0.8, hx + hw / 3, hy + hh * 2.5], fill=hand)
 
 
-def draw_face(rng: random.Random, size: int, wearing_mask: bool) -> Image.Image:
+def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "studio") -> Image.Image:
     """One face on a background; `size` is the side of the returned square RGB image."""
+    street = style == "street"
     scale = 2  # drawn at twice the size and downsampled, for smooth edges
     big = size * scale
     img = _background(rng, big)
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
 
-    fw = big * rng.uniform(0.48, 0.56)
+    fw = big * (rng.uniform(0.40, 0.48) if street else rng.uniform(0.48, 0.56))
     fh = fw * rng.uniform(1.12, 1.42)
-    cx = big / 2 + rng.uniform(-0.05, 0.05) * big
-    cy = big / 2 + rng.uniform(-0.06, 0.0) * big
+    shift = 0.10 if street else 0.05
+    cx = big / 2 + rng.uniform(-shift, shift) * big
+    cy = big / 2 + (rng.uniform(-0.12, 0.08) if street else rng.uniform(-0.06, 0.0)) * big
     face = (cx, cy, fw, fh)
     skin = _jitter(rng, rng.choice(SKIN_TONES), 12)
     hair = _jitter(rng, rng.choice(HAIR_COLORS), 10)
@@ -253,7 +260,8 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool) -> Image.Image:
     if rng.random() < (0.2 if not wearing_mask else 0.04):
         _draw_hand(ImageDraw.Draw(layer), rng, face, skin)
 
-    layer = layer.rotate(rng.uniform(-8, 8), resample=Image.BILINEAR, center=(cx, cy))
+    tilt = 18 if street else 8
+    layer = layer.rotate(rng.uniform(-tilt, tilt), resample=Image.BILINEAR, center=(cx, cy))
     img.paste(layer, (0, 0), layer)
     img = img.resize((size, size), Image.LANCZOS)
 
@@ -262,23 +270,29 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool) -> Image.Image:
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
     angle = rng.uniform(0, 2 * math.pi)
     falloff = 1 + rng.uniform(0, 0.35) * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle))
-    cast = np.array([rng.uniform(0.9, 1.1) for _ in range(3)], dtype=np.float32)
-    arr = arr * rng.uniform(0.75, 1.2) * falloff[..., None] * cast
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(1, 5), arr.shape)
+    spread = 0.25 if street else 0.1
+    cast = np.array([rng.uniform(1 - spread, 1 + spread) for _ in range(3)], dtype=np.float32)
+    arr = arr * (rng.uniform(0.5, 1.3) if street else rng.uniform(0.75, 1.2)) * falloff[..., None] * cast
+    noise_rng = np.random.default_rng(rng.getrandbits(32))
+    noise = noise_rng.normal(0, rng.uniform(3, 9) if street else rng.uniform(1, 5), arr.shape)
     img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
-    if rng.random() < 0.1:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    if rng.random() < (0.35 if street else 0.1):
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2 if street else 1.0)))
     return img
 
 
-def sample(seed: int, index: int, size: int) -> Tuple[Image.Image, int]:
+def sample(seed: int, index: int, size: int, style: str = "studio") -> Tuple[Image.Image, int]:
     """Image and label number `index` of the set with this seed; independent of how many are drawn."""
-    rng = random.Random(f"facemask-synthetic:{seed}:{index}")
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}: use {' or '.join(STYLES)}")
+    key = f"facemask-synthetic:{seed}:{index}" + ("" if style == "studio" else f":{style}")
+    rng = random.Random(key)
     label = WITH_MASK if index % 2 == 0 else WITHOUT_MASK
-    return draw_face(rng, size, wearing_mask=label == WITH_MASK), label
+    return draw_face(rng, size, wearing_mask=label == WITH_MASK, style=style), label
 
 
-def write_image_folder(directory: str | Path, num_images: int, size: int, seed: int, fmt: str = "mixed") -> Path:
+def write_image_folder(directory: str | Path, num_images: int, size: int, seed: int, fmt: str = "mixed",
+                       style: str = "studio") -> Path:
     """Write the set as an image folder (one sub-folder per class) of PNG and/or JPEG files."""
     if fmt not in ("png", "jpg", "mixed"):
         raise ValueError(f"unknown image format {fmt!r}: use png, jpg or mixed")
@@ -286,7 +300,7 @@ def write_image_folder(directory: str | Path, num_images: int, size: int, seed: 
     for name in CLASS_NAMES:
         (root / name).mkdir(parents=True, exist_ok=True)
     for index in range(num_images):
-        image, label = sample(seed, index, size)
+        image, label = sample(seed, index, size, style)
         # Format by index, not by class: a class-dependent format would be a shortcut to learn.
         ext = fmt if fmt != "mixed" else ("jpg" if (index // 2) % 2 == 0 else "png")
         path = root / CLASS_NAMES[label] / f"{index:06d}.{ext}"
@@ -305,22 +319,24 @@ def generator_digest() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
-def _encoded_samples(seed: int, start: int, stop: int, size: int) -> List[tuple]:
+def _encoded_samples(seed: int, start: int, stop: int, size: int, style: str = "studio") -> List[tuple]:
     out = []
     for index in range(start, stop):
-        image, label = sample(seed, index, size)
+        image, label = sample(seed, index, size, style)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         out.append((buffer.getvalue(), label))
     return out
 
 
-def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) -> datasets.Dataset:
+def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
+                             style: str = "studio") -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again."""
     from facemask.data.storage import discard, first_line, mark_used, staged
 
-    folder = root / f"synthetic-{num_images}x{size}px-seed{seed}-{generator_digest()}"
+    styled = "" if style == "studio" else f"-{style}"
+    folder = root / f"synthetic-{num_images}x{size}px-seed{seed}{styled}-{generator_digest()}"
     if folder.is_dir():
         try:
             kept = datasets.load_from_disk(str(folder))
@@ -331,7 +347,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) 
             return kept
         except (OSError, ValueError, FileNotFoundError) as err:  # pyarrow's errors are OSError / ValueError
             discard(folder, first_line(err))
-    ds = synthetic_dataset(num_images, size, seed)
+    ds = synthetic_dataset(num_images, size, seed, style)
     try:
         with staged(folder) as staging:
             ds.save_to_disk(str(staging))
@@ -340,13 +356,14 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path) 
     return ds
 
 
-def synthetic_dataset(num_images: int, size: int, seed: int) -> datasets.Dataset:
+def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studio") -> datasets.Dataset:
     """The drawn set as PNG bytes, drawn on every core (samples depend only on seed and index)."""
     chunk = 250
     starts = range(0, num_images, chunk)
     workers = min(os.cpu_count() or 1, 8)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = pool.map(_encoded_samples, *zip(*[(seed, s, min(s + chunk, num_images), size) for s in starts]))
+        parts = pool.map(_encoded_samples,
+                         *zip(*[(seed, s, min(s + chunk, num_images), size, style) for s in starts]))
         samples = [item for part in parts for item in part]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
     images = [{"bytes": data, "path": None} for data, _ in samples]

@@ -47,8 +47,9 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     if d.synthetic:
         from facemask.data import synthetic
 
+        styled = {} if d.synthetic_style == "studio" else {"style": d.synthetic_style}
         return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
-                "seed": cfg.seed, "generator_sha256": synthetic.generator_digest(), **record}
+                **styled, "seed": cfg.seed, "generator_sha256": synthetic.generator_digest(), **record}
     if d.dataset_name:
         return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
                 "revision": d.dataset_revision or "main", **record}
