@@ -90,7 +90,9 @@ def cost(args: argparse.Namespace) -> Dict[str, List[Dict[str, float]]]:
               f"{statistics.median(r['peak_rss_mb'] for r in rows):>20.0f} "
               f"{statistics.median(r['peak_above_imports_mb'] for r in rows):>14.0f}")
     ratios = [f["step_s"] / lo["step_s"] for f, lo in zip(runs["full"], runs["lora"])]
-    memory = [f["peak_above_imports_mb"] / lo["peak_above_imports_mb"] for f, lo in zip(runs["full"], runs["lora"])]
+    # max(..., 1 MB): a tiny model can fit in what the imports already hold.
+    memory = [f["peak_above_imports_mb"] / max(lo["peak_above_imports_mb"], 1.0)
+              for f, lo in zip(runs["full"], runs["lora"])]
     print(f"  full / LoRA, paired within each repeat: step time {statistics.median(ratios):.2f}x "
           f"({min(ratios):.2f}-{max(ratios):.2f}), memory above imports {statistics.median(memory):.2f}x "
           f"({min(memory):.2f}-{max(memory):.2f})")

@@ -115,7 +115,7 @@ def test_lora_bench_measures_each_mode_in_its_own_process(capsys):
     full, lora = runs["full"][0], runs["lora"][0]
     assert full["trainable_parameters"] == full["total_parameters"]
     assert 0 < lora["trainable_parameters"] < 0.5 * lora["total_parameters"]
-    assert all(r["step_s"] > 0 and r["peak_rss_mb"] > r["peak_above_imports_mb"] > 0 for r in (full, lora))
+    assert all(r["step_s"] > 0 and r["peak_rss_mb"] > r["peak_above_imports_mb"] >= 0 for r in (full, lora))
     assert "full / LoRA, paired within each repeat" in capsys.readouterr().out
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODELS, tiny_config
+from conftest import REPO, TINY_MODELS, tiny_config
 from safetensors.torch import load_file
 
 import evaluate as evaluate_script
@@ -16,6 +16,7 @@ from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError
 from facemask.data.synthetic import sample
 
+REPO_TRAIN = REPO / "train.py"
 LORA_TRAINING = {"max_steps": 4, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps",
                  "save_steps": 2, "load_best_model_at_end": True, "metric_for_best_model": "accuracy",
                  "learning_rate": 5e-3}
@@ -162,3 +163,35 @@ def test_a_lora_run_pushes_the_merged_model_and_its_adapter_folder(tmp_path, bas
     assert {"model.safetensors", "config.json", "adapter/adapter_config.json",
             "adapter/adapter_model.safetensors"} <= files
     assert "adapter_config.json" not in files and not any(f.startswith("checkpoint-") for f in files)
+
+
+def test_a_plain_run_has_no_adapter_and_no_teacher(evaluated_run):
+    """Defaults unchanged: without model.peft and recipe.distill nothing of either is written."""
+    info = json.loads((evaluated_run / "run_info.json").read_text())
+    assert "peft" not in info and not (evaluated_run / "adapter").exists()
+    assert not (evaluated_run / "teacher.json").exists()
+    card = (evaluated_run / "README.md").read_text()
+    assert "Fine-tuning method" not in card and "### Distillation" not in card
+
+
+@pytest.mark.slow  # a two-process accelerate launch: tens of seconds
+def test_lora_with_a_teacher_under_accelerate_launch(tmp_path, base_run):
+    """LoRA and distillation together, two processes: one adapter, one teacher.json, the same
+    evaluation counts as one process makes."""
+    from test_distributed import launch
+
+    config = lora_config(tmp_path, base_run, recipe={"ema_decay": 0.9, "distill": {"teacher": str(base_run)}},
+                         training={"per_device_train_batch_size": 4})
+    result = launch([str(REPO_TRAIN), str(config)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["peft"]["r"] == 4
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    teacher = json.loads((out / "teacher.json").read_text())
+    sizes = info["data"]["splits"]
+    assert set(teacher["results"]) == {"eval", "test"}
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
+        assert sum(map(sum, matrix["matrix"])) == sizes[split]["num_images"]
+    assert result.stderr.count("model card:") == 1

@@ -109,7 +109,8 @@ class Teacher:
         """The teacher's logits (B, C) of the batch the student sees."""
         if self.cache is None:
             return self._forward(pixels)
-        keys = [hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest() for x in pixels]
+        keys = [hashlib.blake2b(x.detach().to("cpu", torch.float32).numpy().tobytes(), digest_size=16).digest()
+                for x in pixels]
         todo = [i for i, key in enumerate(keys) if key not in self.cache]
         if todo:
             fresh = self._forward(pixels[todo])
