@@ -76,7 +76,8 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    merge_for_saving(trainer)
+    if cfg.model.peft is not None:
+        merge_for_saving(trainer)
     trainer.save_model()
     metrics = {**train_result.metrics, **prepared.removed, **early_stopping_record(trainer)}
     trainer.log_metrics("train", metrics)

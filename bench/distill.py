@@ -32,14 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from facemask.run_folder import RESULTS, TEACHER, WEIGHTS  # noqa: E402
+
 
 def _train(overrides: List[str], folder: Path) -> Dict:
-    if not (folder / "test_results.json").is_file():
+    if not RESULTS.path(folder, "test").is_file():
         subprocess.run([sys.executable, "train.py", "configs/quickstart-distill.yaml", f"training.output_dir={folder}",
                         *overrides, "--overwrite"], cwd=REPO, check=True, capture_output=True, text=True)
-    result = json.loads((folder / "test_results.json").read_text())
-    result["train_runtime"] = json.loads((folder / "train_results.json").read_text())["train_runtime"]
-    teacher = folder / "teacher.json"
+    result = json.loads(RESULTS.path(folder, "test").read_text())
+    result["train_runtime"] = json.loads(RESULTS.path(folder, "train").read_text())["train_runtime"]
+    teacher = TEACHER.path(folder)
     result["teacher"] = json.loads(teacher.read_text()) if teacher.is_file() else None
     return result
 
@@ -128,12 +130,14 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for every student run")
     args = parser.parse_args(argv)
     teacher = (REPO / args.teacher).resolve()
-    if not (teacher / "model.safetensors").is_file():
+    if not WEIGHTS.path(teacher).is_file():
         raise SystemExit(f"{teacher} holds no model: run `python train.py configs/quickstart.yaml` first")
+    print(f"teacher {teacher}; student runs of configs/quickstart-distill.yaml with {args.overrides or 'no overrides'}",
+          flush=True)
     if not args.speed_only:
         accuracy(args, teacher)
     student = Path(args.work) / f"distilled-seed{args.seeds[0]}"
-    if not (student / "model.safetensors").is_file():
+    if not WEIGHTS.path(student).is_file():
         _train([f"training.seed={args.seeds[0]}", f"recipe.distill.teacher={teacher}", *args.overrides], student)
     speed(args, {"teacher": teacher, "student": student})
     return 0

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from facemask.run_folder import EXPERIMENT, RESULTS, WEIGHTS  # noqa: E402
+
 
 def step_child(mode: str, batch: int, steps: int, tiny: bool) -> Dict[str, float]:
     import torch
@@ -100,11 +102,11 @@ def cost(args: argparse.Namespace) -> Dict[str, List[Dict[str, float]]]:
 
 
 def _train(overrides: List[str], folder: Path) -> Dict[str, float]:
-    if not (folder / "test_results.json").is_file():
+    if not RESULTS.path(folder, "test").is_file():
         subprocess.run([sys.executable, "train.py", "configs/quickstart-lora.yaml", f"training.output_dir={folder}",
                         *overrides, "--overwrite"], cwd=REPO, check=True, capture_output=True, text=True)
-    result = json.loads((folder / "test_results.json").read_text())
-    result["train_runtime"] = json.loads((folder / "train_results.json").read_text())["train_runtime"]
+    result = json.loads(RESULTS.path(folder, "test").read_text())
+    result["train_runtime"] = json.loads(RESULTS.path(folder, "train").read_text())["train_runtime"]
     return result
 
 
@@ -112,7 +114,7 @@ def transfer(args: argparse.Namespace) -> Dict[str, List[float]]:
     from facemask.training.repeat import summarise
 
     base = REPO / args.base
-    if not (base / "model.safetensors").is_file():
+    if not WEIGHTS.path(base).is_file():
         raise SystemExit(f"{base} holds no model: run `python train.py configs/quickstart.yaml` first")
     work = Path(args.work)
     accuracy: Dict[str, List[float]] = {"as is": [], "lora": [], "full": []}
@@ -127,9 +129,9 @@ def transfer(args: argparse.Namespace) -> Dict[str, List[float]]:
             seconds[arm].append(result["train_runtime"])
         run = work / f"lora-seed{seed}"
         zero = work / f"as-is-seed{seed}"
-        subprocess.run([sys.executable, "evaluate.py", str(base), "--config", str(run / "experiment.yaml"),
+        subprocess.run([sys.executable, "evaluate.py", str(base), "--config", str(EXPERIMENT.path(run)),
                         "--split", "test", "--output-dir", str(zero)], cwd=REPO, check=True, capture_output=True)
-        accuracy["as is"].append(json.loads((zero / "test_results.json").read_text())["test_accuracy"])
+        accuracy["as is"].append(json.loads(RESULTS.path(zero, "test").read_text())["test_accuracy"])
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accuracy.items()), flush=True)
     print(f"\nstudio -> street transfer from {args.base}, test accuracy over seeds {args.seeds} "
           f"(mean +- standard error, range); LoRA lr {args.lora_lr}, full lr {args.full_lr}")

@@ -53,7 +53,7 @@ TRAINING_ARGS = Output("training_args.bin", "Trainer.save_model",
 # model.peft: the adapter the merged weights above came from, in its own folder (a top-level
 # adapter_config.json would make transformers apply it again on top of the merged weights).
 ADAPTER_DIR = "adapter"
-ADAPTER = Output("adapter/*", "train.py (model.peft)", "the LoRA adapter and trained head (peft's adapter_config.json, "
+ADAPTER = Output(f"{ADAPTER_DIR}/*", "train.py (model.peft)", "the LoRA adapter and trained head (peft's adapter_config.json, "
                  "adapter_model.safetensors); the top-level weights already include it", True)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # recipe.distill: who taught the model, and the teacher's metrics on the run's own splits.

@@ -59,8 +59,13 @@ def test_the_teacher_gets_its_own_input_and_its_cache_never_changes_a_target(tea
     assert torch.allclose(first, expected, atol=1e-5) and (teacher.misses, teacher.hits) == (4, 0)
     again = teacher.logits(torch.cat([theirs[2:], theirs[:1]]))  # three seen, in another order
     assert torch.equal(again, torch.cat([first[2:], first[:1]])) and teacher.hits == 3
-    bigger = F.interpolate(theirs, size=(48, 48), mode="bilinear")  # a student at another image size
-    assert teacher.logits(bigger).shape == (4, 2) and teacher.misses == 8
+    # A student at another image size: its batch is resized to the teacher's, close to what the
+    # teacher's own processor makes of the same images (PIL resizes from the source instead).
+    student_processor.size = {"height": 48, "width": 48}
+    big = student_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert big.shape[-1] == 48 and teacher._input(big).shape == own.shape
+    assert (teacher._input(big) - own).abs().mean() < 0.05
+    assert torch.allclose(teacher.logits(big), expected, atol=0.01) and teacher.misses == 8
 
 
 def test_a_student_learns_from_the_teacher_on_the_batch_it_sees(teacher_run, tmp_path, monkeypatch):

@@ -109,8 +109,20 @@ def test_lora_resumes_bit_for_bit(tmp_path, base_run):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tmp_path):
+def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tmp_path, monkeypatch):
+    import csv
+
     from facemask.__main__ import main
+    from facemask.training import lora
+
+    ranks = []
+    add_adapters = lora.add_adapters
+
+    def recording(model, cfg):
+        ranks.append(cfg.r)
+        return add_adapters(model, cfg)
+
+    monkeypatch.setattr(lora, "add_adapters", recording)
 
     base = tiny_config(tmp_path / "base", "beit")
     train.main([str(base)])
@@ -124,8 +136,10 @@ def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tmp_path):
     assert main(["search", str(config), "--trials", "2", "--output", str(tmp_path / "found")]) == 0
     best = yaml.safe_load((tmp_path / "found" / "best_config.yaml").read_text())
     assert best["model"]["peft"]["r"] in (1, 8)
-    rows = (tmp_path / "found" / "search_trials.csv").read_text()
-    assert "model.peft.r" in rows
+    with open(tmp_path / "found" / "search_trials.csv", newline="") as f:
+        trials = [int(float(row["model.peft.r"])) for row in csv.DictReader(f)]
+    # Each trial's model was built with that trial's rank (after the set-up's own, of the config's r=2).
+    assert len(trials) == 2 and ranks[-2:] == trials
 
 
 def test_bad_lora_settings_are_errors_before_any_work(tmp_path, base_run):
@@ -160,6 +174,9 @@ def test_a_lora_run_pushes_the_merged_model_and_its_adapter_folder(tmp_path, bas
         result = run(["-m", "facemask", "push", str(tmp_path / "out"), "--model-id", "tester/lora"], hub, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     files = set(hub.commits[0]["files"])
+    for name, content in hub.commits[0]["files"].items():
+        if name.endswith((".json", ".yaml", ".md")):  # the adapter's config names its base model: not by path
+            assert str(tmp_path) not in content.decode() and str(base_run) not in content.decode(), name
     assert {"model.safetensors", "config.json", "adapter/adapter_config.json",
             "adapter/adapter_model.safetensors"} <= files
     assert "adapter_config.json" not in files and not any(f.startswith("checkpoint-") for f in files)
@@ -195,3 +212,10 @@ def test_lora_with_a_teacher_under_accelerate_launch(tmp_path, base_run):
         matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
         assert sum(map(sum, matrix["matrix"])) == sizes[split]["num_images"]
     assert result.stderr.count("model card:") == 1
+
+
+def test_lora_under_a_sharded_launch_is_refused_before_any_work(tmp_path, base_run, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
+    with pytest.raises(ConfigError, match="FSDP or DeepSpeed.*DDP"):
+        train.main([str(lora_config(tmp_path, base_run))])
+    assert not (tmp_path / "out" / "data_audit.json").exists()

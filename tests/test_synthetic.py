@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from facemask.data.synthetic import CLASS_NAMES, sample, write_image_folder
@@ -37,3 +38,26 @@ def test_image_folder_has_class_folders_and_both_formats(tmp_path):
 def test_cli_writes_the_folder(synth_folder):
     assert sum(1 for _ in synth_folder.rglob("*.*")) == 40
     assert sorted(p.name for p in synth_folder.iterdir()) == CLASS_NAMES
+
+
+def test_the_street_style_draws_the_same_classes_shifted(tmp_path):
+    from facemask.config.loading import load_config
+    from facemask.config.schema import ConfigError
+    from facemask.data.synthetic import stored_synthetic_dataset
+
+    for index in range(4):
+        studio, label = sample(5, index, 48)
+        street, street_label = sample(5, index, 48, "street")
+        assert label == street_label
+        assert not np.array_equal(np.asarray(studio), np.asarray(street))
+        assert np.array_equal(np.asarray(street), np.asarray(sample(5, index, 48, "street")[0]))
+    # Stored apart: a street set never stands in for the studio set of the same size and seed.
+    stored_synthetic_dataset(4, 32, 5, tmp_path)
+    stored_synthetic_dataset(4, 32, 5, tmp_path, "street")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("synthetic-"))
+    assert len(names) == 2 and any("-street-" in n for n in names)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{synthetic: true, synthetic_style: night}}\ntraining: {{output_dir: {tmp_path}/o}}\n"
+                      "model: {from_config: {model_type: vit}}\n")
+    with pytest.raises(ConfigError, match="data.synthetic_style"):
+        load_config(config)

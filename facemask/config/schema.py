@@ -81,6 +81,11 @@ class DataConfig:
     cv_fold: Optional[int] = None
     # Expected number of classes; None means the face-mask default of two.
     num_labels: Optional[int] = None
+
+    @property
+    def expected_labels(self) -> int:
+        """The number of classes the run must find: data.num_labels, or the face-mask two."""
+        return self.num_labels or 2
     # Class whose precision/recall/F1 are reported; None picks the "with mask" class.
     positive_label: Optional[str] = None
     max_train_samples: Optional[int] = None
@@ -125,7 +130,8 @@ class DistillConfig:
     alpha: float = 0.5
     temperature: float = 2.0
     # Keep the teacher's logits of each training image: null caches when nothing varies the training
-    # images (data.augment false, no photometric or mixing switch), true insists, false never caches.
+    # images (data.augment false, no photometric or mixing switch) and training runs on the CPU, true
+    # insists, false never caches.
     cache_logits: Optional[bool] = None
     teacher_revision: Optional[str] = None
 

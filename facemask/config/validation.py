@@ -30,7 +30,8 @@ def check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> 
             raise ConfigError(f"{origin}: unknown key '{full}'; {nearest(key, names)}")
         sub = _field_types(schema)[key]
         # An optional section (model.peft, recipe.distill): checked as its dataclass when given.
-        sub = next((a for a in typing.get_args(sub) if dataclasses.is_dataclass(a)), sub)
+        if typing.get_origin(sub) in (typing.Union, types.UnionType):
+            sub = next((a for a in typing.get_args(sub) if dataclasses.is_dataclass(a)), sub)
         if dataclasses.is_dataclass(sub) and isinstance(value, dict):
             check_keys(value, sub, f"{full}.", origin)
         elif key == "training" and prefix == "":

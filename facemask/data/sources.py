@@ -201,7 +201,7 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
         if split in raw:
             splits[split] = _align_labels(raw[split], cfg.label_column, labels, split, source)
 
-    expected = cfg.num_labels or 2
+    expected = cfg.expected_labels
     if len(labels) != expected:
         hint = "" if cfg.num_labels else " (set data.num_labels to train on another number of classes)"
         raise ConfigError(f"{source}: found {len(labels)} classes {labels}, expected {expected}{hint}")

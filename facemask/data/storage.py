@@ -153,10 +153,10 @@ def mark_used(path: Path) -> None:
 def machine_by_machine(args: Any) -> Iterator[None]:
     """Data preparation in a distributed run (`args`: TrainingArguments): the main process first,
     then the first process of each other machine, then the rest, so that each machine prepares at
-    most once and the others read what it kept. On storage the machines share (the usual cluster
-    set-up) the other machines find the main process's caches and only read; on node-local disks
-    (training.save_on_each_node) each machine builds its own, never two processes of one machine
-    at once. Every process passes the same two barriers, in the same order."""
+    most once and the others read what it kept. Where the machines share the cache folder
+    (data.preprocess_dir; the usual cluster set-up) the other machines find the main process's
+    caches and only read; on node-local cache folders each machine builds its own, never two
+    processes of one machine at once. Every process passes the same two barriers, in the same order."""
     import torch.distributed as dist
 
     if getattr(args, "world_size", 1) <= 1 or not (dist.is_available() and dist.is_initialized()):
@@ -168,12 +168,16 @@ def machine_by_machine(args: Any) -> Iterator[None]:
         dist.barrier()  # 1: the main process has prepared
     if not first and not machine_first:
         dist.barrier()  # 2: each machine's first process has
-    yield
-    if first:
-        dist.barrier()
-        dist.barrier()
-    elif machine_first:
-        dist.barrier()
+    try:
+        yield
+    finally:
+        # Also when the preparation failed: the others are released and meet the same error
+        # themselves, instead of waiting at a barrier until a timeout.
+        if first:
+            dist.barrier()
+            dist.barrier()
+        elif machine_first:
+            dist.barrier()
 
 
 def pid_alive(pid: int) -> bool:

@@ -59,7 +59,11 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
         from facemask.config.validation import augmented
         from facemask.recipe.distill import Teacher
 
-        cache = r.distill.cache_logits if r.distill.cache_logits is not None else not augmented(cfg)
+        # By default only on the CPU: on a GPU, moving each batch back to the host to hash it costs
+        # about what the teacher's forward pass does.
+        on_gpu = torch.cuda.is_available() and not cfg.training.get("use_cpu", False)
+        auto = not augmented(cfg) and not on_gpu
+        cache = r.distill.cache_logits if r.distill.cache_logits is not None else auto
         teacher = Teacher(r.distill, processor, cache)
     mixer = Mixer(r.mixup_alpha, r.cutmix_alpha, r.mix_prob, r.mix_switch_prob, cfg.seed, process)
     return Recipe(

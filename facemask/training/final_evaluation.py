@@ -9,6 +9,7 @@ import copy
 import logging
 from typing import Any, Dict, List
 
+import torch
 from transformers import IntervalStrategy
 
 from facemask.data.audit import flagged_attributes
@@ -74,9 +75,16 @@ def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[s
         metrics = judge.predict(view, metric_key_prefix=prefix).metrics
         results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
     k = cfg.recipe.distill
+    cache = None
+    if teacher.cache is not None:
+        counts = torch.tensor([teacher.hits, teacher.misses], dtype=torch.int64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.to(run.args.device)
+            torch.distributed.all_reduce(counts)  # every process's batches
+        cache = {"hits": int(counts[0]), "misses": int(counts[1])}
     record = {"teacher": teacher.name, "teacher_revision": k.teacher_revision, "alpha": k.alpha,
               "temperature": k.temperature, "cached_logits": teacher.cache is not None,
-              "logit_cache": {"hits": teacher.hits, "misses": teacher.misses} if teacher.cache is not None else None,
+              "logit_cache": cache,
               "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()), "results": results}
     if run.main_process:
         write_json(TEACHER.path(cfg.output_dir), record)

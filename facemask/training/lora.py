@@ -49,7 +49,9 @@ def add_adapters(model: torch.nn.Module, cfg: PeftConfig) -> Any:
 
 
 def is_adapted(model: Any) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 
 
 def adapter_record(model: Any, cfg: PeftConfig) -> Dict[str, Any]:
@@ -86,5 +88,8 @@ def merge_for_saving(trainer: Any) -> List[Path]:
         written = sorted(folder.iterdir())
     merged = model.merge_and_unload()
     trainer.model = trainer.model_wrapped = merged
+    # The average was copied into the adapter at the end of training; its names are peft's, which
+    # the merged model no longer has.
+    trainer.ema = None
     logger.info("merged the adapter into the model; the adapter alone is in %s", folder)
     return written

@@ -28,6 +28,15 @@ from facemask.training.performance import uses_gpu
 from facemask.training.trainer import FaceMaskTrainer, build_trainer
 
 
+def sharded(args: TrainingArguments) -> bool:
+    """Whether the launch shards the model (FSDP or DeepSpeed, from the config or accelerate launch)."""
+    import os
+
+    env = any(os.environ.get(key, "").lower() in ("1", "true") for key in ("ACCELERATE_USE_FSDP",
+                                                                             "ACCELERATE_USE_DEEPSPEED"))
+    return env or bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None))
+
+
 @dataclass
 class RunSetup:
     cfg: ExperimentConfig
@@ -42,10 +51,15 @@ class RunSetup:
     def start(cls, cfg: ExperimentConfig) -> "RunSetup":
         args = training_arguments(cfg)
         setup_logging(args)
+        if cfg.model.peft is not None and sharded(args):
+            raise ConfigError("'model.peft' under FSDP or DeepSpeed is not supported: the adapter is saved and merged "
+                              "from whole weights, which a sharded run does not hold on any one process; launch "
+                              "with DDP (configs/accelerate/multi-gpu.yaml or multi-node.yaml): LoRA's frozen weights "
+                              "need no optimizer state to shard")
         if cfg.recipe.distill is not None:
             # A missing teacher, or one of another number of classes, costs seconds, not a data audit.
             labels = teacher_labels(cfg.recipe.distill)
-            expected = cfg.data.num_labels or 2
+            expected = cfg.data.expected_labels
             if len(labels) != expected:
                 raise ConfigError(f"'recipe.distill.teacher' {teacher_name(cfg.recipe.distill.teacher)!r} predicts "
                                   f"{len(labels)} classes ({labels}); this run has {expected}: distil from a teacher "
