@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -80,7 +79,7 @@ def accuracy(args: argparse.Namespace, teacher: Path) -> Dict[str, List[float]]:
 
 def speed(args: argparse.Namespace, models: Dict[str, Path]) -> Dict[str, Dict]:
     import torch
-    from inference import runners
+    from inference import runners, timed_rates
     from transformers import AutoModelForImageClassification
 
     loaded = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in models.items()}
@@ -99,15 +98,7 @@ def speed(args: argparse.Namespace, models: Dict[str, Path]) -> Dict[str, Dict]:
             iters = args.iters or (50 if batch == 1 else 10)
             for fn in run.values():
                 fn(pixels)
-            rates: Dict[str, List[float]] = {key: [] for key in run}
-
-
-            for _ in range(args.repeats):
-                for key, fn in run.items():
-                    start = time.perf_counter()
-                    for _ in range(iters):
-                        fn(pixels)
-                    rates[key].append(batch * iters / (time.perf_counter() - start))
+            rates = timed_rates(run, pixels, args.repeats, iters)
             print(f"  batch {batch} ({args.repeats} repeats of {iters} calls): images/s median (min-max)")
             for key, values in rates.items():
                 print(f"    {key:<20} {statistics.median(values):>9.0f} ({min(values):.0f}-{max(values):.0f})")

@@ -60,6 +60,20 @@ def runners(model: torch.nn.Module, side: int, work: Path) -> Dict[str, Callable
             "onnx": onnx_runner(work / "model.onnx"), "onnx-int8": onnx_runner(work / "model_quantized.onnx")}
 
 
+def timed_rates(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarray, repeats: int,
+                iters: int) -> Dict[str, List[float]]:
+    """Images/s of each function, per repeat; the functions take turns within each repeat, so a
+    slow spell of a noisy machine hits them alike."""
+    rates: Dict[str, List[float]] = {name: [] for name in run}
+    for _ in range(repeats):
+        for name, fn in run.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn(pixels)
+            rates[name].append(len(pixels) * iters / (time.perf_counter() - start))
+    return rates
+
+
 def measure(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarray, repeats: int, iters: int,
             warmup: int) -> Dict[str, Dict[str, float]]:
     reference = run["eager"](pixels)
@@ -68,13 +82,7 @@ def measure(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarr
         for _ in range(warmup):
             out = fn(pixels)
         diffs[name] = float(np.abs(out - reference).max())
-    rates: Dict[str, List[float]] = {name: [] for name in run}
-    for _ in range(repeats):
-        for name, fn in run.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn(pixels)
-            rates[name].append(len(pixels) * iters / (time.perf_counter() - start))
+    rates = timed_rates(run, pixels, repeats, iters)
     result = {}
     for name, values in rates.items():
         ratios = [v / e for v, e in zip(values, rates["eager"])]
