@@ -4,7 +4,9 @@
     accelerate launch train.py configs/vit-base-facemask.yaml
 
 A training.output_dir that already holds a run is never reused silently: --resume continues it
-from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and starts over.
+from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and starts over. SIGTERM
+(a SLURM time limit, `docker stop`) stops the run with exit status 143, its folder unlocked and its
+checkpoints kept.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from facemask.training.final_evaluation import evaluate_trained
 from facemask.training.lora import adapter_record, merge_for_saving
 from facemask.training.performance import switches_record
 from facemask.training.provenance import run_info, write_run_record
-from facemask.training.resume import RunLock, claim_output_dir, parse_args
+from facemask.training.resume import RunLock, claim_output_dir, parse_args, stop_on_sigterm
 from facemask.training.setup import RunSetup
 from facemask.training.trainer import CheckpointError, early_stopping_record
 
@@ -37,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     args = parse_args(argv, __doc__)
     cfg = load_config(args.config, args.overrides)
     run = RunSetup.start(cfg)
-    with ExitStack() as held:
+    with stop_on_sigterm(), ExitStack() as held:
         if run.main_process:
             # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
             held.enter_context(RunLock(cfg.output_dir))

@@ -60,6 +60,35 @@ def test_bad_overrides_name_the_key(tmp_path, override, expected):
         load_config(write(tmp_path, BASE), [override])
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("training.learning_rate=-1", "'training.learning_rate': expected a learning rate >= 0, got -1"),
+        ("training.per_device_train_batch_size=0", "'training.per_device_train_batch_size': expected a batch size"),
+        ("training.per_device_eval_batch_size=-4", "'training.per_device_eval_batch_size': expected a batch size"),
+        ("training.gradient_accumulation_steps=0", "'training.gradient_accumulation_steps'"),
+        ("training.num_train_epochs=0", "'training.num_train_epochs': expected a number of epochs > 0"),
+        ("training.adam_beta2=1.0", "'training.adam_beta2': expected a factor in \\[0, 1\\)"),
+        ("training.warmup_steps=-3", "'training.warmup_steps'"),
+        ("training.dataloader_num_workers=-1", "'training.dataloader_num_workers'"),
+        ("training.save_total_limit=0", "'training.save_total_limit'"),
+        ("training.max_steps=0", "'training.max_steps': expected a number of steps > 0, or -1"),
+        ("training.seed=-1", "'training.seed'"),
+        ("training.eval_steps=0", "'training.eval_steps'"),
+    ],
+)
+def test_training_values_out_of_range_name_the_key(tmp_path, override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, BASE), [override])
+
+
+def test_training_values_in_range_pass(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["training.learning_rate=0", "training.max_steps=-1",
+                                              "training.warmup_steps=0.1", "training.max_grad_norm=0",
+                                              "training.per_device_train_batch_size=1"])
+    assert cfg.training["learning_rate"] == 0 and cfg.training["max_steps"] == -1
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path):
     path = write(tmp_path, BASE.replace("  synthetic: true", "  synthetic: true\n  image_colum: img"))
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'data.image_colum'; did you mean 'image_column'"):

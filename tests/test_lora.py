@@ -44,8 +44,8 @@ def test_lora_trains_adapters_and_head_only_and_saves_the_merged_model(tmp_path,
     from peft import PeftModel
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    # EMA and layer decay on: they apply to what is trained.
-    metrics = train.main([str(lora_config(tmp_path, base_run, recipe={"ema_decay": 0.9, "layer_decay": 0.8}))])
+    # Layer decay on: it applies to what is trained.
+    metrics = train.main([str(lora_config(tmp_path, base_run, recipe={"layer_decay": 0.8}))])
     out = tmp_path / "out"
     info = json.loads((out / "run_info.json").read_text())
     peft = info["peft"]
@@ -88,8 +88,7 @@ def test_lora_trains_adapters_and_head_only_and_saves_the_merged_model(tmp_path,
 
 
 def test_lora_resumes_bit_for_bit(tmp_path, base_run):
-    straight = lora_config(tmp_path / "straight", base_run, recipe={"ema_decay": 0.9},
-                           training={"load_best_model_at_end": False})
+    straight = lora_config(tmp_path / "straight", base_run, training={"load_best_model_at_end": False})
     train.main([str(straight)])
     # An interrupted copy: the run as it stood at checkpoint-2, then resumed to the end.
     cut = tmp_path / "cut"
@@ -197,7 +196,7 @@ def test_lora_with_a_teacher_under_accelerate_launch(tmp_path, base_run):
     evaluation counts as one process makes."""
     from test_distributed import launch
 
-    config = lora_config(tmp_path, base_run, recipe={"ema_decay": 0.9, "distill": {"teacher": str(base_run)}},
+    config = lora_config(tmp_path, base_run, recipe={"distill": {"teacher": str(base_run)}},
                          training={"per_device_train_batch_size": 4})
     result = launch([str(REPO_TRAIN), str(config)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -212,6 +211,20 @@ def test_lora_with_a_teacher_under_accelerate_launch(tmp_path, base_run):
         matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
         assert sum(map(sum, matrix["matrix"])) == sizes[split]["num_images"]
     assert result.stderr.count("model card:") == 1
+
+
+def test_ema_with_lora_is_refused_before_any_work(tmp_path, base_run):
+    # avg(B) avg(A) is not avg(BA): the saved merged weight would be one no step of training held.
+    with pytest.raises(ConfigError, match="'recipe.ema_decay' with 'model.peft' is not supported"):
+        train.main([str(lora_config(tmp_path, base_run, recipe={"ema_decay": 0.9}))])
+    assert not (tmp_path / "out").exists()
+
+
+def test_ema_under_a_sharded_launch_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="'recipe.ema_decay' under FSDP or DeepSpeed is not supported"):
+        train.main([str(tiny_config(tmp_path, recipe={"ema_decay": 0.9}))])
+    assert not (tmp_path / "out" / "data_audit.json").exists()
 
 
 def test_lora_under_a_sharded_launch_is_refused_before_any_work(tmp_path, base_run, monkeypatch):

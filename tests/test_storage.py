@@ -155,19 +155,35 @@ def test_a_second_run_into_a_folder_in_use_stops_and_names_the_first(tmp_path):
     assert (tmp_path / "out" / "train_results.json").is_file() and not (tmp_path / "out" / "run.lock").exists()
 
 
-def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over(tmp_path, caplog):
-    out = _lock_of(tmp_path, socket.gethostname(), _dead_pid())
+@pytest.mark.parametrize("host, pid", [("this", "dead"), ("this", "reused"), ("another-node", 4242)])
+def test_a_lock_nobody_holds_is_taken_over_naming_its_writer(tmp_path, caplog, host, pid):
+    # A SLURM requeue on another first node, a dead run, or a dead run's PID since given to a live
+    # process: nobody holds the flock, so the record is stale whoever wrote it.
+    pid = {"dead": _dead_pid(), "reused": os.getppid()}.get(pid, pid)
+    out = _lock_of(tmp_path, socket.gethostname() if host == "this" else host, pid)
     with caplog.at_level(logging.WARNING, logger="facemask"):
         train.main([str(tiny_config(tmp_path))])
-    assert "which is no longer running" in caplog.text and "train.py earlier.yaml" in caplog.text
+    assert f"taking over {out / 'run.lock'}" in caplog.text and f"process {pid} on" in caplog.text
+    assert "train.py earlier.yaml" in caplog.text
     assert (out / "train_results.json").is_file() and not (out / "run.lock").exists()
 
 
-def test_a_lock_of_another_host_is_left_alone(tmp_path):
+def test_without_flock_the_lock_record_decides(tmp_path, monkeypatch):
+    import errno
+
+    from facemask.training import resume
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(resume.fcntl, "flock", no_flock)
     out = _lock_of(tmp_path, "another-node", 4242)
     with pytest.raises(ConfigError, match=r"locked by a run on host another-node .* delete .*run.lock"):
         train.main([str(tiny_config(tmp_path))])
     assert json.loads((out / "run.lock").read_text())["host"] == "another-node"
+    _lock_of(tmp_path, socket.gethostname(), os.getppid())  # a live process of this host
+    with pytest.raises(ConfigError, match=rf"in use by another run \(process {os.getppid()} on"):
+        train.main([str(tiny_config(tmp_path))])
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
 
 

@@ -108,12 +108,56 @@ def coerce_training_value(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"bad value for 'training.{key}': expected {expected}, got {value!r}")
 
 
+# TrainingArguments values with a valid range, checked before any data is read: transformers would
+# find most of them only when it builds the optimizer or the DataLoader, after the audit and the
+# caches (minutes on a real set), and say so as a traceback. key: (low, high, low_open, high_open, what)
+TRAINING_RANGES = {
+    "learning_rate": (0.0, None, False, False, "a learning rate >= 0"),
+    "per_device_train_batch_size": (1, None, False, False, "a batch size of at least 1"),
+    "per_device_eval_batch_size": (1, None, False, False, "a batch size of at least 1"),
+    "gradient_accumulation_steps": (1, None, False, False, "at least 1 step"),
+    "eval_accumulation_steps": (1, None, False, False, "at least 1 step"),
+    "num_train_epochs": (0.0, None, True, False, "a number of epochs > 0"),
+    "weight_decay": (0.0, None, False, False, "a weight decay >= 0"),
+    "max_grad_norm": (0.0, None, False, False, "a norm >= 0 (0 turns clipping off)"),
+    "adam_beta1": (0.0, 1.0, False, True, "a factor in [0, 1)"),
+    "adam_beta2": (0.0, 1.0, False, True, "a factor in [0, 1)"),
+    "adam_epsilon": (0.0, None, True, False, "a small number > 0"),
+    "warmup_steps": (0.0, None, False, False, "a number of steps >= 0 (or a fraction of the run below 1)"),
+    "label_smoothing_factor": (0.0, 1.0, False, True, "a fraction in [0, 1)"),
+    "dataloader_num_workers": (0, None, False, False, "a number of worker processes >= 0"),
+    "dataloader_prefetch_factor": (1, None, False, False, "at least 1 batch per worker"),
+    "save_total_limit": (1, None, False, False, "at least 1 checkpoint kept (or leave it out: all kept)"),
+    "seed": (0, 2**32 - 1, False, False, "a seed in [0, 2**32 - 1]"),
+    "data_seed": (0, 2**32 - 1, False, False, "a seed in [0, 2**32 - 1]"),
+    "logging_steps": (0.0, None, True, False, "a number of steps > 0 (or a fraction of the run below 1)"),
+    "eval_steps": (0.0, None, True, False, "a number of steps > 0 (or a fraction of the run below 1)"),
+    "save_steps": (0.0, None, True, False, "a number of steps > 0 (or a fraction of the run below 1)"),
+}
+
+
+def _validate_training(training: Dict[str, Any]) -> None:
+    for key, (low, high, low_open, high_open, what) in TRAINING_RANGES.items():
+        value = training.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent (TrainingArguments' default), or a type error reported by coerce_training_value
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise ConfigError(f"bad value for 'training.{key}': expected {what}, got {value!r}")
+    max_steps = training.get("max_steps")
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        raise ConfigError(f"bad value for 'training.max_steps': expected a number of steps > 0, or -1 for "
+                          f"training.num_train_epochs to decide, got {max_steps}")
+
+
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def validate(cfg: ExperimentConfig) -> None:
     if not cfg.training.get("output_dir"):
         raise ConfigError("'training.output_dir' is required: the folder the model and results go to")
+    _validate_training(cfg.training)
     m = cfg.model
     if m.attn_implementation is not None and m.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ConfigError(f"bad value for 'model.attn_implementation': {m.attn_implementation!r}; "
@@ -241,6 +285,12 @@ def _validate_peft(cfg: ExperimentConfig) -> None:
         raise ConfigError("'model.peft' adapts a trained checkpoint, but 'model.from_config' builds a random-init "
                           "model whose frozen weights would stay random: set model.name_or_path to a checkpoint "
                           "(a Hub id or a run folder, e.g. outputs/quickstart), or remove model.peft")
+    if cfg.recipe.ema_decay is not None:
+        # An average of lora_A and one of lora_B apart is not an average of the model: the merged
+        # weight would be W + avg(B) avg(A), which no step of training ever held.
+        raise ConfigError("'recipe.ema_decay' with 'model.peft' is not supported: the adapter's two factors would "
+                          "be averaged apart, and their product is not the average of the merged weights; remove "
+                          "recipe.ema_decay (or model.peft)")
     if p.r < 1:
         raise ConfigError(f"bad value for 'model.peft.r': expected a rank of at least 1, got {p.r}")
     if p.alpha <= 0:

@@ -25,7 +25,8 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import Damaged, cache_root, discard, first_line, images_digest, mark_used, staged
+from facemask.data.storage import (Damaged, cache_root, die_with_parent, discard, first_line, images_digest, mark_used,
+                                   staged)
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 2
@@ -124,7 +125,8 @@ def _inspect_splits(todo: Dict[str, datasets.Dataset], image_column: str, min_si
     workers = min(os.cpu_count() or 1, 8)
     found: Dict[str, List[Inspection]] = {split: [] for split in todo}
     pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         for split, ds in todo.items():
             for start in range(0, len(ds), chunk):
                 items = ds[start:start + chunk][image_column]

@@ -358,10 +358,13 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
 
 def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studio") -> datasets.Dataset:
     """The drawn set as PNG bytes, drawn on every core (samples depend only on seed and index)."""
+    from facemask.data.storage import die_with_parent
+
     chunk = 250
     starts = range(0, num_images, chunk)
     workers = min(os.cpu_count() or 1, 8)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         parts = pool.map(_encoded_samples,
                          *zip(*[(seed, s, min(s + chunk, num_images), size, style) for s in starts]))
         samples = [item for part in parts for item in part]

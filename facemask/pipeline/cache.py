@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import Damaged, discard, first_line, images_digest, mark_used, require_space, staged
+from facemask.data.storage import (Damaged, die_with_parent, discard, first_line, images_digest, mark_used,
+                                   require_space, staged)
 
 logger = logging.getLogger("facemask")
 
@@ -75,7 +76,8 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
 
 
 def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_column: str, spec: CacheSpec,
-                  processor: Any) -> Dict[str, Any]:
+                  processor: Any, parent: int) -> Dict[str, Any]:
+    die_with_parent(parent)
     pixels, widths, heights = [], [], []
     for item, index in zip(batch[image_column], indices):
         try:
@@ -243,7 +245,8 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
         "height": datasets.Value("int32")})
     with staged(folder, folder=True) as staging:
         built = ds.select_columns([image_column]).map(
-            functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor),
+            functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor,
+                              parent=os.getpid()),
             batched=True, batch_size=64, with_indices=True, remove_columns=[image_column], features=features,
             num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(staging / "pixels.arrow"),
             writer_batch_size=256, desc=f"caching {split} images", load_from_cache_file=False,

@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from facemask import REPO
 from facemask.config.schema import ConfigError
@@ -138,12 +140,17 @@ def claim_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool, m
 
 class RunLock:
     """The lock a run holds on its output folder while it writes (run_folder.LOCK: host, PID and
-    start time). A second run into a locked folder stops with a message naming the first; a lock
-    left by a dead process of this host is taken over with a warning; one of another host is left
-    alone (its processes cannot be seen from here). Only a distributed run's main process takes it.
+    start time). A second run into a locked folder stops with a message naming the first. Only a
+    distributed run's main process takes it.
 
-    The file is locked with flock, which the kernel releases when its process dies, and its
-    content says whose it is: on a file system without flock, the content still decides."""
+    The file is locked with flock, which the kernel releases when the last descriptor of the open
+    file goes. Forked workers (the drawing pool, the cache build, DataLoader workers) would inherit
+    that descriptor and keep the folder locked after a SIGKILL of the run: each child closes it at
+    once (`_forget_in_child`). Where the flock is taken, nobody holds the folder, so a record left
+    behind (a SLURM job killed at its limit, on this host or another, or a PID since reused) is
+    stale and taken over with a warning. On a file system without flock the record decides: a
+    live process of this host, or any process of another host (which cannot be seen from here),
+    keeps the folder."""
 
     def __init__(self, output_dir: Path) -> None:
         self.path = LOCK.path(output_dir)
@@ -153,6 +160,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self._made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        flocked = False
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -162,36 +170,50 @@ class RunLock:
                     break  # a file system without flock: the content below decides
                 holder = _read_lock(fd)
                 os.close(fd)
-                self._made_folder = False
-                raise self._in_use(holder) from None
+                raise self._refuse(self._in_use(holder)) from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    flocked = True
                     break  # not a file the previous holder removed while this one opened it
             except FileNotFoundError:
                 pass
             os.close(fd)
         holder = _read_lock(fd)
         if holder and (holder.get("host"), holder.get("pid")) != (socket.gethostname(), os.getpid()):
-            if holder.get("host") != socket.gethostname():
-                os.close(fd)
-                self._made_folder = False
-                raise ConfigError(f"{self.path.parent} is locked by a run on host {holder.get('host')} "
-                                  f"({_describe(holder)}); if that run is over, delete {self.path}")
-            if isinstance(holder.get("pid"), int) and pid_alive(holder["pid"]):
-                os.close(fd)
-                self._made_folder = False
-                raise self._in_use(holder)
-            logger.warning("taking over %s from process %s, which is no longer running (%s)", self.path,
-                           holder.get("pid"), _describe(holder))
+            if not flocked:
+                if holder.get("host") != socket.gethostname():
+                    os.close(fd)
+                    raise self._refuse(ConfigError(
+                        f"{self.path.parent} is locked by a run on host {holder.get('host')} ({_describe(holder)}) "
+                        f"and this file system cannot tell whether it still runs; if that run is over, delete "
+                        f"{self.path}"))
+                if isinstance(holder.get("pid"), int) and pid_alive(holder["pid"]):
+                    os.close(fd)
+                    raise self._refuse(self._in_use(holder))
+            logger.warning("taking over %s: nobody holds it, so the run that wrote it is over (%s)", self.path,
+                           _describe(holder))
         mine = {"host": socket.gethostname(), "pid": os.getpid(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
+    def _refuse(self, err: ConfigError) -> ConfigError:
+        self._made_folder = False
+        return err
+
     def _in_use(self, holder: Dict[str, Any]) -> ConfigError:
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+            # The recorded run is dead, yet someone holds the flock: processes it left behind
+            # (workers of a version that let them inherit the lock), or a run whose record is lost.
+            others = ", ".join(str(p) for p in _processes_holding(self.path)) or "unknown (not visible to this user)"
+            return ConfigError(f"{self.path.parent} is locked, but not by the run its lock file names (process {pid}, "
+                               f"which is no longer running): processes it left behind still hold {self.path} "
+                               f"(PIDs: {others}); end them, or choose another training.output_dir")
         return ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for it to end, "
                            "or choose another training.output_dir")
 
@@ -199,6 +221,7 @@ class RunLock:
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
         if self._made_folder and not any(self.path.parent.iterdir()):
@@ -209,6 +232,75 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+_HELD: Set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _forget_in_child() -> None:
+    """After a fork, in the child: close the run locks' descriptors, so that only the run holds its
+    folder; a child left alive by a killed run then keeps nothing locked."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _processes_holding(path: Path) -> List[int]:
+    """PIDs of this host's processes with `path` open (as `fuser` lists them; Linux's /proc)."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return []
+    found = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                st = os.stat(fd)
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    found.append(int(fd_dir.parent.name))
+                    break
+        except OSError:
+            continue  # gone, or another user's
+    return sorted(found)
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a SLURM time limit, `docker stop`, a scheduler's pre-emption) as an exception: it
+    unwinds the run like any error, so the lock is released, nothing half-written is renamed into
+    place, and checkpoints already written stay to resume from."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM ends the run cleanly with exit status 143 (128 + SIGTERM)."""
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked worker inherited the handler: it dies as it would have
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated(128 + signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a run started from a thread): SIGTERM keeps its meaning
+        yield
+        return
+    try:
+        yield
+    except Terminated:
+        logger.error("stopped by SIGTERM: the run folder is unlocked; its checkpoints are kept (continue with "
+                     "--resume)")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_lock(fd: int) -> Dict[str, Any]:

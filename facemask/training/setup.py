@@ -56,6 +56,10 @@ class RunSetup:
                               "from whole weights, which a sharded run does not hold on any one process; launch "
                               "with DDP (configs/accelerate/multi-gpu.yaml or multi-node.yaml): LoRA's frozen weights "
                               "need no optimizer state to shard")
+        if cfg.recipe.ema_decay is not None and sharded(args):
+            raise ConfigError("'recipe.ema_decay' under FSDP or DeepSpeed is not supported: each process holds a "
+                              "shard, so the average would be of that shard alone, saved and reloaded as if "
+                              "whole; launch with DDP, or remove recipe.ema_decay")
         if cfg.recipe.distill is not None:
             # A missing teacher, or one of another number of classes, costs seconds, not a data audit.
             labels = teacher_labels(cfg.recipe.distill)
