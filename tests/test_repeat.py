@@ -2,19 +2,19 @@
 with mean, standard error and range, resumed after an interruption without running anything twice."""
 
 import csv
-import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 from conftest import tiny_config
 
 from facemask.__main__ import build_parser, main
-from facemask.config.loading import load_config
-from facemask.config.schema import ConfigError
+from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.prepare import prepare_data
 from facemask.data.splits import folds
+from facemask.data.synthetic import write_image_folder
 from facemask.training.repeat import runs_of, summarise
 
 
@@ -65,16 +65,30 @@ def test_folds_keep_duplicate_groups_together_and_classes_stratified():
         assert abs(share - labels.mean()) < 0.08 and 80 <= (fold == k).sum() <= 125
 
 
-def test_cross_validation_folds_partition_the_training_data(tmp_path):
-    validations = []
+def test_cross_validation_folds_cover_the_training_data_once_with_copies_on_one_side(tmp_path):
+    root = write_image_folder(tmp_path / "d", 60, 40, seed=1, fmt="png")
+    copied = []
+    for original in sorted(root.glob("*/*.png"))[::6]:  # 10 images, each with two exact copies
+        group = [original] + [original.with_name(f"copy{c}-{original.name}") for c in range(2)]
+        for copy in group[1:]:
+            shutil.copyfile(original, copy)
+        copied.append({str(p) for p in group})
+    every = {str(p) for p in root.glob("*/*.png")}
+    carved = []
     for k in range(3):
-        cfg = load_config(tiny_config(tmp_path), ["data.cv_folds=3", f"data.cv_fold={k}"])
-        data = prepare_data(cfg.data, cfg.seed, 32).data
-        # Drawn images are held in memory: known by their bytes.
-        images = {hashlib.sha256(item["bytes"]).hexdigest() for item in data.splits["validation"]["image"]}
-        validations.append((images, len(data.splits["train"]), len(data.splits["test"])))
-    assert all(not (a[0] & b[0]) for i, a in enumerate(validations) for b in validations[i + 1:])
-    assert len({v[2] for v in validations}) == 1  # the same test split for every fold
+        data = prepare_data(DataConfig(train_dir=str(root), test_split=0.2, cv_folds=3, cv_fold=k), seed=0).data
+        carved.append({name: [item["path"] for item in ds[data.image_column]] for name, ds in data.splits.items()})
+    test = set(carved[0]["test"])
+    assert test and all(set(c["test"]) == test for c in carved)  # the same test split for every fold
+    pool = sorted(every - test)
+    for c in carved:  # each fold trains on the rest of the pool, no image twice
+        assert sorted(c["train"] + c["validation"]) == pool
+    # The validation folds together are the whole pool, each image in exactly one of them.
+    assert sorted(image for c in carved for image in c["validation"]) == pool
+    # A duplicate group is never split: in each fold it is all train, all validation or all test.
+    for group in copied:
+        for c in carved:
+            assert any(group <= set(c[name]) for name in ("train", "validation", "test")), (group, c)
 
 
 @pytest.mark.slow  # five tiny training runs, each its own process
