@@ -130,6 +130,59 @@ def test_tracker_keeps_ids_across_frames_and_gives_new_faces_new_ids():
     assert tracker.update(np.array([[2, 0, 12, 10]]), 2.4) == [4]
 
 
+def test_a_long_video_keeps_a_bounded_list_of_tracks():
+    # 4000 frames at 25 fps: a face enters every 10 frames, walks right for 50 frames and leaves. Its row
+    # is next used 80 frames on, after its gap (2 frames and 1 s) has passed, so every face is a new track.
+    fps, every, life, rows, frames = 25, 10, 50, 8, 4000
+    tracker = Tracker(max_gap=2, max_gap_s=1.0)
+    stored, seen = [], {}
+    for frame in range(frames):
+        faces = [k for k in range(frame // every + 1) if k * every <= frame < k * every + life]
+        boxes = np.array([[frame - k * every, 100 * (k % rows), frame - k * every + 40, 100 * (k % rows) + 40]
+                          for k in faces], dtype=float).reshape(-1, 4)
+        for k, track in zip(faces, tracker.update(boxes, frame / fps)):
+            seen.setdefault(k, set()).add(track)
+        stored.append(len(tracker.last_seen))
+    assert all(len(tracks) == 1 for tracks in seen.values())
+    assert len({t for tracks in seen.values() for t in tracks}) == len(seen) == frames // every
+    # The tracks kept are those on screen (life / every) and those left within their gap (1 s = 25 frames):
+    # the same few from the first hundred frames to the last, not one per face ever seen.
+    bound = (life + fps) // every + 1
+    assert max(stored) <= bound
+    assert max(stored[100:1000]) == max(stored[-900:])
+
+
+def test_two_people_crossing_one_spot_at_different_times_and_a_pause_within_the_gap():
+    tracker = Tracker(max_gap=2, max_gap_s=1.0)
+    walk = [np.array([[x, 50, x + 40, 90]], dtype=float) for x in range(0, 200, 10)]
+    first = [tracker.update(box, i / 10) for i, box in enumerate(walk)]
+    assert first == [[1]] * len(walk)
+    # Nobody for 3 frames and 1.5 s: the first person's track has ended.
+    for time in (2.4, 2.9, 3.4):
+        assert tracker.update(np.zeros((0, 4)), time) == []
+    second = [tracker.update(box, 3.5 + i / 10) for i, box in enumerate(walk)]
+    assert second == [[2]] * len(walk)
+    # The second person stops, hidden for 3 analysed frames but 0.8 s (within the gap): the same track.
+    for time in (5.6, 5.8, 6.0):
+        tracker.update(np.zeros((0, 4)), time)
+    assert tracker.update(walk[-1], 6.2) == [2]
+    # A third person where both walked, once their gap has passed: a new id, never a reused one.
+    for time in (7.0, 7.5, 8.0):
+        tracker.update(np.zeros((0, 4)), time)
+    assert tracker.update(walk[0], 8.5) == [3]
+
+
+def test_without_times_a_track_ends_after_its_frames():
+    tracker = Tracker(max_gap=2, max_gap_s=1.0)
+    box = np.array([[0, 0, 10, 10]], dtype=float)
+    assert tracker.update(box) == [1]
+    tracker.update(np.zeros((0, 4)))
+    assert tracker.update(box) == [1]  # unseen for one frame: within max_gap
+    for _ in range(3):
+        tracker.update(np.zeros((0, 4)))
+    assert tracker.update(box) == [2] and len(tracker.last_seen) == 1
+
+
 def test_detect_photos_boxes_crops_table_and_bad_inputs(run_dir, tmp_path, capsys):
     scene, known = compose_scene(size=(1920, 1080), places=((100, 120, 2.0), (800, 400, 1.4), (1400, 160, 2.6),
                                                             (1500, 700, 1.3)))

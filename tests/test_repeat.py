@@ -1,20 +1,22 @@
 """python -m facemask repeat: a config over seeds or cross-validation folds, its table of every run
-with mean, standard error and range, resumed after an interruption without running anything twice."""
+with mean, spread (a standard error over seeds, the corrected one over folds) and range, resumed after an
+interruption without running anything twice."""
 
 import csv
-import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 from conftest import tiny_config
 
 from facemask.__main__ import build_parser, main
-from facemask.config.loading import load_config
-from facemask.config.schema import ConfigError
+from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.prepare import prepare_data
 from facemask.data.splits import folds
+from facemask.data.synthetic import write_image_folder
+from facemask.run_folder import CARD, RESULTS, RUN_INFO, write_json
 from facemask.training.repeat import runs_of, summarise
 
 
@@ -53,6 +55,15 @@ def test_summary_is_mean_standard_error_and_range():
     assert (s["min"], s["max"], s["n"]) == (0.90, 0.95, 3)
 
 
+def test_a_metric_missing_from_some_runs_is_summarised_over_the_others_with_its_count():
+    rows = [{"run": "seed-0", "test_accuracy": 0.90}, {"run": "seed-1", "test_accuracy": 0.94, "test_roc_auc": 0.97},
+            {"run": "seed-2", "test_accuracy": 0.95, "test_roc_auc": 0.99}]
+    s = summarise(rows)
+    assert s["test_accuracy"]["n"] == 3
+    assert s["test_roc_auc"]["n"] == 2 and s["test_roc_auc"]["mean"] == pytest.approx(0.98)
+    assert s["test_roc_auc"]["se"] == pytest.approx(np.std([0.97, 0.99], ddof=1) / math.sqrt(2))
+
+
 def test_folds_keep_duplicate_groups_together_and_classes_stratified():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -65,16 +76,75 @@ def test_folds_keep_duplicate_groups_together_and_classes_stratified():
         assert abs(share - labels.mean()) < 0.08 and 80 <= (fold == k).sum() <= 125
 
 
-def test_cross_validation_folds_partition_the_training_data(tmp_path):
-    validations = []
+def test_cross_validation_folds_cover_the_training_data_once_with_copies_on_one_side(tmp_path):
+    root = write_image_folder(tmp_path / "d", 60, 40, seed=1, fmt="png")
+    copied = []
+    for original in sorted(root.glob("*/*.png"))[::6]:  # 10 images, each with two exact copies
+        group = [original] + [original.with_name(f"copy{c}-{original.name}") for c in range(2)]
+        for copy in group[1:]:
+            shutil.copyfile(original, copy)
+        copied.append({str(p) for p in group})
+    every = {str(p) for p in root.glob("*/*.png")}
+    carved = []
     for k in range(3):
-        cfg = load_config(tiny_config(tmp_path), ["data.cv_folds=3", f"data.cv_fold={k}"])
-        data = prepare_data(cfg.data, cfg.seed, 32).data
-        # Drawn images are held in memory: known by their bytes.
-        images = {hashlib.sha256(item["bytes"]).hexdigest() for item in data.splits["validation"]["image"]}
-        validations.append((images, len(data.splits["train"]), len(data.splits["test"])))
-    assert all(not (a[0] & b[0]) for i, a in enumerate(validations) for b in validations[i + 1:])
-    assert len({v[2] for v in validations}) == 1  # the same test split for every fold
+        data = prepare_data(DataConfig(train_dir=str(root), test_split=0.2, cv_folds=3, cv_fold=k), seed=0).data
+        carved.append({name: [item["path"] for item in ds[data.image_column]] for name, ds in data.splits.items()})
+    test = set(carved[0]["test"])
+    assert test and all(set(c["test"]) == test for c in carved)  # the same test split for every fold
+    pool = sorted(every - test)
+    for c in carved:  # each fold trains on the rest of the pool, no image twice
+        assert sorted(c["train"] + c["validation"]) == pool
+    # The validation folds together are the whole pool, each image in exactly one of them.
+    assert sorted(image for c in carved for image in c["validation"]) == pool
+    # A duplicate group is never split: in each fold it is all train, all validation or all test.
+    for group in copied:
+        for c in carved:
+            assert any(group <= set(c[name]) for name in ("train", "validation", "test")), (group, c)
+
+
+CORRECTED_SE = "se_nadeau_bengio_2003"  # the published name of the folds' corrected standard error
+
+
+def finished_run(folder, metrics, splits):
+    """A run folder as a finished training run leaves it, for the repeat to read: its card last."""
+    folder.mkdir(parents=True)
+    for prefix in ("train", "eval", "test"):
+        write_json(RESULTS.path(folder, prefix), {k: v for k, v in metrics.items() if k.startswith(prefix)})
+    write_json(RUN_INFO.path(folder), {"data": {"splits": {name: {"num_images": n} for name, n in splits.items()}}})
+    CARD.path(folder).write_text("# a run\n")
+
+
+def test_folds_report_their_spread_and_the_corrected_standard_error_never_a_plain_one(tmp_path, capsys):
+    config = str(tiny_config(tmp_path))
+    out = tmp_path / "out"
+    evals, tests = [0.80, 0.90, 0.86], [0.88, 0.89, 0.91]
+    for k in range(3):
+        metrics = {"train_runtime": 10.0 + k, "eval_accuracy": evals[k], "test_accuracy": tests[k]}
+        if k:  # the first fold lacks a metric the others have
+            metrics["eval_roc_auc"] = 0.9 + k / 100
+        finished_run(out / f"fold-{k}", metrics, {"train": 30 + k, "validation": 15 - k, "test": 12})
+    assert main(["repeat", config, "--folds", "3"]) == 0
+    printed = capsys.readouterr()
+    written = json.loads((out / "repeat_results.json").read_text())
+    summary = written["summary"]
+    # No metric of the folds has a standard error that takes them as independent.
+    assert all("se" not in s and s["sd"] == pytest.approx(np.std([r[k] for r in written["runs"] if k in r], ddof=1))
+               for k, s in summary.items())
+    ratio = np.mean([(15 - k) / (30 + k) for k in range(3)])  # each fold's validation over its training images
+    assert summary["eval_accuracy"][CORRECTED_SE] == pytest.approx(np.sqrt(1 / 3 + ratio) * np.std(evals, ddof=1))
+    assert summary["eval_accuracy"][CORRECTED_SE] > np.std(evals, ddof=1) / math.sqrt(3)
+    # Every fold scores the same test images: no standard error over folds for them.
+    assert summary["test_accuracy"][CORRECTED_SE] is None and summary["train_runtime"][CORRECTED_SE] is None
+    assert "Nadeau & Bengio" in written["spread"][CORRECTED_SE] and "not a standard error" in written["spread"]["sd"]
+    # A metric missing from a run: over the runs that have it, with its count, and said so.
+    assert summary["eval_roc_auc"]["n"] == 2 and summary["eval_roc_auc"]["mean"] == pytest.approx(0.915)
+    assert summary["eval_roc_auc"][CORRECTED_SE] == pytest.approx(np.sqrt(1 / 2 + ratio) * np.std([.91, .92], ddof=1))
+    assert "eval_roc_auc is missing from fold-0" in printed.err
+    card = (out / "README.md").read_text()
+    assert "| SD over folds |" in card and "| SE, corrected (Nadeau & Bengio 2003) |" in card
+    assert "mean ± SE" not in card and "(2 of 3 runs)" in card and "Machine Learning 52:239-281" in card
+    with (out / "repeat_results.csv").open() as f:
+        assert [r["eval_roc_auc"] for r in csv.DictReader(f)] == ["", "0.91", "0.92"]
 
 
 @pytest.mark.slow  # five tiny training runs, each its own process

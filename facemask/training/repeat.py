@@ -6,8 +6,13 @@ data.cv_folds / data.cv_fold: validation is fold N of K over the training data, 
 on one side, classes stratified), one after another, each in a fresh process. A run whose folder
 holds its card (written last) is finished and is not run again, so the same command resumes an
 interrupted repeat; an unfinished folder is started over. OUTPUT_DIR gets every run's metrics with
-their mean, standard error and range (repeat_results.csv / .json, printed too) and a summary card
-(README.md).
+their mean, spread and range (repeat_results.csv / .json, printed too) and a summary card (README.md).
+
+The spread says what the runs are. Seeds: the standard error of the mean, the runs taken as
+independent. Folds are not: any two share K-2 of their K-1 training folds, and they all score the
+same test split. So folds get the standard deviation over folds and, for the
+validation-fold metrics only, Nadeau & Bengio's corrected standard error (see `summarise`); a
+metric of a split every fold shares (test, an extra test set) gets none.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import csv
 import math
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +30,26 @@ from typing import Any, Dict, List, Optional, Tuple
 from facemask import CARD_TEMPLATES, REPO
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
-from facemask.run_folder import CARD, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_MARKERS, read_run, write_json
+from facemask.run_folder import (CARD, INTERVALS, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_MARKERS, prefix_of,
+                                 read_run, write_json)
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "loss")
 SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
 TEMPLATE = CARD_TEMPLATES / "repeat.md.j2"
+# The corrected standard error of cross-validation folds: Nadeau & Bengio (2003), "Inference for the
+# Generalization Error", Machine Learning 52:239-281. The key names its source.
+CORRECTED_SE = "se_nadeau_bengio_2003"
+SPREAD_NOTES = {
+    "se": "standard error of the mean: sample standard deviation over the runs / sqrt(n), the runs taken as "
+          "independent (each seed draws its own synthetic images and splits; on a fixed image source the seeds "
+          "share images and this is too small)",
+    "sd": "sample standard deviation over the folds (how far a figure moves with the fold); not a standard "
+          "error: the folds share training images and the test split",
+    CORRECTED_SE: "validation-fold metrics only: sqrt((1/n + n_validation/n_train) * sd^2), Nadeau & Bengio "
+                  "(2003), Machine Learning 52:239-281, for the overlap of the folds' training data; an "
+                  "approximation, as no unbiased estimator of the variance of K-fold cross-validation exists "
+                  "(Bengio & Grandvalet 2004, JMLR 5:1089-1105)",
+}
 
 
 class RepeatError(RuntimeError):
@@ -96,26 +117,68 @@ def run_metrics(folder: Path) -> Dict[str, float]:
     return row
 
 
-def summarise(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """Per metric: mean, standard error of the mean (sample standard deviation / sqrt(n)), range."""
-    keys = [k for k in rows[0] if k not in ("run", "seed", "fold")] if rows else []
+def summarise(rows: List[Dict[str, Any]], holdout_ratio: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
+    """Per metric, over the runs that have it (n; a metric missing from some runs is kept, with its
+    own n): mean, range and the spread of `SPREAD_NOTES`. Seeds (holdout_ratio None): the standard
+    error `se`. Folds (holdout_ratio: the validation fold's size over the training part's, the
+    n_test/n_train of Nadeau & Bengio): `sd`, and for the validation-fold metrics the corrected
+    standard error, since each fold's validation images are its own but any two folds' training
+    data overlap. A split every fold scores whole (test, extra test sets) has no resampled test
+    set, so no standard error over folds is given for it."""
+    keys = list(dict.fromkeys(k for row in rows for k in row if k not in ("run", "seed", "fold")))
+    held_out = f"{prefix_of('validation')}_"
     summary = {}
     for key in keys:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
         n = len(values)
-        mean = sum(values) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
-        summary[key] = {"mean": mean, "se": se, "min": min(values), "max": max(values), "n": n}
+        if not n:
+            continue
+        mean = statistics.fmean(values)
+        sd = statistics.stdev(values) if n > 1 else None
+        entry: Dict[str, Any] = {"mean": mean}
+        if holdout_ratio is None:
+            entry["se"] = sd / math.sqrt(n) if sd is not None else None
+        else:
+            entry["sd"] = sd
+            entry[CORRECTED_SE] = (math.sqrt((1 / n + holdout_ratio) * sd ** 2)
+                                   if sd is not None and key.startswith(held_out) else None)
+        summary[key] = {**entry, "min": min(values), "max": max(values), "n": n}
     return summary
 
 
-def table(rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, float]]) -> str:
+def holdout_ratio(folders: List[Path]) -> float:
+    """The folds' mean validation size over training size, from their run_info.json (1/(K-1) when
+    a run does not say: folds of equal size)."""
+    ratios = []
+    for folder in folders:
+        splits = (read_run(folder).run_info or {}).get("data", {}).get("splits", {})
+        train, validation = (splits.get(name, {}).get("num_images") for name in ("train", "validation"))
+        if train and validation:
+            ratios.append(validation / train)
+    return statistics.fmean(ratios) if len(ratios) == len(folders) else 1 / (len(folders) - 1)
+
+
+def table(rows: List[Dict[str, Any]], summary: Dict[str, Dict[str, Any]]) -> str:
+    """Every run, then mean ± SE (seeds) or mean, SD and corrected SE (folds), and the range; a
+    metric that some runs lack says over how many its figures are."""
     shown = [k for k in summary if any(k.endswith(f"_{name}") for name in SHOWN) or k == "train_runtime"]
     lines = ["| run | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
     for row in rows:
         lines.append(f"| {row['run']} | " + " | ".join(_number(row.get(k)) for k in shown) + " |")
-    lines.append("| mean ± SE | " + " | ".join(
-        f"{_number(summary[k]['mean'])} ± {_number(summary[k]['se'], summary[k]['mean'])}" for k in shown) + " |")
+
+    def of(key: str) -> str:
+        n = summary[key]["n"]
+        return f" ({n} of {len(rows)} runs)" if n < len(rows) else ""
+
+    if any("sd" in summary[k] for k in shown):  # folds
+        lines.append("| mean | " + " | ".join(f"{_number(summary[k]['mean'])}{of(k)}" for k in shown) + " |")
+        for key, label in (("sd", "SD over folds"), (CORRECTED_SE, "SE, corrected (Nadeau & Bengio 2003)")):
+            lines.append(f"| {label} | " + " | ".join(
+                _number(summary[k][key], summary[k]["mean"]) for k in shown) + " |")
+    else:
+        lines.append("| mean ± SE | " + " | ".join(
+            f"{_number(summary[k]['mean'])} ± {_number(summary[k]['se'], summary[k]['mean'])}{of(k)}"
+            for k in shown) + " |")
     lines.append("| range | " + " | ".join(
         f"{_number(summary[k]['min'])}-{_number(summary[k]['max'])}" for k in shown) + " |")
     return "\n".join(lines)
@@ -141,12 +204,15 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
     machine = (f"{platform.system()} {platform.machine()}, {_cores()} CPU cores, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
     command = redact("python -m facemask repeat " + " ".join(argv))
+    spreads = {key for metric in summary.values() for key in metric if key in SPREAD_NOTES}
     write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
-                                           "machine": machine, "runs": rows, "summary": summary})
+                                           "machine": machine, "runs": rows, "summary": summary,
+                                           "spread": {k: v for k, v in SPREAD_NOTES.items() if k in spreads}})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), keep_trailing_newline=True)
     CARD.path(out).write_text(env.get_template(TEMPLATE.name).render(
         config=Path(config).name, command=command, kind=kind, machine=machine, runs=len(rows),
-        table=table(rows, summary), summary=summary, files=(REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON)),
+        table=table(rows, summary), summary=summary, files=(REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON),
+        validation_prefix=prefix_of("validation"), intervals=INTERVALS.path(Path(), prefix_of("test")).name),
         encoding="utf-8")
 
 
@@ -183,7 +249,13 @@ def command(args: argparse.Namespace) -> int:
     for name, _ in runs:
         number = int(name.split("-")[1])
         rows.append({"run": name, name.split("-")[0]: number, **run_metrics(Path(out) / name)})
-    summary = summarise(rows)
+    missing = {k: [r["run"] for r in rows if k not in r] for k in dict.fromkeys(k for r in rows for k in r)}
+    for key, runs_without in missing.items():
+        if runs_without:
+            print(f"warning: {key} is missing from {', '.join(runs_without)}: its figures are over the other runs",
+                  file=sys.stderr)
+    ratio = holdout_ratio([Path(out) / name for name, _ in runs]) if args.folds else None
+    summary = summarise(rows, ratio)
     kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
     write_outputs(Path(out), args.config, argv, rows, summary, kind)
     print(table(rows, summary))
