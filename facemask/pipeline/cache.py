@@ -1,8 +1,10 @@
 """Decode each image once: a preprocessing cache of uint8 pixels, built with `datasets.map`.
 
-Training images are stored square at a little above the model's input side (random crops are
-taken from them on whole batches, see pipeline/augment.py); evaluation images are stored exactly as the
-image processor resizes (and centre-crops) them, so only the normalisation is left per batch.
+Training images are stored square at a little above the model's input side: the part of the image
+the processor keeps (pipeline.processor.input_region: the whole image, or a centre crop's source),
+squashed, with that part's size; random crops are taken from them on whole batches, see
+pipeline/augment.py. Evaluation images are stored exactly as the image processor resizes (and
+centre-crops) them, so only the normalisation is left per batch.
 A cache lives in a folder named by its fingerprint: the images' bytes (or path, size and mtime),
 the resize settings and the decoder's version. Any change to those names another folder, so a
 changed image or setting rebuilds, and an unchanged one is reused across runs and epochs.
@@ -31,6 +33,7 @@ from PIL import Image
 from facemask.data.images import load_image
 from facemask.data.storage import (Damaged, die_with_parent, discard, first_line, images_digest, mark_used,
                                    require_space, staged)
+from facemask.pipeline.geometry import region_pixels
 
 logger = logging.getLogger("facemask")
 
@@ -56,7 +59,12 @@ class CacheSpec:
 
         size = processor_image_size(processor)
         keys = ("size", "do_resize", "resample", "do_center_crop", "crop_size", "do_convert_rgb")
-        settings = json.dumps({k: _plain(getattr(processor, k, None)) for k in keys}, sort_keys=True)
+        fields = {k: _plain(getattr(processor, k, None)) for k in keys}
+        if fields["do_center_crop"]:
+            # Such caches hold the centre crop's region (training) and its size; older ones held the
+            # squashed image. Other processors' region is the whole image: their keys stay.
+            fields["region"] = "centre crop"
+        settings = json.dumps(fields, sort_keys=True)
         resample = int(getattr(processor, "resample", None) or Image.Resampling.BILINEAR)
         if train:
             return cls("train", max(size, int(round(size * scale))), resample, settings)
@@ -77,6 +85,10 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
 
 def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_column: str, spec: CacheSpec,
                   processor: Any, parent: int) -> Dict[str, Any]:
+    """Each image as its stored square, and the size in the image's pixels of the region that
+    square shows (what the random crops are drawn for)."""
+    from facemask.pipeline.processor import input_region
+
     die_with_parent(parent)
     pixels, widths, heights = [], [], []
     for item, index in zip(batch[image_column], indices):
@@ -88,13 +100,16 @@ def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_colu
             where = (item.get("path") if isinstance(item, dict) else None) or f"image #{index}"
             raise ValueError(f"cannot decode {where}: {err} (run `python -m facemask audit` to list bad "
                              "images; data.on_bad_image=skip leaves them out)") from err
-        widths.append(image.width)
-        heights.append(image.height)
+        region = input_region(processor, image.width, image.height)
+        width, height = region_pixels(region)
+        widths.append(width)
+        heights.append(height)
         if spec.mode == "eval":
             chw = processor([image], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
             hwc = np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.uint8)
         else:
-            hwc = np.asarray(image.resize((spec.side, spec.side), spec.resample), dtype=np.uint8)
+            # The region, squashed to the square (the whole image for processors that squash).
+            hwc = np.asarray(image.resize((spec.side, spec.side), spec.resample, box=region), dtype=np.uint8)
         if hwc.shape != (spec.side, spec.side, 3):
             raise ValueError(f"the image processor made a {hwc.shape} image, expected {spec.side}x{spec.side}x3")
         pixels.append(hwc.tobytes())
@@ -103,7 +118,8 @@ def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_colu
 
 class CachedImages(torch.utils.data.Dataset):
     """A cached split as a map-style dataset whose batches are gathered straight from the
-    memory-mapped Arrow files: {"pixels": uint8 (B, S, S, 3), "labels", "index", "width", "height"}.
+    memory-mapped Arrow files: {"pixels": uint8 (B, S, S, 3), "labels", "index", "width", "height"},
+    width and height being the size in source pixels of the region the square shows.
 
     Labels come from the split, not the cache, which is keyed by images alone: relabelling a
     dataset must not need a rebuild, nor be hidden by one.

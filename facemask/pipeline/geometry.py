@@ -49,6 +49,26 @@ def crop_and_flip(width: int, height: int, cfg: DataConfig,
     return box, (rng or random).random() < cfg.hflip_prob
 
 
+def region_pixels(region: tuple[float, float, float, float]) -> tuple[int, int]:
+    """A region's width and height in whole pixels: the size its random crops are drawn for (the
+    cache stores it as the image's width and height)."""
+    left, top, right, bottom = region
+    return max(1, int(round(right - left))), max(1, int(round(bottom - top)))
+
+
+def crop_and_flip_in(region: tuple[float, float, float, float], cfg: DataConfig,
+                     rng: Optional[random.Random] = None) -> tuple[tuple[int, int, int, int], bool]:
+    """`crop_and_flip` drawn within a region of the image (pipeline.processor.input_region), the box
+    in the image's whole pixels. The cache draws for the region's `region_pixels` directly, on its
+    stored square of the region: the same key gives the same fractions of the region in both."""
+    left, top, right, bottom = region
+    width, height = region_pixels(region)
+    (x0, y0, x1, y1), flip = crop_and_flip(width, height, cfg, rng)
+    sx, sy = (right - left) / width, (bottom - top) / height
+    return (int(round(left + x0 * sx)), int(round(top + y0 * sy)),
+            int(round(left + x1 * sx)), int(round(top + y1 * sy))), flip
+
+
 INDEX_COLUMN = "__sample_index"
 
 

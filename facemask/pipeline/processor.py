@@ -1,11 +1,14 @@
 """The image processor (resize, crop, normalise) from a checkpoint or built for a random-init
-model type, and the input side it produces."""
+model type, the input side it produces, and the part of an image it turns into that input."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
+import numpy as np
 from transformers import AutoImageProcessor
+from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+from transformers.image_utils import ChannelDimension, SizeDict, get_image_size_for_max_height_width
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import (
     IMAGE_PROCESSOR_MAPPING_NAMES,
@@ -53,3 +56,51 @@ def processor_image_size(processor: Any) -> int:
     if hasattr(size, "get"):  # a dict, or transformers' SizeDict once the processor is loaded
         return int(size.get("height") or size.get("shortest_edge"))
     return int(size)
+
+
+def _resized(processor: Any, width: int, height: int) -> tuple[int, int]:
+    """(height, width) after the processor's resize, by the rules of transformers' PilBackend.resize."""
+    if not getattr(processor, "do_resize", True):
+        return height, width
+    size = SizeDict(**dict(processor.size))
+    if size.shortest_edge and size.longest_edge:
+        return get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
+    if size.shortest_edge:
+        # A zero-stride stand-in: the helper reads the shape only.
+        shape_only = np.broadcast_to(np.zeros((), np.uint8), (1, height, width))
+        return get_resize_output_image_size(shape_only, size=size.shortest_edge, default_to_square=False,
+                                            input_data_format=ChannelDimension.FIRST)
+    if size.max_height and size.max_width:
+        return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
+    return size.height, size.width
+
+
+def input_region(processor: Any, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of a width x height image that the processor turns into the model's square input,
+    as (left, top, right, bottom) in the image's pixels.
+
+    The whole image for a processor that resizes straight to the square (ViT, BEiT: the image is
+    squashed); the source of the centre crop for one that resizes and then centre-crops (DeiT, or
+    `do_center_crop` in model.image_processor). Evaluation, predict and export run the processor
+    itself; the training paths (the cache's training images, the random crops of both input paths)
+    take their geometry from here, so a crop of the whole region is the evaluation input.
+    """
+    if not getattr(processor, "do_center_crop", False):
+        return 0.0, 0.0, float(width), float(height)
+    resized_h, resized_w = _resized(processor, width, height)
+    crop = SizeDict(**dict(processor.crop_size))
+    # Offsets as transformers' center_crop rounds them; where the crop is larger than the resized
+    # image the processor pads with zeros, and training keeps to the image instead.
+    top, left = (resized_h - crop.height) // 2, (resized_w - crop.width) // 2
+    sx, sy = width / resized_w, height / resized_h
+    return (max(0.0, left * sx), max(0.0, top * sy),
+            min(float(width), (left + crop.width) * sx), min(float(height), (top + crop.height) * sy))
+
+
+def square_resize(processor: Any) -> Dict[str, Any]:
+    """Processor arguments that resize an image (a region already cut out) straight to the model's
+    square input, without a second centre crop: the training paths' last step."""
+    if not getattr(processor, "do_center_crop", False):
+        return {}
+    side = processor_image_size(processor)
+    return {"size": {"height": side, "width": side}, "do_center_crop": False, "do_resize": True}
