@@ -164,9 +164,9 @@ def test_weight_average_update_warmup_and_swap():
     ema = WeightAverage(model, decay=0.9, warmup=True, every=2)
     with torch.no_grad():
         model.weight.fill_(3.0)
-    ema.step(model, global_step=1)  # not an update step
+    ema.step(global_step=1)  # not an update step
     assert ema.updates == 0 and torch.equal(ema.shadow["weight"], torch.ones(1, 2))
-    ema.step(model, global_step=2)  # warmup decay min(0.9, 1/10) = 0.1
+    ema.step(global_step=2)  # warmup decay min(0.9, 1/10) = 0.1
     assert ema.shadow["weight"].flatten().tolist() == pytest.approx([0.1 * 1 + 0.9 * 3] * 2)
     with ema.applied(model):
         assert model.weight.flatten().tolist() == pytest.approx([2.8, 2.8])

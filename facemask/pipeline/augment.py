@@ -57,6 +57,15 @@ class BatchTransform:
         if self.do_normalize:
             self._scale, self._shift = self._scale / self.std, -self.mean / self.std
         self._outputs: Dict[bool, torch.Tensor] = {}
+        self._constants: Dict[torch.device, tuple] = {}
+
+    def constants(self, device: torch.device) -> tuple:
+        """(mean, std, scale, shift) on `device`, moved there once rather than every batch."""
+        found = self._constants.get(device)
+        if found is None:
+            found = self._constants[device] = tuple(t.to(device) for t in (self.mean, self.std, self._scale,
+                                                                            self._shift))
+        return found
 
     def __call__(self, batch: Dict[str, torch.Tensor], train: bool) -> Dict[str, torch.Tensor]:
         pixels = batch["pixels"].permute(0, 3, 1, 2)
@@ -141,6 +150,8 @@ class BatchTransform:
             if self.do_rescale and self._divisor is not None:
                 values = values.div_(self._divisor)
             if self.do_normalize:
-                values = values.sub_(self.mean.to(values.device)).div_(self.std.to(values.device))
+                mean, std, _, _ = self.constants(values.device)
+                values = values.sub_(mean).div_(std)
             return values
-        return self._as_float(values, exact).mul_(self._scale.to(values.device)).add_(self._shift.to(values.device))
+        _, _, scale, shift = self.constants(values.device)
+        return self._as_float(values, exact).mul_(scale).add_(shift)

@@ -36,6 +36,7 @@ class PhotometricAugment:
         self.mean = torch.tensor(per_channel(getattr(processor, "image_mean", None), 0.5)).view(1, 3, 1, 1)
         self.std = torch.tensor(per_channel(getattr(processor, "image_std", None), 0.5)).view(1, 3, 1, 1)
         self.seed, self.process = seed, process
+        self._constants: dict = {}
 
     def key(self, step: int, micro: int) -> int:
         text = f"{self.seed}/{self.process}/{step}/{micro}".encode()
@@ -45,7 +46,10 @@ class PhotometricAugment:
     def __call__(self, pixel_values: torch.Tensor, step: int, micro: int = 0) -> torch.Tensor:
         if not self.steps:
             return pixel_values
-        mean, std = self.mean.to(pixel_values.device), self.std.to(pixel_values.device)
+        device = pixel_values.device
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        mean, std = self._constants[device]
         devices = [pixel_values.device] if pixel_values.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.key(step, micro))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import torch
 
@@ -19,15 +19,23 @@ FILE = "ema.safetensors"
 
 
 class WeightAverage:
+    """The average of `model`'s trained parameters. The parameters are looked up once, here: the
+    per-step update is one fused lerp over lists built at set-up (moving a model to its device,
+    wrapping it for DDP or compiling it keeps its parameter objects; a search trial's new model
+    gets a new average)."""
+
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True, every: int = 1) -> None:
         self.decay, self.warmup, self.every = decay, warmup, every
         self.updates = 0
-        self.shadow: Dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in self._tracked(model)}
+        tracked = list(self._tracked(model))
+        self.shadow: Dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in tracked}
+        self._weights: List[torch.Tensor] = [p.detach() for _, p in tracked]
+        self._averages: List[torch.Tensor] = [self.shadow[name] for name, _ in tracked]
 
     @staticmethod
     def _tracked(model: torch.nn.Module) -> Iterator[tuple]:
         for name, param in model.named_parameters():
-            # What is trained: with LoRA (model.peft) the frozen weights never move, so are not averaged.
+            # What is trained: frozen weights never move, so are not averaged.
             if param.dtype.is_floating_point and param.requires_grad:
                 # torch.compile's wrapper prefixes every name; the average is kept under the plain ones.
                 yield name.replace("_orig_mod.", ""), param
@@ -38,15 +46,11 @@ class WeightAverage:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def step(self, model: torch.nn.Module, global_step: int) -> None:
+    def step(self, global_step: int) -> None:
         """Called after each optimizer step; updates on every `every`-th."""
         if global_step % self.every:
             return
-        decay = self.current_decay()
-        names = [name for name, _ in self._tracked(model)]
-        averages = [self.shadow[name] for name in names]
-        weights = [p.detach() for _, p in self._tracked(model)]
-        torch._foreach_lerp_(averages, weights, 1.0 - decay)
+        torch._foreach_lerp_(self._averages, self._weights, 1.0 - self.current_decay())
         self.updates += 1
 
     @torch.no_grad()

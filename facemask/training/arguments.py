@@ -111,8 +111,11 @@ class _OwnMessages(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("facemask"):
             return record.levelno >= self.level
-        logged = any(getattr(h, "_facemask_file", False) for h in logging.getLogger().handlers)
-        return record.levelno >= (logging.ERROR if logged else logging.WARNING)
+        # Every library record passes here: `log_file` counts its handlers, so no scan of the root's.
+        return record.levelno >= (logging.ERROR if _FILE_LOGS[0] else logging.WARNING)
+
+
+_FILE_LOGS = [0]  # how many run log files (`log_file`) take every record now
 
 
 def setup_logging(args: TrainingArguments) -> None:
@@ -154,10 +157,11 @@ def log_file(output_dir: Path) -> Iterator[Path]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_FORMAT)
     handler.setLevel(logging.INFO)
-    handler._facemask_file = True  # type: ignore[attr-defined]
     logging.getLogger().addHandler(handler)
+    _FILE_LOGS[0] += 1
     try:
         yield path
     finally:
+        _FILE_LOGS[0] -= 1
         logging.getLogger().removeHandler(handler)
         handler.close()

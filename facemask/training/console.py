@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, TextIO
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -32,6 +32,23 @@ class ConsoleProgress(TrainerCallback):
         self.show_bar = show_bar
         self.bar: Any = None
         self.step = 0
+        self.training = False
+        self._log: Optional[TextIO] = None  # train_log.jsonl, held open while training logs every few steps
+
+    def _append(self, path: str, entry: Dict[str, Any]) -> None:
+        if self._log is None or self._log.name != path:
+            self._close()
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._log = open(path, "a", encoding="utf-8")
+        self._log.write(json.dumps(entry) + "\n")
+        self._log.flush()  # a killed run keeps every entry written so far
+        if not self.training:
+            self._close()  # an evaluation outside training: one entry, nothing held open
+
+    def _close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def _print(self, text: str) -> None:
         if self.bar is not None:
@@ -40,6 +57,7 @@ class ConsoleProgress(TrainerCallback):
             print(text, flush=True)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
         if state.is_world_process_zero and self.show_bar:
             from tqdm.auto import tqdm
 
@@ -57,9 +75,7 @@ class ConsoleProgress(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         if args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(TRAIN_LOG.path(args.output_dir), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            self._append(str(TRAIN_LOG.path(args.output_dir)), {"step": state.global_step, **logs})
         if "loss" in logs and self.bar is not None:
             self.bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', 0):.3g}", refresh=False)
         line = evaluation_line(logs, logs.get("epoch", state.epoch), args.num_train_epochs if args.max_steps <= 0
@@ -68,6 +84,8 @@ class ConsoleProgress(TrainerCallback):
             self._print(line)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
+        self._close()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

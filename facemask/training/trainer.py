@@ -251,7 +251,7 @@ class _UpdateAverage(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if self.trainer.ema is not None:
-            self.trainer.ema.step(self.trainer.accelerator.unwrap_model(self.trainer.model), state.global_step)
+            self.trainer.ema.step(state.global_step)
 
 
 def build_trainer(model: Any, args: TrainingArguments, data: PreparedData, processor: Any, cfg: ExperimentConfig,
