@@ -81,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     image_side = processor_image_size(processor)
     found, split = evaluation_split(args.split, {int(k): v for k, v in model.config.id2label.items()}, image_side,
                                     args.data, args.config, args.num_images, args.image_size, args.seed,
-                                    args.cache_dir)
+                                    args.cache_dir, model_dir if model_dir.is_dir() else None)
     pos_label = resolve_positive_label(split.labels, args.positive_label)
     trainer = evaluation_trainer(model, processor, training_args, args.preprocess, pos_label)
 

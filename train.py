@@ -63,7 +63,7 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
         raise ConfigError("there is no validation split: set data.validation_split > 0 or training.eval_strategy=no")
     if prepared.report is not None:
         check_audit(prepared.report, cfg.output_dir, run.main_process)
-    info = run_info(argv, prepared.data, run.args, cfg)
+    info = run_info(argv, prepared.data, run.args, cfg, prepared.inspections)
     for split, summary in info["data"]["splits"].items():
         logger.info("%s: %d images %s", split, summary["num_images"], summary["class_counts"])
     trainer = run.build()

@@ -62,8 +62,9 @@ TEACHER = Output("teacher.json", "train.py (recipe.distill)", "the distillation 
 # The run.
 EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
                     "(secrets left out)", True)
-RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
-                  "the switches asked for and used, the preprocessing caches", True)
+RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts and "
+                  "a digest of each split's images (what `evaluate.py --config` and a distillation student check "
+                  "against), the switches asked for and used, the preprocessing caches", True)
 TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
 TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own messages and every library's, warnings "
                         "included (the console shows the run's own)", False)
@@ -92,8 +93,9 @@ ROC_FIGURE = _split("roc_curve.png", "the ROC curve of the positive class")
 SLICES = _split("slices.json", "accuracy and recall per file format, colour mode, size, aspect and sharpness")
 CALIBRATION = _split("calibration.json", "expected calibration error and the reliability diagram's bins")
 INTERVALS = _split("intervals.json", "each headline metric with its 95% interval (Wilson for accuracy, precision, "
-                   "recall; a stratified bootstrap for balanced accuracy, F1, ROC-AUC, calibration error), and the "
-                   "split's source (a folder's or dataset's name)")
+                   "recall; a stratified bootstrap for balanced accuracy, F1, ROC-AUC, calibration error), the "
+                   "split's source (a folder's or dataset's name) and the digest of its images (`compare` pairs "
+                   "runs by it)")
 CALIBRATION_FIGURE = _split("calibration.png", "the reliability diagram")
 ERRORS = _split("errors.json", "the misclassified images with the highest loss")
 ERRORS_FIGURE = _split("errors.png", "those images, as a gallery (absent when nothing is misclassified)")

@@ -55,12 +55,55 @@ def test_compare_refuses_runs_on_different_images(tmp_path, capsys):
     assert "test_predictions.csv does not exist" in capsys.readouterr().err
 
 
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_compare_two_trained_runs(tmp_path, capsys):
+    from scipy.stats import binomtest
+
     for name, lr in (("a", 1e-3), ("b", 3e-3)):
-        train.main([str(tiny_config(tmp_path / name)), f"training.learning_rate={lr}"])
-    assert main(["compare", str(tmp_path / "a" / "out"), str(tmp_path / "b" / "out"), "--split", "validation"]) == 0
+        train.main([str(tiny_config(tmp_path / name, training={"max_steps": 6})), f"training.learning_rate={lr}"])
+    a, b = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    assert main(["compare", str(a), str(b), "--split", "validation", "--output", str(tmp_path / "cmp.json")]) == 0
     assert "McNemar" in capsys.readouterr().out
-    # Another seed draws other images: compare says so instead of pairing them.
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    # The figures from the runs' own files: each run's accuracy is its training's, and the
+    # discordant counts, p-value and difference follow from the two predictions files row by row.
+    rows_a, rows_b = read_csv(a / "eval_predictions.csv"), read_csv(b / "eval_predictions.csv")
+    right_a = [r["true_label"] == r["predicted_label"] for r in rows_a]
+    right_b = [r["true_label"] == r["predicted_label"] for r in rows_b]
+    only_a = sum(x and not y for x, y in zip(right_a, right_b))
+    only_b = sum(y and not x for x, y in zip(right_a, right_b))
+    assert result["images"] == len(rows_a) == len(rows_b)
+    assert (result["mcnemar"]["a_right_b_wrong"], result["mcnemar"]["a_wrong_b_right"]) == (only_a, only_b)
+    expected_p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    assert result["mcnemar"]["p_value"] == pytest.approx(expected_p, rel=1e-9)
+    for run, key in ((a, "run_a"), (b, "run_b")):
+        own = json.loads((run / "eval_results.json").read_text())["eval_accuracy"]
+        assert result[key]["accuracy"] == pytest.approx(own, abs=1e-6)
+    diff = result["difference"]
+    assert diff["b_minus_a"] == pytest.approx((only_b - only_a) / len(rows_a), abs=1e-6)
+    assert diff["low"] <= diff["b_minus_a"] <= diff["high"]
+    # Another seed draws and carves other images: compare says so instead of pairing them.
     train.main([str(tiny_config(tmp_path / "c", training={"seed": 1}))])
-    assert main(["compare", str(tmp_path / "a" / "out"), str(tmp_path / "c" / "out")]) == 2
-    assert "same data fingerprint and seed" in capsys.readouterr().err
+    assert main(["compare", str(a), str(tmp_path / "c" / "out")]) == 2
+    assert "test predictions are on different images" in capsys.readouterr().err
+
+
+def test_compare_pairs_the_folds_of_a_cross_validation_on_their_shared_test_split(tmp_path, capsys):
+    # Folds carve other validation and training images but share the test split: their recorded
+    # image digests pair them (their data fingerprints differ, which refused them before).
+    data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
+            "cv_folds": 2}
+    for fold in (0, 1):
+        train.main([str(tiny_config(tmp_path / f"fold-{fold}", data={**data, "cv_fold": fold}))])
+    a, b = tmp_path / "fold-0" / "out", tmp_path / "fold-1" / "out"
+    assert main(["compare", str(a), str(b), "--output", str(tmp_path / "cmp.json")]) == 0
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    assert result["images"] == 12
+    assert main(["compare", str(a), str(b), "--split", "validation"]) == 2
+    assert "validation predictions are on different images" in capsys.readouterr().err

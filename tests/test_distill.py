@@ -98,10 +98,35 @@ def test_a_student_learns_from_the_teacher_on_the_batch_it_sees(teacher_run, tmp
     own = json.loads((teacher_run / "test_results.json").read_text())
     assert record["results"]["test"]["test_accuracy"] == pytest.approx(own["test_accuracy"])
     assert set(record["results"]) == {"eval", "test"}
+    # The student carved the teacher's own validation and test splits (same data, same seed): the
+    # teacher's run records them by digest, so its scores there are held out.
+    assert record["held_out"] == {"eval": True, "test": True}
     card = (out / "README.md").read_text()
     assert "### Distillation" in card and f"- Teacher: `{teacher_run.name}`" in card
     assert f"| test | {own['test_accuracy']:.4f} | {metrics['test']['test_accuracy']:.4f} |" in card
     assert str(teacher_run) not in card and "recipe.distill" not in card.split("### Distillation")[0]
+
+
+def test_a_teacher_that_may_have_trained_on_the_students_splits_is_not_presented_as_held_out(teacher_run, tmp_path):
+    # Another seed carves other splits of the same drawn images: the teacher trained on some of the
+    # student's test images, and nothing it recorded shows which.
+    train.main([str(student_config(tmp_path, teacher_run, training={"seed": 1, "eval_strategy": "steps",
+                                                                     "eval_steps": 2}))])
+    record = json.loads((tmp_path / "out" / "teacher.json").read_text())
+    assert record["held_out"] == {"eval": None, "test": None}
+    card = (tmp_path / "out" / "README.md").read_text()
+    accuracy = record["results"]["test"]["test_accuracy"]
+    assert f"| test | {accuracy:.4f} (*) |" in card
+    assert "(*) Not a held-out score of the teacher: validation: not shown to be held out" in card
+    # The teacher's own training split as the student's test split: known to be trained on.
+    from facemask.data.inspection import split_digest
+    from facemask.recipe.distill import teacher_held_out
+
+    info = json.loads((teacher_run / "run_info.json").read_text())
+    train_digest = info["data"]["splits"]["train"]["content_sha256"]
+    assert teacher_held_out(str(teacher_run), {"test": train_digest, "eval": "other"}) == {"test": False, "eval": None}
+    assert teacher_held_out("someone/hub-model", {"test": train_digest}) == {"test": None}
+    assert split_digest(None, [0], ["a"]) is None
 
 
 def test_without_augmentation_each_image_goes_through_the_teacher_once(teacher_run, tmp_path):

@@ -40,6 +40,20 @@ def eval_folder(tmp_path_factory):
     return root
 
 
+def model_probabilities(run_dir, files):
+    """{label: probability} of each file, by transformers' own processor and model (no facemask code)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(run_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(run_dir)
+    images = [Image.open(f).convert("RGB") for f in files]
+    with torch.no_grad():
+        probs = model(**processor(images=images, return_tensors="pt")).logits.softmax(-1)
+    return [{model.config.id2label[i]: float(p[i]) for i in range(len(p))} for p in probs]
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -53,12 +67,18 @@ def test_results_match_the_predictions_csv(run_dir, eval_folder, tmp_path, capsy
     assert {f"test_{k}" for k in KEYS} <= set(saved) and saved == pytest.approx(metrics)
 
     rows = read_csv(out / "test_predictions.csv")
-    assert len(rows) == 41 and len({r["file"] for r in rows}) == 41
-    for row in rows:
+    on_disk = sorted(str(p) for p in eval_folder.rglob("*") if p.is_file())
+    assert sorted(r["file"] for r in rows) == on_disk and len(rows) == 41  # every image once, nothing else
+    # Each row's probabilities are the model's for that very file (computed here with transformers
+    # alone), so rows shuffled within a class, or probabilities of another image, fail.
+    reference = model_probabilities(run_dir, [row["file"] for row in rows])
+    for row, expected in zip(rows, reference):
         assert row["true_label"] == row["file"].split("/")[-2]  # the class folder the file is in
         probs = {k[len("prob_"):]: float(v) for k, v in row.items() if k.startswith("prob_")}
         assert set(probs) == {"with_mask", "without_mask"} and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+        assert probs == pytest.approx(expected, abs=1e-5)  # the CSV keeps 6 decimals
         assert row["predicted_label"] == max(probs, key=probs.get)
+    assert len({r["prob_with_mask"] for r in rows}) > 10  # rows differ: the check above can fail
     by_hand = sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows)
     assert saved["test_accuracy"] == pytest.approx(by_hand)
 
@@ -123,10 +143,60 @@ def test_synthetic_data_and_a_dataset_folder_with_splits(run_dir, eval_folder, t
     assert len(read_csv(tmp_path / "d" / "validation_predictions.csv")) == 41
 
 
-def test_config_data_section(run_dir, tmp_path):
-    config = tiny_config(tmp_path, "vit")  # synthetic, 60 images, 20% test
-    evaluate_main([str(run_dir), "--config", str(config), "--output-dir", str(tmp_path / "c")])
-    assert len(read_csv(tmp_path / "c" / "test_predictions.csv")) == 12
+def test_the_runs_own_config_scores_exactly_its_test_split(run_dir, tmp_path):
+    # --config RUN/experiment.yaml carves the run's test split again: the same images in the same
+    # order (the run's recorded digest), hence the same predictions, row by row, and the same metrics.
+    out = tmp_path / "c"
+    metrics = evaluate_main([str(run_dir), "--config", str(run_dir / "experiment.yaml"), "--output-dir", str(out)])
+    own = json.loads((run_dir / "test_results.json").read_text())
+    assert metrics["test_accuracy"] == own["test_accuracy"] and metrics["test_f1"] == own["test_f1"]
+    assert metrics["test_loss"] == pytest.approx(own["test_loss"], abs=1e-5)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    recorded = info["data"]["splits"]["test"]["content_sha256"]
+    assert json.loads((out / "test_intervals.json").read_text())["content_sha256"] == recorded
+    rows, trained = read_csv(out / "test_predictions.csv"), read_csv(run_dir / "test_predictions.csv")
+    assert len(rows) == info["data"]["splits"]["test"]["num_images"] == len(trained)
+    for row, theirs in zip(rows, trained):
+        assert (row["file"], row["true_label"], row["predicted_label"]) == (
+            theirs["file"], theirs["true_label"], theirs["predicted_label"])
+        assert float(row["prob_with_mask"]) == pytest.approx(float(theirs["prob_with_mask"]), abs=2e-6)
+
+
+def test_a_config_that_carves_other_images_is_refused(run_dir, tmp_path):
+    import yaml
+
+    # The run's own config with another seed (what every `repeat` run is): its test split holds
+    # images the model trained on. So does a config of other data.
+    config = yaml.safe_load((run_dir / "experiment.yaml").read_text())
+    config["training"]["seed"] = config["training"].get("seed", 42) + 1
+    other_seed = tmp_path / "other-seed.yaml"
+    other_seed.write_text(yaml.safe_dump(config))
+    for other in (other_seed, tiny_config(tmp_path, "vit")):
+        with pytest.raises(ConfigError, match=rf"carves another test split.*--config {run_dir / 'experiment.yaml'}"):
+            evaluate_main([str(run_dir), "--config", str(other), "--output-dir", str(tmp_path / "c")])
+    assert not (tmp_path / "c" / "test_predictions.csv").exists()
+
+
+def test_a_run_without_split_digests_is_held_to_its_seed(run_dir, tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    # A run folder from before the per-split digests: its seed and split sizes are all it records.
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old)
+    info = json.loads((old / "run_info.json").read_text())
+    for split in info["data"]["splits"].values():
+        del split["content_sha256"]
+    (old / "run_info.json").write_text(json.dumps(info))
+    config = yaml.safe_load((old / "experiment.yaml").read_text())
+    config["training"]["seed"] = info["seed"] + 1
+    (tmp_path / "seed.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"its seed differ"):
+        evaluate_main([str(old), "--config", str(tmp_path / "seed.yaml"), "--output-dir", str(tmp_path / "o")])
+    caplog.set_level(logging.WARNING, logger="facemask")
+    evaluate_main([str(old), "--config", str(old / "experiment.yaml"), "--output-dir", str(tmp_path / "o")])
+    assert "records no digest of its splits" in caplog.text
 
 
 def test_mismatched_class_names(run_dir, eval_folder, tmp_path):

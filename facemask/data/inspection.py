@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -113,6 +113,19 @@ def inspect_image(item: Dict[str, Any], min_side: int, image_side: int = 224) ->
     result.phash = imagehash.phash(rgb, hash_size=HASH_SIZE).hash.flatten()
     result.sharpness = sharpness(rgb, image_side)
     return result
+
+
+def split_digest(inspections: Optional[Sequence[Inspection]], label_ids: Sequence[int],
+                 labels: Sequence[str]) -> Optional[str]:
+    """A split's identity: each image's content hash (from its inspection: no byte is read again) and
+    class name, in row order. It survives moving or copying the data, and any other seed, fold or
+    data override that carves other images changes it. None without inspections (data.audit=false)."""
+    if inspections is None:
+        return None
+    digest = hashlib.sha256()
+    for found, label in zip(inspections, label_ids, strict=True):
+        digest.update(f"{found.sha256 or ''}\0{labels[int(label)]}\n".encode())
+    return digest.hexdigest()
 
 
 def _inspect_chunk(items: List[Dict[str, Any]], min_side: int, image_side: int) -> List[Inspection]:

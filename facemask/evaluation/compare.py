@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,7 +30,42 @@ def read_predictions(run_dir: Path, prefix: str) -> Dict[str, Tuple[str, str]]:
     return found
 
 
-def _same_images(a: Path, b: Path, rows_a: Dict[str, Any], rows_b: Dict[str, Any]) -> None:
+def images_digest_of(run_dir: Path, prefix: str) -> Optional[str]:
+    """The digest of the images a run's <prefix> predictions were made on (its intervals file, written
+    with them), or None where it is not recorded (older runs, data.audit=false)."""
+    path = run_folder.INTERVALS.path(run_dir, prefix)
+    return run_folder.read_json(path).get("content_sha256") if path.is_file() else None
+
+
+def paired_names(a: Path, b: Path, prefix: str, rows_a: Dict[str, Any],
+                 rows_b: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(image in A, the same image in B), or a ConfigError when the runs did not predict the same images.
+    Both recording the same image digest pairs rows by position: the same images, labels and order,
+    wherever the data lies now (folds of a cross-validation share their test split). Digests that
+    differ refuse, whatever the files are called. Without digests, rows pair by file name, and
+    images held in memory (named by position) only when both runs read the same data with one seed."""
+    digest_a, digest_b = images_digest_of(a, prefix), images_digest_of(b, prefix)
+    if digest_a and digest_b:
+        if digest_a != digest_b:
+            raise ConfigError(f"the runs' {run_folder.split_name(prefix)} predictions are on different images: "
+                              f"{run_folder.INTERVALS.path(a, prefix)} and {run_folder.INTERVALS.path(b, prefix)} "
+                              f"record other image digests ({len(rows_a)} and {len(rows_b)} images; another seed "
+                              "or data setting carves another split): compare needs the same images")
+        pairs = list(zip(rows_a, rows_b))
+        if len(rows_a) != len(rows_b):  # a predictions file replaced since: the digest no longer describes it
+            raise ConfigError(f"{a} and {b} record the same images but their predictions files have {len(rows_a)} "
+                              f"and {len(rows_b)} rows: evaluate the split again")
+    else:
+        _same_names(a, b, rows_a, rows_b)
+        pairs = [(name, name) for name in sorted(rows_a)]
+    relabelled = [name_a for name_a, name_b in pairs if rows_a[name_a][0] != rows_b[name_b][0]]
+    if relabelled:
+        raise ConfigError(f"{len(relabelled)} images have another true label in {b} than in {a} (e.g. "
+                          f"{relabelled[0]}): not the same data")
+    return pairs
+
+
+def _same_names(a: Path, b: Path, rows_a: Dict[str, Any], rows_b: Dict[str, Any]) -> None:
     only_a, only_b = sorted(set(rows_a) - set(rows_b)), sorted(set(rows_b) - set(rows_a))
     if only_a or only_b:
         example = (only_a or only_b)[0]
@@ -43,11 +78,8 @@ def _same_images(a: Path, b: Path, rows_a: Dict[str, Any], rows_b: Dict[str, Any
             and info_a.get("seed") == info_b.get("seed")
         if not same:
             raise ConfigError("the images are held in memory (named by position, not by file): compare pairs them "
-                              "only when both runs' run_info.json give the same data fingerprint and seed")
-    relabelled = [name for name in rows_a if rows_a[name][0] != rows_b[name][0]]
-    if relabelled:
-        raise ConfigError(f"{len(relabelled)} images have another true label in {b} than in {a} (e.g. "
-                          f"{relabelled[0]}): not the same data")
+                              "only when both runs' run_info.json give the same data fingerprint and seed, or both "
+                              "record the same image digest in their intervals file")
 
 
 def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: int = RESAMPLES,
@@ -57,12 +89,12 @@ def compare_runs(a: str | Path, b: str | Path, split: str = "test", resamples: i
     a, b = Path(a), Path(b)
     prefix = run_folder.prefix_of(split)
     rows_a, rows_b = read_predictions(a, prefix), read_predictions(b, prefix)
-    _same_images(a, b, rows_a, rows_b)
-    names = sorted(rows_a)
+    pairs = paired_names(a, b, prefix, rows_a, rows_b)
+    names = [name_a for name_a, _ in pairs]
     labels = sorted({true for true, _ in rows_a.values()})
     label_ids = np.array([labels.index(rows_a[n][0]) for n in names])
     right_a = np.array([rows_a[n][0] == rows_a[n][1] for n in names])
-    right_b = np.array([rows_b[n][0] == rows_b[n][1] for n in names])
+    right_b = np.array([rows_b[n][0] == rows_b[n][1] for _, n in pairs])
     only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
     # Paired: each resample draws images, and both runs are scored on the same draw.
     gain = right_b.astype(np.float64) - right_a

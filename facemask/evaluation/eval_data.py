@@ -3,18 +3,23 @@ split a training config carves; its classes matched to the model's labels by nam
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import datasets
 
 from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError, DataConfig
-from facemask.data.inspection import Inspection, inspect_splits
+from facemask.data.inspection import Inspection, inspect_splits, split_digest
 from facemask.data.prepare import prepare_data
 from facemask.data.shortcuts import attribute_values, sharpness_edges
-from facemask.data.sources import PreparedData, label_key, load_split_source, with_label_ids
+from facemask.data.sources import PreparedData, class_counts, label_key, load_split_source, with_label_ids
 from facemask.data.synthetic import synthetic_dataset
+from facemask.run_folder import EXPERIMENT, RUN_INFO, read_json
+
+logger = logging.getLogger("facemask")
 
 
 def match_labels(data_labels: List[str], id2label: Dict[int, str]) -> Dict[int, int]:
@@ -102,12 +107,50 @@ def sample_names(ds: datasets.Dataset, image_column: str) -> List[str]:
     return [item.get("path") or str(i) if isinstance(item, dict) else str(i) for i, item in enumerate(raw)]
 
 
+def check_carved_split(run_dir: Path, config: str, seed: int, split: str, found: EvalData,
+                       inspections: List[Inspection]) -> None:
+    """The split CONFIG carves must be the one the run recorded under that name in run_info.json:
+    another seed (every `repeat` run), fold or data override carves other images, some of which the
+    model trained on. Runs from before the per-split digests are held to their seed and the split's
+    size and class counts, with a warning that the images themselves were not checked."""
+    info_path = RUN_INFO.path(run_dir)
+    if not info_path.is_file():
+        return  # a saved model, not a run: nothing recorded to hold the split to
+    info = read_json(info_path)
+    recorded = (info.get("data") or {}).get("splits") or {}
+    fix = f"evaluate it with the run's own config (--config {EXPERIMENT.path(run_dir)})"
+    labels = found.dataset[found.label_column]
+    if any("content_sha256" in s for s in recorded.values()):
+        if split not in recorded:
+            logger.warning("%s has no %s split: the one %s carves is not checked against its training images",
+                           run_dir, split, config)
+        elif split_digest(inspections, labels, found.labels) != recorded[split]["content_sha256"]:
+            raise ConfigError(f"{config} carves another {split} split ({len(labels)} images) than {run_dir} was "
+                              f"trained with ({recorded[split]['num_images']} images; {info_path.name} records its "
+                              "digest): another seed, fold or data setting, so the model may have trained on some "
+                              f"of these images. To score the run, {fix}; to score other data, give it with --data")
+        return
+    carved = {"seed": seed, "num_images": len(labels),
+              "class_counts": class_counts(found.dataset, found.label_column, found.labels)}
+    known = {"seed": info.get("seed"),
+             **{key: (recorded.get(split) or {}).get(key) for key in ("num_images", "class_counts")}}
+    differ = [k for k, v in known.items() if v is not None and v != carved[k]]
+    if differ:
+        raise ConfigError(f"{config} carves another {split} split than {run_dir} was trained with (its "
+                          f"{', '.join(differ)} differ from {info_path.name}'s), so the model may have trained on "
+                          f"some of these images. To score the run, {fix}")
+    logger.warning("%s records no digest of its splits (trained before they were recorded, or with data.audit=false): "
+                   "the %s split %s carves has the run's seed and size, but its images could not be checked",
+                   info_path, split, config)
+
+
 def evaluation_split(split: str, id2label: Dict[int, str], image_side: int, data: Optional[str] = None,
                      config: Optional[str] = None, num_images: int = 1000, image_size: int = 128, seed: int = 1,
-                     cache_dir: Optional[str] = None) -> Tuple[EvalData, SplitData]:
+                     cache_dir: Optional[str] = None, run_dir: Optional[Path] = None) -> Tuple[EvalData, SplitData]:
     """The split evaluate.py evaluates, its classes matched to the model's labels by name: DATA's
     split, or the split a training config carves (copies removed as training removed them), with
-    each image's inspection and attributes for the slices and the shortcut test."""
+    each image's inspection and attributes for the slices and the shortcut test. With a config and
+    a run folder, the carved split is checked against the run's (check_carved_split)."""
     if config:
         cfg = load_config(config)
         prepared = prepare_data(cfg.data, cfg.seed, image_side)
@@ -123,4 +166,6 @@ def evaluation_split(split: str, id2label: Dict[int, str], image_side: int, data
         edges = sharpness_edges([f.sharpness for f in inspections])
         attributes = [attribute_values(f, edges) for f in inspections]
     found = remap_labels(found, match_labels(found.labels, id2label), id2label)
+    if config and run_dir is not None:
+        check_carved_split(run_dir, config, cfg.seed, split, found, inspections)
     return found, SplitData(found.dataset, found.labels, found.image_column, attributes, inspections)

@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 
 from facemask import run_folder
+from facemask.data.inspection import split_digest
 from facemask.evaluation.analysis import analyse_split, operating_points
 from facemask.evaluation.counterfactuals import shortcut_tests
 from facemask.evaluation.eval_data import SplitData, sample_names
@@ -70,8 +71,10 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
         analyse_split(prefix, probs, output.label_ids, split.dataset, split.image_column, names, labels,
                       split.attributes, out_dir)
         intervals = split_intervals(probs, output.label_ids, pos_label)
+        # The images' identity beside their source: compare pairs two runs' predictions by it.
+        images = split_digest(split.inspections, output.label_ids, labels)
         run_folder.write_json(run_folder.INTERVALS.path(out_dir, prefix), {"split": prefix, "source": source,
-                                                                           **intervals})
+                                                                           "content_sha256": images, **intervals})
     return EvaluatedSplit(prefix, metrics, probs, output.label_ids)
 
 

@@ -149,10 +149,14 @@ def _distill(run: RunFiles) -> Optional[Dict[str, Any]]:
     if not teacher:
         return None
     rows = []
+    held_out = teacher.get("held_out")  # absent from runs before it was checked: nothing to mark
     for prefix, metrics in (teacher.get("results") or {}).items():
         own = run.results.get(prefix) or {}
+        held = True if held_out is None else held_out.get(prefix)
         rows.append({"split": split_name(prefix), "teacher": metrics.get(f"{prefix}_accuracy"),
-                     "student": own.get(f"{prefix}_accuracy")})
+                     "student": own.get(f"{prefix}_accuracy"),
+                     "not_held_out": None if held else "trained on by the teacher" if held is False
+                     else "not shown to be held out from the teacher's training"})
     return {**teacher, "rows": rows}
 
 

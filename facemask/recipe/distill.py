@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -31,6 +32,32 @@ def teacher_name(teacher: str) -> str:
     if os.path.isdir(teacher):
         return os.path.basename(os.path.abspath(teacher))
     return teacher
+
+
+def teacher_held_out(teacher: str, digests: Dict[str, Optional[str]]) -> Dict[str, Optional[bool]]:
+    """Per split of the student ({split: its digest, data/inspection.py split_digest}): True where the
+    teacher's run recorded this very split as one it did not train on, False where it is the
+    teacher's training split, None where it cannot be told (a Hub teacher, a run from before the
+    per-split digests, a split the teacher's run carved otherwise: another seed or data, so it may
+    have trained on some of these images, or a student with data.audit=false). Only True presents
+    the teacher's score on the split as held out. Per-split digests cost nothing to compare; a
+    per-image check would need every teacher training image's hash kept in its run folder."""
+    from facemask.run_folder import RUN_INFO, read_json
+
+    recorded: Dict[str, str] = {}
+    info_path = RUN_INFO.path(Path(teacher))
+    if os.path.isdir(teacher) and info_path.is_file():
+        splits = (read_json(info_path).get("data") or {}).get("splits") or {}
+        recorded = {name: s["content_sha256"] for name, s in splits.items() if s.get("content_sha256")}
+    held_out: Dict[str, Optional[bool]] = {}
+    for split, digest in digests.items():
+        if digest is None or not recorded:
+            held_out[split] = None
+        elif recorded.get("train") == digest:
+            held_out[split] = False
+        else:
+            held_out[split] = any(name != "train" and d == digest for name, d in recorded.items()) or None
+    return held_out
 
 
 def teacher_labels(cfg: DistillConfig) -> List[str]:

@@ -13,10 +13,12 @@ import torch
 from transformers import IntervalStrategy
 
 from facemask.data.audit import flagged_attributes
+from facemask.data.inspection import split_digest
 from facemask.data.prepare import Prepared
 from facemask.data.sources import resolve_positive_label
 from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
 from facemask.pipeline.inputs import eval_view
+from facemask.recipe.distill import teacher_held_out
 from facemask.run_folder import TEACHER, prefix_of, split_name, write_json
 from facemask.training.setup import RunSetup
 from facemask.training.trainer import evaluation_trainer
@@ -82,13 +84,23 @@ def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[s
             counts = counts.to(run.args.device)
             torch.distributed.all_reduce(counts)  # every process's batches
         cache = {"hits": int(counts[0]), "misses": int(counts[1])}
+    digests = {prefix_of(split): split_digest(run.prepared.inspections.get(split),
+                                              data.splits[split][data.label_column], data.labels)
+               for split in splits}
+    held_out = teacher_held_out(k.teacher, digests)
     record = {"teacher": teacher.name, "teacher_revision": k.teacher_revision, "alpha": k.alpha,
               "temperature": k.temperature, "cached_logits": teacher.cache is not None,
               "logit_cache": cache,
-              "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()), "results": results}
+              "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()), "results": results,
+              "held_out": held_out}
     if run.main_process:
         write_json(TEACHER.path(cfg.output_dir), record)
         for prefix, metrics in results.items():
             logger.info("teacher %s on %s: accuracy %.4f", teacher.name, split_name(prefix),
                         metrics[f"{prefix}_accuracy"])
+            if not held_out[prefix]:
+                logger.warning("the teacher %s on %s: %s; its score there is not a held-out figure (teacher.json "
+                               "and the card say so)", teacher.name, split_name(prefix),
+                               "it trained on these images" if held_out[prefix] is False
+                               else "its run does not show that it never trained on these images")
     return record

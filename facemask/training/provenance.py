@@ -8,7 +8,7 @@ import logging
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from transformers import TrainingArguments
 
@@ -56,14 +56,24 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     return {"kind": "folders", **record}
 
 
-def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig) -> Dict[str, Any]:
-    """What the card needs to say about a run and that its other files do not hold."""
+def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig,
+             inspections: Optional[Dict[str, List[Any]]] = None) -> Dict[str, Any]:
+    """What the card needs to say about a run and that its other files do not hold. Each split's
+    `content_sha256` (data/inspection.py split_digest, from the audit's inspections) is what
+    evaluate.py --config, compare and a distillation student hold a split to; absent with
+    data.audit=false."""
     import platform
     from importlib.metadata import version
 
     from facemask import __version__
     from facemask.config.dump import redact
+    from facemask.data.inspection import split_digest
     from facemask.data.sources import class_counts
+
+    def split_record(split: str, ds: Any) -> Dict[str, Any]:
+        record = {"num_images": len(ds), "class_counts": class_counts(ds, data.label_column, data.labels)}
+        digest = split_digest((inspections or {}).get(split), ds[data.label_column], data.labels)
+        return {**record, "content_sha256": digest} if digest else record
 
     return {
         "command": redact(" ".join(["python", "train.py", *map(shlex.quote, argv)])),
@@ -75,10 +85,7 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
         "data": {
             "source": data.source,
             "labels": data.labels,
-            "splits": {
-                split: {"num_images": len(ds), "class_counts": class_counts(ds, data.label_column, data.labels)}
-                for split, ds in data.splits.items()
-            },
+            "splits": {split: split_record(split, ds) for split, ds in data.splits.items()},
         },
         # Read from the installed distributions: importing a library only to ask its version is slow.
         "versions": {"Python": platform.python_version(),
