@@ -63,7 +63,8 @@ TEACHER = Output("teacher.json", "train.py (recipe.distill)", "the distillation 
 EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
                     "(secrets left out)", True)
 RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
-                  "the switches asked for and used, the preprocessing caches", True)
+                  "each split's source where it is not the training data's (by name), the base model (a Hub id "
+                  "or a local folder's name), the switches asked for and used, the preprocessing caches", True)
 TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
 TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own messages and every library's, warnings "
                         "included (the console shows the run's own)", False)
