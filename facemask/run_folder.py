@@ -58,7 +58,8 @@ ADAPTER = Output(f"{ADAPTER_DIR}/*", "train.py (model.peft)", "the LoRA adapter 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # recipe.distill: who taught the model, and the teacher's metrics on the run's own splits.
 TEACHER = Output("teacher.json", "train.py (recipe.distill)", "the distillation teacher (Hub id or run-folder name), "
-                 "alpha, temperature, and the teacher's metrics on the run's validation and test splits", True)
+                 "alpha, temperature, and the teacher's metrics on the run's validation and test splits, as used in "
+                 "training (the student's input resized) and at its own resolution", True)
 # The run.
 EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
                     "(secrets left out)", True)

@@ -193,11 +193,15 @@ def _distill(run: RunFiles) -> Optional[Dict[str, Any]]:
     if not teacher:
         return None
     rows = []
+    as_used = teacher.get("results_as_used")  # recorded since #33: older runs scored it at its own resolution only
     for prefix, metrics in (teacher.get("results") or {}).items():
         own = run.results.get(prefix) or {}
         rows.append({"split": split_name(prefix), "teacher": metrics.get(f"{prefix}_accuracy"),
+                     "as_used": (as_used or {}).get(prefix, {}).get(f"{prefix}_accuracy"),
                      "student": own.get(f"{prefix}_accuracy")})
-    return {**teacher, "rows": rows}
+    student, side = teacher.get("student_side"), teacher.get("teacher_side")
+    resized = "" if student == side else " upsampled" if student < side else " downsampled"
+    return {**teacher, "rows": rows, "as_used": as_used is not None, "resized": resized}
 
 
 def _early_stopping(run: RunFiles) -> Optional[str]:
