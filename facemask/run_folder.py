@@ -58,13 +58,15 @@ ADAPTER = Output(f"{ADAPTER_DIR}/*", "train.py (model.peft)", "the LoRA adapter 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # recipe.distill: who taught the model, and the teacher's metrics on the run's own splits.
 TEACHER = Output("teacher.json", "train.py (recipe.distill)", "the distillation teacher (Hub id or run-folder name), "
-                 "alpha, temperature, and the teacher's metrics on the run's validation and test splits", True)
+                 "alpha, temperature, and the teacher's metrics on the run's validation and test splits, as used in "
+                 "training (the student's input resized) and at its own resolution", True)
 # The run.
 EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python train.py experiment.yaml` reruns it "
                     "(secrets left out)", True)
-RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts and "
+RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
                   "a digest of each split's images (what `evaluate.py --config` and a distillation student check "
-                  "against), the switches asked for and used, the preprocessing caches", True)
+                  "against), each split's source where it is not the training data's (by name), the base model "
+                  "(a Hub id or a local folder's name), the switches asked for and used, the preprocessing caches", True)
 TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
 TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own messages and every library's, warnings "
                         "included (the console shows the run's own)", False)

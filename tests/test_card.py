@@ -190,3 +190,84 @@ def test_reference_cards_show_the_published_blocks_exactly(name):
     training = card.split("## Training Metrics", 1)[1].split("\n## ", 1)[0]
     evaluation = card.split("## Evaluation Metrics", 1)[1].split("\n## ", 1)[0]
     assert [_key_values(training)[0], _key_values(evaluation)[0]] == expected
+
+
+def _model_index(text: str) -> dict:
+    """{split: (dataset name, dataset type)} of the card's model-index, one per split."""
+    meta = yaml.safe_load(text.split("---")[1])
+    found = {}
+    for result in meta["model-index"][0]["results"]:
+        dataset = result["dataset"]
+        assert found.setdefault(dataset["split"], (dataset["name"], dataset["type"])) == (dataset["name"],
+                                                                                          dataset["type"])
+    return found
+
+
+def test_each_split_of_the_model_index_names_its_own_source(tmp_path):
+    for name, seed in (("studio-faces", 1), ("street-test", 2), ("other-camera", 9)):
+        assert cli(["synth", str(tmp_path / name), "--num-images", "40", "--image-size", "48",
+                    "--seed", str(seed)]) == 0
+    config = tiny_config(tmp_path / "cfg", data={"train_dir": str(tmp_path / "studio-faces"),
+                                                 "test_dir": str(tmp_path / "street-test"),
+                                                 "validation_split": 0.2, "shortcut_threshold": 1.01,
+                                                 "max_class_ratio": 10})
+    train.main([str(config), f"data.extra_test.camera={tmp_path / 'other-camera'}"])
+    out = tmp_path / "cfg" / "out"
+    text = (out / "README.md").read_text()
+    assert _model_index(text) == {"validation": ("studio-faces", "imagefolder"),
+                                  "test": ("street-test", "imagefolder"),
+                                  "camera": ("other-camera", "imagefolder")}
+    assert str(tmp_path) not in text
+    # Where the run recorded them: run_info.json, by name.
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["data"]["split_sources"] == {"test": {"type": "imagefolder", "name": "street-test"},
+                                             "camera": {"type": "imagefolder", "name": "other-camera"}}
+    # The text says so too: where the test sets came from, beside the training data.
+    training_data = text.split("## Training data")[1].split("\n## ")[0]
+    assert "- Dataset: studio-faces" in training_data
+    assert "- Evaluated on other sources: test: street-test; camera: other-camera" in training_data
+    section = text.split("## Generalization (95% intervals)")[1].split("\n## ")[0]
+    assert any(line.startswith("| test | street-test |") for line in section.splitlines())
+    # Regenerated elsewhere (the folders gone), the card stays the same.
+    for name in ("studio-faces", "street-test", "other-camera"):
+        shutil.rmtree(tmp_path / name)
+    write_card(out, output=tmp_path / "again" / "README.md")
+    assert (tmp_path / "again" / "README.md").read_text() == text
+
+
+def test_a_local_checkpoint_is_described_never_named_as_the_base_model(tmp_path, trained):
+    base = tmp_path / "saved-run"
+    shutil.copytree(trained[0], base, ignore=shutil.ignore_patterns("checkpoint-*"))
+    config = tiny_config(tmp_path / "cfg", model={"name_or_path": str(base)})
+    train.main([str(config)])
+    out = tmp_path / "cfg" / "out"
+    texts = [(out / "README.md").read_text()]
+    shutil.rmtree(base)  # a card regenerated where the checkpoint is not: still no Hub id
+    for text in texts + [render_card(read_run(out), figures={})]:
+        meta = yaml.safe_load(text.split("---")[1])
+        assert "base_model" not in meta
+        assert "fine-tuned from a local checkpoint, `saved-run`" in text and str(tmp_path) not in text
+        assert "ImageNet-21k" not in text  # the ViT text about the Hub checkpoint is not claimed
+    assert json.loads((out / "run_info.json").read_text())["base_model"] == {"local_folder": "saved-run"}
+
+
+@pytest.mark.parametrize("name_or_path, expected", [
+    ("google/vit-base-patch16-224-in21k", "google/vit-base-patch16-224-in21k"),
+    ("outputs/quickstart", None),  # a folder that exists here (made below)
+    ("./quickstart", None), ("/srv/runs/quickstart", None), ("~/runs/quickstart", None),
+])
+def test_an_unrecorded_base_model_is_a_hub_id_only_when_it_reads_as_one(tmp_path, monkeypatch, name_or_path,
+                                                                        expected):
+    """Runs from before run_info.json recorded the base model: the config's string alone decides."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "quickstart").mkdir(parents=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model_type": "vit", "image_size": 32, "patch_size": 8,
+                                                 "hidden_size": 32, "num_hidden_layers": 2,
+                                                 "num_attention_heads": 2, "id2label": {"0": "a", "1": "b"}}))
+    (run / "experiment.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": name_or_path}}))
+    text = render_card(read_run(run), figures={})
+    assert yaml.safe_load(text.split("---")[1]).get("base_model") == expected
+    if expected is None:
+        assert "fine-tuned from a local checkpoint, `quickstart`" in text

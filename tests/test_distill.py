@@ -1,6 +1,7 @@
 """recipe.distill: a student trained on a teacher's soft targets and the labels; the teacher sees
 the student's batch, its logits cached when nothing varies, its accuracy on the card."""
 
+import csv
 import json
 
 import pytest
@@ -103,7 +104,8 @@ def test_a_student_learns_from_the_teacher_on_the_batch_it_sees(teacher_run, tmp
     assert record["held_out"] == {"eval": True, "test": True}
     card = (out / "README.md").read_text()
     assert "### Distillation" in card and f"- Teacher: `{teacher_run.name}`" in card
-    assert f"| test | {own['test_accuracy']:.4f} | {metrics['test']['test_accuracy']:.4f} |" in card
+    used = record["results_as_used"]["test"]["test_accuracy"]
+    assert f"| test | {used:.4f} | {own['test_accuracy']:.4f} | {metrics['test']['test_accuracy']:.4f} |" in card
     assert str(teacher_run) not in card and "recipe.distill" not in card.split("### Distillation")[0]
 
 
@@ -167,3 +169,48 @@ def test_bad_distillation_settings_are_errors_before_any_work(teacher_run, tmp_p
     with pytest.raises(ConfigError, match="predicts 3 classes"):
         train.main([str(student_config(tmp_path / "f", three))])
     assert not (tmp_path / "f" / "out" / "data_audit.json").exists()  # stopped before the data
+
+
+def test_the_teacher_is_scored_as_it_was_used_and_at_its_own_resolution(teacher_run, tmp_path):
+    """The student reads 16 px, the teacher 32 px: its targets came from 16 px inputs upsampled."""
+    from facemask.__main__ import main
+    from facemask.data.images import load_image
+
+    assert main(["synth", str(tmp_path / "faces"), "--num-images", "60", "--image-size", "48", "--seed", "4"]) == 0
+    config = tiny_config(tmp_path, model={"from_config": {**SMALL, "image_size": 16}},
+                         data={"train_dir": str(tmp_path / "faces"), "test_split": 0.3, "preprocess": "per_image",
+                               "shortcut_threshold": 1.01, "max_class_ratio": 10},
+                         recipe={"distill": {"teacher": str(teacher_run)}})
+    metrics = train.main([str(config)])
+    out = tmp_path / "out"
+    record = json.loads((out / "teacher.json").read_text())
+    assert (record["student_side"], record["teacher_side"]) == (16, 32)
+    as_used, own = record["results_as_used"]["test"], record["results"]["test"]
+
+    # By hand, on the run's test images: the student's processor, then the student-to-teacher
+    # conversion training applies to each batch (renormalise, bilinear upsampling), then the teacher;
+    # and the teacher's own processor at its own 32 px.
+    student = AutoImageProcessor.from_pretrained(out)
+    theirs = AutoImageProcessor.from_pretrained(teacher_run)
+    teacher = AutoModelForImageClassification.from_pretrained(teacher_run).eval()
+    rows = list(csv.DictReader((out / "test_predictions.csv").open()))
+    labels = torch.tensor([teacher.config.label2id[row["true_label"]] for row in rows])
+    small = student([load_image(row["file"], 32) for row in rows], return_tensors="pt")["pixel_values"]
+    s_mean, s_std, t_mean, t_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (
+        student.image_mean, student.image_std, theirs.image_mean, theirs.image_std))
+    upsampled = F.interpolate((small * s_std + s_mean - t_mean) / t_std, size=(32, 32), mode="bilinear",
+                              align_corners=False, antialias=True)
+    full = theirs([load_image(row["file"], 64) for row in rows], return_tensors="pt")["pixel_values"]
+    assert small.shape[-1] == 16 and full.shape[-1] == 32
+    for pixels, found in ((upsampled, as_used), (full, own)):
+        with torch.no_grad():
+            logits = teacher(pixel_values=pixels).logits
+        assert found["test_accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+        assert found["test_loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-4)
+    assert own["test_loss"] != pytest.approx(as_used["test_loss"], rel=1e-4)  # two inputs, two scores
+
+    card = (out / "README.md").read_text().split("### Distillation")[1].split("\n## ")[0]
+    assert ("| split | teacher accuracy as used in training (student's 16 px input upsampled) | teacher accuracy at "
+            "its own resolution (32 px) | this model's accuracy |") in card
+    assert (f"| test | {as_used['test_accuracy']:.4f} | {own['test_accuracy']:.4f} | "
+            f"{metrics['test']['test_accuracy']:.4f} |") in card

@@ -117,6 +117,9 @@ def test_update_card_adds_the_split(run_dir, eval_folder, tmp_path):
     found = {(r.dataset_split, r.metric_type): r.metric_value for r in ModelCard.load(run / "README.md").data.eval_results}
     assert found[("holdout", "accuracy")] == results["holdout_accuracy"]
     assert ("test", "accuracy") in found  # the training run's own splits stay
+    # The holdout's model-index result names the folder it was measured on, not the training data.
+    datasets = {r.dataset_split: r.dataset_name for r in ModelCard.load(run / "README.md").data.eval_results}
+    assert datasets["holdout"] == eval_folder.name and datasets["test"] != eval_folder.name
 
 
 def test_class_names_match_by_name_not_position(run_dir, eval_folder, tmp_path):

@@ -206,7 +206,7 @@ def test_lora_with_a_teacher_under_accelerate_launch(tmp_path, base_run):
     assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     teacher = json.loads((out / "teacher.json").read_text())
     sizes = info["data"]["splits"]
-    assert set(teacher["results"]) == {"eval", "test"}
+    assert set(teacher["results"]) == set(teacher["results_as_used"]) == {"eval", "test"}
     for prefix, split in (("eval", "validation"), ("test", "test")):
         matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())
         assert sum(map(sum, matrix["matrix"])) == sizes[split]["num_images"]

@@ -153,6 +153,9 @@ def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[s
         logger.info("carved %s out of train by duplicate group (%d groups of copies, %d images, kept on one side): %s",
                     " and ".join(carved["splits"]), carved["duplicate_groups"], carved["images_in_groups"],
                     ", ".join(f"{k} {v['images']} ({100 * v['fraction']:.1f}%)" for k, v in carved["achieved"].items()))
+    # A split carved out of another keeps that one's source (none of its own when out of train).
+    came_from = {name: split_of[ks[0]] for name, ks in ordered.items() if ks}
+    own = {name: given.split_sources[src] for name, src in came_from.items() if src in given.split_sources}
     data = PreparedData(datasets.DatasetDict(splits), given.labels, given.image_column, given.label_column,
-                        given.source, given.extra_sources)
+                        given.source, given.extra_sources, own)
     return data, ordered

@@ -27,6 +27,10 @@ class PreparedData:
     source: str
     # data.extra_test's splits: {NAME: the set's public name (a folder's name or a Hub id)}.
     extra_sources: Dict[str, str] = field(default_factory=dict)
+    # The splits whose images come from a source of their own (data.validation_dir, data.test_dir,
+    # data.extra_test): {split: {"type": "imagefolder" or the Hub id, "name": a public name}}. The
+    # other splits are the training source's (its own splits, or carved out of train).
+    split_sources: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
     @property
     def id2label(self) -> Dict[int, str]:
@@ -93,20 +97,28 @@ def load_split_source(source: str, split: str, cache_dir: Optional[str] = None) 
                           f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
-def extra_test_sets(cfg: DataConfig, labels: List[str]) -> tuple[Dict[str, datasets.Dataset], Dict[str, str]]:
+def folder_source(folder: str) -> Dict[str, str]:
+    """A split source record (PreparedData.split_sources) of an image folder: its own name, never its path."""
+    return {"type": "imagefolder", "name": Path(folder).expanduser().resolve().name}
+
+
+def extra_test_sets(cfg: DataConfig,
+                    labels: List[str]) -> tuple[Dict[str, datasets.Dataset], Dict[str, Dict[str, str]]]:
     """data.extra_test's sets ({NAME: SOURCE[@SPLIT]}, the split defaulting to test), classes matched
-    to the training classes by name as a test folder's are; and each one's public name."""
-    sets, names = {}, {}
+    to the training classes by name as a test folder's are; and each one's source record (public name
+    and type: imagefolder or the Hub id)."""
+    sets, sources = {}, {}
     for name, source in cfg.extra_test.items():
         # A folder is taken whole even when its path holds an @; otherwise SOURCE@SPLIT picks a split.
-        at = "@" in source and not Path(source).expanduser().is_dir()
-        where, _, split = source.rpartition("@") if at else (source, "", "test")
-        ds, names[name] = load_split_source(where, split or "test", cfg.cache_dir)
+        folder = Path(source).expanduser().is_dir()
+        where, _, split = source.rpartition("@") if "@" in source and not folder else (source, "", "test")
+        ds, public = load_split_source(where, split or "test", cfg.cache_dir)
+        sources[name] = {"type": "imagefolder" if Path(where).expanduser().is_dir() else where, "name": public}
         _check_columns(ds, cfg, name)
         if len(ds) == 0:
-            raise ConfigError(f"data.extra_test.{name}: {names[name]} holds no images")
-        sets[name] = _align_labels(ds, cfg.label_column, labels, name, names[name])
-    return sets, names
+            raise ConfigError(f"data.extra_test.{name}: {public} holds no images")
+        sets[name] = _align_labels(ds, cfg.label_column, labels, name, public)
+    return sets, sources
 
 
 def with_label_ids(ds: datasets.Dataset, column: str, ids: List[int], names: List[str]) -> datasets.Dataset:
@@ -209,12 +221,15 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
         if len(ds) == 0:
             raise ConfigError(f"{source}: the {split} split is empty")
     extra, sources = extra_test_sets(cfg, labels)
+    own = {split: folder_source(folder) for split, folder in (("validation", cfg.validation_dir),
+                                                              ("test", cfg.test_dir)) if folder and cfg.train_dir}
     # Images stay undecoded until the transform, which opens every file the same way (load_image).
     undecoded = datasets.Image(decode=False)
     ordered = {name: splits[name].cast_column(cfg.image_column, undecoded)
                for name in ("train", "validation", "test") if name in splits}
     ordered.update({name: ds.cast_column(cfg.image_column, undecoded) for name, ds in extra.items()})
-    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source, sources)
+    return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source,
+                        {name: record["name"] for name, record in sources.items()}, {**own, **sources})
 
 
 def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:

@@ -61,6 +61,49 @@ def _dataset(run: RunFiles) -> Dict[str, Optional[str]]:
     return {"type": "unknown", "name": NOT_RECORDED, "hub_id": None}
 
 
+def _split_dataset(run: RunFiles, prefix: str, training: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    """The dataset a split's results were measured on: its own source where the run recorded one
+    (data.validation_dir, data.test_dir, data.extra_test), or the source evaluate.py named when it
+    added the split from other data; otherwise the training data (its own splits, or carved)."""
+    recorded = ((run.run_info.get("data") or {}).get("split_sources") or {}).get(split_name(prefix))
+    evaluated = (run.intervals.get(prefix) or {}).get("source")
+    if evaluated and (not recorded or recorded.get("name") != evaluated):
+        return {"type": evaluated, "name": evaluated}  # a public name (no path), all that was recorded
+    return {"type": recorded["type"], "name": recorded["name"]} if recorded else training
+
+
+def _other_sources(run: RunFiles, training: Dict[str, Optional[str]]) -> List[Dict[str, Optional[str]]]:
+    """The evaluated splits measured on data from another source than training's, with its name."""
+    found = {prefix: _split_dataset(run, prefix, training) for prefix in run.results if prefix != "train"}
+    return [{"split": split_name(prefix), "name": d["name"]} for prefix, d in found.items() if d is not training]
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """owner/name, and not a path here: the Hub's model id form."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).expanduser().exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _base_model(run: RunFiles) -> tuple[Optional[str], Optional[str]]:
+    """(the Hub id the weights started from, or the name of the local checkpoint folder they did).
+    run_info.json decided it where the source was at hand; a run that did not record it is judged
+    by the config's string alone."""
+    if "base_model" in run.run_info:
+        record = run.run_info["base_model"] or {}
+        return record.get("hub_id"), record.get("local_folder")
+    name = (run.experiment.get("model") or {}).get("name_or_path")
+    if not name:
+        return None, None
+    return (name, None) if _looks_like_hub_id(name) else (None, Path(name).expanduser().resolve().name)
+
+
 def model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
     card = run.experiment.get("card") or {}
     return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
@@ -71,7 +114,6 @@ def hub_model_id(run: RunFiles, override: Optional[str] = None) -> Optional[str]
 
 
 def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
-    model = run.experiment.get("model") or {}
     card = run.experiment.get("card") or {}
     dataset = _dataset(run)
     model_type = run.model_config.get("model_type")
@@ -81,11 +123,13 @@ def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
     for prefix, metrics in run.results.items():
         if prefix == "train":
             continue
+        measured_on = _split_dataset(run, prefix, dataset)
         for metric, label in METRICS.items():
             if f"{prefix}_{metric}" in metrics:
                 results.append(EvalResult(
                     task_type="image-classification", task_name="Image Classification",
-                    dataset_type=dataset["type"], dataset_name=dataset["name"], dataset_split=split_name(prefix),
+                    dataset_type=measured_on["type"], dataset_name=measured_on["name"],
+                    dataset_split=split_name(prefix),
                     metric_type=metric, metric_name=label, metric_value=metrics[f"{prefix}_{metric}"],
                 ))
     return ModelCardData(
@@ -95,7 +139,7 @@ def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=tags,
-        base_model=model.get("name_or_path"),
+        base_model=_base_model(run)[0],
         datasets=[dataset["hub_id"]] if dataset["hub_id"] else None,
         metrics=list(METRICS),
         eval_results=results or None,
@@ -150,14 +194,18 @@ def _distill(run: RunFiles) -> Optional[Dict[str, Any]]:
         return None
     rows = []
     held_out = teacher.get("held_out")  # absent from runs before it was checked: nothing to mark
+    as_used = teacher.get("results_as_used")  # recorded since #33: older runs scored it at its own resolution only
     for prefix, metrics in (teacher.get("results") or {}).items():
         own = run.results.get(prefix) or {}
         held = True if held_out is None else held_out.get(prefix)
         rows.append({"split": split_name(prefix), "teacher": metrics.get(f"{prefix}_accuracy"),
+                     "as_used": (as_used or {}).get(prefix, {}).get(f"{prefix}_accuracy"),
                      "student": own.get(f"{prefix}_accuracy"),
                      "not_held_out": None if held else "trained on by the teacher" if held is False
                      else "not shown to be held out from the teacher's training"})
-    return {**teacher, "rows": rows}
+    student, side = teacher.get("student_side"), teacher.get("teacher_side")
+    resized = "" if student == side else " upsampled" if student < side else " downsampled"
+    return {**teacher, "rows": rows, "as_used": as_used is not None, "resized": resized}
 
 
 def _early_stopping(run: RunFiles) -> Optional[str]:
@@ -240,11 +288,12 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
     data = card_data(run, model_id)
     config = run.model_config
     architecture = _architecture(config.get("model_type")).module
-    base_model = (run.experiment.get("model") or {}).get("name_or_path")
+    base_model, local_base = _base_model(run)
     info_data = run.run_info.get("data") or {}
     labels = info_data.get("labels") or [config["id2label"][k] for k in sorted(config.get("id2label") or {}, key=int)]
     splits = info_data.get("splits") or {}
-    arch_vars = {"config": config, "base_model": base_model}
+    arch_vars = {"config": config, "base_model": base_model, "local_base": local_base}
+    dataset = _dataset(run)
     content = ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
@@ -254,7 +303,8 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         not_recorded=NOT_RECORDED,
         model_ref=model_id or "path/to/" + model_name(run, None),
         hub_model_id=model_id,
-        dataset=_dataset(run),
+        dataset=dataset,
+        other_sources=_other_sources(run, dataset),
         image_size=config.get("image_size"),
         labels=labels,
         splits=splits,
@@ -311,6 +361,7 @@ def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
         bounds = f" ({metric['low']:.3f}-{metric['high']:.3f})" if metric.get("low") is not None else ""
         return f"{metric['value']:.3f}{bounds}"
 
+    own = (run.run_info.get("data") or {}).get("split_sources") or {}  # data.test_dir, data.validation_dir
     rows, resamples = [], set()
     for prefix, payload in run.intervals.items():
         if prefix == "train":
@@ -319,7 +370,8 @@ def _generalization(run: RunFiles) -> Optional[Dict[str, Any]]:
         accuracy = metrics.get("accuracy", {}).get("value")
         rows.append({
             "name": split_name(prefix),
-            "source": payload.get("source") or "held out from the training data",
+            "source": payload.get("source") or own.get(split_name(prefix), {}).get("name")
+            or "held out from the training data",
             "images": payload.get("images"),
             "cells": [cell(metrics.get(key, {})) for key in GENERALIZATION_METRICS],
             "delta": "" if prefix == "test" or baseline is None or accuracy is None

@@ -148,6 +148,19 @@ class Teacher:
         return torch.stack([self.cache[key] for key in keys]).to(pixels.device)
 
 
+class AsUsed(torch.nn.Module):
+    """The teacher as training runs it, for scoring it on the targets it gave: it reads the
+    student's batch (the student's normalisation and image size) and converts it to its own input
+    (Teacher._input: renormalised, resized to its side), uncached."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        super().__init__()
+        self.model, self.teacher = teacher.model, teacher
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        return self.model(pixel_values=self.teacher._input(pixel_values), labels=labels, **kwargs)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, alpha: float,
                       temperature: float) -> torch.Tensor:
     """(1 - alpha) x the hard loss + alpha x T^2 x KL(teacher_T || student_T), batch mean."""

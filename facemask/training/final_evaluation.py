@@ -18,7 +18,7 @@ from facemask.data.prepare import Prepared
 from facemask.data.sources import resolve_positive_label
 from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
 from facemask.pipeline.inputs import eval_view
-from facemask.recipe.distill import teacher_held_out
+from facemask.recipe.distill import AsUsed, teacher_held_out
 from facemask.run_folder import TEACHER, prefix_of, split_name, write_json
 from facemask.training.setup import RunSetup
 from facemask.training.trainer import evaluation_trainer
@@ -76,6 +76,7 @@ def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[s
         prefix = prefix_of(split)
         metrics = judge.predict(view, metric_key_prefix=prefix).metrics
         results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    as_used = teacher_as_used(run, args, pos_label, splits)
     k = cfg.recipe.distill
     cache = None
     if teacher.cache is not None:
@@ -91,16 +92,33 @@ def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[s
     record = {"teacher": teacher.name, "teacher_revision": k.teacher_revision, "alpha": k.alpha,
               "temperature": k.temperature, "cached_logits": teacher.cache is not None,
               "logit_cache": cache,
-              "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()), "results": results,
-              "held_out": held_out}
+              "teacher_parameters": sum(p.numel() for p in teacher.model.parameters()),
+              # At its own resolution (its own processor), and as it was used in training.
+              "teacher_side": teacher.side, "student_side": run.image_side, "results": results,
+              "results_as_used": as_used, "held_out": held_out}
     if run.main_process:
         write_json(TEACHER.path(cfg.output_dir), record)
         for prefix, metrics in results.items():
-            logger.info("teacher %s on %s: accuracy %.4f", teacher.name, split_name(prefix),
-                        metrics[f"{prefix}_accuracy"])
+            logger.info("teacher %s on %s: accuracy %.4f at its own %d px, %.4f as used in training (the student's "
+                        "%d px input resized)", teacher.name, split_name(prefix), metrics[f"{prefix}_accuracy"],
+                        teacher.side, as_used[prefix][f"{prefix}_accuracy"], run.image_side)
             if not held_out[prefix]:
                 logger.warning("the teacher %s on %s: %s; its score there is not a held-out figure (teacher.json "
                                "and the card say so)", teacher.name, split_name(prefix),
                                "it trained on these images" if held_out[prefix] is False
                                else "its run does not show that it never trained on these images")
     return record
+
+
+def teacher_as_used(run: RunSetup, args: Any, pos_label: int, splits: List[str]) -> Dict[str, Dict[str, Any]]:
+    """The teacher's metrics on the inputs its targets came from: the student's evaluation inputs of
+    each split (the student's processor and side), converted to the teacher's input as training
+    converts each batch (recipe/distill.py AsUsed)."""
+    judge = evaluation_trainer(AsUsed(run.trainer.recipe.teacher), run.processor, args, run.cfg.data.preprocess,
+                               pos_label)
+    results = {}
+    for split in splits:
+        prefix = prefix_of(split)
+        metrics = judge.predict(run.pipeline.splits[split], metric_key_prefix=prefix).metrics
+        results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    return results

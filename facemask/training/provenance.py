@@ -56,6 +56,18 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     return {"kind": "folders", **record}
 
 
+def base_model(cfg: ExperimentConfig) -> Dict[str, str]:
+    """Where the weights started, decided while the source is at hand (a card may be regenerated where
+    it is not): a Hub id, or a local checkpoint folder by its name alone (the Hub would read the
+    name as a model id). Empty for a random init."""
+    name = cfg.model.name_or_path
+    if not name:
+        return {}
+    path = Path(name).expanduser()
+    # A folder that exists is what from_pretrained loads, as model_folder decides for evaluation.
+    return {"local_folder": path.resolve().name} if path.exists() else {"hub_id": name}
+
+
 def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig,
              inspections: Optional[Dict[str, List[Any]]] = None) -> Dict[str, Any]:
     """What the card needs to say about a run and that its other files do not hold. Each split's
@@ -82,10 +94,13 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
         "effective_batch_size": effective_batch_size(args),
         "git": git_state(),
         "data_fingerprint": data_fingerprint(cfg, data),
+        "base_model": base_model(cfg),
         "data": {
             "source": data.source,
             "labels": data.labels,
             "splits": {split: split_record(split, ds) for split, ds in data.splits.items()},
+            # Each split not drawn from the training source, by its own public name (the card's model-index).
+            "split_sources": data.split_sources,
         },
         # Read from the installed distributions: importing a library only to ask its version is slow.
         "versions": {"Python": platform.python_version(),
