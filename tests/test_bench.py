@@ -129,3 +129,13 @@ def test_distill_bench_times_teacher_and_student_on_both_backends(evaluated_run,
         assert set(rates) == {"teacher eager", "teacher onnx-int8", "student eager", "student onnx-int8"}
         assert all(rate > 0 for rate in rates.values())
     assert "student / teacher, onnx-int8" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_step_regression_bench_alternates_commits_and_reports_ratios(capsys):
+    # HEAD against itself: the mechanics (worktree, warm-up, alternation, ratios), small and short.
+    assert load("step_regression").main(["--base", "HEAD", "--repeats", "2", "--epochs", "1", "--set",
+                                         "data.synthetic_num_images=300"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("HEAD             run") == 2 and printed.count("now (") == 2 + 1
+    assert "train_runtime  median" in printed and "wall           median" in printed
