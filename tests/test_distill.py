@@ -70,27 +70,50 @@ def test_the_teacher_gets_its_own_input_and_its_cache_never_changes_a_target(tea
 
 
 def test_a_student_learns_from_the_teacher_on_the_batch_it_sees(teacher_run, tmp_path, monkeypatch):
-    seen = {"student": [], "teacher": []}
-    compute_loss, teacher_logits = FaceMaskTrainer.compute_loss, Teacher.logits
+    steps = []  # per training step: what the student model was fed, its logits, the targets, the loss
+    compute_loss = FaceMaskTrainer.compute_loss
 
-    def spy_loss(self, model, inputs, *args, **kwargs):
-        if model.training:
-            seen["student"].append(inputs["pixel_values"].clone())
-        return compute_loss(self, model, inputs, *args, **kwargs)
-
-    def spy_teacher(self, pixels):
-        seen["teacher"].append(pixels.clone())
-        return teacher_logits(self, pixels)
+    def spy_loss(self, model, inputs, return_outputs=False, *args, **kwargs):
+        if not model.training:
+            return compute_loss(self, model, inputs, return_outputs, *args, **kwargs)
+        fed = {}
+        hook = model.register_forward_pre_hook(lambda _module, _args, kw: fed.update(kw), with_kwargs=True)
+        try:
+            loss, outputs = compute_loss(self, model, inputs, True, *args, **kwargs)
+        finally:
+            hook.remove()
+        steps.append({"pixels": fed["pixel_values"].detach().clone(), "logits": outputs.logits.detach().clone(),
+                      "targets": inputs["labels"].detach().clone(), "loss": loss.detach().clone()})
+        return (loss, outputs) if return_outputs else loss
 
     monkeypatch.setattr(FaceMaskTrainer, "compute_loss", spy_loss)
-    monkeypatch.setattr(Teacher, "logits", spy_teacher)
     # Augmentation and mixup on: the teacher must see the mixed, augmented batch, not the image.
-    config = student_config(tmp_path, teacher_run, {"alpha": 0.7, "temperature": 2.0},
+    alpha, t = 0.7, 2.0
+    config = student_config(tmp_path, teacher_run, {"alpha": alpha, "temperature": t},
                             recipe={"mixup_alpha": 0.4, "color_jitter": 0.3},
                             training={"max_steps": 3, "eval_strategy": "steps", "eval_steps": 3})
     metrics = train.main([str(config)])
-    assert len(seen["teacher"]) == len(seen["student"]) == 3
-    assert all(torch.equal(a, b) for a, b in zip(seen["student"], seen["teacher"]))
+    assert len(steps) == 3
+    # The batches were mixed (soft targets), so the images alone would give the teacher other logits.
+    assert any(((s["targets"] > 0) & (s["targets"] < 1)).any() for s in steps)
+
+    # Each step's loss by hand: the teacher's logits of what the student was fed, converted from the
+    # student's normalisation to the teacher's own processor's, then (1 - alpha) CE + alpha T^2 KL.
+    plain = AutoModelForImageClassification.from_pretrained(teacher_run).eval()
+    mine = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    theirs = AutoImageProcessor.from_pretrained(teacher_run)
+
+    def channels(values):
+        return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+
+    for s in steps:
+        pixels = s["pixels"] * channels(mine.image_std) + channels(mine.image_mean)
+        assert pixels.shape[-2:] == (theirs.size["height"], theirs.size["width"])
+        with torch.no_grad():
+            teacher = plain(pixel_values=(pixels - channels(theirs.image_mean)) / channels(theirs.image_std)).logits
+        hard = F.cross_entropy(s["logits"], s["targets"])
+        soft = F.kl_div(F.log_softmax(s["logits"] / t, -1), F.softmax(teacher / t, -1), reduction="batchmean")
+        assert float(s["loss"]) == pytest.approx(float((1 - alpha) * hard + alpha * t * t * soft), rel=1e-5)
 
     out = tmp_path / "out"
     record = json.loads((out / "teacher.json").read_text())
