@@ -259,3 +259,36 @@ def test_public_text_names_whole_folders_only_in_either_spelling():
     assert public_text("/data/a.jpg and /mnt/data/b.jpg", folders) == "data/a.jpg and /mnt/data/b.jpg"
     assert public_text('{"file": "/srv/jos\\u00e9/masks/c.jpg"}', folders) == '{"file": "masks/c.jpg"}'
     assert public_text("from /srv/jos\u00e9/masks.", folders) == "from masks."
+
+
+def test_a_run_set_up_reads_each_image_once_for_its_digests(tmp_path, monkeypatch):
+    """The audit's key, the preprocessing caches' keys and run_info.json's fingerprint all come from
+    one read of each image (data preparation's digests), and they are the digests of the splits."""
+    import facemask.data.storage as storage
+    from facemask.config.loading import load_config
+    from facemask.training.provenance import run_info
+    from facemask.training.setup import RunSetup
+
+    rows_read = []
+    reader = storage.stored_images
+
+    def counted(ds, image_column):
+        for chunk in reader(ds, image_column):
+            rows_read.append(len(chunk))
+            yield chunk
+
+    data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
+            "validation_split": 0.2, "preprocess_dir": str(tmp_path / "cache")}
+    cfg = load_config(str(tiny_config(tmp_path, data=data)))
+    run = RunSetup.start(cfg)
+    monkeypatch.setattr(storage, "stored_images", counted)
+    prepared = run.load_data()
+    info = run_info([], prepared.data, run.args, cfg)
+    run.build()
+    monkeypatch.setattr(storage, "stored_images", reader)
+    assert sum(rows_read) == 60
+    splits = prepared.data.splits
+    assert set(splits) == {"train", "validation", "test"} and len(run.pipeline.cache_reports) == 3
+    assert sum(len(ds) for ds in splits.values()) == info["data_fingerprint"]["images"] == 60
+    for split, ds in splits.items():  # the carried digests are those of the carved splits
+        assert prepared.data.digests[split] == storage.images_digest(ds, "image")

@@ -153,12 +153,14 @@ def _from_json(record: Dict[str, Any]) -> Inspection:
 
 
 def saved_inspections_path(ds: datasets.Dataset, image_column: str, min_side: int, image_side: int,
-                           preprocess_dir: Optional[str]) -> Path:
-    """Where a split's inspections are kept: named by its images and what the inspection depends on."""
+                           preprocess_dir: Optional[str], digest: Optional[str] = None) -> Path:
+    """Where a split's inspections are kept: named by its images (`digest`, the split's images
+    digest where the caller has it) and what the inspection depends on."""
     import imagehash
     import PIL
 
-    payload = json.dumps({"images": images_digest(ds, image_column), "min_side": min_side, "image_side": image_side,
+    images = digest if digest is not None else images_digest(ds, image_column)
+    payload = json.dumps({"images": images, "min_side": min_side, "image_side": image_side,
                           "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
                           "max_pixels": Image.MAX_IMAGE_PIXELS, "version": INSPECTION_VERSION}, sort_keys=True)
     return cache_root(preprocess_dir) / f"audit-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
@@ -176,10 +178,13 @@ def _read_saved(path: Path, images: int) -> List[Inspection]:
 
 
 def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_side: int, image_side: int,
-                   preprocess_dir: Optional[str] = None) -> Dict[str, List[Inspection]]:
-    """Each split's inspections, in row order: read back where kept, else computed and kept."""
+                   preprocess_dir: Optional[str] = None,
+                   digests: Optional[Dict[str, str]] = None) -> Dict[str, List[Inspection]]:
+    """Each split's inspections, in row order: read back where kept, else computed and kept.
+    `digests`: each split's images digest, where the caller has them."""
     splits = {name: ds.cast_column(image_column, datasets.Image(decode=False)) for name, ds in splits.items()}
-    saved = {name: saved_inspections_path(ds, image_column, min_side, image_side, preprocess_dir)
+    saved = {name: saved_inspections_path(ds, image_column, min_side, image_side, preprocess_dir,
+                                          (digests or {}).get(name))
              for name, ds in splits.items()}
     inspections = {}
     for name, path in saved.items():

@@ -21,6 +21,7 @@ logger = logging.getLogger("facemask")
 
 if TYPE_CHECKING:  # imported where used: the CLI's --help reaches this module through export's defaults
     import datasets
+    import numpy as np
 
 
 def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
@@ -30,23 +31,41 @@ def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
         yield from table.column(image_column).chunks
 
 
-def images_digest(ds: datasets.Dataset, image_column: str) -> str:
-    """A digest of the split's images in order: their bytes, or for files on disk their path, size,
-    modification time and inode change time. `cp -p`, `rsync -a` and archive extraction keep a
-    file's size and mtime while its bytes change, but they cannot set the ctime."""
-    digest = hashlib.sha256()
+def image_digests(ds: datasets.Dataset, image_column: str) -> np.ndarray:
+    """Each image's SHA-256, in order, as a (rows, 32) uint8 array: of its bytes, or for a file on
+    disk of its path, size, modification time and inode change time. `cp -p`, `rsync -a` and
+    archive extraction keep a file's size and mtime while its bytes change, but they cannot set the
+    ctime. The one place image bytes are read for a digest: data preparation calls it once per
+    split and carries the result (PreparedData.digests), which the audit, the preprocessing cache
+    and run_info.json reuse."""
+    import numpy as np
+
+    found = []
     for chunk in stored_images(ds, image_column):
         contents, paths = chunk.field("bytes"), chunk.field("path")
         for i in range(len(chunk)):
             data = contents[i]
             if data.is_valid:
-                digest.update(data.as_buffer())
+                found.append(hashlib.sha256(data.as_buffer()).digest())
             else:
                 path = paths[i].as_py()
                 stat = os.stat(path)
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}".encode())
-            digest.update(b"\n")
-    return digest.hexdigest()
+                found.append(hashlib.sha256(
+                    f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}".encode()).digest())
+    return np.frombuffer(b"".join(found), dtype=np.uint8).reshape(len(found), 32)
+
+
+def combined_digest(digests: np.ndarray) -> str:
+    """One digest of images in order, from their `image_digests` rows: a subset's digest needs no
+    second read of its images."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(digests, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def images_digest(ds: datasets.Dataset, image_column: str) -> str:
+    """A digest of the split's images in order (see `image_digests`)."""
+    return combined_digest(image_digests(ds, image_column))
 
 
 def unique_suffix() -> str:

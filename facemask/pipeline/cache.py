@@ -68,9 +68,12 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
+def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec, digest: Optional[str] = None) -> str:
+    """The cache's name: `digest` is the split's images digest where data preparation computed it
+    (PreparedData.images_digest), else it is computed here."""
+    images = digest if digest is not None else images_digest(ds, image_column)
     payload = json.dumps({"version": CACHE_VERSION, "spec": spec.__dict__, "pillow": PIL.__version__,
-                          "images": images_digest(ds, image_column), "count": len(ds)}, sort_keys=True)
+                          "images": images, "count": len(ds)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -215,10 +218,12 @@ def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
 
 
 def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_column: str, spec: CacheSpec,
-                  processor: Any, root: Path, num_proc: Optional[int] = None) -> tuple[CachedImages, CacheReport]:
-    """The split's cache, built on first use (in `num_proc` processes) and reused after that."""
+                  processor: Any, root: Path, num_proc: Optional[int] = None,
+                  digest: Optional[str] = None) -> tuple[CachedImages, CacheReport]:
+    """The split's cache, built on first use (in `num_proc` processes) and reused after that;
+    `digest`: the split's images digest, where the caller has it (see `cache_key`)."""
     start = time.perf_counter()
-    key = cache_key(ds, image_column, spec)
+    key = cache_key(ds, image_column, spec, digest)
     folder = root / f"{spec.mode}-{spec.side}px-{key}"
     labels = ds.select_columns([label_column]).with_format("numpy")[label_column]
     if folder.exists() and not (folder / "cache.json").is_file():
