@@ -25,10 +25,11 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import Damaged, cache_root, discard, first_line, images_digest, mark_used, staged
+from facemask.data.storage import (Damaged, cache_root, discard, first_line, images_digest, mark_used, read_checked,
+                                   staged, write_checked)
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
-INSPECTION_VERSION = 2
+INSPECTION_VERSION = 3  # 3: the kept file starts with its checksum (storage.write_checked)
 
 
 @dataclass
@@ -167,9 +168,9 @@ def saved_inspections_path(ds: datasets.Dataset, image_column: str, min_side: in
 
 
 def _read_saved(path: Path, images: int) -> List[Inspection]:
-    """Kept inspections, checked: one per image of the split, each readable."""
+    """Kept inspections, checked: unchanged since written, one per image of the split, each readable."""
     try:
-        found = [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+        found = [_from_json(r) for r in json.loads(read_checked(path))]
     except (OSError, ValueError, KeyError, TypeError) as err:  # a file cut short is not valid JSON
         raise Damaged(first_line(err)) from None
     if len(found) != images:
@@ -201,7 +202,7 @@ def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_s
             try:
                 saved[name].parent.mkdir(parents=True, exist_ok=True)
                 with staged(saved[name]) as partial:
-                    partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
+                    write_checked(partial, json.dumps([_to_json(f) for f in found]).encode("utf-8"))
             except OSError:
                 pass  # a read-only cache folder costs the next run a re-inspection, nothing else
     return inspections
