@@ -36,6 +36,16 @@ def test_audit_bench_compares_both_searches(tmp_path):
     assert row["same_pairs"] is True and row["pairs"] > 0 and len(row["all_pairs_s"]) == 1
 
 
+def test_cache_check_bench_times_the_check_against_the_build(tmp_path, capsys):
+    out = tmp_path / "cache_check.json"
+    assert load("cache_check").main(["--sets", "60x32x1.0", "--repeats", "2", "--output", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["images"] == 60 and row["side"] == 32 and row["cache_mb"] > 60 * 32 * 32 * 3 / 1e6
+    assert len(row["build_s"]) == len(row["check_from_disk_s"]) == 2 and all(s > 0 for s in row["check_in_memory_s"])
+    assert row["checksum_gb_per_s"]["xxh3_64 (xxhash, chosen)"] > 0
+    assert "of the build" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_pipeline_bench_repeats_and_reports_median_and_spread(tmp_path, capsys):
     out = tmp_path / "pipeline.json"

@@ -19,7 +19,7 @@ from conftest import REPO, tiny_config
 import train
 from facemask.config.schema import ConfigError, ModelConfig
 from facemask.data.inspection import inspect_splits
-from facemask.data.storage import remove_stale_partials
+from facemask.data.storage import read_checked, remove_stale_partials
 from facemask.data.synthetic import stored_synthetic_dataset, synthetic_dataset
 from facemask.pipeline.cache import CacheSpec, build_or_load
 from facemask.pipeline.processor import load_image_processor
@@ -42,7 +42,26 @@ def _pixels(cached):
     return cached.__getitems__(list(range(len(cached))))["pixels"].numpy()
 
 
-@pytest.mark.parametrize("damage", ["cut short", "rows in the record", "record cut short"])
+def _zero_block(path, at):
+    """4 KiB at `at` (a fraction of the file) overwritten with zeros, as a crash leaves blocks never
+    written: the file keeps its size."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    before = bytes(data)
+    data[start:start + 4096] = bytes(len(data[start:start + 4096]))
+    assert bytes(data) != before and len(data) == len(before)
+    path.write_bytes(bytes(data))
+
+
+def _flip_bits(path, at):
+    """Three bits flipped in one byte at `at` (a fraction of the file); the size unchanged."""
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0b10100100
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "rows in the record", "record cut short", "zeroed block",
+                                    "flipped bits", "zeroed block and flipped bits"])
 def test_a_damaged_preprocessing_cache_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
     ds = synthetic_dataset(24, 40, 3).cast_column("image", datasets.Image(decode=False))
     first, report = _cache(ds, tmp_path)
@@ -58,8 +77,15 @@ def test_a_damaged_preprocessing_cache_is_rebuilt_with_a_warning(tmp_path, caplo
     elif damage == "rows in the record":
         record["files"][name]["rows"] += 1
         record_path.write_text(json.dumps(record))
-    else:
+    elif damage == "record cut short":
         record_path.write_text(record_path.read_text()[:40])
+    else:  # the content damaged at the right size: the pixels, where nothing else would notice
+        size = (folder / name).stat().st_size
+        if "zeroed" in damage:
+            _zero_block(folder / name, 0.4)
+        if "flipped" in damage:
+            _flip_bits(folder / name, 0.7)
+        assert (folder / name).stat().st_size == size
     with caplog.at_level(logging.WARNING, logger="facemask"):
         again, report = _cache(ds, tmp_path)
     assert f"{folder} is damaged" in caplog.text and "rebuilding" in caplog.text
@@ -67,29 +93,76 @@ def test_a_damaged_preprocessing_cache_is_rebuilt_with_a_warning(tmp_path, caplo
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_damaged_kept_inspections_are_redone(synth_folder, tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["cut short", "a digit changed"])
+def test_damaged_kept_inspections_are_redone(synth_folder, tmp_path, caplog, damage):
     ds = datasets.load_dataset("imagefolder", data_dir=str(synth_folder), split="train")
     ds = ds.cast_column("image", datasets.Image(decode=False))
     first = inspect_splits({"train": ds}, "image", 8, 32, str(tmp_path))["train"]
     [kept] = tmp_path.glob("audit-*.json")
-    kept.write_text(kept.read_text()[: len(kept.read_text()) // 2])
+    text = kept.read_text()
+    if damage == "cut short":
+        kept.write_text(text[: len(text) // 2])
+    else:  # one flipped bit turns a digit of a sharpness into another: still valid JSON, of the same size
+        at = text.index('"sharpness": ') + len('"sharpness": ')
+        kept.write_text(text[:at] + chr(ord(text[at]) ^ 1) + text[at + 1:])
     with caplog.at_level(logging.WARNING, logger="facemask"):
         again = inspect_splits({"train": ds}, "image", 8, 32, str(tmp_path))["train"]
     assert f"{kept} is damaged" in caplog.text
-    assert [f.sha256 for f in again] == [f.sha256 for f in first]
-    assert len(json.loads(kept.read_text())) == len(ds)  # kept again, whole
+    assert [(f.sha256, f.sharpness) for f in again] == [(f.sha256, f.sharpness) for f in first]
+    assert len(json.loads(read_checked(kept))) == len(ds)  # kept again, whole
 
 
-def test_a_damaged_drawn_set_is_drawn_again(tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["cut short", "zeroed block", "flipped bits"])
+def test_a_damaged_drawn_set_is_drawn_again(tmp_path, caplog, damage):
     first = stored_synthetic_dataset(30, 32, 5, tmp_path)
     [folder] = [p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]
     for arrow in folder.glob("*.arrow"):
-        arrow.write_bytes(arrow.read_bytes()[:200])
+        if damage == "cut short":
+            arrow.write_bytes(arrow.read_bytes()[:200])
+        elif damage == "zeroed block":
+            _zero_block(arrow, 0.5)  # inside an image's PNG bytes
+        else:
+            _flip_bits(arrow, 0.5)
     with caplog.at_level(logging.WARNING, logger="facemask"):
         again = stored_synthetic_dataset(30, 32, 5, tmp_path)
     assert f"{folder} is damaged" in caplog.text
-    assert again["label"] == first["label"]
-    assert len(datasets.load_from_disk(str(folder))) == 30  # stored again, whole
+    fresh = synthetic_dataset(30, 32, 5)
+    assert again["label"] == first["label"] == fresh["label"]
+    stored = datasets.load_from_disk(str(folder))  # stored again, whole: the images a fresh draw makes
+    images = [stored.cast_column("image", datasets.Image(decode=False))["image"],
+              fresh.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert [item["bytes"] for item in images[0]] == [item["bytes"] for item in images[1]]
+
+
+def test_what_is_kept_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
+    """fsync of the written file (and of a folder's files and the folder) before the rename, and of
+    the parent folder after it: a crash then leaves the old entry or the whole new one."""
+    import facemask.data.storage as storage
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", str(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    monkeypatch.setattr(storage.os, "replace", replace)
+    final = tmp_path / "kept.json"
+    with storage.staged(final) as partial:
+        partial.write_text("{}")
+        written = str(partial)
+    assert events == [("fsync", written), ("rename", str(final)), ("fsync", str(tmp_path))]
+    events.clear()
+    with storage.staged(tmp_path / "kept", folder=True) as partial:
+        (partial / "part.arrow").write_bytes(b"1")
+        written = str(partial)
+    assert events == [("fsync", f"{written}/part.arrow"), ("fsync", written),
+                      ("rename", str(tmp_path / "kept")), ("fsync", str(tmp_path))]
 
 
 def _dead_pid():
@@ -275,3 +348,36 @@ def test_public_text_names_whole_folders_only_in_either_spelling():
     assert public_text("/data/a.jpg and /mnt/data/b.jpg", folders) == "data/a.jpg and /mnt/data/b.jpg"
     assert public_text('{"file": "/srv/jos\\u00e9/masks/c.jpg"}', folders) == '{"file": "masks/c.jpg"}'
     assert public_text("from /srv/jos\u00e9/masks.", folders) == "from masks."
+
+
+def test_a_run_set_up_reads_each_image_once_for_its_digests(tmp_path, monkeypatch):
+    """The audit's key, the preprocessing caches' keys and run_info.json's fingerprint all come from
+    one read of each image (data preparation's digests), and they are the digests of the splits."""
+    import facemask.data.storage as storage
+    from facemask.config.loading import load_config
+    from facemask.training.provenance import run_info
+    from facemask.training.setup import RunSetup
+
+    rows_read = []
+    reader = storage.stored_images
+
+    def counted(ds, image_column):
+        for chunk in reader(ds, image_column):
+            rows_read.append(len(chunk))
+            yield chunk
+
+    data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
+            "validation_split": 0.2, "preprocess_dir": str(tmp_path / "cache")}
+    cfg = load_config(str(tiny_config(tmp_path, data=data)))
+    run = RunSetup.start(cfg)
+    monkeypatch.setattr(storage, "stored_images", counted)
+    prepared = run.load_data()
+    info = run_info([], prepared.data, run.args, cfg)
+    run.build()
+    monkeypatch.setattr(storage, "stored_images", reader)
+    assert sum(rows_read) == 60
+    splits = prepared.data.splits
+    assert set(splits) == {"train", "validation", "test"} and len(run.pipeline.cache_reports) == 3
+    assert sum(len(ds) for ds in splits.values()) == info["data_fingerprint"]["images"] == 60
+    for split, ds in splits.items():  # the carried digests are those of the carved splits
+        assert prepared.data.digests[split] == storage.images_digest(ds, "image")

@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from facemask.data.storage import (Damaged, cache_root, die_with_parent, discard, first_line, images_digest, mark_used,
-                                   staged)
+                                   read_checked, staged, write_checked)
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
-INSPECTION_VERSION = 2
+INSPECTION_VERSION = 3  # 3: the kept file starts with its checksum (storage.write_checked)
 
 
 @dataclass
@@ -168,21 +168,23 @@ def _from_json(record: Dict[str, Any]) -> Inspection:
 
 
 def saved_inspections_path(ds: datasets.Dataset, image_column: str, min_side: int, image_side: int,
-                           preprocess_dir: Optional[str]) -> Path:
-    """Where a split's inspections are kept: named by its images and what the inspection depends on."""
+                           preprocess_dir: Optional[str], digest: Optional[str] = None) -> Path:
+    """Where a split's inspections are kept: named by its images (`digest`, the split's images
+    digest where the caller has it) and what the inspection depends on."""
     import imagehash
     import PIL
 
-    payload = json.dumps({"images": images_digest(ds, image_column), "min_side": min_side, "image_side": image_side,
+    images = digest if digest is not None else images_digest(ds, image_column)
+    payload = json.dumps({"images": images, "min_side": min_side, "image_side": image_side,
                           "hash_size": HASH_SIZE, "pillow": PIL.__version__, "imagehash": imagehash.__version__,
                           "max_pixels": Image.MAX_IMAGE_PIXELS, "version": INSPECTION_VERSION}, sort_keys=True)
     return cache_root(preprocess_dir) / f"audit-{hashlib.sha256(payload.encode()).hexdigest()[:24]}.json"
 
 
 def _read_saved(path: Path, images: int) -> List[Inspection]:
-    """Kept inspections, checked: one per image of the split, each readable."""
+    """Kept inspections, checked: unchanged since written, one per image of the split, each readable."""
     try:
-        found = [_from_json(r) for r in json.loads(path.read_text(encoding="utf-8"))]
+        found = [_from_json(r) for r in json.loads(read_checked(path))]
     except (OSError, ValueError, KeyError, TypeError) as err:  # a file cut short is not valid JSON
         raise Damaged(first_line(err)) from None
     if len(found) != images:
@@ -191,10 +193,13 @@ def _read_saved(path: Path, images: int) -> List[Inspection]:
 
 
 def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_side: int, image_side: int,
-                   preprocess_dir: Optional[str] = None) -> Dict[str, List[Inspection]]:
-    """Each split's inspections, in row order: read back where kept, else computed and kept."""
+                   preprocess_dir: Optional[str] = None,
+                   digests: Optional[Dict[str, str]] = None) -> Dict[str, List[Inspection]]:
+    """Each split's inspections, in row order: read back where kept, else computed and kept.
+    `digests`: each split's images digest, where the caller has them."""
     splits = {name: ds.cast_column(image_column, datasets.Image(decode=False)) for name, ds in splits.items()}
-    saved = {name: saved_inspections_path(ds, image_column, min_side, image_side, preprocess_dir)
+    saved = {name: saved_inspections_path(ds, image_column, min_side, image_side, preprocess_dir,
+                                          (digests or {}).get(name))
              for name, ds in splits.items()}
     inspections = {}
     for name, path in saved.items():
@@ -211,7 +216,7 @@ def inspect_splits(splits: Dict[str, datasets.Dataset], image_column: str, min_s
             try:
                 saved[name].parent.mkdir(parents=True, exist_ok=True)
                 with staged(saved[name]) as partial:
-                    partial.write_text(json.dumps([_to_json(f) for f in found]), encoding="utf-8")
+                    write_checked(partial, json.dumps([_to_json(f) for f in found]).encode("utf-8"))
             except OSError:
                 pass  # a read-only cache folder costs the next run a re-inspection, nothing else
     return inspections

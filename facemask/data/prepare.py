@@ -22,6 +22,7 @@ from facemask.data.inspection import inspect_splits
 from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, load_sources
 from facemask.data.splits import achieved, carve, folds, leaked_copies, within
+from facemask.data.storage import combined_digest, image_digests
 
 logger = logging.getLogger("facemask")
 
@@ -94,14 +95,20 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
     label_ids = np.concatenate([np.asarray(ds[given.label_column], dtype=np.int64) for ds in given.splits.values()])
     split_of = [name for name, ds in given.splits.items() for _ in range(len(ds))]
     members = {name: list(range(offsets[name], offsets[name] + len(ds))) for name, ds in given.splits.items()}
+    # Each image read once for its digest: the inspections' key, the carved splits' digests (the
+    # cache key, run_info.json) are made from these.
+    per_image = {name: image_digests(ds, given.image_column) for name, ds in given.splits.items()}
+    given.digests = {name: combined_digest(found) for name, found in per_image.items()}
+    per_image = np.concatenate(list(per_image.values()))
 
     if not cfg.audit:
         logger.warning("data.audit is false: held-out splits are carved without duplicate groups, and copies "
                        "across splits are neither found nor removed")
         carved = _carve_missing(members, label_ids.tolist(), [], cfg, seed)
-        return Prepared(_select(given, members, split_of, offsets, cfg, seed, carved)[0])
+        return Prepared(_select(given, members, split_of, offsets, cfg, seed, carved, per_image)[0])
 
-    inspections = inspect_splits(given.splits, given.image_column, cfg.min_image_side, image_side, cfg.preprocess_dir)
+    inspections = inspect_splits(given.splits, given.image_column, cfg.min_image_side, image_side, cfg.preprocess_dir,
+                                 given.digests)
     records = image_records(given, inspections)
     exact, near = duplicate_pairs(records, cfg.near_duplicate_distance)
     pairs = [(p["i"], p["j"]) for p in exact + near]
@@ -114,7 +121,7 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
             raise ConfigError(f"{given.source}: every image of the {name} split is unusable or a copy of an "
                               "evaluation image (see data_audit.json)")
     carved = _carve_missing(members, label_ids.tolist(), pairs, cfg, seed)
-    data, members = _select(given, members, split_of, offsets, cfg, seed, carved)
+    data, members = _select(given, members, split_of, offsets, cfg, seed, carved, per_image)
 
     usable = [r["inspection"] for r in records
               if r["inspection"].status == "ok" and r["split"] in audit.SOURCE_SPLITS]
@@ -133,7 +140,8 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
 
 
 def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[str], offsets: Dict[str, int],
-            cfg: DataConfig, seed: int, carved: Dict[str, Any]) -> tuple[PreparedData, Dict[str, List[int]]]:
+            cfg: DataConfig, seed: int, carved: Dict[str, Any],
+            per_image: np.ndarray) -> tuple[PreparedData, Dict[str, List[int]]]:
     members["train"] = _subsample(members["train"], cfg.max_train_samples, seed)
     evaluated = [name for name in ("validation", "test", *cfg.extra_test) if name in members]
     for name in evaluated:
@@ -156,6 +164,7 @@ def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[s
     # A split carved out of another keeps that one's source (none of its own when out of train).
     came_from = {name: split_of[ks[0]] for name, ks in ordered.items() if ks}
     own = {name: given.split_sources[src] for name, src in came_from.items() if src in given.split_sources}
+    digests = {name: combined_digest(per_image[np.asarray(ks, dtype=np.int64)]) for name, ks in ordered.items()}
     data = PreparedData(datasets.DatasetDict(splits), given.labels, given.image_column, given.label_column,
-                        given.source, given.extra_sources, own)
+                        given.source, given.extra_sources, split_sources=own, digests=digests)
     return data, ordered

@@ -31,6 +31,18 @@ class PreparedData:
     # data.extra_test): {split: {"type": "imagefolder" or the Hub id, "name": a public name}}. The
     # other splits are the training source's (its own splits, or carved out of train).
     split_sources: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    # {split: its images digest}, computed once by data preparation from one read of each image:
+    # the preprocessing cache's key and run_info.json reuse it (see `images_digest`).
+    digests: Dict[str, str] = field(default_factory=dict)
+
+    def images_digest(self, split: str) -> str:
+        """The split's images digest (storage.images_digest): the one data preparation computed,
+        else read now."""
+        if split not in self.digests:
+            from facemask.data.storage import images_digest
+
+            self.digests[split] = images_digest(self.splits[split], self.image_column)
+        return self.digests[split]
 
     @property
     def id2label(self) -> Dict[int, str]:

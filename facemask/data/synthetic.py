@@ -329,28 +329,37 @@ def _encoded_samples(seed: int, start: int, stop: int, size: int, style: str = "
     return out
 
 
+# Beside a kept drawn set: {file: XXH3-64 checksum} of the files datasets wrote.
+CHECKSUMS = "checksums.json"
+
+
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
                              style: str = "studio") -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
-    a second run, or the other processes of a distributed one, load it instead of drawing again."""
-    from facemask.data.storage import discard, first_line, mark_used, staged
+    a second run, or the other processes of a distributed one, load it instead of drawing again.
+    Its files' checksums are kept beside them (checksums.json) and compared on every load."""
+    import json
+
+    from facemask.data.storage import Damaged, check_checksums, checksums, discard, first_line, mark_used, staged
 
     styled = "" if style == "studio" else f"-{style}"
     folder = root / f"synthetic-{num_images}x{size}px-seed{seed}{styled}-{generator_digest()}"
     if folder.is_dir():
         try:
+            check_checksums(folder, json.loads((folder / CHECKSUMS).read_text(encoding="utf-8")))
             kept = datasets.load_from_disk(str(folder))
             if len(kept) != num_images:
                 raise ValueError(f"it holds {len(kept)} images, not {num_images}")
             kept.with_format("arrow")[len(kept) - 1]  # reads through to the last row
             mark_used(folder / "dataset_info.json")
             return kept
-        except (OSError, ValueError, FileNotFoundError) as err:  # pyarrow's errors are OSError / ValueError
-            discard(folder, first_line(err))
+        except (OSError, ValueError, Damaged) as err:  # pyarrow's errors are OSError / ValueError
+            discard(folder, first_line(err) if not isinstance(err, Damaged) else str(err))
     ds = synthetic_dataset(num_images, size, seed, style)
     try:
         with staged(folder) as staging:
             ds.save_to_disk(str(staging))
+            (staging / CHECKSUMS).write_text(json.dumps(checksums(staging)), encoding="utf-8")
     except OSError:
         pass  # another process stored it first, or the folder is read-only: the drawn set serves
     return ds

@@ -31,14 +31,15 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import (Damaged, die_with_parent, discard, first_line, images_digest, mark_used,
-                                   require_space, staged)
+from facemask.data.storage import (Damaged, check_checksums, checksum, die_with_parent, discard, first_line,
+                                   images_digest, mark_used, require_space, staged)
 from facemask.pipeline.geometry import region_pixels
 
 logger = logging.getLogger("facemask")
 
 # Bump when the stored representation changes, so old caches are never read as new ones.
-CACHE_VERSION = 3  # 3: cache.json records each file's bytes and rows, checked on every open
+# 3: cache.json records each file's bytes and rows, checked on every open; 4: and its checksum
+CACHE_VERSION = 4
 # Training images are stored at this multiple of the model's side: 256 px for a 224 px model.
 DEFAULT_SCALE = 8 / 7
 _MIN_IMAGES_PER_PROCESS = 500
@@ -77,9 +78,12 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec) -> str:
+def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec, digest: Optional[str] = None) -> str:
+    """The cache's name: `digest` is the split's images digest where data preparation computed it
+    (PreparedData.images_digest), else it is computed here."""
+    images = digest if digest is not None else images_digest(ds, image_column)
     payload = json.dumps({"version": CACHE_VERSION, "spec": spec.__dict__, "pillow": PIL.__version__,
-                          "images": images_digest(ds, image_column), "count": len(ds)}, sort_keys=True)
+                          "images": images, "count": len(ds)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -204,9 +208,11 @@ def default_num_proc(num_images: int) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(num_images / _MIN_IMAGES_PER_PROCESS)))
 
 
-def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
-    """The cache as its record (cache.json) describes it; Damaged when a file's size or rows differ
-    from the record (a copy cut short, a full disk) or a file cannot be read at all."""
+def _load(folder: Path, spec: CacheSpec, labels: np.ndarray, verify: bool = True) -> CachedImages:
+    """The cache as its record (cache.json) describes it; Damaged when a file's size, rows or
+    checksum differ from the record (a copy cut short, a full disk, blocks zeroed by a crash, flipped
+    bits) or a file cannot be read at all. The checksum reads every byte once per open (~0.2 s a
+    GB where the file is in memory, as it then is for the first epoch; bench/cache_check.py)."""
     try:
         record = json.loads((folder / "cache.json").read_text(encoding="utf-8"))
         parts = []
@@ -214,6 +220,8 @@ def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
             size = (folder / name).stat().st_size
             if size != expected["bytes"]:
                 raise Damaged(f"{name} holds {size} bytes, its record says {expected['bytes']}")
+            if verify:
+                check_checksums(folder, {name: expected["xxh3_64"]})
             part = datasets.Dataset.from_file(str(folder / name))
             if len(part) != expected["rows"]:
                 raise Damaged(f"{name} holds {len(part)} images, its record says {expected['rows']}")
@@ -233,10 +241,12 @@ def _load(folder: Path, spec: CacheSpec, labels: np.ndarray) -> CachedImages:
 
 
 def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_column: str, spec: CacheSpec,
-                  processor: Any, root: Path, num_proc: Optional[int] = None) -> tuple[CachedImages, CacheReport]:
-    """The split's cache, built on first use (in `num_proc` processes) and reused after that."""
+                  processor: Any, root: Path, num_proc: Optional[int] = None,
+                  digest: Optional[str] = None) -> tuple[CachedImages, CacheReport]:
+    """The split's cache, built on first use (in `num_proc` processes) and reused after that;
+    `digest`: the split's images digest, where the caller has it (see `cache_key`)."""
     start = time.perf_counter()
-    key = cache_key(ds, image_column, spec)
+    key = cache_key(ds, image_column, spec, digest)
     folder = root / f"{spec.mode}-{spec.side}px-{key}"
     labels = ds.select_columns([label_column]).with_format("numpy")[label_column]
     if folder.exists() and not (folder / "cache.json").is_file():
@@ -270,10 +280,11 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
         files = {}
         for name in sorted(Path(f["filename"]).name for f in built.cache_files):
             rows = len(datasets.Dataset.from_file(str(staging / name)))
-            files[name] = {"bytes": (staging / name).stat().st_size, "rows": rows}
+            files[name] = {"bytes": (staging / name).stat().st_size, "rows": rows,
+                           "xxh3_64": checksum(staging / name)}
         del built
         record = {"version": CACHE_VERSION, "spec": spec.__dict__, "images": len(ds), "files": files,
                   "seconds": round(time.perf_counter() - start, 2), "processes": num_proc}
         (staging / "cache.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    cached = _load(folder, spec, labels)
+    cached = _load(folder, spec, labels, verify=False)  # its checksums were just taken from these bytes
     return cached, CacheReport(split, str(folder), len(cached), False, time.perf_counter() - start, num_proc)

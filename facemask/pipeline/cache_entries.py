@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from facemask.data.storage import human_bytes, remove, remove_stale_partials
+from facemask.data.storage import Damaged, human_bytes, read_checked, remove, remove_stale_partials
 
 KINDS = {
     re.compile(r"^(train|eval)-(\d+)px-[0-9a-f]{24}$"): "preprocessing cache",
@@ -51,11 +51,11 @@ def _describe(path: Path, kind: str) -> Entry:
             marker = path / "cache.json"
             images = json.loads(marker.read_text(encoding="utf-8")).get("images")
         elif kind == "audit inspections":
-            images = len(json.loads(path.read_text(encoding="utf-8")))
+            images = len(json.loads(read_checked(path)))
         elif kind == "drawn set":
             marker = path / "dataset_info.json"
             images = int(re.match(r"^synthetic-(\d+)x", path.name).group(1))
-    except (OSError, ValueError):
+    except (OSError, ValueError, Damaged):
         pass  # damaged or half-gone: listed all the same, and a run rebuilds it
     last_used = (marker if marker.exists() else path).stat().st_mtime
     return Entry(path, kind, _size(path), images, last_used)

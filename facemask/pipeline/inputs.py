@@ -70,7 +70,7 @@ def cached_inputs(data: PreparedData, processor: Any, cfg: ExperimentConfig,
         waiting = machine_by_machine(args) if args is not None else nullcontext()
         with waiting:
             splits[split], report = build_or_load(ds, split, data.image_column, data.label_column, spec, processor,
-                                                  root, d.preprocess_num_proc)
+                                                  root, d.preprocess_num_proc, data.images_digest(split))
         logger.info(report.describe())
         reports.append(report)
     transform = BatchTransform(processor, d, processor_image_size(processor), clock)

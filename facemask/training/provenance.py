@@ -38,10 +38,8 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     """One fingerprint of the images the run read, split by split: the same digest the
     preprocessing cache and the audit are keyed by (bytes, or path, size, mtime and ctime), plus
     where they came from (Hub id and revision, folders, or the generator)."""
-    from facemask.data.storage import images_digest
-
     d = cfg.data
-    per_split = {split: images_digest(ds, data.image_column) for split, ds in data.splits.items()}
+    per_split = {split: data.images_digest(split) for split in data.splits}
     combined = hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()
     record: Dict[str, Any] = {"images_sha256": combined, "images": sum(len(ds) for ds in data.splits.values())}
     if d.synthetic:
