@@ -109,11 +109,14 @@ def test_sigkill_while_caching_leaves_no_worker_and_no_lock(tmp_path):
     _kill_with_workers_and_take_the_folder(proc, tmp_path / "out", log, "cache build")
 
 
-def test_a_lock_held_by_what_a_dead_run_left_names_them_not_the_dead_run(tmp_path):
+@pytest.mark.parametrize("recorded", ["dead", "reused"])
+def test_a_lock_held_by_what_a_dead_run_left_names_them_not_the_dead_run(tmp_path, recorded):
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    # The run the record names is gone; its PID may since belong to an unrelated live process.
+    dead = str(os.getppid()) if recorded == "reused" else subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    state = "whose PID now belongs to another process" if recorded == "reused" else "which is no longer running"
     record = {"host": socket.gethostname(), "pid": int(dead), "started": "2026-12-01T10:00:00+00:00",
               "command": "train.py killed.yaml"}
     # What an earlier version's orphaned worker did: hold the flock of a run that is gone.
@@ -129,7 +132,7 @@ def test_a_lock_held_by_what_a_dead_run_left_names_them_not_the_dead_run(tmp_pat
         with pytest.raises(ConfigError) as refused:
             train.main([str(tiny_config(tmp_path)), "--overwrite"])
         message = str(refused.value)
-        assert f"not by the run its lock file names (process {dead}, which is no longer running)" in message
+        assert f"not by the run its lock file names (process {dead}, {state})" in message
         assert f"PIDs: {orphan.pid}" in message and "in use by another run" not in message
     finally:
         orphan.kill()

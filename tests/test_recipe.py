@@ -173,6 +173,26 @@ def test_weight_average_update_warmup_and_swap():
     assert model.weight.tolist() == [[3.0, 3.0]]
 
 
+def test_the_average_follows_parameters_replaced_after_set_up(tmp_path):
+    # What the Trainer does when it places the model on its device only at train() (fp16_full_eval),
+    # or any move that gives parameters new storage: the average must follow the weights that train.
+    from facemask.training.setup import RunSetup
+
+    cfg = load_config(tiny_config(tmp_path, recipe={"ema_decay": 0.5, "ema_warmup": False},
+                                  training={"learning_rate": 0.05}))
+    run = RunSetup.start(cfg)
+    run.load_data()
+    trainer = run.build()
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model._apply(lambda t: t.clone())
+    trainer.train()
+    average = trainer.ema.shadow
+    moved = [k for k in average if not torch.equal(average[k], start[k])]
+    assert len(moved) == len(average), f"{len(average) - len(moved)} averaged tensors never moved"
+    final = dict(trainer.model.named_parameters())
+    assert all(torch.equal(average[k], final[k]) for k in average)  # train() put the average in the model
+
+
 def test_balanced_sampler_draws_classes_evenly_and_by_epoch():
     labels = [0] * 10 + [1] * 90
     sampler = BalancedSampler(labels, seed=0)

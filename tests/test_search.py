@@ -56,6 +56,16 @@ def test_search_writes_every_trial_and_a_runnable_best_config(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaced only the search's own files
 
 
+def test_a_search_of_ema_under_a_sharded_launch_is_refused_before_the_data(tmp_path, monkeypatch):
+    from facemask.training.search import run_search
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = search_config(tmp_path, {"recipe.ema_decay": {"choice": [None, 0.9]}})
+    with pytest.raises(ConfigError, match="varies 'recipe.ema_decay', which is not supported under FSDP"):
+        run_search(str(config), [], trials=2, output=str(tmp_path / "search"))
+    assert not (tmp_path / "search" / "trials").exists()
+
+
 def test_search_space_errors(tmp_path):
     with pytest.raises(ConfigError, match="only training"):
         parse_space({"data.train_dir": {"choice": ["a", "b"]}})

@@ -30,7 +30,7 @@ def read_predictions(run_dir: Path, prefix: str) -> Dict[str, Tuple[str, str]]:
     return found
 
 
-def images_digest_of(run_dir: Path, prefix: str) -> Optional[str]:
+def content_digest_of(run_dir: Path, prefix: str) -> Optional[str]:
     """The digest of the images a run's <prefix> predictions were made on (its intervals file, written
     with them), or None where it is not recorded (older runs, data.audit=false)."""
     path = run_folder.INTERVALS.path(run_dir, prefix)
@@ -44,7 +44,7 @@ def paired_names(a: Path, b: Path, prefix: str, rows_a: Dict[str, Any],
     wherever the data lies now (folds of a cross-validation share their test split). Digests that
     differ refuse, whatever the files are called. Without digests, rows pair by file name, and
     images held in memory (named by position) only when both runs read the same data with one seed."""
-    digest_a, digest_b = images_digest_of(a, prefix), images_digest_of(b, prefix)
+    digest_a, digest_b = content_digest_of(a, prefix), content_digest_of(b, prefix)
     if digest_a and digest_b:
         if digest_a != digest_b:
             raise ConfigError(f"the runs' {run_folder.split_name(prefix)} predictions are on different images: "

@@ -114,8 +114,12 @@ def check_carved_split(run_dir: Path, config: str, seed: int, split: str, found:
     model trained on. Runs from before the per-split digests are held to their seed and the split's
     size and class counts, with a warning that the images themselves were not checked."""
     info_path = RUN_INFO.path(run_dir)
+    if not info_path.is_file() and RUN_INFO.path(run_dir.parent).is_file() and run_dir.name.startswith("checkpoint-"):
+        run_dir, info_path = run_dir.parent, RUN_INFO.path(run_dir.parent)  # a checkpoint: its run's record
     if not info_path.is_file():
-        return  # a saved model, not a run: nothing recorded to hold the split to
+        logger.warning("%s records no run (no %s): the %s split %s carves is not checked against its training "
+                       "images", run_dir, info_path.name, split, config)
+        return
     info = read_json(info_path)
     recorded = (info.get("data") or {}).get("splits") or {}
     fix = f"evaluate it with the run's own config (--config {EXPERIMENT.path(run_dir)})"

@@ -63,7 +63,7 @@ class CacheSpec:
         fields = {k: _plain(getattr(processor, k, None)) for k in keys}
         if fields["do_center_crop"]:
             # Such caches hold the centre crop's region (training) and its size; older ones held the
-            # squashed image. Other processors' region is the whole image: their keys stay.
+            # squashed image. Other processors' region is the whole image, as before.
             fields["region"] = "centre crop"
         settings = json.dumps(fields, sort_keys=True)
         resample = int(getattr(processor, "resample", None) or Image.Resampling.BILINEAR)
@@ -88,12 +88,13 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec, digest: 
 
 
 def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_column: str, spec: CacheSpec,
-                  processor: Any, parent: int) -> Dict[str, Any]:
+                  processor: Any, parent: Optional[int] = None) -> Dict[str, Any]:
     """Each image as its stored square, and the size in the image's pixels of the region that
     square shows (what the random crops are drawn for)."""
     from facemask.pipeline.processor import input_region
 
-    die_with_parent(parent)
+    if parent is not None:
+        die_with_parent(parent)
     pixels, widths, heights = [], [], []
     for item, index in zip(batch[image_column], indices):
         try:
@@ -286,5 +287,6 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
         record = {"version": CACHE_VERSION, "spec": spec.__dict__, "images": len(ds), "files": files,
                   "seconds": round(time.perf_counter() - start, 2), "processes": num_proc}
         (staging / "cache.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    cached = _load(folder, spec, labels, verify=False)  # its checksums were just taken from these bytes
+    # Checked like any open: where another process's copy won the rename, this one is read (~1% of a build).
+    cached = _load(folder, spec, labels)
     return cached, CacheReport(split, str(folder), len(cached), False, time.perf_counter() - start, num_proc)

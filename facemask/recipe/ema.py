@@ -19,17 +19,27 @@ FILE = "ema.safetensors"
 
 
 class WeightAverage:
-    """The average of `model`'s trained parameters. The parameters are looked up once, here: the
-    per-step update is one fused lerp over lists built at set-up (moving a model to its device,
-    wrapping it for DDP or compiling it keeps its parameter objects; a search trial's new model
-    gets a new average)."""
+    """The average of `model`'s trained parameters. The per-step update is one fused lerp over
+    lists built at set-up, not a walk over the model every step. The lists hold the Parameter
+    objects themselves, which a move to another device or dtype keeps (it swaps their storage);
+    `attach` looks them up again for a model whose parameters were replaced (the Trainer calls it
+    when training begins)."""
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True, every: int = 1) -> None:
         self.decay, self.warmup, self.every = decay, warmup, every
         self.updates = 0
+        self.shadow: Dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in self._tracked(model)}
+        self.attach(model)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Average `model`'s parameters from here on (the same names), the average kept on their device."""
         tracked = list(self._tracked(model))
-        self.shadow: Dict[str, torch.Tensor] = {name: p.detach().clone() for name, p in tracked}
-        self._weights: List[torch.Tensor] = [p.detach() for _, p in tracked]
+        if sorted(name for name, _ in tracked) != sorted(self.shadow):
+            raise RuntimeError("the weight average was built for another model: its trained parameters differ")
+        for name, param in tracked:
+            if self.shadow[name].device != param.device or self.shadow[name].dtype != param.dtype:
+                self.shadow[name] = self.shadow[name].to(param.device, param.dtype)
+        self._weights: List[torch.Tensor] = [param for _, param in tracked]
         self._averages: List[torch.Tensor] = [self.shadow[name] for name, _ in tracked]
 
     @staticmethod

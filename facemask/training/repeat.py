@@ -151,7 +151,7 @@ def holdout_ratio(folders: List[Path]) -> float:
     a run does not say: folds of equal size)."""
     ratios = []
     for folder in folders:
-        splits = (read_run(folder).run_info or {}).get("data", {}).get("splits", {})
+        splits = ((read_run(folder).run_info or {}).get("data") or {}).get("splits") or {}
         train, validation = (splits.get(name, {}).get("num_images") for name in ("train", "validation"))
         if train and validation:
             ratios.append(validation / train)

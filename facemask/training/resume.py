@@ -207,13 +207,18 @@ class RunLock:
 
     def _in_use(self, holder: Dict[str, Any]) -> ConfigError:
         pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
-            # The recorded run is dead, yet someone holds the flock: processes it left behind
-            # (workers of a version that let them inherit the lock), or a run whose record is lost.
-            others = ", ".join(str(p) for p in _processes_holding(self.path)) or "unknown (not visible to this user)"
-            return ConfigError(f"{self.path.parent} is locked, but not by the run its lock file names (process {pid}, "
-                               f"which is no longer running): processes it left behind still hold {self.path} "
-                               f"(PIDs: {others}); end them, or choose another training.output_dir")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+            holders = _processes_holding(self.path)
+            dead = not pid_alive(pid)
+            if dead or (holders and pid not in holders):
+                # Someone holds the flock, but not the recorded run (dead, or its PID reused by a process
+                # that does not have the file open): processes it left behind (workers of a version
+                # that let them inherit the lock), or a run whose record is lost.
+                others = ", ".join(map(str, holders)) or "unknown (not visible to this user)"
+                state = "which is no longer running" if dead else "whose PID now belongs to another process"
+                return ConfigError(f"{self.path.parent} is locked, but not by the run its lock file names (process "
+                                   f"{pid}, {state}): processes it left behind still hold {self.path} (PIDs: "
+                                   f"{others}); end them, or choose another training.output_dir")
         return ConfigError(f"{self.path.parent} is in use by another run ({_describe(holder)}): wait for it to end, "
                            "or choose another training.output_dir")
 

@@ -151,7 +151,7 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
     from facemask.recipe.build import build_recipe
     from facemask.training.modeling import build_model
     from facemask.training.performance import uses_gpu
-    from facemask.training.setup import RunSetup
+    from facemask.training.setup import RunSetup, sharded
 
     cfg = load_config(config, overrides)
     space = parse_space(cfg.search.space)
@@ -166,6 +166,10 @@ def run_search(config: str, overrides: List[str], trials: int, output: Optional[
                       "load_best_model_at_end": False, "report_to": "none"}
     cfg.training = trial_training
     run = RunSetup.start(cfg)
+    ema_values = space.get("recipe.ema_decay", (None, []))[1]
+    if sharded(run.args) and any(value is not None for value in ema_values):
+        raise ConfigError("search.space varies 'recipe.ema_decay', which is not supported under FSDP or DeepSpeed "
+                          "(each process would average only its shard): remove it from the space, or launch with DDP")
     args = run.args
     data = run.load_data().data
     if "validation" not in data.splits:

@@ -248,6 +248,10 @@ class _UpdateAverage(TrainerCallback):
             ema = trainer.recipe.ema
             trainer.ema = WeightAverage(trainer.accelerator.unwrap_model(trainer.model), **ema) if ema else None
             trainer._fresh_average = False
+        elif trainer.ema is not None:
+            # The Trainer may have replaced the parameters since set-up (a model placed on its device
+            # only now, with fp16_full_eval): the average follows the ones that train.
+            trainer.ema.attach(trainer.accelerator.unwrap_model(trainer.model))
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if self.trainer.ema is not None:
