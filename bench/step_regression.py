@@ -10,6 +10,10 @@ folder. One warm-up run per commit (drawing and caches, not counted), then the c
 `train_runtime` (the Trainer's measured loop, what #33 calls the training step), the wall time of
 the whole command, and test accuracy; then the ratio now / base of each pair, median and range.
 A ratio above 1 is a slowdown. Speed is never compared with a figure from another day or machine.
+
+A package the earlier commit pins that this environment lacks (324c607 imported `evaluate`) is
+installed without its dependencies into a temporary folder on that commit's PYTHONPATH only;
+every other package is the same for both.
 """
 
 from __future__ import annotations
@@ -27,9 +31,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(checkout: Path, out: Path, epochs: int, cache: Path, overrides: list) -> dict:
+def missing_pins(checkout: Path) -> list:
+    """`name==version` lines of the checkout's requirements.txt whose package is not installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing = []
+    for line in (checkout / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            try:
+                version(line.split("==")[0])
+            except PackageNotFoundError:
+                missing.append(line)
+    return missing
+
+
+def run(checkout: Path, out: Path, epochs: int, cache: Path, overrides: list, extra_path: str = "") -> dict:
     start = time.perf_counter()
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "train.py", "configs/quickstart.yaml", f"training.output_dir={out}",
                            f"training.num_train_epochs={epochs}", "training.learning_rate=2e-3", *overrides],
                           cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -56,14 +77,29 @@ def main(argv: list | None = None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, check=True,
                        capture_output=True)
         try:
+            extra = {}
+            missing = missing_pins(base)
+            if missing:
+                # What pip would add to this environment for them (their own missing dependencies too),
+                # installed aside: nothing this environment has is shadowed.
+                resolved = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "-q", "--report", "-",
+                                         *missing], check=True, capture_output=True, text=True).stdout
+                needed = [f"{i['metadata']['name']}=={i['metadata']['version']}"
+                          for i in json.loads(resolved)["install"]]
+                site = tmp_path / "base-site"
+                subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                                *needed], check=True, capture_output=True)
+                extra[args.base] = str(site)
+                print(f"{args.base} needs {', '.join(needed)}: installed for it alone", flush=True)
             checkouts = {args.base: base, f"now ({head})": REPO}
             for name, checkout in checkouts.items():  # drawing, audit and caches, not timed
-                run(checkout, tmp_path / f"warm-{name[:3]}", args.epochs, tmp_path / f"cache-{name[:3]}", args.set)
+                run(checkout, tmp_path / f"warm-{name[:3]}", args.epochs, tmp_path / f"cache-{name[:3]}", args.set,
+                    extra.get(name, ""))
             rows = []
             for i in range(args.repeats):
                 for name, checkout in checkouts.items():
                     row = run(checkout, tmp_path / f"{name[:3]}-{i}", args.epochs, tmp_path / f"cache-{name[:3]}",
-                              args.set)
+                              args.set, extra.get(name, ""))
                     rows.append({"commit": name, "repeat": i, **row})
                     print(f"{name:<16} run {i}: train_runtime {row['train_runtime']:6.1f} s  wall {row['wall']:6.1f} s"
                           f"  test accuracy {row['test_accuracy']:.4f}", flush=True)
