@@ -166,5 +166,5 @@ def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[s
     own = {name: given.split_sources[src] for name, src in came_from.items() if src in given.split_sources}
     digests = {name: combined_digest(per_image[np.asarray(ks, dtype=np.int64)]) for name, ks in ordered.items()}
     data = PreparedData(datasets.DatasetDict(splits), given.labels, given.image_column, given.label_column,
-                        given.source, given.extra_sources, split_sources=own, digests=digests)
+                        given.source, split_sources=own, digests=digests)
     return data, ordered

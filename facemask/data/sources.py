@@ -25,8 +25,6 @@ class PreparedData:
     image_column: str
     label_column: str
     source: str
-    # data.extra_test's splits: {NAME: the set's public name (a folder's name or a Hub id)}.
-    extra_sources: Dict[str, str] = field(default_factory=dict)
     # The splits whose images come from a source of their own (data.validation_dir, data.test_dir,
     # data.extra_test): {split: {"type": "imagefolder" or the Hub id, "name": a public name}}. The
     # other splits are the training source's (its own splits, or carved out of train).
@@ -43,6 +41,12 @@ class PreparedData:
 
             self.digests[split] = images_digest(self.splits[split], self.image_column)
         return self.digests[split]
+
+    @property
+    def extra_sources(self) -> Dict[str, str]:
+        """data.extra_test's splits: {NAME: the set's public name (a folder's name or a Hub id)}."""
+        own = ("train", "validation", "test")
+        return {split: record["name"] for split, record in self.split_sources.items() if split not in own}
 
     @property
     def id2label(self) -> Dict[int, str]:
@@ -241,7 +245,7 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
                for name in ("train", "validation", "test") if name in splits}
     ordered.update({name: ds.cast_column(cfg.image_column, undecoded) for name, ds in extra.items()})
     return PreparedData(datasets.DatasetDict(ordered), labels, cfg.image_column, cfg.label_column, source,
-                        {name: record["name"] for name, record in sources.items()}, {**own, **sources})
+                        {**own, **sources})
 
 
 def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:

@@ -69,13 +69,9 @@ def evaluate_teacher(run: RunSetup, pos_label: int, splits: List[str]) -> Dict[s
     args = copy.copy(run.args)
     args.eval_strategy, args.load_best_model_at_end, args.report_to = IntervalStrategy.NO, False, []
     judge = evaluation_trainer(teacher.model, teacher.processor, args, d.preprocess, pos_label)
-    results = {}
-    for split in splits:
-        view = eval_view(data.splits[split], f"{split}-teacher", data.image_column, data.label_column,
-                         teacher.processor, d.preprocess, d.preprocess_dir, d.preprocess_num_proc, run.args)
-        prefix = prefix_of(split)
-        metrics = judge.predict(view, metric_key_prefix=prefix).metrics
-        results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    results = _scores(judge, {split: eval_view(data.splits[split], f"{split}-teacher", data.image_column,
+                                               data.label_column, teacher.processor, d.preprocess, d.preprocess_dir,
+                                               d.preprocess_num_proc, run.args) for split in splits})
     as_used = teacher_as_used(run, args, pos_label, splits)
     k = cfg.recipe.distill
     cache = None
@@ -116,9 +112,14 @@ def teacher_as_used(run: RunSetup, args: Any, pos_label: int, splits: List[str])
     converts each batch (recipe/distill.py AsUsed)."""
     judge = evaluation_trainer(AsUsed(run.trainer.recipe.teacher), run.processor, args, run.cfg.data.preprocess,
                                pos_label)
+    return _scores(judge, {split: run.pipeline.splits[split] for split in splits})
+
+
+def _scores(judge: Any, views: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """{prefix: the metrics `judge` gives each split's view}, without the timings (machine noise)."""
     results = {}
-    for split in splits:
+    for split, view in views.items():
         prefix = prefix_of(split)
-        metrics = judge.predict(run.pipeline.splits[split], metric_key_prefix=prefix).metrics
+        metrics = judge.predict(view, metric_key_prefix=prefix).metrics
         results[prefix] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
     return results
