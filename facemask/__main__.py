@@ -444,11 +444,20 @@ def _add_search(commands: Any) -> None:
     search.set_defaults(func=command)
 
 
+def _add_explain(commands: Any) -> None:
+    from facemask.evaluation.explain import add_arguments, command  # no torch: explaining imports it
+
+    explain = commands.add_parser("explain", help="where in each image the model looks: an overlay per image and "
+                                                  "explanations.json; exit code 1 if any input was skipped")
+    add_arguments(explain)
+    explain.set_defaults(func=command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search, _add_repeat):
+                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain):
         add(commands)
     return parser
 

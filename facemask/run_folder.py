@@ -125,6 +125,9 @@ SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_C
 REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.json"
 # `python -m facemask detect`: the table of every face, in its output folder (default ./detections/).
 DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
+# `python -m facemask explain`: every image's map, in its output folder (default ./explanations/),
+# beside one overlay per image (output_name).
+EXPLANATIONS_JSON = "explanations.json"
 
 OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
@@ -140,6 +143,18 @@ SPLIT_OUTPUTS = [o for o in OUTPUTS if o.per_split]
 # Files only a run (train.py) writes: a folder holding one of them, or checkpoints, is a run folder.
 RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, RESULTS.path(Path(), "train").name, ALL_RESULTS.name, STATE.name,
                AUDIT_JSON.name)
+
+
+def output_name(path: Path, suffix: str, taken: set) -> str:
+    """A name in an output folder (detect's annotated copies, explain's overlays) for an input's
+    file that no other input of this run, and no file already there (unless --overwrite), has."""
+    stem, n = path.stem, 1
+    name = f"{stem}{suffix}"
+    while name.lower() in taken:
+        n += 1
+        name = f"{stem}-{n}{suffix}"
+    taken.add(name.lower())
+    return name
 
 
 def split_files(directory: Path, prefix: str) -> List[Path]:

@@ -20,7 +20,7 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import datasets
 import numpy as np
@@ -112,7 +112,8 @@ def _distinct(rng: random.Random, palette: List[Color], avoid: Color, jitter: in
     return color
 
 
-def _draw_mask(layer: Image.Image, rng: random.Random, face, skin: Color) -> None:
+def _draw_mask(layer: Image.Image, rng: random.Random, face, skin: Color) -> Image.Image:
+    """Draws the mask onto `layer`; returns the fabric's alpha (where the mask body is)."""
     cx, cy, fw, fh = face
     kind = rng.choice(["surgical", "cloth", "respirator"])
     # Fit: most masks cover the nose; some sit below it, which still counts as wearing one.
@@ -160,6 +161,7 @@ def _draw_mask(layer: Image.Image, rng: random.Random, face, skin: Color) -> Non
         draw.line([(cx + side * half, top + (bottom - top) * 0.2), (ex, ear_y)], fill=loop, width=lw)
         draw.line([(cx + side * half, bottom - (bottom - top) * 0.2), (ex, ear_y + fh * 0.05)], fill=loop, width=lw)
     layer.alpha_composite(fabric)
+    return fabric.getchannel("A")
 
 
 def _draw_hand(draw: ImageDraw.ImageDraw, rng: random.Random, face, skin: Color) -> None:
@@ -175,8 +177,12 @@ def _draw_hand(draw: ImageDraw.ImageDraw, rng: random.Random, face, skin: Color)
     draw.rectangle([hx - hw / 3, hy + hh * 0.8, hx + hw / 3, hy + hh * 2.5], fill=hand)
 
 
-def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "studio") -> Image.Image:
-    """One face on a background; `size` is the side of the returned square RGB image."""
+def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "studio",
+              regions: Optional[Dict[str, np.ndarray]] = None) -> Image.Image:
+    """One face on a background; `size` is the side of the returned square RGB image. A `regions`
+    dict is filled with where things were drawn, as size x size booleans: "face" (the head's
+    ellipse) and, on positives, "mask" (the mask's fabric; ear loops left out): what a model
+    should look at, for checking explanation maps. The drawing is the same with or without it."""
     street = style == "street"
     scale = 2  # drawn at twice the size and downsampled, for smooth edges
     big = size * scale
@@ -255,15 +261,22 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "s
                                                   fill=scarf + (255,))
             _pattern(rng, (cx - fw * 0.6, top, cx + fw * 0.6, top + fh * 0.4), scarf, scarf_layer)
             layer.alpha_composite(scarf_layer)
-    if wearing_mask:
-        _draw_mask(layer, rng, face, skin)
+    fabric = _draw_mask(layer, rng, face, skin) if wearing_mask else None
     if rng.random() < (0.2 if not wearing_mask else 0.04):
         _draw_hand(ImageDraw.Draw(layer), rng, face, skin)
 
     tilt = 18 if street else 8
-    layer = layer.rotate(rng.uniform(-tilt, tilt), resample=Image.BILINEAR, center=(cx, cy))
+    angle = rng.uniform(-tilt, tilt)
+    layer = layer.rotate(angle, resample=Image.BILINEAR, center=(cx, cy))
     img.paste(layer, (0, 0), layer)
     img = img.resize((size, size), Image.LANCZOS)
+    if regions is not None:
+        head = Image.new("L", (big, big), 0)
+        ImageDraw.Draw(head).ellipse([cx - fw / 2, cy - fh / 2, cx + fw / 2, cy + fh / 2], fill=255)
+        drawn = {"face": head, **({"mask": fabric} if fabric is not None else {})}
+        for name, alpha in drawn.items():
+            placed = alpha.rotate(angle, resample=Image.BILINEAR, center=(cx, cy)).resize((size, size), Image.BILINEAR)
+            regions[name] = np.asarray(placed) >= 128
 
     # Lighting: global exposure, a directional falloff, a colour cast, then sensor noise.
     arr = np.asarray(img, dtype=np.float32)
@@ -281,14 +294,16 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "s
     return img
 
 
-def sample(seed: int, index: int, size: int, style: str = "studio") -> Tuple[Image.Image, int]:
-    """Image and label number `index` of the set with this seed; independent of how many are drawn."""
+def sample(seed: int, index: int, size: int, style: str = "studio",
+           regions: Optional[Dict[str, np.ndarray]] = None) -> Tuple[Image.Image, int]:
+    """Image and label number `index` of the set with this seed; independent of how many are drawn.
+    `regions`: see draw_face."""
     if style not in STYLES:
         raise ValueError(f"unknown synthetic style {style!r}: use {' or '.join(STYLES)}")
     key = f"facemask-synthetic:{seed}:{index}" + ("" if style == "studio" else f":{style}")
     rng = random.Random(key)
     label = WITH_MASK if index % 2 == 0 else WITHOUT_MASK
-    return draw_face(rng, size, wearing_mask=label == WITH_MASK, style=style), label
+    return draw_face(rng, size, wearing_mask=label == WITH_MASK, style=style, regions=regions), label
 
 
 def write_image_folder(directory: str | Path, num_images: int, size: int, seed: int, fmt: str = "mixed",

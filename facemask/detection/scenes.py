@@ -20,7 +20,7 @@ from facemask.detection.crops import DEFAULT_MARGIN, crop_box
 from facemask.detection.media import UnreadableVideo, VideoWriter, is_animated, is_video, time_base, video_frames
 from facemask.detection.tracking import Tracker
 from facemask.evaluation.predict import class_labels, class_probabilities, decide, read_input
-from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON
+from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON, output_name
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 
@@ -138,18 +138,6 @@ class Report:
             shown = ", ".join(self.without_faces[:10]) + (", ..." if len(self.without_faces) > 10 else "")
             lines.append(f"no face found in {len(self.without_faces)}: {shown}")
         return "\n".join(lines)
-
-
-def output_name(path: Path, suffix: str, taken: set) -> str:
-    """A name in the output folder for an input's annotated copy that no other input of this run,
-    and no file already there (unless --overwrite), has."""
-    stem, n = path.stem, 1
-    name = f"{stem}{suffix}"
-    while name.lower() in taken:
-        n += 1
-        name = f"{stem}-{n}{suffix}"
-    taken.add(name.lower())
-    return name
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import datasets
 import numpy as np
@@ -117,8 +117,10 @@ def error_rows(probs: np.ndarray, label_ids: np.ndarray, names: List[str], label
 
 def analyse_split(prefix: str, probs: np.ndarray, label_ids: np.ndarray, dataset: datasets.Dataset,
                   image_column: str, names: List[str], labels: List[str], attributes: Optional[List[Dict[str, str]]],
-                  out_dir: Path) -> Dict[str, Any]:
-    """Slices, calibration and the error gallery of one evaluated split, written to out_dir."""
+                  out_dir: Path, explainer: Optional[Callable[..., List[Any]]] = None) -> Dict[str, Any]:
+    """Slices, calibration and the error gallery of one evaluated split, written to out_dir. With an
+    `explainer` (explain.trainer_explainer) the gallery's images, and only they, get a map of the
+    evidence for the class predicted, kept in errors.json too."""
     from facemask.data.images import load_image
 
     out: Dict[str, Any] = {}
@@ -130,12 +132,16 @@ def analyse_split(prefix: str, probs: np.ndarray, label_ids: np.ndarray, dataset
     figures.reliability_png(out["calibration"], f"{prefix} split", run_folder.CALIBRATION_FIGURE.path(out_dir, prefix))
     errors = error_rows(probs, label_ids, names, labels)
     misclassified = int((probs.argmax(axis=1) != label_ids).sum())
+    images = [load_image(item, 256) for item in dataset.select([e["row"] for e in errors])[image_column]]
+    maps = explainer(images, [labels.index(e["predicted_label"]) for e in errors]) if explainer and errors else None
+    for error, found in zip(errors, maps or []):
+        error["map"] = np.round(found.grid, 5).tolist()
+    method = {"map_method": maps[0].method} if maps else {}
     run_folder.write_json(run_folder.ERRORS.path(out_dir, prefix),
-                          {"misclassified": misclassified, "images": int(len(label_ids)), "worst": errors})
+                          {"misclassified": misclassified, "images": int(len(label_ids)), **method, "worst": errors})
     gallery = run_folder.ERRORS_FIGURE.path(out_dir, prefix)
     if errors:
-        items = dataset.select([e["row"] for e in errors])[image_column]
-        figures.error_gallery_png([load_image(item, 256) for item in items], errors, gallery)
+        figures.error_gallery_png(images, errors, gallery, maps=maps)
     elif gallery.exists():
         gallery.unlink()  # an earlier evaluation's errors would otherwise stand for this one
     out["errors"] = errors

@@ -1,5 +1,5 @@
 """PNG figures of a run (matplotlib, optional): confusion matrix, ROC curve, reliability diagram,
-error gallery and training curves."""
+error gallery (with explanation maps) and training curves."""
 
 from __future__ import annotations
 
@@ -129,19 +129,60 @@ def reliability_png(calibration: Dict[str, Any], title: str, path: Path) -> bool
     return True
 
 
-def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4) -> bool:
-    """The misclassified images with the highest loss, each titled with its true and predicted label."""
+def draw_map(ax: Any, seen: Any, grid: Any) -> None:
+    """The image as the model saw it, and over it the map, one square per patch (no smoothing: the
+    map has no finer detail to show). Diverging colours on a scale symmetric about zero: red speaks
+    for the target class, blue against it, clear is neither."""
+    import numpy as np
+
+    grid = np.asarray(grid, dtype=np.float32)
+    peak = float(np.abs(grid).max()) or 1.0
+    height, width = seen.shape[:2]
+    ax.imshow(seen)
+    ax.imshow(grid, cmap="RdBu_r", vmin=-peak, vmax=peak, alpha=0.55, interpolation="nearest",
+              extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    ax.axis("off")
+
+
+def explanation_png(seen: Any, grid: Any, title: str, path: Path) -> bool:
+    """One image beside its map over it (`python -m facemask explain`)."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9), dpi=100)
+    axes[0].imshow(seen)
+    axes[0].axis("off")
+    draw_map(axes[1], seen, grid)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4,
+                      maps: Optional[List[Any]] = None) -> bool:
+    """The misclassified images with the highest loss, each titled with its true and predicted
+    label; with `maps` (explain.Explanation per image), each image beside its map for the
+    predicted class: where the model found the evidence for its wrong answer."""
     plt = _pyplot()
     if plt is None or not images:
         return False
+    panels = 2 if maps else 1
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, 2.7 * rows), dpi=100,
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, error in zip(axes.flat, images, errors):
-        ax.imshow(image)
+    for k, (image, error) in enumerate(zip(images, errors)):
+        row, column = divmod(k, columns)
+        ax = axes[row, column * panels]
+        ax.imshow(maps[k].seen if maps else image)
         ax.set_title(f"true: {error['true_label']}\npredicted: {error['predicted_label']} "
                      f"({error['confidence']:.2f})", fontsize=8)
+        if maps:
+            draw_map(axes[row, column * panels + 1], maps[k].seen, maps[k].grid)
+            axes[row, column * panels + 1].set_title(f"evidence for {error['predicted_label']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)

@@ -21,6 +21,7 @@ from facemask.data.inspection import split_digest
 from facemask.evaluation.analysis import analyse_split, operating_points
 from facemask.evaluation.counterfactuals import shortcut_tests
 from facemask.evaluation.eval_data import SplitData, sample_names
+from facemask.evaluation.explain import trainer_explainer
 from facemask.evaluation.figures import confusion_figure, roc_curve_png
 from facemask.evaluation.intervals import split_intervals
 from facemask.evaluation.metrics import classification_report, confusion, softmax
@@ -69,7 +70,7 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
         roc_curve_png(output.label_ids, probs, labels, pos_label, f"{run_folder.split_name(prefix)} split",
                       run_folder.ROC_FIGURE.path(out_dir, prefix))
         analyse_split(prefix, probs, output.label_ids, split.dataset, split.image_column, names, labels,
-                      split.attributes, out_dir)
+                      split.attributes, out_dir, trainer_explainer(trainer))
         intervals = split_intervals(probs, output.label_ids, pos_label)
         # The images' identity beside their source: compare pairs two runs' predictions by it.
         images = split_digest(split.inspections, output.label_ids, labels)
