@@ -64,6 +64,17 @@ def evaluated_run(tmp_path_factory):
     return tmp / "out"
 
 
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """The README's quickstart (configs/quickstart.yaml) run as a user would: a model that has
+    learned the drawn task, for the tests that need one (accuracy, explanation maps)."""
+    import train
+
+    out = tmp_path_factory.mktemp("quickstart") / "quickstart"
+    train.main([str(REPO / "configs" / "quickstart.yaml"), f"training.output_dir={out}"])
+    return out
+
+
 @pytest.fixture
 def synth_folder(tmp_path_factory):
     """An image folder of mixed JPEG/PNG files, written by the project's own CLI."""

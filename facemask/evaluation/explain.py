@@ -292,3 +292,31 @@ def command(args: Any) -> int:
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def reinitialised(model: Any, seed: int = 0) -> Any:
+    """The same architecture with fresh random weights: the model randomisation check of Adebayo et
+    al. (2018), "Sanity checks for saliency maps", compares a map with this model's."""
+    import torch
+
+    torch.manual_seed(seed)
+    return type(model)(model.config).to(model.device).eval()
+
+
+def rank_correlations(first: Sequence[Explanation], second: Sequence[Explanation]) -> np.ndarray:
+    """Spearman's rank correlation of each image's two maps (NaN where a map is constant)."""
+    from scipy.stats import spearmanr
+
+    return np.array([spearmanr(a.grid.ravel(), b.grid.ravel()).statistic for a, b in zip(first, second)])
+
+
+def share_inside(grid: np.ndarray, region: np.ndarray) -> Optional[float]:
+    """The share of a map's positive attribution that falls inside `region` (booleans at the seen
+    image's size: each patch counted by the part of it the region covers); None without any."""
+    rows, columns = grid.shape
+    height, width = region.shape
+    cover = region[:height - height % rows, :width - width % columns].reshape(
+        rows, height // rows, columns, width // columns).mean(axis=(1, 3))
+    positive = np.clip(grid, 0, None)
+    total = float(positive.sum())
+    return float((positive * cover).sum()) / total if total > 0 else None
