@@ -136,7 +136,8 @@ def apply_exclusion(exclude: ExcludeList, members: Dict[str, List[int]], digest_
     listed = exclude.digests
     hit = {name: [k for k in ks if digest_of[k] in listed] for name, ks in members.items()}
     held = set(digest_of) & listed
-    dropped = {name: len(ks) for name, ks in hit.items() if name in training or drop_evaluation}
+    order = sorted(hit, key=lambda name: name not in training)  # the training splits first
+    dropped = {name: len(hit[name]) for name in order if name in training or drop_evaluation}
     kept = {name: len(ks) for name, ks in hit.items() if name not in dropped and ks}
     record = {"list": exclude.name, "lines": len(exclude.entries), "images_listed": len(listed),
               "excluded": dropped, "kept_in_evaluation": kept, "evaluation_cleaned": drop_evaluation,
