@@ -66,7 +66,9 @@ EXPERIMENT = Output("experiment.yaml", "train.py", "the resolved config: `python
 RUN_INFO = Output("run_info.json", "train.py", "command, git state, data fingerprint, versions, class counts, "
                   "a digest of each split's images (what `evaluate.py --config` and a distillation student check "
                   "against), each split's source where it is not the training data's (by name), the base model "
-                  "(a Hub id or a local folder's name), the switches asked for and used, the preprocessing caches", True)
+                  "(a Hub id or a local folder's name), the images data.exclude left out (the list's file name, per "
+                  "split, and those it names in the test sets), the switches asked for and used, the preprocessing "
+                  "caches", True)
 TRAIN_LOG = Output("train_log.jsonl", "train.py", "every log entry of the Trainer, one JSON object a line", False)
 TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own messages and every library's, warnings "
                         "included (the console shows the run's own)", False)

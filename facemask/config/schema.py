@@ -105,6 +105,12 @@ class DataConfig:
     # Data audit (python -m facemask audit; also before every training run).
     audit: bool = True
     on_bad_image: str = "error"  # or "skip": leave unreadable images out, counted
+    # A list of images to leave out of training (data/exclude.py: files or sha256: digests, matched
+    # by content), dropped from train and validation after the held-out splits are carved.
+    exclude: Optional[str] = None
+    # Drop the listed images from the test split and the extra test sets too (a test figure on a
+    # cleaned test set is another figure: the card says so); by default they stay and are reported.
+    exclude_test: bool = False
     # Copies shared by splits the source provides: "drop" removes the training-side copy (and
     # validation's copy of a test image), "error" stops, "keep" trains on them (the card warns).
     on_leak: str = "drop"

@@ -225,6 +225,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
     if d.on_bad_image == "skip" and not d.audit:
         raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
+    if d.exclude is not None and not d.audit:
+        raise ConfigError("'data.exclude' needs the audit: images are matched to the list by the content digests it "
+                          "takes; set data.audit=true (or remove data.exclude)")
+    if d.exclude_test and d.exclude is None:
+        raise ConfigError("'data.exclude_test' is true but 'data.exclude' names no list of images to leave out")
     if d.num_labels is not None and d.num_labels < 2:
         raise ConfigError(f"bad value for 'data.num_labels': expected at least 2, got {d.num_labels}")
     _validate_peft(cfg)

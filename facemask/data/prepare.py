@@ -1,9 +1,11 @@
 """The data as a run sees it: the source's splits loaded, every image inspected, copies across
 given splits resolved, the missing splits carved by duplicate group, and the audit report.
 
-    load_sources -> inspect_splits -> duplicate pairs -> on_leak -> carve (group-aware) -> report
+    load_sources -> inspect_splits -> duplicate pairs -> on_leak -> carve (group-aware) -> exclude -> report
 
-The inspection comes before the split because the split needs its duplicate groups.
+The inspection comes before the split because the split needs its duplicate groups. The images an
+exclude list names (data.exclude) leave after the carving, so the held-out splits a run carves are
+the same with the list and without it: a cleaned run and its noisy one are compared on one test set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from facemask.config.schema import ConfigError, DataConfig
 from facemask.data import audit
 from facemask.data.duplicates import duplicate_pairs, groups, image_records
+from facemask.data.exclude import ExcludeList, apply_exclusion, read_exclude_list
 from facemask.data.inspection import inspect_splits
 from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, load_sources
@@ -85,8 +88,11 @@ def _carve_missing(members: Dict[str, List[int]], labels: List[int], pairs: List
     return carved
 
 
-def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
-    """Load, inspect, resolve leaks, carve and audit; see the module docstring."""
+def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Optional[ExcludeList] = None) -> Prepared:
+    """Load, inspect, resolve leaks, carve, leave out the listed images and audit; see the module
+    docstring. `exclude`: data.exclude's list where the caller read it already."""
+    if cfg.exclude is not None and exclude is None:
+        exclude = read_exclude_list(cfg.exclude)  # a bad list stops before any image is read
     given = load_sources(cfg, seed)
     offsets, start = {}, 0
     for name, ds in given.splits.items():
@@ -121,12 +127,22 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224) -> Prepared:
             raise ConfigError(f"{given.source}: every image of the {name} split is unusable or a copy of an "
                               "evaluation image (see data_audit.json)")
     carved = _carve_missing(members, label_ids.tolist(), pairs, cfg, seed)
+    exclusion = None
+    if exclude is not None:
+        members, exclusion = apply_exclusion(exclude, members, [r["inspection"].sha256 for r in records],
+                                             audit.TRAINING_SIDE, cfg.exclude_test)
+        for name, ks in members.items():
+            if not ks:
+                raise ConfigError(f"data.exclude: {exclude.name} lists every image of the {name} split")
     data, members = _select(given, members, split_of, offsets, cfg, seed, carved, per_image)
+    data.exclusion = exclusion
 
     usable = [r["inspection"] for r in records
               if r["inspection"].status == "ok" and r["split"] in audit.SOURCE_SPLITS]
     edges = sharpness_edges([f.sharpness for f in usable])
     report = audit.build_report(data, records, members, exact, near, removed, cfg, seed, carved, image_side, edges)
+    if exclusion is not None:
+        report["exclude"] = exclusion
     attributes = {name: [attribute_values(records[k]["inspection"], edges) for k in ks] for name, ks in members.items()}
     found = {name: [records[k]["inspection"] for k in ks] for name, ks in members.items()}
     counts = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import datasets
 import numpy as np
@@ -32,6 +32,8 @@ class PreparedData:
     # {split: its images digest}, computed once by data preparation from one read of each image:
     # the preprocessing cache's key and run_info.json reuse it (see `images_digest`).
     digests: Dict[str, str] = field(default_factory=dict)
+    # What data.exclude left out, per split (data/exclude.py apply_exclusion); None without a list.
+    exclusion: Optional[Dict[str, Any]] = None
 
     def images_digest(self, split: str) -> str:
         """The split's images digest (storage.images_digest): the one data preparation computed,

@@ -308,6 +308,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         image_size=config.get("image_size"),
         labels=labels,
         splits=splits,
+        exclude=info_data.get("exclude"),
         hyperparameters=_hyperparameters(run),
         augmentation=_augmentation(run),
         selection=_selection(run),

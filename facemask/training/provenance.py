@@ -99,6 +99,9 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
             "splits": {split: split_record(split, ds) for split, ds in data.splits.items()},
             # Each split not drawn from the training source, by its own public name (the card's model-index).
             "split_sources": data.split_sources,
+            # data.exclude: the list by its file name, the images it left out per split, and those it
+            # names in the evaluation splits that stayed (data/exclude.py apply_exclusion).
+            **({"exclude": data.exclusion} if data.exclusion is not None else {}),
         },
         # Read from the installed distributions: importing a library only to ask its version is slow.
         "versions": {"Python": platform.python_version(),

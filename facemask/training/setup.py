@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from transformers import TrainingArguments, set_seed
 
 from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.data.exclude import ExcludeList, read_exclude_list
 from facemask.data.prepare import Prepared, prepare_data
 from facemask.data.storage import cache_root, machine_by_machine, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
@@ -46,6 +47,7 @@ class RunSetup:
     pipeline: Optional[InputPipeline] = None
     model: Any = None
     trainer: Optional[FaceMaskTrainer] = None
+    exclude: Optional[ExcludeList] = None  # data.exclude's list, read (and checked) by `start`
 
     @classmethod
     def start(cls, cfg: ExperimentConfig) -> "RunSetup":
@@ -68,7 +70,9 @@ class RunSetup:
                 raise ConfigError(f"'recipe.distill.teacher' {teacher_name(cfg.recipe.distill.teacher)!r} predicts "
                                   f"{len(labels)} classes ({labels}); this run has {expected}: distil from a teacher "
                                   "trained on the same classes")
-        return cls(cfg, args)
+        # A bad list costs seconds, not a data audit (and fails before --overwrite clears a run folder).
+        exclude = read_exclude_list(cfg.data.exclude) if cfg.data.exclude is not None else None
+        return cls(cfg, args, exclude=exclude)
 
     @property
     def main_process(self) -> bool:
@@ -93,7 +97,7 @@ class RunSetup:
         with machine_by_machine(self.args):
             # The main process draws (synthetic), inspects and keeps; the others then read what it kept
             # (another machine's first process keeps its own where the machines share no storage).
-            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side)
+            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude)
         if self.cfg.recipe.distill is not None:
             check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
         return self.prepared
