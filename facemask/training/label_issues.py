@@ -351,7 +351,7 @@ def summary_text(rows: List[Dict[str, Any]], per_class: Dict[str, Dict[str, int]
              "  flagged per given class: " + ", ".join(f"{label} {c['issues']} of {c['images']}"
                                                        for label, c in per_class.items())]
     noise = noise_table(images.labels, issues.joint, len(rows))
-    lines.append("  estimated label noise: " + ", ".join(
+    lines.append("  estimated label noise (given -> true, share of the given class): " + ", ".join(
         f"{n['given_label']} -> {n['true_label']} {100 * n['share_of_given']:.1f}%" for n in noise))
     if flagged:
         lines.append("  most suspect" + (f" (files relative to {images.folder})" if images.folder else "") + ":")
