@@ -1,14 +1,13 @@
 """Command-line tools: synth (write the synthetic set), card (regenerate a card), push (to the Hub),
 predict (classify image files), detect (every face in photos and videos), compare (two runs on the
 same images), audit (check a config's data), search (hyperparameters), repeat (a config over seeds
-or folds), export (ONNX), demo (a Gradio page for a run or a Hub model), space (that page as a
-Hugging Face Space).
+or folds), label-issues (training labels that are probably wrong), export (ONNX), demo (a Gradio
+page for a run or a Hub model), space (that page as a Hugging Face Space).
 
 Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
 Exit codes: 0 done; 1 the work failed (a push refused, an export whose parity fails, a skipped
 input, an audit that refuses the data); 2 a usage or config error (bad arguments, a config key or
-value, a model, run folder or data that cannot be found).
-"""
+value, a model, run folder or data that cannot be found)."""
 
 from __future__ import annotations
 
@@ -436,6 +435,15 @@ def _add_repeat(commands: Any) -> None:
     repeat.set_defaults(func=command)
 
 
+def _add_label_issues(commands: Any) -> None:
+    from facemask.training.label_issues import add_arguments, command  # no torch until it runs
+
+    label_issues = commands.add_parser("label-issues", help="training labels that are probably wrong: K fold models, "
+                                                            "out-of-fold probabilities, confident learning (cleanlab)")
+    add_arguments(label_issues)
+    label_issues.set_defaults(func=command)
+
+
 def _add_search(commands: Any) -> None:
     from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
 
@@ -457,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain):
+                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues):
         add(commands)
     return parser
 

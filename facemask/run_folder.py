@@ -87,7 +87,8 @@ OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on th
 # One of each per evaluated split (train.py: eval and test; evaluate.py: its --split).
 RESULTS = _split("results.json", "the split's metrics (`train_results.json`: the training's)",
                  writer="train.py, evaluate.py (Trainer.save_metrics)")
-PREDICTIONS = _split("predictions.csv", "every image: file, true label, predicted label, each class's probability",
+PREDICTIONS = _split("predictions.csv", "every image: file, content SHA-256 (empty with data.audit false), true "
+                     "label, predicted label, each class's probability",
                      pushed=False)
 CONFUSION = _split("confusion_matrix.json", "the confusion matrix")
 CONFUSION_FIGURE = _split("confusion_matrix.png", "the confusion matrix, drawn", writer="train.py, evaluate.py, card")
@@ -125,6 +126,10 @@ SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_C
 # `python -m facemask repeat`: in OUTPUT_DIR, above the runs' own folders (seed-N/, fold-N/), with
 # a summary card (README.md, the CARD name).
 REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.json"
+# `python -m facemask label-issues`: in OUTPUT_DIR, beside its fold models (fold-N/) and the repeat's
+# files of those folds. The figure is absent when no label is flagged.
+LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, LABEL_ISSUES_FIGURE = "label_issues.csv", "label_issues.json", "label_issues.png"
+EXCLUDE_LIST = "exclude.txt"  # the flagged images, the list data.exclude reads
 # `python -m facemask detect`: the table of every face, in its output folder (default ./detections/).
 DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 # `python -m facemask explain`: every image's map, in its output folder (default ./explanations/),

@@ -18,10 +18,15 @@ from PIL import Image, UnidentifiedImageError
 from facemask.data.images import load_image
 
 
-def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, labels: List[str]) -> List[Dict]:
+def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, labels: List[str],
+                    digests: Optional[List[Optional[str]]] = None) -> List[Dict]:
+    """A split's predictions, a row per image. `digests`: each image's content SHA-256 (its
+    inspection's; empty without one), the image's identity where `file` is only a row index (drawn
+    set, Hub data): label-issues matches each fold's predictions to the training images by it."""
     rows = []
-    for name, true, p in zip(names, label_ids, probs):
-        row = {"file": name, "true_label": labels[int(true)], "predicted_label": labels[int(p.argmax())]}
+    for k, (name, true, p) in enumerate(zip(names, label_ids, probs)):
+        row = {"file": name, "sha256": (digests[k] if digests else None) or "", "true_label": labels[int(true)],
+               "predicted_label": labels[int(p.argmax())]}
         row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
         rows.append(row)
     return rows

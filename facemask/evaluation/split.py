@@ -60,7 +60,8 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
     probs, labels = softmax(output.predictions), split.labels
     if trainer.is_world_process_zero():
         out_dir = Path(out_dir)
-        rows = prediction_rows(names, output.label_ids, probs, labels)
+        digests = [found.sha256 for found in split.inspections] if split.inspections else None
+        rows = prediction_rows(names, output.label_ids, probs, labels, digests)
         write_rows(rows, run_folder.PREDICTIONS.path(out_dir, prefix))
         matrix = confusion(output.label_ids, output.predictions, labels)
         run_folder.write_json(run_folder.CONFUSION.path(out_dir, prefix), matrix)

@@ -193,6 +193,7 @@ def _number(value: Optional[float], like: Optional[float] = None) -> str:
 
 def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, Any]],
                   summary: Dict[str, Dict[str, float]], kind: str) -> None:
+    """repeat_results.csv / .json and the summary card; `argv` is the command after `python -m facemask`."""
     import jinja2
     import torch
 
@@ -203,7 +204,7 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
         writer.writerows(rows)
     machine = (f"{platform.system()} {platform.machine()}, {_cores()} CPU cores, torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
-    command = redact("python -m facemask repeat " + " ".join(argv))
+    command = redact("python -m facemask " + " ".join(argv))
     spreads = {key for metric in summary.values() for key in metric if key in SPREAD_NOTES}
     write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
                                            "machine": machine, "runs": rows, "summary": summary,
@@ -222,42 +223,60 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def command(args: argparse.Namespace) -> int:
-    """`python -m facemask repeat`; a ConfigError is the CLI's to report (exit code 2)."""
+def output_folder(config: str, overrides: List[str], what: str, suffix: str = "-repeat") -> Path:
+    """OUTPUT_DIR of the config, created; refused when it holds a training run, which `what` (the
+    runs and the files written beside them) would mix with (OUTPUT_DIR`suffix` is offered instead)."""
     from facemask.config.loading import load_config
 
-    runs, overrides = runs_of(args)
-    what = f"--folds {args.folds}" if args.folds else "--seeds " + " ".join(n.split("-")[1] for n, _ in runs)
-    argv = [args.config, what, *overrides]
-    out = load_config(args.config, overrides).output_dir
+    out = load_config(config, overrides).output_dir
     held = [marker for marker in RUN_MARKERS if (Path(out) / marker).exists()]
     if held:
-        raise ConfigError(f"{out} holds a training run ({held[0]}): the repeat's runs and summary card would go "
-                          f"into it. Give the repeat its own folder: training.output_dir={out}-repeat")
+        raise ConfigError(f"{out} holds a training run ({held[0]}): {what} would go into it. Give it its own "
+                          f"folder: training.output_dir={out}{suffix}")
     Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)
+
+
+def train_runs(config: str, out: Path, runs: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
+    """Each run not finished earlier, in its folder under `out`; a failed run raises RepeatError."""
     for name, own in runs:
-        folder = Path(out) / name
+        folder = out / name
         if finished(folder):
             print(f"{name}: finished earlier ({CARD.path(folder)}): not run again", flush=True)
             continue
-        try:
-            run_one(args.config, folder, overrides + own)
-        except RepeatError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        run_one(config, folder, overrides + own)
+
+
+def summarise_runs(out: Path, runs: List[Tuple[str, List[str]]],
+                   folds: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """Every finished run's metrics (a row each; a metric some runs lack is said on stderr) and their
+    summary (`summarise`)."""
     rows = []
     for name, _ in runs:
         number = int(name.split("-")[1])
-        rows.append({"run": name, name.split("-")[0]: number, **run_metrics(Path(out) / name)})
+        rows.append({"run": name, name.split("-")[0]: number, **run_metrics(out / name)})
     missing = {k: [r["run"] for r in rows if k not in r] for k in dict.fromkeys(k for r in rows for k in r)}
     for key, runs_without in missing.items():
         if runs_without:
             print(f"warning: {key} is missing from {', '.join(runs_without)}: its figures are over the other runs",
                   file=sys.stderr)
-    ratio = holdout_ratio([Path(out) / name for name, _ in runs]) if args.folds else None
-    summary = summarise(rows, ratio)
+    ratio = holdout_ratio([out / name for name, _ in runs]) if folds else None
+    return rows, summarise(rows, ratio)
+
+
+def command(args: argparse.Namespace) -> int:
+    """`python -m facemask repeat`; a ConfigError is the CLI's to report (exit code 2)."""
+    runs, overrides = runs_of(args)
+    what = f"--folds {args.folds}" if args.folds else "--seeds " + " ".join(n.split("-")[1] for n, _ in runs)
+    out = output_folder(args.config, overrides, "the repeat's runs and summary card")
+    try:
+        train_runs(args.config, out, runs, overrides)
+    except RepeatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rows, summary = summarise_runs(out, runs, folds=bool(args.folds))
     kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
-    write_outputs(Path(out), args.config, argv, rows, summary, kind)
+    write_outputs(out, args.config, ["repeat", args.config, what, *overrides], rows, summary, kind)
     print(table(rows, summary))
-    print(f"wrote {Path(out) / REPEAT_RESULTS_CSV}, {REPEAT_RESULTS_JSON} and the summary card {CARD.path(out)}")
+    print(f"wrote {out / REPEAT_RESULTS_CSV}, {REPEAT_RESULTS_JSON} and the summary card {CARD.path(out)}")
     return 0

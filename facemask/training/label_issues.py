@@ -1,0 +1,363 @@
+"""python -m facemask label-issues CONFIG [--folds K] [key=value ...]: the training labels that are
+probably wrong, found by confident learning (cleanlab) on out-of-fold probabilities.
+
+1. K fold models, trained as `repeat --folds K` trains them, by its code: one folder each under
+   OUTPUT_DIR (fold-N/), a finished fold not run again, duplicate groups on one side of every fold,
+   classes stratified; repeat's summary files of the folds beside them.
+2. Out-of-fold probabilities. The training images (every image that is not test or an extra test
+   set) are the union of the K validation folds, each image in exactly one; fold k's model never
+   trained on its validation fold, so fold k's validation predictions (eval_predictions.csv) are
+   those images' out-of-fold probabilities. Rows are matched to the training images by content
+   digest (the audit's SHA-256): `file` is only a row index for images without a file (the drawn
+   set, Hub data), and copies with equal digests are one duplicate group, so in one fold.
+3. cleanlab 2.x: `filter.find_label_issues` (prune_by_noise_rate) flags, `rank.get_label_quality_scores`
+   (self_confidence) ranks, `count.estimate_joint` (the calibrated confident joint) estimates the
+   noise per class pair; the suggested label is the out-of-fold arg-max.
+4. label_issues.csv / .json / .png and exclude.txt in OUTPUT_DIR, and a summary on the console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from facemask.config.dump import redact
+from facemask.config.schema import ConfigError
+from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
+                                 REPEAT_RESULTS_CSV, prefix_of, write_json)
+from facemask.training.repeat import RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
+
+DEFAULT_FOLDS = 5
+COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue")
+FIGURE_IMAGES = 16  # the most suspect flagged images drawn in label_issues.png
+PRINTED = 5  # and printed on the console
+METHOD = {
+    "out_of_fold": "each training image predicted by the one fold model whose validation fold it was (the model "
+                   "that did not train on it)",
+    "is_issue": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate'): confident learning",
+    "label_quality": "cleanlab.rank.get_label_quality_scores(method='self_confidence'): the out-of-fold "
+                     "probability of the given label (low: suspect)",
+    "noise": "cleanlab.count.estimate_joint: the calibrated confident joint p(given label, true label)",
+    "suggested_label": "the out-of-fold arg-max",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
+                        help=f"cross-validation folds, a model each (default {DEFAULT_FOLDS}); every class needs at "
+                             "least 2 training images per fold")
+    parser.add_argument("overrides", nargs="*",
+                        help="dotted overrides for every fold, e.g. training.num_train_epochs=3")
+
+
+@dataclass
+class TrainingImages:
+    """Every training image once (the train and validation splits of one fold), in that order."""
+
+    labels: List[str]
+    label_ids: np.ndarray
+    digests: List[str]
+    files: List[str]  # the path relative to the data folder, or sha256:HEX for an image without a file there
+    has_file: List[bool]
+    rows: List[Tuple[Any, int]]  # (its split's dataset, its row) to open it for the figure
+    image_column: str
+    folder: Optional[Path]  # the data folder the files are relative to
+
+
+def data_folder(data: Any) -> Optional[Path]:
+    """The folder training images are read from (data.train_dir, or a local data.dataset_name)."""
+    if data.synthetic:
+        return None
+    for candidate in (data.train_dir, data.dataset_name):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _relative(path: Optional[str], folder: Optional[Path]) -> Optional[str]:
+    if not path or folder is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def training_images(cfg: Any, folds: int) -> TrainingImages:
+    """The training images as every fold run carves them (fold 0's train + validation, before
+    max_train_samples thins a fold's train), with their given labels and content digests."""
+    from facemask.data.prepare import prepare_data
+    from facemask.data.storage import stored_images
+    from facemask.pipeline.processor import load_image_processor, processor_image_size
+
+    data = dataclasses.replace(cfg.data, cv_folds=folds, cv_fold=0, max_train_samples=None)
+    # The side the runs inspect at: their inspections (kept by fingerprint) are these.
+    side = processor_image_size(load_image_processor(cfg.model))
+    prepared = prepare_data(data, cfg.seed, side)
+    pool, column, folder = prepared.data, prepared.data.image_column, data_folder(data)
+    label_ids, digests, files, has_file, rows = [], [], [], [], []
+    for split in ("train", "validation"):
+        ds = pool.splits[split]
+        label_ids += list(ds[pool.label_column])
+        digests += [found.sha256 for found in prepared.inspections[split]]
+        row = 0
+        for chunk in stored_images(ds, column):
+            contents, paths = chunk.field("bytes"), chunk.field("path")
+            for i in range(len(chunk)):
+                # An image held in the dataset has no file of its own, whatever its `path` says.
+                local = None if contents[i].is_valid else _relative(paths[i].as_py(), folder)
+                files.append(local or f"sha256:{digests[len(files)]}")
+                has_file.append(local is not None)
+                rows.append((ds, row))
+                row += 1
+    return TrainingImages(list(pool.labels), np.asarray(label_ids, dtype=np.int64), digests, files, has_file, rows,
+                          column, folder)
+
+
+def check_classes(images: TrainingImages, folds: int) -> None:
+    """At least two classes, and 2 training images of each per fold: confident learning needs
+    every class in the out-of-fold probabilities, and a fold of a class with none in its training
+    part cannot predict it."""
+    counts = np.bincount(images.label_ids, minlength=len(images.labels))
+    present = [images.labels[c] for c in np.flatnonzero(counts)]
+    if len(present) < 2:
+        raise ConfigError(f"the training images hold one class ({', '.join(present) or 'none'}): label issues need "
+                          "at least two classes")
+    fewest = int(counts.argmin())
+    count = int(counts[fewest])
+    if count < 2 * folds:
+        most = count // 2
+        fix = (f"use --folds {most} or fewer" if most >= 2 else
+               f"add images of it: 2 folds need {4 - count} more")
+        raise ConfigError(f"class '{images.labels[fewest]}' has {count} training images: --folds {folds} needs at "
+                          f"least 2 per fold ({2 * folds}); {fix}")
+
+
+def out_of_fold(out: Path, names: Sequence[str], images: TrainingImages) -> Tuple[np.ndarray, np.ndarray]:
+    """Per training image, its out-of-fold probabilities (columns in label order) and the index of the
+    fold they come from; a training image without exactly one, or a predicted one that is not a
+    training image, is an error: the folds were trained on other data than this config gives."""
+    prefix = prefix_of("validation")
+    columns = [f"prob_{label}" for label in images.labels]
+    found: Dict[str, Tuple[int, np.ndarray]] = {}
+    predicted: Counter = Counter()
+    for k, name in enumerate(names):
+        path = PREDICTIONS.path(out / name, prefix)
+        again = f"delete {out / name} and run the same command again to retrain it"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: {name} has no predictions of its validation fold; {again}")
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        header = set(rows[0]) if rows else set()
+        if not {"sha256", *columns} <= header or any(not row["sha256"] for row in rows):
+            raise ConfigError(f"{path} lacks the images' content digests or the classes {images.labels} (a fold "
+                              f"trained by an older version or with data.audit=false); {again}")
+        for row in rows:
+            digest = row["sha256"]
+            if digest in found and found[digest][0] != k:
+                raise ConfigError(f"image sha256:{digest} is in the validation folds of both {names[found[digest][0]]} "
+                                  f"and {name}: the folds were carved from other data; {again}")
+            found[digest] = (k, np.array([float(row[c]) for c in columns]))
+            predicted[(digest, row["true_label"])] += 1
+    given = Counter(zip(images.digests, (images.labels[i] for i in images.label_ids)))
+    if predicted != given:
+        lacking, extra = given - predicted, predicted - given
+        raise ConfigError(
+            f"the folds' validation predictions are not this config's training images: {sum(lacking.values())} of "
+            f"{len(images.digests)} training images have no out-of-fold probability and {sum(extra.values())} "
+            f"predicted images are not training images (e.g. "
+            f"{next(iter(lacking or extra))[0][:12]}). The config or the data changed since the folds were "
+            f"trained: give label-issues a new training.output_dir, or delete {out}/fold-* to train them again")
+    probs = np.stack([found[digest][1] for digest in images.digests])
+    fold = np.array([found[digest][0] for digest in images.digests])
+    return probs / probs.sum(axis=1, keepdims=True), fold  # the file rounds to 6 places
+
+
+@dataclass
+class Issues:
+    is_issue: np.ndarray
+    quality: np.ndarray
+    suggested: np.ndarray
+    joint: np.ndarray  # p(given label i, true label j), cleanlab's estimate
+    order: List[int]  # most suspect first: flagged images by quality, then the rest by quality
+
+
+def find_issues(label_ids: np.ndarray, probs: np.ndarray, files: Sequence[str]) -> Issues:
+    from cleanlab.count import estimate_joint
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    is_issue = find_label_issues(label_ids, probs, filter_by="prune_by_noise_rate", n_jobs=1)
+    quality = get_label_quality_scores(label_ids, probs, method="self_confidence")
+    joint = estimate_joint(label_ids, probs)
+    order = sorted(range(len(label_ids)), key=lambda i: (not is_issue[i], quality[i], files[i]))
+    return Issues(np.asarray(is_issue, dtype=bool), np.asarray(quality), probs.argmax(axis=1), joint, order)
+
+
+def issue_rows(images: TrainingImages, issues: Issues) -> List[Dict[str, Any]]:
+    """label_issues.csv's rows, most suspect first."""
+    return [{"file": images.files[i], "given_label": images.labels[images.label_ids[i]],
+             "suggested_label": images.labels[issues.suggested[i]], "label_quality": round(float(issues.quality[i]), 6),
+             "is_issue": bool(issues.is_issue[i])} for i in issues.order]
+
+
+def noise_table(labels: List[str], joint: np.ndarray, images: int) -> List[Dict[str, Any]]:
+    """Per pair of classes (given, true), the estimated share of the given class's labels that are
+    the true class, and about how many training images that is."""
+    rows = []
+    for i, given in enumerate(labels):
+        for j, true in enumerate(labels):
+            if i != j:
+                share = joint[i, j] / joint[i].sum() if joint[i].sum() > 0 else 0.0
+                rows.append({"given_label": given, "true_label": true, "share_of_given": round(float(share), 6),
+                             "images": round(float(joint[i, j] * images), 1)})
+    return rows
+
+
+def write_exclude(path: Path, items: Iterable[Tuple[Optional[str], str]], header: str) -> None:
+    """The exclude list data.exclude reads: `PATH<TAB>sha256:HEX` for an image with a file,
+    `sha256:HEX` for one held in a dataset, `#` comment lines first."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += [f"{name}\tsha256:{digest}" if name else f"sha256:{digest}" for name, digest in items]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def suspect_images(images: TrainingImages, rows: List[Dict[str, Any]], order: List[int]) -> List[Any]:
+    """The flagged images of the figure, most suspect first, opened upright RGB."""
+    import datasets
+
+    from facemask.data.images import load_image
+
+    opened = []
+    for row, i in zip(rows[:FIGURE_IMAGES], order):
+        if not row["is_issue"]:
+            break
+        ds, k = images.rows[i]
+        item = ds.select([k]).cast_column(images.image_column, datasets.Image(decode=False))[0][images.image_column]
+        opened.append(load_image(item, draft_side=256))
+    return opened
+
+
+def write_figure(out: Path, images: List[Any], rows: List[Dict[str, Any]],
+                 maps: Optional[List[Optional[Any]]] = None) -> bool:
+    from facemask.evaluation.figures import label_issues_png
+
+    path = out / LABEL_ISSUES_FIGURE
+    path.unlink(missing_ok=True)  # an earlier run's figure of other suspects
+    return label_issues_png(images, rows[:len(images)], path, maps)
+
+
+def retrain_command(config: str, overrides: List[str], out: Path) -> str:
+    kept = [o for o in overrides if not o.startswith(("training.output_dir=", "data.exclude="))]
+    return redact(" ".join(["python train.py", config, *kept, f"data.exclude={out / EXCLUDE_LIST}",
+                            f"training.output_dir={out}-cleaned"]))
+
+
+def command(args: argparse.Namespace) -> int:
+    """`python -m facemask label-issues`; a ConfigError is the CLI's to report (exit code 2)."""
+    from cleanlab import __version__ as cleanlab_version
+
+    from facemask.config.loading import load_config
+
+    if args.folds < 2:
+        raise ConfigError(f"--folds must be at least 2 (got {args.folds}): each image needs a model that did not "
+                          "train on it")
+    named = [o.split("=")[0] for o in args.overrides if o.startswith(("data.cv_folds=", "data.cv_fold="))]
+    if named:
+        raise ConfigError(f"{named[0]} is set by label-issues for each fold: give --folds K instead")
+    runs, overrides = runs_of(argparse.Namespace(folds=args.folds, seeds=None, overrides=args.overrides))
+    cfg = load_config(args.config, overrides)
+    if not cfg.data.audit:
+        raise ConfigError("label-issues needs data.audit=true: the audit's content digests tell which fold "
+                          "predicted which image, and its duplicate groups keep copies in one fold")
+    if cfg.data.max_eval_samples is not None:
+        raise ConfigError(f"data.max_eval_samples={cfg.data.max_eval_samples} would leave validation images "
+                          "without an out-of-fold probability: drop it for label-issues")
+    images = training_images(cfg, args.folds)
+    check_classes(images, args.folds)
+    out = output_folder(args.config, overrides, "the fold models and label issues", "-label-issues")
+    argv = ["label-issues", args.config, f"--folds {args.folds}", *overrides]
+    try:
+        train_runs(args.config, out, runs, overrides)
+    except RepeatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    folds, summary = summarise_runs(out, runs, folds=True)
+    write_outputs(out, args.config, argv, folds, summary, f"{len(runs)} folds")
+
+    names = [name for name, _ in runs]
+    probs, fold_of = out_of_fold(out, names, images)
+    issues = find_issues(images.label_ids, probs, images.files)
+    rows = issue_rows(images, issues)
+    with (out / LABEL_ISSUES_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    flagged = [i for i in issues.order if issues.is_issue[i]]
+    accuracy = {row["run"]: row.get(f"{prefix_of('validation')}_accuracy") for row in folds}
+    warn_if_uninformed(accuracy, images.label_ids)
+    per_class = {label: {"images": int((images.label_ids == c).sum()),
+                         "issues": int((issues.is_issue & (images.label_ids == c)).sum())}
+                 for c, label in enumerate(images.labels)}
+    folder = images.folder.name if images.folder else None
+    write_json(out / LABEL_ISSUES_JSON, {
+        "config": Path(args.config).name, "command": redact("python -m facemask " + " ".join(argv)),
+        "folds": args.folds, "fold_accuracy": accuracy, "images": len(rows), "issues": len(flagged),
+        "classes": per_class, "noise": noise_table(images.labels, issues.joint, len(rows)),
+        "joint": {"labels": images.labels, "rows": "given label", "columns": "true label",
+                  "matrix": np.round(issues.joint, 6).tolist()},
+        "images_per_fold": np.bincount(fold_of, minlength=len(names)).tolist(),
+        "method": {"library": f"cleanlab {cleanlab_version}", **METHOD},
+        "files": f"a path relative to the training data folder ({folder})" if folder else None,
+    })
+    header = (f"{len(flagged)} training labels flagged by python -m facemask label-issues ({Path(args.config).name}, "
+              f"{args.folds} folds; cleanlab {cleanlab_version}), most suspect first.\n"
+              + (f"Paths are relative to the data folder {folder}; " if folder else "")
+              + "each image is matched by its content digest.")
+    write_exclude(out / EXCLUDE_LIST, [(images.files[i] if images.has_file[i] else None, images.digests[i])
+                                       for i in flagged], header)
+    drawn = write_figure(out, suspect_images(images, rows, issues.order), rows)
+    print(summary_text(rows, per_class, accuracy, images, issues, out, drawn))
+    print(f"retrain without them: {retrain_command(args.config, overrides, out)}")
+    return 0
+
+
+def warn_if_uninformed(accuracy: Dict[str, Any], label_ids: np.ndarray) -> None:
+    """A fold model no better than answering the largest class gives probabilities that say little
+    about any label: confident learning then flags images at random."""
+    floor = float(np.bincount(label_ids).max() / len(label_ids))
+    weak = {name: value for name, value in accuracy.items() if value is not None and value < floor + 0.05}
+    if weak:
+        print(f"warning: {', '.join(f'{n} ({v:.3f})' for n, v in weak.items())}: validation accuracy within 5 points "
+              f"of always answering the largest class ({floor:.3f}); their flags mean little: train the folds "
+              "longer (training.num_train_epochs) and run again", file=sys.stderr)
+
+
+def summary_text(rows: List[Dict[str, Any]], per_class: Dict[str, Dict[str, int]], accuracy: Dict[str, Any],
+                 images: TrainingImages, issues: Issues, out: Path, drawn: bool) -> str:
+    flagged = sum(row["is_issue"] for row in rows)
+    scores = ", ".join(f"{v:.3f}" if v is not None else "n/a" for v in accuracy.values())
+    lines = [f"label-issues: {flagged} of {len(rows)} training images flagged ({100 * flagged / len(rows):.1f}%); "
+             f"{len(accuracy)} fold models, validation accuracy {scores}",
+             "  flagged per given class: " + ", ".join(f"{label} {c['issues']} of {c['images']}"
+                                                       for label, c in per_class.items())]
+    noise = noise_table(images.labels, issues.joint, len(rows))
+    lines.append("  estimated label noise (given -> true, share of the given class): " + ", ".join(
+        f"{n['given_label']} -> {n['true_label']} {100 * n['share_of_given']:.1f}%" for n in noise))
+    if flagged:
+        lines.append("  most suspect" + (f" (files relative to {images.folder})" if images.folder else "") + ":")
+        lines += [f"    {row['file']}: {row['given_label']} -> {row['suggested_label']} "
+                  f"(quality {row['label_quality']:.3f})" for row in rows[:min(PRINTED, flagged)]]
+    written = [LABEL_ISSUES_CSV, LABEL_ISSUES_JSON] + ([LABEL_ISSUES_FIGURE] if drawn else [])
+    lines.append(f"wrote {out / written[0]}, {', '.join(written[1:])}, {EXCLUDE_LIST}; the folds' metrics in "
+                 f"{REPEAT_RESULTS_CSV}")
+    return "\n".join(lines)
