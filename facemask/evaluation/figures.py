@@ -192,29 +192,29 @@ def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Pat
 def label_issues_png(images: List[Any], suspects: List[Dict[str, Any]], path: Path,
                      maps: Optional[List[Optional[Any]]] = None, columns: int = 4) -> bool:
     """The most suspect training labels (label-issues), each titled given -> suggested label with its
-    label quality and file. `maps`: per image an explanation map at the model's patch grid (a 2-D
-    float array) laid over the image, or None for the image alone."""
+    label quality and file; with `maps` (explain.Explanation per image, or None), each image beside
+    its map for the suggested class."""
     plt = _pyplot()
     if plt is None or not images:
         return False
-    import numpy as np
-
+    panels = 2 if maps and any(m is not None for m in maps) else 1
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, 2.9 * rows), dpi=100,
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for k, (ax, image, suspect) in enumerate(zip(axes.flat, images, suspects)):
-        ax.imshow(image)
-        grid = maps[k] if maps is not None and k < len(maps) else None
-        if grid is not None:
-            # The patch grid stretched over the whole image: each cell covers the patch it scores.
-            width, height = image.size
-            ax.imshow(np.asarray(grid, dtype=float), cmap="jet", alpha=0.45, extent=(0, width, height, 0),
-                      interpolation="bilinear")
+    for k, (image, suspect) in enumerate(zip(images, suspects)):
+        row, column = divmod(k, columns)
+        found = maps[k] if panels == 2 and k < len(maps) else None
+        ax = axes[row, column * panels]
+        ax.imshow(found.seen if found is not None else image)
         name = str(suspect["file"])
         name = name if len(name) <= 26 else "..." + name[-23:]
         ax.set_title(f"{suspect['given_label']} \u2192 {suspect['suggested_label']}\n"
                      f"quality {suspect['label_quality']:.3f}\n{name}", fontsize=7)
+        if found is not None:
+            draw_map(axes[row, column * panels + 1], found.seen, found.grid)
+            axes[row, column * panels + 1].set_title(f"evidence for {suspect['suggested_label']}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)

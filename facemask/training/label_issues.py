@@ -31,6 +31,7 @@ import numpy as np
 
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
+from facemask.data.exclude import write_exclude_list
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
                                  REPEAT_RESULTS_CSV, prefix_of, write_json)
 from facemask.training.repeat import RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
@@ -223,14 +224,6 @@ def noise_table(labels: List[str], joint: np.ndarray, images: int) -> List[Dict[
     return rows
 
 
-def write_exclude(path: Path, items: Iterable[Tuple[Optional[str], str]], header: str) -> None:
-    """The exclude list data.exclude reads: `PATH<TAB>sha256:HEX` for an image with a file,
-    `sha256:HEX` for one held in a dataset, `#` comment lines first."""
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    lines += [f"{name}\tsha256:{digest}" if name else f"sha256:{digest}" for name, digest in items]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def suspect_images(images: TrainingImages, rows: List[Dict[str, Any]], order: List[int]) -> List[Any]:
     """The flagged images of the figure, most suspect first, opened upright RGB."""
     import datasets
@@ -245,6 +238,23 @@ def suspect_images(images: TrainingImages, rows: List[Dict[str, Any]], order: Li
         item = ds.select([k]).cast_column(images.image_column, datasets.Image(decode=False))[0][images.image_column]
         opened.append(load_image(item, draft_side=256))
     return opened
+
+
+def suspect_maps(out: Path, names: Sequence[str], fold_of: np.ndarray, shown: List[int], opened: List[Any],
+                 suggested: List[int]) -> List[Any]:
+    """Each shown suspect's explanation map for its suggested class, from the fold model that did
+    not train on it (the one whose probability flagged it): what that model sees in the image."""
+    from facemask.evaluation.explain import explain_images
+    from facemask.evaluation.loading import load_model
+
+    maps: List[Any] = [None] * len(shown)
+    for fold in sorted({int(fold_of[i]) for i in shown}):
+        model, processor = load_model(str(out / names[fold]))
+        picked = [k for k, i in enumerate(shown) if fold_of[i] == fold]
+        for k, found in zip(picked, explain_images(model, processor, [opened[k] for k in picked],
+                                                   [suggested[k] for k in picked])):
+            maps[k] = found
+    return maps
 
 
 def write_figure(out: Path, images: List[Any], rows: List[Dict[str, Any]],
@@ -321,11 +331,14 @@ def command(args: argparse.Namespace) -> int:
     })
     header = (f"{len(flagged)} training labels flagged by python -m facemask label-issues ({Path(args.config).name}, "
               f"{args.folds} folds; cleanlab {cleanlab_version}), most suspect first.\n"
-              + (f"Paths are relative to the data folder {folder}; " if folder else "")
-              + "each image is matched by its content digest.")
-    write_exclude(out / EXCLUDE_LIST, [(images.files[i] if images.has_file[i] else None, images.digests[i])
-                                       for i in flagged], header)
-    drawn = write_figure(out, suspect_images(images, rows, issues.order), rows)
+              + "Each image is matched by its content digest, so a moved or renamed copy matches too.")
+    # Absolute paths: data.exclude reads a relative one from the list's own folder.
+    write_exclude_list(out / EXCLUDE_LIST, [(str((images.folder or Path()) / images.files[i]) if images.has_file[i]
+                                             else None, images.digests[i]) for i in flagged], header)
+    opened = suspect_images(images, rows, issues.order)
+    shown = issues.order[:len(opened)]
+    suggested = [images.labels.index(rows[k]["suggested_label"]) for k in range(len(opened))]
+    drawn = write_figure(out, opened, rows, suspect_maps(out, names, fold_of, shown, opened, suggested))
     print(summary_text(rows, per_class, accuracy, images, issues, out, drawn))
     print(f"retrain without them: {retrain_command(args.config, overrides, out)}")
     return 0
