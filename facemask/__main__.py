@@ -221,7 +221,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.host not in ("127.0.0.1", "localhost"):
         print(f"warning: --host {args.host}: the page is reachable from other machines", file=sys.stderr)
-    launch(args.model, args.host, args.port, args.share, args.backend, args.revision)
+    if args.map == "gradcam" and args.backend != "torch":
+        raise ConfigError("--map gradcam needs the model's layers: use --backend torch, or --map ablation")
+    launch(args.model, args.host, args.port, args.share, args.backend, args.revision, args.map)
     return 0
 
 
@@ -396,6 +398,9 @@ def _add_demo(commands: Any) -> None:
                       help="also open a public gradio.live link (default false)")
     demo.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     demo.add_argument("--revision", help="branch, tag or commit of a Hub model")
+    demo.add_argument("--map", choices=["ablation", "gradcam", "none"], default="ablation",
+                      help="the Classify tab's explanation map (docs/evaluation.md; gradcam: one backward pass, for "
+                           "large models on a CPU; not with an ONNX backend)")
     demo.set_defaults(func=_demo)
 
 

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, best_iou, compose_scene
 from fake_hub import FakeHub
@@ -92,6 +93,23 @@ def test_classify_matches_predict_and_follows_the_threshold(run_dir, uploads, tm
         message, probabilities = demo.classify(str(truncated), ARGMAX_RULE)
         assert message.startswith("**Not classified.** truncated.jpg could not be read ("), (cut, message)
         assert probabilities is None
+
+
+def test_the_map_shown_is_the_evidence_for_the_class_the_page_shows(run_dir, uploads):
+    from facemask.evaluation.explain import explain_images
+    from facemask.evaluation.figures import explanation_image
+
+    demo = load_demo(str(run_dir))
+    demo.rules.update({"always": 0.0, "never": 1.01})
+    path = uploads / "with-mask.jpg"
+    image = Image.open(path).convert("RGB")
+    for rule, shown in (("always", "with_mask"), ("never", "without_mask")):
+        found = explain_images(demo.model, demo.processor, [image], shown)[0]
+        expected = np.asarray(explanation_image(found.seen, found.grid))
+        assert np.array_equal(np.asarray(demo.explain(str(path), rule)), expected)
+    assert demo.explain(str(uploads / "notes.png"), ARGMAX_RULE) is None
+    demo.map_method = "none"
+    assert demo.explain(str(path), ARGMAX_RULE) is None
 
 
 def test_scene_tab_finds_draws_and_tables_every_face(run_dir, uploads, tmp_path):
@@ -209,6 +227,7 @@ def test_demo_page_in_headless_chromium(run_dir, uploads, tmp_path):
             shown = browser.find_element(By.ID, "probabilities").text
             for label in demo.labels:
                 assert f"{label}\n{row[f'prob_{label}']:.0%}" in shown, shown
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#map img"))  # its map follows the label
         browser.save_screenshot(str(tmp_path / "demo.png"))
         assert "notes.png is not an image" in upload(uploads / "notes.png")
         assert "56 megapixels" in upload(uploads / "huge.png")

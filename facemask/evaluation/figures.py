@@ -144,6 +144,22 @@ def draw_map(ax: Any, seen: Any, grid: Any) -> None:
     ax.axis("off")
 
 
+def explanation_image(seen: Any, grid: Any) -> Optional[Any]:
+    """The map over the image (draw_map) as a PIL image, for the demo page; None without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=100)
+    draw_map(ax, seen, grid)
+    fig.subplots_adjust(0, 0, 1, 1)
+    fig.canvas.draw()
+    image = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).convert("RGB")
+    plt.close(fig)
+    return image
+
+
 def explanation_png(seen: Any, grid: Any, title: str, path: Path) -> bool:
     """One image beside its map over it (`python -m facemask explain`)."""
     plt = _pyplot()

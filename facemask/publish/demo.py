@@ -128,6 +128,8 @@ class Demo:
     run: RunFiles
     backend: str = "torch"
     rules: Dict[str, Optional[float]] = field(default_factory=dict)
+    # explain.METHODS, or "none": the Classify tab's map of where the model found its evidence.
+    map_method: str = "ablation"
 
     @property
     def labels(self) -> List[str]:
@@ -217,7 +219,34 @@ class Demo:
         return message + (f"\n\n{note}" if note else ""), probabilities
 
 
-def load_demo(source: str, backend: str = "torch", revision: Optional[str] = None) -> Demo:
+    def explain(self, path: Optional[str], rule: str) -> Optional[Image.Image]:
+        """The upload as the model saw it, with the map of the evidence for the class the page shows
+        (under the decision rule); None without an image, a readable one, or a map method."""
+        from facemask.evaluation.explain import explain_images
+        from facemask.evaluation.figures import explanation_image
+        from facemask.evaluation.predict import read_input
+        from facemask.pipeline.processor import processor_image_size
+
+        if not path or self.map_method == "none":
+            return None
+        try:
+            check_upload(path)
+            image, _ = read_input(Path(path), 2 * processor_image_size(self.processor))  # as predict reads it
+            message, probabilities = self.classify(path, rule)
+            if image is None or probabilities is None:
+                return None
+            shown = message.splitlines()[0].removeprefix("## ")
+            found = explain_images(self.model, self.processor, [image], shown, self.map_method)[0]
+        except BadUpload:
+            return None
+        except Exception:  # the label stands without its map; the console keeps the traceback
+            logger.exception("demo: the map of %s failed", path)
+            return None
+        return explanation_image(found.seen, found.grid)
+
+
+def load_demo(source: str, backend: str = "torch", revision: Optional[str] = None,
+              map_method: str = "ablation") -> Demo:
     from facemask.evaluation.loading import load_model, model_folder
 
     # The run's files too, for the metrics tab and the operating points; the card is not needed.
@@ -226,7 +255,7 @@ def load_demo(source: str, backend: str = "torch", revision: Optional[str] = Non
     folder = model_folder(source, revision, patterns)
     model, processor = load_model(source, backend=backend, folder=folder)
     run = read_run(folder)
-    return Demo(source, model, processor, run, backend, decision_rules(run.operating_points))
+    return Demo(source, model, processor, run, backend, decision_rules(run.operating_points), map_method)
 
 
 def _undecoded(decode: Any, payload: Any) -> Optional[str]:
@@ -263,8 +292,12 @@ def build_app(demo: Demo) -> Any:
                     # No heading: it would show the arg-max, which an operating point can overrule.
                     probabilities = gr.Label(label="Class probabilities", num_top_classes=len(demo.labels),
                                              show_heading=False, elem_id="probabilities")
+                    where = gr.Image(type="pil", interactive=False, elem_id="map", visible=demo.map_method != "none",
+                                     label=f"Where the model found its evidence ({demo.map_method}): red for the class "
+                                           "shown, blue against it")
+            # The label first; its map, which takes one forward pass per patch, follows.
             for event in (image.change, rule.change):
-                event(demo.classify, [image, rule], [message, probabilities])
+                event(demo.classify, [image, rule], [message, probabilities]).then(demo.explain, [image, rule], [where])
         with gr.Tab("Scene"):
             with gr.Row():
                 with gr.Column():
@@ -289,6 +322,6 @@ def build_app(demo: Demo) -> Any:
 
 
 def launch(source: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, backend: str = "torch",
-           revision: Optional[str] = None) -> None:
-    app = build_app(load_demo(source, backend, revision))
+           revision: Optional[str] = None, map_method: str = "ablation") -> None:
+    app = build_app(load_demo(source, backend, revision, map_method))
     app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE)
