@@ -82,6 +82,7 @@ def test_quickstart_maps_depend_on_the_training_and_point_at_the_mask(quickstart
     errors = json.loads((quickstart_run / "test_errors.json").read_text())
     assert errors["map_method"] == "ablation" and errors["worst"]
     assert all(np.asarray(e["map"]).shape == (6, 6) for e in errors["worst"])
+    assert "Beside each image is its explanation map (ablation" in (quickstart_run / "README.md").read_text()
 
 
 @pytest.mark.parametrize("arch", ["vit", "beit"])
