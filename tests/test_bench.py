@@ -149,3 +149,18 @@ def test_step_regression_bench_alternates_commits_and_reports_ratios(capsys):
     printed = capsys.readouterr().out
     assert printed.count("HEAD             run") == 2 and printed.count("now (") == 2
     assert "train_runtime  median" in printed and "wall           median" in printed
+
+
+@pytest.mark.slow
+def test_explain_bench_checks_both_methods_and_times_them(tmp_path, capsys):
+    report = load("explain").main(["--seeds", "0", "--archs", "vit", "--images", "6", "--tiny", "--repeats", "1",
+                                   "--runs", str(tmp_path / "runs")])
+    evidence = report["evidence"]["vit"][0]
+    assert set(evidence) == {"ablation", "gradcam"}
+    for row in evidence.values():
+        assert -1 <= row["rank_correlation"] <= 1 and row["images"] == 6
+        assert 0 < row["mask_area"] < row["face_area"] < 1 or row["correct_with_mask"] == 0
+    for model in ("quickstart", "vit-base-224"):
+        assert all(seconds > 0 for seconds in report["cost"][model].values())
+    printed = capsys.readouterr().out
+    assert "| ablation |" in printed and "error gallery: maps of 16 images add" in printed
