@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,7 +132,9 @@ def attribute(model: Any, pixels: Any, targets: Sequence[int], method: str = DEF
 
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}: use {' or '.join(METHODS)}")
-    rows, columns, side = patch_grid(model)
+    side = patch_grid(model)[2]
+    # The grid of the pixels given (a processor may differ from config.image_size), whole patches.
+    rows, columns = pixels.shape[-2] // side, pixels.shape[-1] // side
     pixels = pixels.to(model.device, model.dtype)
     target = torch.as_tensor(list(targets), device=model.device)
     if method == "ablation":
@@ -262,32 +264,42 @@ def command(args: Any) -> int:
     inside = [p for p in found if out.resolve() in p.resolve().parents]
     skipped += [(str(p), f"it is inside the output folder {out}: explain would read its own output") for p in inside]
     draft_side = 2 * processor_image_size(processor)
-    images, kept = [], []
-    for path in (p for p in found if p not in inside):
-        image, reason = read_input(path, draft_side)
-        if image is None:
-            skipped.append((str(path), reason))
-        else:
-            images.append(image)
-            kept.append(path)
     out.mkdir(parents=True, exist_ok=True)
     taken = {EXPLANATIONS_JSON.lower()} | ({p.name.lower() for p in out.iterdir()} if not args.overwrite else set())
-    rows = []
-    for start in range(0, len(images), args.batch_size):
-        batch = explain_images(model, processor, images[start:start + args.batch_size], args.target, args.method,
-                               args.batch_size)
-        for path, found_map in zip(kept[start:start + args.batch_size], batch):
+    rows: List[Dict[str, Any]] = []
+    images, kept = [], []
+
+    def flush() -> None:
+        for path, found_map in zip(kept, explain_images(model, processor, images, args.target, args.method,
+                                                        args.batch_size)):
             name = output_name(path, ".png", taken)
             label, target = labels[int(found_map.probs.argmax())], labels[found_map.target]
             title = f"{path.name}: {label} (p = {found_map.probs.max():.3f}); map: evidence for {target}"
             explanation_png(found_map.seen, found_map.grid, title, out / name)
-            rows.append({"file": str(path), "overlay": name, "label": label, "target": target, "probabilities": {k: round(float(v), 6) for k, v in zip(labels, found_map.probs)},
+            rows.append({"file": str(path), "overlay": name, "label": label, "target": target,
+                         "probabilities": {k: round(float(v), 6) for k, v in zip(labels, found_map.probs)},
                          "method": found_map.method, "map": np.round(found_map.grid, 6).tolist()})
-    rows_out = {"model": args.model, "method": args.method, "grid": list(patch_grid(model)[:2]),
+        images.clear()
+        kept.clear()
+
+    # Read as explained, a batch at a time: a folder of any size holds one batch in memory.
+    for path in (p for p in found if p not in inside):
+        image, reason = read_input(path, draft_side)
+        if image is None:
+            skipped.append((str(path), reason))
+            continue
+        images.append(image)
+        kept.append(path)
+        if len(images) == args.batch_size:
+            flush()
+    if images:
+        flush()
+    grid = list(np.asarray(rows[0]["map"]).shape) if rows else list(patch_grid(model)[:2])
+    rows_out = {"model": args.model, "method": args.method, "grid": grid,
                 "sign": "positive: the patch speaks for the target class", "images": rows,
                 "skipped": [{"file": f, "reason": why} for f, why in skipped]}
     table.write_text(json.dumps(rows_out, indent=1) + "\n", encoding="utf-8")
-    print(f"explain: {len(rows)} images, method {args.method}, {patch_grid(model)[0]}x{patch_grid(model)[1]} "
+    print(f"explain: {len(rows)} images, method {args.method}, {grid[0]}x{grid[1]} "
           f"patch grid; wrote {table} and {len(rows)} overlays to {out}")
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
