@@ -240,7 +240,7 @@ def command(args: Any) -> int:
     from facemask.config.schema import ConfigError
     from facemask.evaluation.figures import explanation_png
     from facemask.evaluation.loading import load_model
-    from facemask.evaluation.predict import class_labels, collect_paths, read_input
+    from facemask.evaluation.predict import class_labels, collect_paths, read_batches
     from facemask.pipeline.processor import processor_image_size
     from facemask.run_folder import EXPLANATIONS_JSON, output_name
 
@@ -267,9 +267,7 @@ def command(args: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     taken = {EXPLANATIONS_JSON.lower()} | ({p.name.lower() for p in out.iterdir()} if not args.overwrite else set())
     rows: List[Dict[str, Any]] = []
-    images, kept = [], []
-
-    def flush() -> None:
+    for kept, images in read_batches([p for p in found if p not in inside], draft_side, args.batch_size, skipped):
         for path, found_map in zip(kept, explain_images(model, processor, images, args.target, args.method,
                                                         args.batch_size)):
             name = output_name(path, ".png", taken)
@@ -279,21 +277,6 @@ def command(args: Any) -> int:
             rows.append({"file": str(path), "overlay": name, "label": label, "target": target,
                          "probabilities": {k: round(float(v), 6) for k, v in zip(labels, found_map.probs)},
                          "method": found_map.method, "map": np.round(found_map.grid, 6).tolist()})
-        images.clear()
-        kept.clear()
-
-    # Read as explained, a batch at a time: a folder of any size holds one batch in memory.
-    for path in (p for p in found if p not in inside):
-        image, reason = read_input(path, draft_side)
-        if image is None:
-            skipped.append((str(path), reason))
-            continue
-        images.append(image)
-        kept.append(path)
-        if len(images) == args.batch_size:
-            flush()
-    if images:
-        flush()
     grid = list(np.asarray(rows[0]["map"]).shape) if rows else list(patch_grid(model)[:2])
     rows_out = {"model": args.model, "method": args.method, "grid": grid,
                 "sign": "positive: the patch speaks for the target class", "images": rows,

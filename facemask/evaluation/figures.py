@@ -176,62 +176,53 @@ def explanation_png(seen: Any, grid: Any, title: str, path: Path) -> bool:
     return True
 
 
-def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4,
-                      maps: Optional[List[Any]] = None) -> bool:
-    """The misclassified images with the highest loss, each titled with its true and predicted
-    label; with `maps` (explain.Explanation per image), each image beside its map for the
-    predicted class: where the model found the evidence for its wrong answer."""
-    plt = _pyplot()
-    if plt is None or not images:
-        return False
-    panels = 2 if maps else 1
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, 2.7 * rows), dpi=100,
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, (image, error) in enumerate(zip(images, errors)):
-        row, column = divmod(k, columns)
-        ax = axes[row, column * panels]
-        ax.imshow(maps[k].seen if maps else image)
-        ax.set_title(f"true: {error['true_label']}\npredicted: {error['predicted_label']} "
-                     f"({error['confidence']:.2f})", fontsize=8)
-        if maps:
-            draw_map(axes[row, column * panels + 1], maps[k].seen, maps[k].grid)
-            axes[row, column * panels + 1].set_title(f"evidence for {error['predicted_label']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, metadata=_PNG_METADATA)
-    plt.close(fig)
-    return True
-
-
-def label_issues_png(images: List[Any], suspects: List[Dict[str, Any]], path: Path,
-                     maps: Optional[List[Optional[Any]]] = None, columns: int = 4) -> bool:
-    """The most suspect training labels (label-issues), each titled given -> suggested label with its
-    label quality and file; with `maps` (explain.Explanation per image, or None), each image beside
-    its map for the suggested class."""
+def _gallery_png(images: List[Any], titles: List[str], path: Path, maps: Optional[List[Optional[Any]]],
+                 map_titles: List[str], columns: int, height: float, fontsize: int) -> bool:
+    """Images in a grid, each titled; with `maps` (explain.Explanation per image, or None), each
+    image as the model saw it beside its map."""
     plt = _pyplot()
     if plt is None or not images:
         return False
     panels = 2 if maps and any(m is not None for m in maps) else 1
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, 2.9 * rows), dpi=100,
+    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, height * rows), dpi=100,
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for k, (image, suspect) in enumerate(zip(images, suspects)):
+    for k, (image, title) in enumerate(zip(images, titles)):
         row, column = divmod(k, columns)
         found = maps[k] if panels == 2 and k < len(maps) else None
         ax = axes[row, column * panels]
         ax.imshow(found.seen if found is not None else image)
-        name = str(suspect["file"])
-        name = name if len(name) <= 26 else "..." + name[-23:]
-        ax.set_title(f"{suspect['given_label']} \u2192 {suspect['suggested_label']}\n"
-                     f"quality {suspect['label_quality']:.3f}\n{name}", fontsize=7)
+        ax.set_title(title, fontsize=fontsize)
         if found is not None:
             draw_map(axes[row, column * panels + 1], found.seen, found.grid)
-            axes[row, column * panels + 1].set_title(f"evidence for {suspect['suggested_label']}", fontsize=7)
+            axes[row, column * panels + 1].set_title(map_titles[k], fontsize=fontsize)
     fig.tight_layout()
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
+
+
+def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4,
+                      maps: Optional[List[Any]] = None) -> bool:
+    """The misclassified images with the highest loss, each titled with its true and predicted
+    label; with `maps`, each image beside its map for the predicted class: where the model found
+    the evidence for its wrong answer."""
+    titles = [f"true: {e['true_label']}\npredicted: {e['predicted_label']} ({e['confidence']:.2f})" for e in errors]
+    return _gallery_png(images, titles, path, maps, [f"evidence for {e['predicted_label']}" for e in errors],
+                        columns, 2.7, 8)
+
+
+def label_issues_png(images: List[Any], suspects: List[Dict[str, Any]], path: Path,
+                     maps: Optional[List[Optional[Any]]] = None, columns: int = 4) -> bool:
+    """The most suspect training labels (label-issues), each titled given -> suggested label with its
+    label quality and file; with `maps`, each image beside its map for the suggested class."""
+    titles = []
+    for suspect in suspects:
+        name = str(suspect["file"])
+        name = name if len(name) <= 26 else "..." + name[-23:]
+        titles.append(f"{suspect['given_label']} \u2192 {suspect['suggested_label']}\n"
+                      f"quality {suspect['label_quality']:.3f}\n{name}")
+    return _gallery_png(images, titles, path, maps, [f"evidence for {s['suggested_label']}" for s in suspects],
+                        columns, 2.9, 7)

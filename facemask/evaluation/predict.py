@@ -9,7 +9,7 @@ import glob
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -112,19 +112,23 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
 
     labels = class_labels(model)
     positive = resolve_positive_label(labels, positive_label)
-    draft_side = 2 * processor_image_size(processor)
-    rows, skipped = [], []
-    images, kept = [], []
-
-    def flush() -> None:
+    rows: List[Dict[str, Any]] = []
+    skipped: List[Tuple[str, str]] = []
+    for kept, images in read_batches(paths, 2 * processor_image_size(processor), batch_size, skipped):
         probs = class_probabilities(model, processor, images, batch_size)
         for path, p, choice in zip(kept, probs, decide(probs, threshold, positive)):
             row = {"path": str(path), "label": labels[choice], "confidence": round(float(p[choice]), 6)}
             row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
             rows.append(row)
-        images.clear()
-        kept.clear()
+    return rows, skipped
 
+
+def read_batches(paths: Iterable[Path], draft_side: int, batch_size: int, skipped: List[Tuple[str, str]]
+                 ) -> Iterator[Tuple[List[Path], List[Image.Image]]]:
+    """The readable inputs, a batch of (paths, upright RGB images) at a time, so that a folder of any
+    size holds one batch in memory; the unreadable ones are added to `skipped` with the reason."""
+    kept: List[Path] = []
+    images: List[Image.Image] = []
     for path in paths:
         image, reason = read_input(path, draft_side)
         if image is None:
@@ -132,10 +136,11 @@ def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int
             continue
         images.append(image)
         kept.append(path)
-        if len(images) >= batch_size:
-            flush()
-    flush()
-    return rows, skipped
+        if len(images) == batch_size:
+            yield kept, images
+            kept, images = [], []
+    if images:
+        yield kept, images
 
 
 def format_rows(rows: List[Dict[str, Any]]) -> str:
