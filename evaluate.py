@@ -54,6 +54,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="decode each image once into the preprocessing cache (reused by later runs), "
                              "or open and resize each image as it is read")
     parser.add_argument("--cache-dir", help="preprocessing cache folder (default: <datasets cache>/facemask-preprocessed)")
+    parser.add_argument("--error-maps", choices=["ablation", "gradcam", "none"], default="ablation",
+                        help="the error gallery's explanation maps (docs/evaluation.md): one forward pass per patch "
+                             "(ablation), one backward pass (gradcam), or none")
     parser.add_argument("--shortcut-test", nargs="*", metavar="ATTRIBUTE",
                         help="also evaluate with each shortcut attribute neutralised: the named ones "
                              f"({', '.join(FAMILIES)}), or those an audit of DATA flags when none is named")
@@ -91,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     evaluated = evaluate_split(trainer, view(split.dataset, args.split), split, args.split, pos_label, out_dir,
                                extra_metrics={f"{args.split}_backend": args.backend},  # which graph, for the card
-                               source=found.public_name)
+                               source=found.public_name, maps=args.error_maps)
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
         flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
         shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)

@@ -35,10 +35,10 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from facemask.evaluation.analysis import GALLERY_SIZE as GALLERY  # noqa: E402
 from facemask.run_folder import CARD, RESULTS  # noqa: E402
 
 CONFIGS = {"vit": "configs/quickstart.yaml", "beit": "configs/quickstart-beit.yaml"}
-GALLERY = 16
 
 
 def train(arch: str, seed: int, runs: Path, tiny: bool) -> Path:

@@ -118,3 +118,26 @@ def test_explain_command_writes_maps_and_overlays_and_replaces_nothing(arch, tmp
     assert main(["explain", str(run), str(inputs / "masked.jpg"), "--output", str(tmp_path / "x"),
                  "--target", "scarf"]) == 2
     assert "with_mask, without_mask" in capsys.readouterr().err
+
+
+def test_the_error_gallery_maps_follow_their_switch(evaluated_run, tmp_path):
+    """data.error_maps (and evaluate.py --error-maps): the method the gallery's maps are made with,
+    or none; a bad value is refused when the config loads."""
+    from conftest import REPO
+
+    from facemask.config.loading import load_config
+    from facemask.config.schema import ConfigError
+
+    spec = __import__("importlib.util").util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
+    evaluate_script = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_script)
+    for method in ("gradcam", "none"):
+        out = tmp_path / method
+        evaluate_script.main([str(evaluated_run), "--data", "synthetic", "--num-images", "40", "--image-size", "32",
+                              "--output-dir", str(out), "--error-maps", method])
+        errors = json.loads((out / "test_errors.json").read_text())
+        assert errors["worst"], "the 2-step model gets some wrong"
+        assert errors.get("map_method") == (None if method == "none" else method)
+        assert all(("map" in e) == (method != "none") for e in errors["worst"])
+    with pytest.raises(ConfigError, match="data.error_maps"):
+        load_config(str(evaluated_run / "experiment.yaml"), ["data.error_maps=saliency"])

@@ -123,6 +123,9 @@ class DataConfig:
     shortcut_purity: float = 0.95
     # At the end of training, evaluate with each flagged attribute neutralised (shortcut reliance test).
     shortcut_test: bool = True
+    # The error gallery's explanation maps (evaluation/explain.py): ablation, gradcam or none. Only
+    # the gallery's 16 images get one; ablation costs a forward pass per patch each.
+    error_maps: str = "ablation"
     max_class_ratio: float = 1.5
 
 

@@ -225,6 +225,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
     if d.on_bad_image == "skip" and not d.audit:
         raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
+    if d.error_maps not in ("ablation", "gradcam", "none"):
+        raise ConfigError(f"bad value for 'data.error_maps': expected 'ablation', 'gradcam' or 'none', got "
+                          f"{d.error_maps!r}")
     if d.exclude is not None and not d.audit:
         raise ConfigError("'data.exclude' needs the audit: images are matched to the list by the content digests it "
                           "takes; set data.audit=true (or remove data.exclude)")

@@ -83,7 +83,7 @@ def _patch_mask(rows: int, columns: int, side: int, device: Any) -> Any:
 
 def _blocks(model: Any) -> Any:
     """The transformer blocks of a ViT-like model, for Grad-CAM: `layers` in transformers 5 (ViT,
-    BEiT), `encoder.layer` in models written before it (DeiT's and others' remote code)."""
+    BEiT, DeiT), `encoder.layer` in others (DINOv2, remote code)."""
     base = model.base_model
     blocks = getattr(base, "layers", None)
     if blocks is None:
@@ -180,22 +180,24 @@ def explain_images(model: Any, processor: Any, images: Sequence[Any],
 
     was_training = model.training
     model.eval()
-    per_image = list(target) if isinstance(target, (list, tuple, np.ndarray)) else None
-    fixed = None if per_image is not None else resolve_target(model, target)
-    found: List[Explanation] = []
-    for start in range(0, len(images), batch_size):
-        pixels = processor(list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits.float()
-        probs = torch.softmax(logits, dim=-1).cpu().numpy()
-        if per_image is not None:
-            targets = [int(t) for t in per_image[start:start + len(probs)]]
-        else:
-            targets = [int(p.argmax()) if fixed is None else fixed for p in probs]
-        maps = attribute(model, pixels, targets, method)
-        for p, t, grid, seen in zip(probs, targets, maps, seen_images(processor, pixels)):
-            found.append(Explanation(p, t, grid.astype(np.float32), method, seen))
-    model.train(was_training)
+    try:
+        per_image = list(target) if isinstance(target, (list, tuple, np.ndarray)) else None
+        fixed = None if per_image is not None else resolve_target(model, target)
+        found: List[Explanation] = []
+        for start in range(0, len(images), batch_size):
+            pixels = processor(list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
+            with torch.no_grad():
+                logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits.float()
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            if per_image is not None:
+                targets = [int(t) for t in per_image[start:start + len(probs)]]
+            else:
+                targets = [int(p.argmax()) if fixed is None else fixed for p in probs]
+            maps = attribute(model, pixels, targets, method)
+            for p, t, grid, seen in zip(probs, targets, maps, seen_images(processor, pixels)):
+                found.append(Explanation(p, t, grid.astype(np.float32), method, seen))
+    finally:
+        model.train(was_training)  # the Trainer's model goes back as it came
     return found
 
 

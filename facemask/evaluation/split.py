@@ -40,13 +40,14 @@ class EvaluatedSplit:
 
 def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_label: int, out_dir: Path,
                    extra_metrics: Optional[Dict[str, Any]] = None, log_history: bool = False,
-                   source: Optional[str] = None) -> EvaluatedSplit:
+                   source: Optional[str] = None, maps: str = "ablation") -> EvaluatedSplit:
     """Predict `view` (the split as the Trainer reads it) and write the split's files into out_dir.
 
     Every process predicts its share (the Trainer gathers them); only the main one writes.
     `log_history` records the metrics in the Trainer's log history first, as `evaluate()` does.
     `source` names where the split's images came from in its intervals file (a folder's or
-    dataset's name, never a path: the file is published).
+    dataset's name, never a path: the file is published). `maps`: the error gallery's explanation
+    method (explain.METHODS) or "none".
     """
     output = trainer.predict(view, metric_key_prefix=prefix)
     names = sample_names(split.dataset, split.image_column)
@@ -71,7 +72,7 @@ def evaluate_split(trainer: Any, view: Any, split: SplitData, prefix: str, pos_l
         roc_curve_png(output.label_ids, probs, labels, pos_label, f"{run_folder.split_name(prefix)} split",
                       run_folder.ROC_FIGURE.path(out_dir, prefix))
         analyse_split(prefix, probs, output.label_ids, split.dataset, split.image_column, names, labels,
-                      split.attributes, out_dir, trainer_explainer(trainer))
+                      split.attributes, out_dir, trainer_explainer(trainer, maps) if maps != "none" else None)
         intervals = split_intervals(probs, output.label_ids, pos_label)
         # The images' identity beside their source: compare pairs two runs' predictions by it.
         images = split_digest(split.inspections, output.label_ids, labels)

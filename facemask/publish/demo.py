@@ -187,17 +187,23 @@ class Demo:
         positive = resolve_positive_label(self.labels, self.positive_label)
         return SceneClassifier(self.model, self.processor, load_detector(), positive=positive)
 
-    def classify(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Dict[str, float]]]:
-        """(the page's message in Markdown, class probabilities or None) for one uploaded file."""
+    def decide(self, path: str, rule: str) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+        """predict's row for the upload under the decision rule (its label is the one the page
+        shows), or the reason it was skipped."""
         from facemask.evaluation.predict import predict_files
 
+        threshold = self.rules.get(rule)
+        return predict_files(self.model, self.processor, [Path(path)], 1, threshold,
+                             self.positive_label if threshold is not None else None)
+
+    def classify(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Dict[str, float]]]:
+        """(the page's message in Markdown, class probabilities or None) for one uploaded file."""
         if not path:
             return "Upload a photo of a face, or take one with the webcam.", None
         try:
             note = check_upload(path)
             threshold = self.rules.get(rule)
-            rows, skipped = predict_files(self.model, self.processor, [Path(path)], 1, threshold,
-                                          self.positive_label if threshold is not None else None)
+            rows, skipped = self.decide(path, rule)
             if skipped:
                 raise BadUpload(f"{Path(path).name} could not be read ({skipped[0][1]}): {UPLOAD_HINT}.")
         except BadUpload as err:
@@ -232,11 +238,10 @@ class Demo:
         try:
             check_upload(path)
             image, _ = read_input(Path(path), 2 * processor_image_size(self.processor))  # as predict reads it
-            message, probabilities = self.classify(path, rule)
-            if image is None or probabilities is None:
+            rows, _ = self.decide(path, rule)
+            if image is None or not rows:
                 return None
-            shown = message.splitlines()[0].removeprefix("## ")
-            found = explain_images(self.model, self.processor, [image], shown, self.map_method)[0]
+            found = explain_images(self.model, self.processor, [image], rows[0]["label"], self.map_method)[0]
         except BadUpload:
             return None
         except Exception:  # the label stands without its map; the console keeps the traceback

@@ -41,7 +41,7 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
     prefixes = {split: prefix_of(split) for split in data.splits if split != "train"}
     evaluated = {split: evaluate_split(trainer, run.pipeline.splits[split], split_data(prepared, split), prefix,
                                        pos_label, out, log_history=prefix == "eval",
-                                       source=data.extra_sources.get(split))
+                                       source=data.extra_sources.get(split), maps=cfg.data.error_maps)
                  for split, prefix in prefixes.items()}
     trainer.save_state()
     if run.main_process and "validation" in evaluated:

@@ -297,7 +297,9 @@ def command(args: argparse.Namespace) -> int:
     out = output_folder(args.config, overrides, "the fold models and label issues", "-label-issues")
     argv = ["label-issues", args.config, f"--folds {args.folds}", *overrides]
     try:
-        train_runs(args.config, out, runs, overrides)
+        # The folds' own error galleries are not what label-issues shows: no maps for them (its
+        # figure maps the suspects); an override given on the command line still wins.
+        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides])
     except RepeatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
