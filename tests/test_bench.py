@@ -164,3 +164,41 @@ def test_explain_bench_checks_both_methods_and_times_them(tmp_path, capsys):
         assert all(seconds > 0 for seconds in report["cost"][model].values())
     printed = capsys.readouterr().out
     assert "| ablation |" in printed and "error gallery: maps of 16 images add" in printed
+
+
+def test_label_issues_bench_flips_labels_and_scores_the_flags_against_them(tmp_path):
+    bench = load("label_issues")
+    clean = bench.draw(tmp_path / "clean", 20, seed=0)
+    train = tmp_path / "noise-20" / "train"
+    moved = bench.flip(clean, train, 0.2)
+    assert len(moved) == 4 and len(list(train.glob("*/*"))) == 20
+    for name in moved:  # each moved file sits in the other class's folder now, and only there
+        other = "without_mask" if name.startswith("with_mask/") else "with_mask"
+        assert (train / name).is_file() and not (clean / name).is_file()
+        assert (clean / other / name.split("/")[1]).is_file()
+    assert bench.flip(clean, train, 0.2) == moved  # resumed from flips.json, not drawn again
+    # label-issues' outputs as it writes them: 2 of the 4 moved files flagged, and 4 clean ones.
+    out = tmp_path / "found"
+    out.mkdir()
+    files = sorted(str(p.relative_to(train)) for p in train.glob("*/*"))
+    flagged = set(moved[:2]) | set(sorted(set(files) - set(moved))[:4])
+    lines = ["file,given_label,suggested_label,label_quality,is_issue"]
+    lines += [f"{f},{f.split('/')[0]},x,0.5,{f in flagged}" for f in files]
+    (out / "label_issues.csv").write_text("\n".join(lines) + "\n")
+    (out / "label_issues.json").write_text(json.dumps({"joint": {"matrix": [[0.4, 0.1], [0.05, 0.45]]},
+                                                       "fold_accuracy": {"fold-0": 0.9, "fold-1": 0.8}}))
+    found = bench.recovery(out, moved)
+    assert (found["flagged"], found["hits"], found["flipped"]) == (6, 2, 4)
+    assert found["precision"] == 2 / 6 and found["recall"] == 0.5 and found["true_noise"] == 0.2
+    assert abs(found["estimated_noise"] - 0.15) < 1e-9
+
+
+@pytest.mark.slow  # 4 training processes (2 folds, 2 arms) of a tiny model: about two minutes on 2 cores
+def test_label_issues_bench_runs_its_code_path(tmp_path, capsys):
+    (result,) = load("label_issues").main(["--tiny", "--noise", "0.15", "--work", str(tmp_path)])
+    assert result["flipped"] == 12 and result["images"] == 80 and 0 <= result["hits"] <= result["flagged"]
+    assert len(result["noisy"]["accuracy"]) == len(result["cleaned"]["accuracy"]) == 1
+    assert result["compare"]["images"] == 40 and 0 <= result["compare"]["mcnemar"]["p_value"] <= 1
+    assert all(result["cost"][step]["cpu_s"] > 0 for step in ("label-issues", "noisy", "cleaned"))
+    printed = capsys.readouterr().out
+    assert "| noise (true) |" in printed and "after data.exclude" in printed and "label-issues CPU s" in printed
