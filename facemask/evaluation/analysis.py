@@ -5,6 +5,7 @@ the operating points of the positive class (thresholds chosen on validation).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -133,7 +134,13 @@ def analyse_split(prefix: str, probs: np.ndarray, label_ids: np.ndarray, dataset
     errors = error_rows(probs, label_ids, names, labels)
     misclassified = int((probs.argmax(axis=1) != label_ids).sum())
     images = [load_image(item, 256) for item in dataset.select([e["row"] for e in errors])[image_column]]
-    maps = explainer(images, [labels.index(e["predicted_label"]) for e in errors]) if explainer and errors else None
+    maps = None
+    if explainer and errors:
+        start = time.perf_counter()
+        maps = explainer(images, [labels.index(e["predicted_label"]) for e in errors])
+        # Its cost depends on the model and the device (ViT-B/16 by ablation: ~48 s an image on 2 CPU cores).
+        logger.info("%s error gallery: %s maps of %d images in %.1f s (data.error_maps=none skips them)", prefix,
+                    maps[0].method, len(maps), time.perf_counter() - start)
     for error, found in zip(errors, maps or []):
         error["map"] = np.round(found.grid, 5).tolist()
     method = {"map_method": maps[0].method} if maps else {}
