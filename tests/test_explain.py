@@ -141,3 +141,25 @@ def test_the_error_gallery_maps_follow_their_switch(evaluated_run, tmp_path):
         assert all(("map" in e) == (method != "none") for e in errors["worst"])
     with pytest.raises(ConfigError, match="data.error_maps"):
         load_config(str(evaluated_run / "experiment.yaml"), ["data.error_maps=saliency"])
+
+
+def test_a_map_that_fails_leaves_the_gallery_and_its_files_without_maps(tmp_path, caplog):
+    import datasets
+
+    from facemask.evaluation.analysis import analyse_split
+
+    images = [sample(9, k, 32)[0] for k in range(4)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.ClassLabel(names=["a", "b"])}))
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.7, 0.3], [0.4, 0.6]])
+
+    def broken(images, targets):
+        raise RuntimeError("no room for the perturbed batch")
+
+    analyse_split("test", probs, np.array([0, 1, 0, 1]), ds, "image", ["0", "1", "2", "3"], ["a", "b"], None,
+                  tmp_path, broken)
+    errors = json.loads((tmp_path / "test_errors.json").read_text())
+    assert len(errors["worst"]) == 2 and "map_method" not in errors and all("map" not in e for e in errors["worst"])
+    assert (tmp_path / "test_errors.png").is_file()
+    assert "drawn without maps: no room for the perturbed batch" in caplog.text

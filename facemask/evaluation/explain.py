@@ -211,6 +211,8 @@ def trainer_explainer(trainer: Any, method: str = DEFAULT_METHOD) -> Optional[An
     processor = getattr(trainer, "processing_class", None)
     try:
         patch_grid(model)
+        if method == "gradcam":
+            _blocks(model)  # an ONNX graph has no blocks to wrap
     except ValueError:
         return None
     if processor is None:
