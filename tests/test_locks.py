@@ -68,9 +68,11 @@ def _start(config: Path, log: Path, *overrides: str) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _kill_with_workers_and_take_the_folder(proc: subprocess.Popen, out: Path, log: Path, phase: str) -> None:
+def _kill_with_workers_and_take_the_folder(proc: subprocess.Popen, out: Path, log: Path, phase: str,
+                                           children: int = 2) -> None:
     lock = out / "run.lock"
-    _wait(lambda: lock.exists() and len(_children(proc.pid)) >= 2, 180, f"the workers of the {phase}", proc, log)
+    _wait(lambda: lock.exists() and len(_children(proc.pid)) >= children, 180, f"the workers of the {phase}", proc,
+          log)
     workers = _children(proc.pid)
     assert not [w for w in workers if _holds(w, lock)], f"{phase} workers hold {lock}"
     os.kill(proc.pid, signal.SIGKILL)
@@ -104,9 +106,11 @@ def test_sigkill_while_caching_leaves_no_worker_and_no_lock(tmp_path):
                                                 "num_attention_heads": 2, "intermediate_size": 32}})
     log = tmp_path / "log"
     proc = _start(config, log)
-    # The build's own workers: the cache folder's staging copy exists while they decode.
+    # The build's own processes: the cache folder's staging copy exists while they decode. Three: the
+    # two workers datasets forks, and the Manager server that relays their batches, which offers no
+    # initializer and would otherwise serve on forever (CI once caught it).
     _wait(lambda: any((tmp_path / "cache").glob(".*.partial")), 180, "the cache build", proc, log)
-    _kill_with_workers_and_take_the_folder(proc, tmp_path / "out", log, "cache build")
+    _kill_with_workers_and_take_the_folder(proc, tmp_path / "out", log, "cache build", children=3)
 
 
 @pytest.mark.parametrize("recorded", ["dead", "reused"])

@@ -311,6 +311,30 @@ def die_with_parent(parent: int) -> None:
 
 
 _GUARDED: Optional[int] = None
+_FORKS_DIE_WITH: Optional[int] = None
+
+
+@contextmanager
+def forks_die_with_this_process() -> Iterator[None]:
+    """Every process forked in this block dies with this one, from its first instruction: for
+    libraries that fork without an initializer to call (datasets' `map(num_proc=...)` forks its
+    pool's workers and a Manager server that would otherwise serve on forever, idle workers too)."""
+    global _FORKS_DIE_WITH
+    previous, _FORKS_DIE_WITH = _FORKS_DIE_WITH, os.getpid()
+    try:
+        yield
+    finally:
+        _FORKS_DIE_WITH = previous
+
+
+def _guard_fork() -> None:
+    global _FORKS_DIE_WITH
+    parent, _FORKS_DIE_WITH = _FORKS_DIE_WITH, None  # the child's own forks are its own concern
+    if parent is not None:
+        die_with_parent(parent)
+
+
+os.register_at_fork(after_in_child=_guard_fork)
 
 
 def pid_alive(pid: int) -> bool:

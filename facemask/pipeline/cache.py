@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import (Damaged, check_checksums, checksum, die_with_parent, discard, first_line,
+from facemask.data.storage import (Damaged, check_checksums, checksum, discard, forks_die_with_this_process, first_line,
                                    images_digest, mark_used, require_space, staged)
 from facemask.pipeline.geometry import region_pixels
 
@@ -88,13 +88,11 @@ def cache_key(ds: datasets.Dataset, image_column: str, spec: CacheSpec, digest: 
 
 
 def _encode_batch(batch: Dict[str, List[Any]], indices: List[int], *, image_column: str, spec: CacheSpec,
-                  processor: Any, parent: Optional[int] = None) -> Dict[str, Any]:
+                  processor: Any) -> Dict[str, Any]:
     """Each image as its stored square, and the size in the image's pixels of the region that
     square shows (what the random crops are drawn for)."""
     from facemask.pipeline.processor import input_region
 
-    if parent is not None:
-        die_with_parent(parent)
     pixels, widths, heights = [], [], []
     for item, index in zip(batch[image_column], indices):
         try:
@@ -270,10 +268,9 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     features = datasets.Features({
         "pixels": datasets.Value("binary"), "width": datasets.Value("int32"),
         "height": datasets.Value("int32")})
-    with staged(folder, folder=True) as staging:
+    with staged(folder, folder=True) as staging, forks_die_with_this_process():
         built = ds.select_columns([image_column]).map(
-            functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor,
-                              parent=os.getpid()),
+            functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor),
             batched=True, batch_size=64, with_indices=True, remove_columns=[image_column], features=features,
             num_proc=num_proc if num_proc > 1 else None, cache_file_name=str(staging / "pixels.arrow"),
             writer_batch_size=256, desc=f"caching {split} images", load_from_cache_file=False,
