@@ -467,11 +467,32 @@ def _add_explain(commands: Any) -> None:
     explain.set_defaults(func=command)
 
 
+def _add_pretrain(commands: Any) -> None:
+    from facemask.training.resume import add_run_arguments
+
+    pretrain = commands.add_parser("pretrain", help="masked image modelling (SimMIM) on images without labels: a "
+                                                    "backbone that train.py fine-tunes (model.name_or_path=FOLDER)")
+    add_run_arguments(pretrain)
+    pretrain.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from facemask import REPO
+
+    # The entry point beside train.py, which owns the run (and, as train.py, sits above the package).
+    spec = importlib.util.spec_from_file_location("pretrain", REPO / "pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cli(args.argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues):
+                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues, _add_pretrain):
         add(commands)
     return parser
 
@@ -486,6 +507,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = commands[argv[0]].parse_intermixed_args(argv[1:])
     else:
         args = parser.parse_args(argv)
+    args.argv = argv[1:]  # as given: a subcommand that hands its arguments to an entry point (pretrain)
     if getattr(args, "num_images", 1) < 1:
         parser.error("--num-images must be at least 1")
     try:

@@ -109,6 +109,18 @@ SHORTCUT_TEST = _split("shortcut_test.json", "accuracy with each flagged shortcu
 # The card and what it shows.
 CARD = Output("README.md", "train.py, `python -m facemask card`", "the model card", True)
 CURVES_FIGURE = Output("training_curves.png", "card", "loss and evaluation metrics over training", True)
+# python -m facemask pretrain: its run folder is a backbone `from_pretrained` loads (CONFIG, WEIGHTS,
+# PROCESSOR above, the masked-image-modelling head included), with these and its own card.
+PRETRAINING = Output("pretraining.json", "`python -m facemask pretrain`", "the pretraining: objective, masking, the "
+                     "model it started from, the data (by name) and image count, final losses, time; it marks the "
+                     "folder as a pretraining run", True)
+PRETRAINING_IMAGES = Output("pretraining_images.txt", "`python -m facemask pretrain`", "the content SHA-256 of every "
+                            "image pretraining used, one a line: a run fine-tuned from it checks its test images "
+                            "against them (data.on_leak)", True)
+PRETRAINING_LOSS_FIGURE = Output("pretraining_loss.png", "`python -m facemask pretrain`",
+                                 "the reconstruction loss over training", True)
+RECONSTRUCTIONS_FIGURE = Output("reconstructions.png", "`python -m facemask pretrain`",
+                                "held-out images, masked, and the model's reconstructions", True)
 # python -m facemask export.
 ONNX_DIR = "onnx"
 ONNX_GRAPH = Output("onnx/model.onnx", "`python -m facemask export`", "the model as an ONNX graph (fp32)", True)
@@ -140,7 +152,8 @@ OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
     ADAPTER, TEACHER, LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
-    SHORTCUT_TEST, CARD, CURVES_FIGURE, ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
+    SHORTCUT_TEST, CARD, CURVES_FIGURE, PRETRAINING, PRETRAINING_IMAGES, PRETRAINING_LOSS_FIGURE, RECONSTRUCTIONS_FIGURE,
+    ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
 ]
 ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}
 # What a push publishes, and the remote files it owns (deleting those the new push no longer has).
@@ -149,7 +162,7 @@ PUSH_PATTERNS = [o.pattern for o in OUTPUTS if o.pushed]
 SPLIT_OUTPUTS = [o for o in OUTPUTS if o.per_split]
 # Files only a run (train.py) writes: a folder holding one of them, or checkpoints, is a run folder.
 RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, RESULTS.path(Path(), "train").name, ALL_RESULTS.name, STATE.name,
-               AUDIT_JSON.name)
+               AUDIT_JSON.name, PRETRAINING.name)
 
 
 def output_name(path: Path, suffix: str, taken: set) -> str:
@@ -210,6 +223,7 @@ class RunFiles:
     operating_points: Dict[str, Any] = field(default_factory=dict)
     onnx: Dict[str, Any] = field(default_factory=dict)  # onnx/parity.json (python -m facemask export)
     teacher: Dict[str, Any] = field(default_factory=dict)  # teacher.json (recipe.distill)
+    pretraining: Dict[str, Any] = field(default_factory=dict)  # pretraining.json (a pretraining run)
     adapter_bytes: Optional[int] = None  # adapter/adapter_model.safetensors (model.peft)
 
 
@@ -258,6 +272,7 @@ def read_run(directory: str | Path) -> RunFiles:
     run.operating_points = read_json(OPERATING_POINTS.path(directory))
     run.onnx = read_json(PARITY.path(directory))
     run.teacher = read_json(TEACHER.path(directory))
+    run.pretraining = read_json(PRETRAINING.path(directory))
     adapter = directory / ADAPTER_DIR / ADAPTER_WEIGHTS
     run.adapter_bytes = adapter.stat().st_size if adapter.is_file() else None
     return run

@@ -10,7 +10,7 @@ from typing import List
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from facemask.config.overrides import let_overrides_pick_source, parse_overrides
+from facemask.config.overrides import let_overrides_pick_model, let_overrides_pick_source, parse_overrides
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.config.validation import check_keys, coerce_training_value, training_argument_types, validate
 
@@ -38,6 +38,7 @@ def load_config(path: str | Path | None, overrides: List[str] | None = None) -> 
         check_keys(tree, ExperimentConfig, "", origin)
     if len(layers) == 2:
         let_overrides_pick_source(layers[0][1], layers[1][1])
+        let_overrides_pick_model(layers[0][1], layers[1][1])
 
     merged = OmegaConf.structured(ExperimentConfig)
     for origin, tree in layers:

@@ -22,6 +22,7 @@ def parse_overrides(overrides: List[str]) -> Dict[str, Any]:
 
 
 _SOURCE_KEYS = ("dataset_name", "train_dir", "synthetic")
+_MODEL_KEYS = ("name_or_path", "from_config")
 
 
 def let_overrides_pick_source(file_tree: Dict[str, Any], cli_tree: Dict[str, Any]) -> None:
@@ -34,3 +35,16 @@ def let_overrides_pick_source(file_tree: Dict[str, Any], cli_tree: Dict[str, Any
     for key in _SOURCE_KEYS:
         if key not in cli_data:
             file_data.pop(key, None)
+
+
+def let_overrides_pick_model(file_tree: Dict[str, Any], cli_tree: Dict[str, Any]) -> None:
+    """A checkpoint named on the command line replaces the file's random-init model (and a
+    `model.from_config` given there the file's checkpoint), as a data source does: `python train.py
+    configs/quickstart.yaml model.name_or_path=outputs/pretrain-quickstart` fine-tunes that run."""
+    cli_model = cli_tree.get("model") or {}
+    if not any(cli_model.get(key) for key in _MODEL_KEYS):
+        return
+    file_model = file_tree.get("model") or {}
+    for key in _MODEL_KEYS:
+        if key not in cli_model:
+            file_model.pop(key, None)

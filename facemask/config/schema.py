@@ -199,6 +199,19 @@ class SearchConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """`python -m facemask pretrain`: masked image modelling on the data section's images, labels
+    ignored (docs/pretraining.md)."""
+    # "simmim": SimMIM's masked pixel regression (L1 on the masked pixels), for ViT through
+    # transformers' ViTForMaskedImageModeling and for BEiT through the same head on BeitModel
+    # (BEiT's own head predicts visual tokens of a tokenizer this project cannot download).
+    objective: str = "simmim"
+    mask_ratio: float = 0.6  # the share of mask patches hidden from the encoder
+    mask_patch_size: int = 32  # the side in pixels of one mask patch: a whole number of model patches
+    reconstructions: int = 8  # images in the card's figure of masked inputs and reconstructions
+
+
+@dataclass
 class HubConfig:
     push: bool = False
     model_id: Optional[str] = None
@@ -222,6 +235,7 @@ class ExperimentConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     card: CardConfig = field(default_factory=CardConfig)
 
     @property

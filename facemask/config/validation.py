@@ -166,6 +166,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("set exactly one of 'model.name_or_path' (a checkpoint) or 'model.from_config'")
     if m.from_config is not None and "model_type" not in m.from_config:
         raise ConfigError("'model.from_config' needs a 'model_type' key, e.g. vit or beit")
+    _validate_pretrain(cfg)
     d = cfg.data
     sources = [
         name
@@ -208,8 +209,8 @@ def validate(cfg: ExperimentConfig) -> None:
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
-    if d.synthetic_style not in ("studio", "street"):
-        raise ConfigError(f"bad value for 'data.synthetic_style': expected 'studio' or 'street', got "
+    if d.synthetic_style not in ("studio", "street", "mixed"):
+        raise ConfigError(f"bad value for 'data.synthetic_style': expected 'studio', 'street' or 'mixed', got "
                           f"{d.synthetic_style!r}")
     if d.preprocess not in ("cache", "per_image"):
         raise ConfigError(f"bad value for 'data.preprocess': expected 'cache' or 'per_image', got {d.preprocess!r}")
@@ -240,6 +241,23 @@ def validate(cfg: ExperimentConfig) -> None:
     _validate_distill(cfg)
     if cfg.hub.push and not cfg.hub.model_id:
         raise ConfigError("'hub.push' is true but 'hub.model_id' is not set (e.g. your-name/vit-facemask)")
+
+
+def _validate_pretrain(cfg: ExperimentConfig) -> None:
+    """The masking's own bounds; whether it fits the model's image and patches is checked where
+    the model's config is known (training/masked_modeling.py), still before any work."""
+    p = cfg.pretrain
+    if p.objective != "simmim":
+        raise ConfigError(f"bad value for 'pretrain.objective': {p.objective!r}; the one objective is 'simmim' "
+                          "(masked pixel regression, for ViT and BEiT)")
+    if not 0 < p.mask_ratio < 1:
+        raise ConfigError(f"bad value for 'pretrain.mask_ratio': {p.mask_ratio}; expected a share of the mask "
+                          "patches strictly between 0 and 1 (SimMIM uses 0.6)")
+    if p.mask_patch_size < 1:
+        raise ConfigError(f"bad value for 'pretrain.mask_patch_size': {p.mask_patch_size}; expected a side in "
+                          "pixels, a whole number of the model's patches")
+    if p.reconstructions < 0:
+        raise ConfigError(f"bad value for 'pretrain.reconstructions': {p.reconstructions}; expected 0 or more")
 
 
 def _validate_recipe(cfg: ExperimentConfig) -> None:

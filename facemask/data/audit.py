@@ -44,7 +44,8 @@ def _side(rec: Dict[str, Any], split: Optional[str] = None) -> Dict[str, Any]:
 
 def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[str, List[int]], exact: List[Dict],
                  near: List[Dict], removed: Dict[str, Dict[int, int]], cfg: DataConfig, seed: int,
-                 carved: Dict[str, Any], image_side: int, edges: List[float]) -> Dict[str, Any]:
+                 carved: Dict[str, Any], image_side: int, edges: List[float],
+                 pretraining: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The audit of the splits as training will read them (after leak removal and carving)."""
     final = {k: name for name, ks in members.items() for k in ks}
     ignored, empty = _folder_notes(cfg)
@@ -119,6 +120,9 @@ def build_report(data: PreparedData, recs: List[Dict[str, Any]], members: Dict[s
         "imbalance": imbalance,
         "on_bad_image": cfg.on_bad_image,
     }
+    if pretraining is not None:
+        # The pretraining run the model starts from: which evaluation images it reconstructed.
+        report["pretraining"] = pretraining
     report["errors"], report["warnings"] = _findings(report)
     return report
 
@@ -189,6 +193,15 @@ def _findings(report: Dict[str, Any]) -> Tuple[List[str], List[str]]:
             errors.append(f"{len(report['leaks'])} duplicate pair(s) across splits (leak)")
         else:
             warnings_.append(f"{len(report['leaks'])} duplicate pair(s) across splits kept (data.on_leak=keep)")
+    seen = report.get("pretraining") or {"leaks": {}}
+    for split, files in seen["leaks"].items():
+        text = (f"{len(files)} {split} image{'s' if len(files) != 1 else ''} used by pretraining run {seen['run']} "
+                "(the encoder reconstructed them)")
+        if seen["on_leak"] == "error":
+            errors.append(text)
+        else:
+            warnings_.append(text + (": removed from the split (data.on_leak=drop)" if seen["on_leak"] == "drop"
+                                     else ": kept (data.on_leak=keep), so that figure is of images it saw"))
     for s in report["shortcuts"]:
         warnings_.append(f"shortcut: {s['attribute']} alone predicts the class "
                          f"(balanced accuracy {s['balanced_accuracy']})")
@@ -229,6 +242,12 @@ def refusal(report: Dict[str, Any]) -> Optional[str]:
                   + (f" (hash distance {p['distance']})" if p["distance"] else "") for p in report["leaks"][:20]]
         if len(report["leaks"]) > 20:
             lines.append(f"    ... and {len(report['leaks']) - 20} more (see data_audit.json)")
+    seen = report.get("pretraining") or {"leaks": {}}
+    if seen["leaks"] and seen["on_leak"] == "error":
+        lines.append(f"  test images that pretraining run {seen['run']} used (evaluate on images it did not see, or "
+                     "set data.on_leak=drop to leave them out of the test sets):")
+        files = [f"    {split}:{f}" for split, found in seen["leaks"].items() for f in found]
+        lines += files[:20] + ([f"    ... and {len(files) - 20} more (see data_audit.json)"] if len(files) > 20 else [])
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from facemask.data import audit
 from facemask.data.duplicates import duplicate_pairs, groups, image_records
 from facemask.data.exclude import ExcludeList, apply_exclusion, read_exclude_list
 from facemask.data.inspection import inspect_splits
+from facemask.data.seen import SeenImages, seen_members
 from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, load_sources
 from facemask.data.splits import achieved, carve, folds, leaked_copies, within
@@ -88,12 +89,15 @@ def _carve_missing(members: Dict[str, List[int]], labels: List[int], pairs: List
     return carved
 
 
-def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Optional[ExcludeList] = None) -> Prepared:
+def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Optional[ExcludeList] = None,
+                 labelled: bool = True, seen: Optional[SeenImages] = None) -> Prepared:
     """Load, inspect, resolve leaks, carve, leave out the listed images and audit; see the module
-    docstring. `exclude`: data.exclude's list where the caller read it already."""
+    docstring. `exclude`: data.exclude's list where the caller read it already. `labelled=False`:
+    any number of classes (pretraining ignores them). `seen`: the images the pretraining run the
+    model starts from used; test images among them are leaks (data.on_leak)."""
     if cfg.exclude is not None and exclude is None:
         exclude = read_exclude_list(cfg.exclude)  # a bad list stops before any image is read
-    given = load_sources(cfg, seed)
+    given = load_sources(cfg, seed, labelled)
     offsets, start = {}, 0
     for name, ds in given.splits.items():
         offsets[name] = start
@@ -110,6 +114,9 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Opt
     if not cfg.audit:
         logger.warning("data.audit is false: held-out splits are carved without duplicate groups, and copies "
                        "across splits are neither found nor removed")
+        if seen is not None:
+            logger.warning("data.audit is false: the test images are not checked against the %d images pretraining "
+                           "run %s used (the check uses the audit's content digests)", len(seen.digests), seen.run)
         carved = _carve_missing(members, label_ids.tolist(), [], cfg, seed)
         return Prepared(_select(given, members, split_of, offsets, cfg, seed, carved, per_image)[0])
 
@@ -134,13 +141,17 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Opt
         for name, ks in members.items():
             if not ks:
                 raise ConfigError(f"data.exclude: {exclude.name} lists every image of the {name} split")
+    pretraining = None
+    if seen is not None:
+        members, pretraining = _pretraining_leaks(seen, members, records, cfg.on_leak)
     data, members = _select(given, members, split_of, offsets, cfg, seed, carved, per_image)
     data.exclusion = exclusion
 
     usable = [r["inspection"] for r in records
               if r["inspection"].status == "ok" and r["split"] in audit.SOURCE_SPLITS]
     edges = sharpness_edges([f.sharpness for f in usable])
-    report = audit.build_report(data, records, members, exact, near, removed, cfg, seed, carved, image_side, edges)
+    report = audit.build_report(data, records, members, exact, near, removed, cfg, seed, carved, image_side, edges,
+                                pretraining)
     if exclusion is not None:
         report["exclude"] = exclusion
     attributes = {name: [attribute_values(records[k]["inspection"], edges) for k in ks] for name, ks in members.items()}
@@ -152,7 +163,27 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Opt
         counts[f"{name}_leaked_images_removed"] = len(copies)
     if cfg.on_leak == "drop":
         counts.setdefault("train_leaked_images_removed", 0)
+    if pretraining is not None and cfg.on_leak == "drop":
+        for name, files in pretraining["leaks"].items():
+            counts[f"{name}_pretraining_images_removed"] = len(files)
     return Prepared(data, report, attributes, found, counts)
+
+
+def _pretraining_leaks(seen: SeenImages, members: Dict[str, List[int]], records: List[Dict[str, Any]],
+                       on_leak: str) -> tuple[Dict[str, List[int]], Dict[str, Any]]:
+    """The evaluation images the pretraining used, per split, for the audit; with on_leak=drop they
+    leave their test set (the training side may share images with pretraining: that is its purpose)."""
+    found = seen_members(seen, members, [r["inspection"].sha256 for r in records],
+                         [name for name in members if name not in audit.TRAINING_SIDE])
+    record = {"run": seen.run, "images": len(seen.digests), "on_leak": on_leak,
+              "leaks": {name: [records[k]["file"] for k in ks] for name, ks in found.items() if ks}}
+    if on_leak == "drop":
+        members = {name: [k for k in ks if k not in set(found.get(name, []))] for name, ks in members.items()}
+        for name, ks in members.items():
+            if not ks:
+                raise ConfigError(f"every image of the {name} split was used by pretraining run {seen.run}: "
+                                  "evaluate on images it did not see")
+    return members, record
 
 
 def _select(given: PreparedData, members: Dict[str, List[int]], split_of: List[str], offsets: Dict[str, int],

@@ -204,9 +204,10 @@ def label_key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name)).lower()
 
 
-def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
+def load_sources(cfg: DataConfig, seed: int, labelled: bool = True) -> PreparedData:
     """The configured source's own splits (train, and validation/test where it has them), labels
-    aligned by class name, images undecoded. Carving the missing splits is `data/splits.py`'s job, after
+    aligned by class name, images undecoded; `labelled=False` (pretraining) takes any number of
+    classes, a folder of images without class folders being one. Carving the missing splits is `data/splits.py`'s job, after
     the images are inspected (duplicates must land on one side)."""
     raw, source = _load_raw(cfg, seed)
     for alias in VALIDATION_ALIASES[1:]:
@@ -232,7 +233,7 @@ def load_sources(cfg: DataConfig, seed: int) -> PreparedData:
             splits[split] = _align_labels(raw[split], cfg.label_column, labels, split, source)
 
     expected = cfg.expected_labels
-    if len(labels) != expected:
+    if labelled and len(labels) != expected:
         hint = "" if cfg.num_labels else " (set data.num_labels to train on another number of classes)"
         raise ConfigError(f"{source}: found {len(labels)} classes {labels}, expected {expected}{hint}")
     for split, ds in splits.items():

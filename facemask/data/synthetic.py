@@ -31,6 +31,9 @@ WITH_MASK, WITHOUT_MASK = 0, 1
 
 Color = Tuple[int, int, int]
 STYLES = ("studio", "street")
+# "mixed": studio and street in turn, two by two (labels alternate one by one, so each style holds
+# both classes equally), each image the one its own style draws at that index.
+MIXED = "mixed"
 
 SKIN_TONES: List[Color] = [
     (255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96),
@@ -298,8 +301,10 @@ def sample(seed: int, index: int, size: int, style: str = "studio",
            regions: Optional[Dict[str, np.ndarray]] = None) -> Tuple[Image.Image, int]:
     """Image and label number `index` of the set with this seed; independent of how many are drawn.
     `regions`: see draw_face."""
+    if style == MIXED:
+        style = STYLES[(index // 2) % 2]
     if style not in STYLES:
-        raise ValueError(f"unknown synthetic style {style!r}: use {' or '.join(STYLES)}")
+        raise ValueError(f"unknown synthetic style {style!r}: use {', '.join(STYLES)} or {MIXED}")
     key = f"facemask-synthetic:{seed}:{index}" + ("" if style == "studio" else f":{style}")
     rng = random.Random(key)
     label = WITH_MASK if index % 2 == 0 else WITHOUT_MASK

@@ -55,16 +55,20 @@ def confusion_figure(prefix: str, matrix: Dict[str, Any], directory: Path) -> Op
 
 
 def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:
-    """Training loss and evaluation accuracy against the step; False without data or matplotlib."""
+    """Training loss and evaluation accuracy (a pretraining run: evaluation loss) against the step;
+    False without data or matplotlib."""
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     evals = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e and "step" in e]
+    eval_loss = [] if evals else [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
     plt = _pyplot()
-    if plt is None or not (train or evals):
+    if plt is None or not (train or evals or eval_loss):
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     lines = []
     if train:
         lines += ax.plot(*zip(*train), color="tab:blue", label="training loss")
+    if eval_loss:
+        lines += ax.plot(*zip(*eval_loss), color="tab:orange", marker="o", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if evals:
@@ -73,6 +77,25 @@ def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:
         acc.set_ylabel("accuracy")
         acc.set_ylim(0, 1.02)
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def reconstructions_png(rows: List[Any], path: Path) -> bool:
+    """Masked image modelling at work: per row an image, its masked input (hidden patches grey)
+    and the model's reconstruction (its prediction pasted into the hidden patches); uint8 HWC
+    arrays. False without rows or matplotlib."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return False
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.0, 2.0 * len(rows)), dpi=100, squeeze=False)
+    for row, images in zip(axes, rows):
+        for ax, picture, title in zip(row, images, ("image", "masked input", "reconstruction")):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)

@@ -25,7 +25,15 @@ def write_figures(run: RunFiles, directory: Path) -> Dict[str, str]:
         path = run_folder.CALIBRATION_FIGURE.path(directory, prefix)
         written[f"calibration_{prefix}"] = path.name if figures.reliability_png(calibration, f"{prefix} split",
                                                                                path) else None
-    if run.state.get("log_history"):
+    for output, key in ((run_folder.PRETRAINING_LOSS_FIGURE, "pretraining_loss"),
+                        (run_folder.RECONSTRUCTIONS_FIGURE, "reconstructions")):
+        source = output.path(run.directory)
+        if run.pretraining and source.is_file():
+            # Drawn by the pretraining run (the reconstructions need the model); copied beside a card written elsewhere.
+            if source.resolve() != output.path(directory).resolve():
+                shutil.copyfile(source, output.path(directory))
+            written[key] = source.name
+    if run.state.get("log_history") and not run.pretraining:
         path = run_folder.CURVES_FIGURE.path(directory)
         written["curves"] = path.name if figures.training_curves_png(run.state["log_history"], path) else None
     for prefix in run.errors:

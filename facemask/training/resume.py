@@ -25,14 +25,19 @@ from facemask.run_folder import CHECKPOINTS, EXPERIMENT, LOCK, RESULTS, RUN_MARK
 logger = logging.getLogger("facemask")
 
 
-def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """A run's command line (train.py, pretrain.py): CONFIG, overrides, --resume, --overwrite."""
     parser.add_argument("config", help="experiment YAML file, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=3e-5")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue the run in training.output_dir from its latest checkpoint, or from CHECKPOINT")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete what training.output_dir holds and start the run over")
+
+
+def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
     # Options and overrides in any order: `CONFIG --overwrite training.x=1` as well as the other way.
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_intermixed_args(argv)

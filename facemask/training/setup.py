@@ -19,12 +19,14 @@ from transformers import TrainingArguments, set_seed
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.data.exclude import ExcludeList, read_exclude_list
 from facemask.data.prepare import Prepared, prepare_data
+from facemask.data.seen import read_seen_images
 from facemask.data.storage import cache_root, machine_by_machine, remove_stale_partials
 from facemask.pipeline.inputs import InputPipeline, prepare_inputs
 from facemask.pipeline.processor import load_image_processor, processor_image_size
 from facemask.recipe.distill import check_teacher, teacher_labels, teacher_name
 from facemask.training.arguments import setup_logging, training_arguments
-from facemask.training.modeling import build_model
+from facemask.training.masked_modeling import build_pretraining_model, build_pretraining_trainer
+from facemask.training.modeling import build_model, check_model_folder
 from facemask.training.performance import uses_gpu
 from facemask.training.trainer import FaceMaskTrainer, build_trainer
 
@@ -70,6 +72,7 @@ class RunSetup:
                 raise ConfigError(f"'recipe.distill.teacher' {teacher_name(cfg.recipe.distill.teacher)!r} predicts "
                                   f"{len(labels)} classes ({labels}); this run has {expected}: distil from a teacher "
                                   "trained on the same classes")
+        check_model_folder(cfg.model)
         # A bad list costs seconds, not a data audit (and fails before --overwrite clears a run folder).
         exclude = read_exclude_list(cfg.data.exclude) if cfg.data.exclude is not None else None
         return cls(cfg, args, exclude=exclude)
@@ -88,7 +91,8 @@ class RunSetup:
     def image_side(self) -> int:
         return processor_image_size(self.processor)
 
-    def load_data(self) -> Prepared:
+    def load_data(self, labelled: bool = True) -> Prepared:
+        """`labelled=False`: pretraining's images, any classes (their labels are not used)."""
         if self.args.local_process_index == 0:
             # What a killed run left half-written under the cache root goes before this one adds to it.
             remove_stale_partials(cache_root(self.cfg.data.preprocess_dir))
@@ -97,7 +101,9 @@ class RunSetup:
         with machine_by_machine(self.args):
             # The main process draws (synthetic), inspects and keeps; the others then read what it kept
             # (another machine's first process keeps its own where the machines share no storage).
-            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude)
+            # A run fine-tuned from a pretraining run checks its test images against the images that run used.
+            seen = read_seen_images(self.cfg.model.name_or_path) if labelled else None
+            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude, labelled, seen)
         if self.cfg.recipe.distill is not None:
             check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
         return self.prepared
@@ -112,4 +118,12 @@ class RunSetup:
                                      model_init=model_init)
         if model_init is None:
             self.trainer.require_checkpoint_space()  # before any training, not at the first save
+        return self.trainer
+
+    def build_pretraining(self) -> FaceMaskTrainer:
+        """The inputs, the encoder with its masked-image-modelling head, and their Trainer."""
+        self.model = build_pretraining_model(self.cfg)
+        self.pipeline = prepare_inputs(self.prepared.data, self.processor, self.cfg, self.args)
+        self.trainer = build_pretraining_trainer(self.model, self.args, self.pipeline, self.processor, self.cfg)
+        self.trainer.require_checkpoint_space()
         return self.trainer

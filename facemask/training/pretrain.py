@@ -1,0 +1,126 @@
+"""A pretraining run (pretrain.py, `python -m facemask pretrain`): masked image modelling on the
+data section's images through the run set-up train.py uses (training/setup.py), then what makes
+its folder a backbone: the model and image processor, pretraining.json, the digests of the images
+used, and the figures its card shows.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from facemask import run_folder
+from facemask.config.dump import to_yaml
+from facemask.data.audit import check_audit
+from facemask.data.seen import write_seen_images
+from facemask.data.sources import folder_source
+from facemask.evaluation.figures import reconstructions_png, training_curves_png
+from facemask.training.arguments import log_batch_size, log_file, logger
+from facemask.training.masked_modeling import PretrainingTrainer
+from facemask.training.modeling import source_name
+from facemask.training.provenance import run_info, write_run_record
+from facemask.training.resume import claim_output_dir
+from facemask.training.setup import RunSetup
+
+
+def pretrain(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[str, Any]:
+    """Train the encoder and write the run folder; returns pretraining.json's record."""
+    cfg = run.cfg
+    checkpoint = claim_output_dir(cfg.output_dir, args.resume, args.overwrite, run.main_process)
+    if run.main_process:
+        held.enter_context(log_file(cfg.output_dir))
+    log_batch_size(run.args)
+    prepared = run.load_data(labelled=False)
+    if prepared.report is not None:
+        check_audit(prepared.report, cfg.output_dir, run.main_process)
+    info = run_info(argv, prepared.data, run.args, cfg, prepared.inspections)
+    trainer: PretrainingTrainer = run.build_pretraining()  # type: ignore[assignment]
+    splits = {name: len(ds) for name, ds in prepared.data.splits.items() if name in ("train", "validation")}
+    logger.info("pretraining %s (%s, mask ratio %s, mask patches of %d px) on %s: %s images", run.model_description,
+                cfg.pretrain.objective, cfg.pretrain.mask_ratio, cfg.pretrain.mask_patch_size, prepared.data.source,
+                splits)
+    info["preprocessing"] = [cache.__dict__ for cache in run.pipeline.cache_reports]
+    if run.main_process:
+        write_run_record(cfg.output_dir, info, to_yaml(cfg), resuming=checkpoint is not None)
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    start = time.process_time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    record = {}
+    if run.main_process:
+        record = _record(run, prepared, splits, metrics, time.process_time() - start)
+        _figures(trainer, run, cfg.output_dir)
+    return record
+
+
+def _public_source(run: RunSetup) -> str:
+    """The data by name, never a local path."""
+    d = run.cfg.data
+    return folder_source(d.train_dir)["name"] if d.train_dir else run.prepared.data.source
+
+
+def _record(run: RunSetup, prepared: Any, splits: Dict[str, int], metrics: Dict[str, Any],
+            cpu_seconds: float) -> Dict[str, Any]:
+    cfg, config = run.cfg, run.model.config
+    used = [f.sha256 for name in splits for f in prepared.inspections.get(name, [])]
+    recorded = write_seen_images(cfg.output_dir, used) if prepared.inspections else 0
+    if not prepared.inspections:
+        logger.warning("data.audit is false: %s lists no images, so a run fine-tuned from this one cannot check its "
+                       "test images against them", run_folder.PRETRAINING_IMAGES.name)
+    record = {
+        "objective": cfg.pretrain.objective,
+        "model_type": config.model_type,
+        "head": type(run.model).__name__,
+        "mask_ratio": cfg.pretrain.mask_ratio,
+        "mask_patch_size": cfg.pretrain.mask_patch_size,
+        "patch_size": int(config.patch_size),
+        "image_size": int(config.image_size),
+        "started_from": source_name(cfg.model.name_or_path) if cfg.model.name_or_path else "random init",
+        "data": _public_source(run),
+        "images": splits,
+        "images_recorded": recorded,
+        "train_loss": metrics.get("train_loss"),
+        "eval_loss": metrics.get("eval_loss"),
+        "epochs": metrics.get("epoch"),
+        "train_seconds": metrics.get("train_runtime"),
+        "cpu_seconds": round(cpu_seconds, 1),
+    }
+    run_folder.write_json(run_folder.PRETRAINING.path(cfg.output_dir), record)
+    return record
+
+
+def _figures(trainer: PretrainingTrainer, run: RunSetup, output_dir: Path) -> None:
+    """The loss curve, and held-out images masked beside their reconstructions."""
+    training_curves_png(trainer.state.log_history, run_folder.PRETRAINING_LOSS_FIGURE.path(output_dir))
+    count = run.cfg.pretrain.reconstructions
+    if count == 0:
+        return
+    shown = trainer.reconstruct(count)
+    processor = run.processor
+    mean = np.asarray(getattr(processor, "image_mean", [0.5] * 3), dtype=np.float32)[:, None, None]
+    std = np.asarray(getattr(processor, "image_std", [0.5] * 3), dtype=np.float32)[:, None, None]
+
+    def image(chw: np.ndarray) -> np.ndarray:
+        return (np.clip(chw * std + mean, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+    patch = int(run.model.config.patch_size)
+    rows = []
+    for pixels, mask, rebuilt in zip(shown["pixel_values"].numpy(), shown["mask"].numpy(),
+                                     shown["reconstruction"].numpy()):
+        side = pixels.shape[-1] // patch
+        hidden = mask.reshape(side, side).repeat(patch, 0).repeat(patch, 1)[None]
+        original = image(pixels)
+        masked = image(np.where(hidden, (0.5 - mean) / std, pixels))
+        rows.append((original, masked, image(np.where(hidden, rebuilt, pixels))))
+    reconstructions_png(rows, run_folder.RECONSTRUCTIONS_FIGURE.path(output_dir))
