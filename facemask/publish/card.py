@@ -104,6 +104,19 @@ def _base_model(run: RunFiles) -> tuple[Optional[str], Optional[str]]:
     return (name, None) if _looks_like_hub_id(name) else (None, Path(name).expanduser().resolve().name)
 
 
+def _pretraining(run: RunFiles) -> Optional[Dict[str, Any]]:
+    """The Pretraining line's facts (run_info.json's base_model, recorded where the run was at hand)."""
+    record = run.run_info.get("base_model") or {}
+    pretraining = record.get("pretraining")
+    if not pretraining:
+        return None
+    ratio = pretraining.get("mask_ratio")
+    return {"run": record.get("hub_id") or record.get("local_folder"), "objective": pretraining.get("objective"),
+            "masked": f"{ratio:.0%}" if isinstance(ratio, (int, float)) else NOT_RECORDED,
+            "images": sum((pretraining.get("images") or {}).values()), "data": pretraining.get("data"),
+            "started_from": pretraining.get("started_from")}
+
+
 def model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
     card = run.experiment.get("card") or {}
     return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
@@ -315,6 +328,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         early_stopping=_early_stopping(run),
         peft=_peft(run),
         distill=_distill(run),
+        pretraining=_pretraining(run),
         weight_decay_rule=bool(run.experiment.get("recipe") is not None and (run.experiment.get("training") or {})
                                .get("weight_decay")),
         command=run.run_info.get("command"),

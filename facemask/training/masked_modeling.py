@@ -168,10 +168,12 @@ class PretrainingTrainer(FaceMaskTrainer):
     def reconstruct(self, count: int) -> Dict[str, torch.Tensor]:
         """The first `count` evaluation images (training images where there is no validation
         split), as the model saw them, their masks and its reconstructions, on the CPU."""
-        loader = self.get_eval_dataloader() if self.eval_dataset is not None else self.get_train_dataloader()
+        train_view = self.eval_dataset is None
+        loader = self.get_train_dataloader() if train_view else self.get_eval_dataloader()
         self._eval_masks = torch.Generator().manual_seed(self.args.seed)
-        self.model.eval()
+        self.model.train(train_view)  # training batches are cropped to the model's side by the training view
         batch = self._prepare_inputs(next(iter(loader)))
+        self.model.eval()
         with torch.no_grad():
             out = self.model(**{k: v[:count] for k, v in batch.items()})
         return {"pixel_values": batch["pixel_values"][:count].float().cpu(),

@@ -110,8 +110,9 @@ def source_name(name_or_path: str) -> str:
     return f"{folder.resolve().name} ({kind})"
 
 
-def _grouped(keys: Iterable[str]) -> str:
-    tops = Counter(key.split(".")[0] for key in keys)
+def _grouped(keys: Iterable[str], base: str = "") -> str:
+    """Tensors counted by module: `decoder`, `classifier`, or within the encoder (`base`) `beit.pooler`."""
+    tops = Counter(".".join(key.split(".")[:2 if key.split(".")[0] == base else 1]) for key in keys)
     return ", ".join(f"{top} ({n} tensor{'s' if n != 1 else ''})" for top, n in sorted(tops.items()))
 
 
@@ -128,7 +129,7 @@ def load_report(source: str, model: PreTrainedModel, info: Dict[str, Any]) -> st
     if left:
         parts.append("left out " + " and ".join(left))
     if missing | mismatched:
-        parts.append(f"new: {_grouped(missing | mismatched)}")
+        parts.append(f"new: {_grouped(missing | mismatched, getattr(model, 'base_model_prefix', ''))}")
     return "; ".join(parts)
 
 

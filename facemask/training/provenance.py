@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 from facemask import REPO
 from facemask.config.schema import ExperimentConfig
 from facemask.data.sources import PreparedData
-from facemask.run_folder import EXPERIMENT, RUN_INFO, write_json
+from facemask.run_folder import EXPERIMENT, PRETRAINING, RUN_INFO, read_json, write_json
 from facemask.training.arguments import effective_batch_size
 
 logger = logging.getLogger("facemask")
@@ -63,7 +63,27 @@ def base_model(cfg: ExperimentConfig) -> Dict[str, str]:
         return {}
     path = Path(name).expanduser()
     # A folder that exists is what from_pretrained loads, as model_folder decides for evaluation.
-    return {"local_folder": path.resolve().name} if path.exists() else {"hub_id": name}
+    record = {"local_folder": path.resolve().name} if path.exists() else {"hub_id": name}
+    pretraining = pretraining_of(name, cfg.model.revision)
+    if pretraining:
+        # The card's Pretraining line: what the encoder learnt from, by name.
+        record["pretraining"] = {k: pretraining.get(k) for k in ("objective", "mask_ratio", "data", "images",
+                                                                 "started_from")}
+    return record
+
+
+def pretraining_of(name_or_path: str, revision: Optional[str] = None) -> Dict[str, Any]:
+    """pretraining.json of a pretraining run (a local folder, or a Hub repository it was pushed to);
+    empty for any other checkpoint, or where the Hub cannot be reached."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return read_json(PRETRAINING.path(path))
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return read_json(Path(hf_hub_download(name_or_path, PRETRAINING.name, revision=revision)))
+    except Exception:  # not a pretraining run, offline, private: the card then has no Pretraining line
+        return {}
 
 
 def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: ExperimentConfig,
