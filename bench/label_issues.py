@@ -35,18 +35,17 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import spread, timed  # noqa: E402
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, REPEAT_RESULTS_JSON,  # noqa: E402
                                  RESULTS)
 
@@ -87,28 +86,6 @@ def flip(clean: Path, folder: Path, rate: float) -> List[str]:
         moved.append(str(new))
     record.write_text(json.dumps({"rate": rate, "files": len(files), "moved": moved}, indent=1))
     return moved
-
-
-def timed(name: str, command: List[str], folder: Path, done: bool) -> Dict[str, float]:
-    """Runs `command` unless `done` and its times are recorded; its output goes to folder/NAME.log.
-    Returns CPU (user + system of the children) and wall seconds, as measured when it ran."""
-    steps_file = folder / "steps.json"
-    steps = json.loads(steps_file.read_text()) if steps_file.is_file() else {}
-    if done and name in steps:
-        print(f"  {name}: finished before, reused ({steps[name]['cpu_s']:.0f} s CPU when it ran)", flush=True)
-        return steps[name]
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    with (folder / f"{name}.log").open("w") as log:
-        code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code:
-        tail = (folder / f"{name}.log").read_text()[-3000:]
-        raise SystemExit(f"{name} failed (exit {code}): {' '.join(command)}\n{tail}")
-    steps[name] = {"cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), "wall_s": wall}
-    steps_file.write_text(json.dumps(steps, indent=1))
-    print(f"  {name}: {steps[name]['cpu_s']:.0f} s CPU, {wall:.0f} s wall", flush=True)
-    return steps[name]
 
 
 def recovery(out: Path, moved: List[str]) -> Dict[str, Any]:
@@ -166,11 +143,6 @@ def level(args: argparse.Namespace, rate: float, clean: Path, test: Path, overri
     result["compare"] = json.loads(pair.read_text())
     result["cost"] = cost
     return result
-
-
-def spread(s: Dict[str, Any]) -> str:
-    se = f"{s['se']:.4f}" if s.get("se") is not None else "n/a"
-    return f"{s['mean']:.4f} ± {se} ({s['min']:.4f}-{s['max']:.4f})"
 
 
 def report(args: argparse.Namespace, results: List[Dict[str, Any]]) -> None:

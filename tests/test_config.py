@@ -100,8 +100,15 @@ def test_missing_output_dir_and_conflicting_sources_are_errors(tmp_path):
         load_config(write(tmp_path, BASE.replace("  output_dir: OUT\n", "")))
     with pytest.raises(ConfigError, match="exactly one data source"):
         load_config(write(tmp_path, BASE.replace("synthetic: true", "synthetic: false")))
+    both = BASE.replace("model:\n", "model:\n  name_or_path: google/vit-base-patch16-224-in21k\n", 1)
+    assert both != BASE
     with pytest.raises(ConfigError, match="exactly one of 'model.name_or_path'"):
-        load_config(write(tmp_path, BASE), ["model.name_or_path=google/vit-base-patch16-224-in21k"])
+        load_config(write(tmp_path, both))
+
+
+def test_a_checkpoint_on_the_command_line_replaces_the_files_model(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["model.name_or_path=google/vit-base-patch16-224-in21k"])
+    assert cfg.model.name_or_path == "google/vit-base-patch16-224-in21k" and cfg.model.from_config is None
 
 
 def test_a_source_on_the_command_line_replaces_the_files(tmp_path):
@@ -121,6 +128,7 @@ def test_shipped_configs_load_and_state_their_command(name):
 
     path = REPO / "configs" / f"{name}.yaml"
     header = path.read_text(encoding="utf-8").split("\nmodel:")[0]
-    assert "train.py configs/" + name + ".yaml" in header and "Expected" in header
+    commands = ("train.py", "python -m facemask pretrain")  # a pretraining config states pretrain's
+    assert any(f"{c} configs/{name}.yaml" in header for c in commands) and "Expected" in header
     cfg = load_config(path)
     assert cfg.training["output_dir"]
