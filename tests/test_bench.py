@@ -202,3 +202,19 @@ def test_label_issues_bench_runs_its_code_path(tmp_path, capsys):
     assert all(result["cost"][step]["cpu_s"] > 0 for step in ("label-issues", "noisy", "cleaned"))
     printed = capsys.readouterr().out
     assert "| noise (true) |" in printed and "after data.exclude" in printed and "label-issues CPU s" in printed
+
+
+@pytest.mark.slow  # a pretraining and 2 fine-tuning processes of the quickstart model, 1 epoch each: about a minute
+def test_pretrain_bench_runs_its_code_path(tmp_path, capsys):
+    summary = load("pretrain").main(["--tiny", "--work", str(tmp_path)])
+    assert summary["pretraining"]["images"]["train"] + summary["pretraining"]["images"]["validation"] == 1000
+    (result,) = summary["results"]
+    assert result["labels"] == 200 and result["test_images"] == 100
+    for arm in ("scratch", "pretrained"):
+        assert len(result[arm]["test"]) == len(result[arm]["street"]) == 1
+    assert [c["images"] for c in result["compare"]["street"]] == [200]
+    # The pretrained arm did start from the pretraining run: its card says so.
+    card = (tmp_path / "labels-200" / "pretrained" / "seed-42" / "README.md").read_text()
+    assert "**Pretraining:** the encoder started from `pretrain`" in card
+    printed = capsys.readouterr().out
+    assert "| labels | set | from scratch | pretrained |" in printed and "| 200 | street |" in printed

@@ -209,3 +209,20 @@ def test_a_data_error_of_the_main_process_stops_every_process_instead_of_leaving
     assert result.returncode != 0
     assert result.stderr.count("found 3 classes") >= 2  # each process met the error, none hung at a barrier
     assert time.time() - started < 120
+
+
+@pytest.mark.slow  # a two-process launch: tens of seconds
+def test_two_processes_pretrain_with_one_record_and_figures(tmp_path):
+    out = tmp_path / "out"
+    result = launch(["pretrain.py", "configs/pretrain-quickstart.yaml", f"training.output_dir={out}",
+                     "training.max_steps=4", "training.eval_strategy=steps", "training.eval_steps=2",
+                     "training.save_strategy=steps", "training.save_steps=2", "data.synthetic_num_images=300",
+                     "pretrain.reconstructions=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    record = json.loads((out / "pretraining.json").read_text())
+    assert sum(record["images"].values()) == 300 and record["eval_loss"] > 0
+    assert len((out / "pretraining_images.txt").read_text().split()) == 300
+    assert (out / "reconstructions.png").is_file() and result.stderr.count("model card:") == 1
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4

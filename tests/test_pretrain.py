@@ -101,6 +101,23 @@ def test_pretraining_makes_a_backbone_that_fine_tunes_with_a_fresh_head(tmp_path
         record["images"]
 
 
+def test_pretraining_reads_a_dataset_of_images_without_labels(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    pictures = []
+    for i in range(30):
+        buffer = io.BytesIO()
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(buffer, format="PNG")
+        pictures.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image()})
+    (tmp_path / "frames").mkdir()
+    datasets.Dataset.from_dict({"image": pictures}, features=features).to_parquet(tmp_path / "frames" / "train.parquet")
+    record = pretrain.main([str(pretrain_config(tmp_path, data={"dataset_name": str(tmp_path / "frames"),
+                                                                "validation_split": 0.2}))])
+    assert record["images"] == {"train": 24, "validation": 6} and record["images_recorded"] == 30
+
+
 def test_pretraining_resumes_from_its_checkpoint(tmp_path):
     config = pretrain_config(tmp_path, training={"save_strategy": "steps", "save_steps": 2, "logging_steps": 1})
     pretrain.main([str(config)])

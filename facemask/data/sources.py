@@ -216,6 +216,9 @@ def load_sources(cfg: DataConfig, seed: int, labelled: bool = True) -> PreparedD
     if "train" not in raw:
         raise ConfigError(f"{source}: no 'train' split; splits found: {', '.join(raw)}")
     for split in raw:
+        if not labelled and cfg.label_column not in raw[split].column_names:
+            # Images alone (a Hub dataset of frames): one class, which pretraining does not use.
+            raw[split] = raw[split].add_column(cfg.label_column, ["unlabelled"] * len(raw[split]))
         _check_columns(raw[split], cfg, split)
 
     train = raw["train"]
