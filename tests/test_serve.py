@@ -1,0 +1,166 @@
+"""The HTTP service on a real uvicorn process and a real client: batching, every bad-input case,
+overload, timeouts, SIGTERM's drain, metrics. A stand-in model of known speed (tests/serve_app.py)
+serves the mechanics; the real model's answers are tested against `predict` in test_runtime.py."""
+
+import concurrent.futures
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, delay: float = 0.0, **limits):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(self.port), str(delay),
+                                      *[f"{k}={v}" for k, v in limits.items()]],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError("server not ready in 60 s")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server(request):
+    made = []
+
+    def start(delay=0.0, **limits):
+        made.append(Server(delay, **limits))
+        return made[-1]
+
+    yield start
+    for s in made:
+        s.stop()
+
+
+def png(width=40, height=30, mode="RGB") -> bytes:
+    rng = np.random.default_rng(width * height)
+    shape = (height, width) if mode == "L" else (height, width, len(mode))
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random(shape) * 255).astype(np.uint8), mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_one_image_in_the_body_or_several_as_files(server):
+    s = server()
+    answer = httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"})
+    assert answer.status_code == 200
+    assert answer.json()["predictions"] == [{"path": "body", "label": "with_mask", "confidence": 1.0, "batch": 1,
+                                             "size": [40, 30]}]
+    files = [("files", (f"face{i}.png", png(20 + i, 20, "RGBA" if i else "L"), "image/png")) for i in range(3)]
+    rows = httpx.post(f"{s.url}/predict", files=files).json()["predictions"]
+    assert [r["path"] for r in rows] == ["face0.png", "face1.png", "face2.png"]
+    assert [r["size"] for r in rows] == [[20, 20], [21, 20], [22, 20]]
+    assert httpx.get(f"{s.url}/health").json() == {"status": "ok"}
+    assert "/predict" in httpx.get(f"{s.url}/openapi.json").json()["paths"]
+
+
+def test_bad_input_gets_its_4xx_and_the_server_stays_up(server):
+    s = server(max_bytes=50_000, max_pixels=1_000_000)
+    post = lambda body, kind="image/png": httpx.post(f"{s.url}/predict", content=body,  # noqa: E731
+                                                     headers={"content-type": kind})
+    not_image = post(b"these are not the bytes of an image")
+    assert not_image.status_code == 400 and "not an image" in not_image.json()["error"]
+    assert post(b"{}", "application/json").status_code == 415
+    damaged = bytearray(png(120, 120))
+    damaged[100:400] = bytes(300)  # damaged bytes inside the image data, not a shorter file
+    assert post(bytes(damaged)).status_code == 400
+    big = post(os.urandom(60_000), "image/jpeg")
+    assert big.status_code == 413 and "--max-bytes" in big.json()["error"]
+
+    def chunks():  # no Content-Length: refused while it streams
+        for _ in range(10):
+            yield os.urandom(10_000)
+    assert httpx.post(f"{s.url}/predict", content=chunks(), headers={"content-type": "image/png"}).status_code == 413
+    bomb = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(bomb, format="PNG")  # 25 MP in a few kB
+    refused = post(bomb.getvalue())
+    assert refused.status_code == 400 and "--max-pixels" in refused.json()["error"] and len(bomb.getvalue()) < 50_000
+    assert httpx.post(f"{s.url}/predict", files=[("note", (None, "text"))]).status_code == 400
+    assert post(png()).status_code == 200  # still up, still right
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert 'facemask_errors_total{endpoint="predict",reason="413"} 2.0' in metrics
+    assert 'facemask_requests_total{endpoint="predict",status="200"} 1.0' in metrics
+
+
+def test_concurrent_requests_share_model_calls(server):
+    s = server(delay=0.3, max_batch=8, max_wait_ms=300)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{s.url}/predict", content=png(),
+                                                     headers={"content-type": "image/png"}, timeout=30), range(8)))
+    assert all(a.status_code == 200 for a in answers)
+    batches = [a.json()["predictions"][0]["batch"] for a in answers]
+    assert max(batches) > 1
+    metrics = httpx.get(f"{s.url}/metrics").text
+    calls = float(next(line.split()[-1] for line in metrics.splitlines()
+                       if line.startswith("facemask_batch_images_count")))
+    assert calls < 8 and float(next(line.split()[-1] for line in metrics.splitlines()
+                                    if line.startswith("facemask_batch_images_sum"))) == 8
+
+
+def test_overload_is_503_with_retry_after_not_a_queue_without_end(server):
+    s = server(delay=0.4, max_batch=1, max_wait_ms=1, max_queue=2)
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{s.url}/predict", content=png(),
+                                                     headers={"content-type": "image/png"}, timeout=60), range(12)))
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) == {200, 503} and codes.count(503) >= 6
+    assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 503)
+    assert httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"},
+                      timeout=30).status_code == 200
+
+
+def test_timeouts_while_the_body_arrives_and_while_the_model_works(server):
+    s = server(delay=1.5, timeout_s=0.5)
+    slow_model = httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"}, timeout=30)
+    assert slow_model.status_code == 504
+    with socket.create_connection(("127.0.0.1", s.port)) as raw:
+        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+                    + b"\x89PNG")  # the rest never comes
+        raw.settimeout(10)
+        head = raw.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 408")
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(server):
+    s = server(delay=2.0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{s.url}/predict", content=png(), headers={"content-type": "image/png"},
+                              timeout=30)
+        time.sleep(0.7)  # the request is with the model
+        s.proc.send_signal(signal.SIGTERM)
+        answer = pending.result()
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "with_mask"
+    assert s.proc.wait(timeout=30) == 0
