@@ -39,6 +39,13 @@ def _push(args: argparse.Namespace) -> int:
     from facemask.publish.card import write_card
     from facemask.publish.hub import PushError, check_write_access, push_run
 
+    if args.handler:
+        from facemask.publish.endpoint import add_handler
+
+        for path in add_handler(Path(args.run_dir), args.threshold, args.positive_label):
+            print(f"wrote {path}")
+    elif args.threshold is not None or args.positive_label is not None:
+        raise ConfigError("--threshold and --positive-label set the decision rule of --handler: add --handler")
     try:
         check_write_access()
         # The card names the Hub id in its usage snippet, so it is rewritten for this id first.
@@ -299,6 +306,12 @@ def _add_push(commands: Any) -> None:
     visibility.add_argument("--private", dest="private", action="store_true", default=True,
                             help="create the repository as private (default)")
     visibility.add_argument("--public", dest="private", action="store_false")
+    push.add_argument("--handler", action="store_true",
+                      help="add handler.py (a Hugging Face Inference Endpoints EndpointHandler) that answers as "
+                           "predict does, with the decision rule below")
+    push.add_argument("--threshold", metavar="T", help="with --handler: as predict's --threshold (a number or a row "
+                                                       "of operating_points.json)")
+    push.add_argument("--positive-label", help="with --handler: the class --threshold applies to")
     push.set_defaults(func=_push)
 
 

@@ -128,6 +128,12 @@ ONNX_INT8 = Output("onnx/model_quantized.onnx", "`python -m facemask export --qu
                    "dynamic int8 graph, kept only within --max-accuracy-drop", True)
 PARITY = Output("onnx/parity.json", "`python -m facemask export`",
                 "parity of the graphs with PyTorch on the validation images, accuracy, speed", True)
+# python -m facemask push --handler: a Hugging Face Inference Endpoints handler for the run.
+HANDLER = Output("handler.py", "`python -m facemask push --handler`", "an Inference Endpoints `EndpointHandler` "
+                 "serving the run with predict's image handling and decision rule (a copy of "
+                 "endpoint_template/handler.py)", True)
+HANDLER_CONFIG = Output("handler_config.json", "`python -m facemask push --handler`", "the handler's decision rule "
+                        "(threshold and positive class, or the arg-max) and JPEG draft side", True)
 # python -m facemask space.
 SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as pushed (a folder)", False)
 
@@ -153,7 +159,7 @@ OUTPUTS: List[Output] = [
     ADAPTER, TEACHER, LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
     SHORTCUT_TEST, CARD, CURVES_FIGURE, PRETRAINING, PRETRAINING_IMAGES, PRETRAINING_LOSS_FIGURE, RECONSTRUCTIONS_FIGURE,
-    ONNX_GRAPH, ONNX_INT8, PARITY, SPACE_DIR,
+    ONNX_GRAPH, ONNX_INT8, PARITY, HANDLER, HANDLER_CONFIG, SPACE_DIR,
 ]
 ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}
 # What a push publishes, and the remote files it owns (deleting those the new push no longer has).
