@@ -147,3 +147,23 @@ def test_no_local_path_leaves_the_machine(tmp_path, synth_folder):
     # Locally, the full paths stay where they are useful.
     assert json.loads((out / "run_info.json").read_text())["data"]["source"] == str(data)
     assert str(tmp_path) not in (out / "README.md").read_text()
+
+
+def test_a_pretraining_run_pushes_like_any_run(tmp_path):
+    """`pretrain` with hub.push: the encoder, its record, digests, figures and own card, no local path."""
+    import yaml
+
+    config = tiny_config(tmp_path, "vit", training={"max_steps": 2})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["pretrain"] = {"mask_patch_size": 16, "reconstructions": 2}
+    config.write_text(yaml.safe_dump(cfg))
+    with FakeHub() as hub:
+        result = run(["pretrain.py", str(config), "hub.push=true", "hub.model_id=tester/vit-encoder"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (commit,) = hub.commits
+    files = commit["files"]
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "pretraining.json",
+            "pretraining_images.txt", "pretraining_loss.png", "reconstructions.png"} <= set(files)
+    assert "masked image modelling" in files["README.md"].decode() and "pretrained encoder" in commit["header"]["summary"]
+    for name, content in files.items():
+        assert TOKEN.encode() not in content and str(tmp_path).encode() not in content, name

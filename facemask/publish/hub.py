@@ -96,7 +96,9 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
     if not any(p.name == CONFIG.name for p in files):
         raise PushError(f"{run_dir} holds no config.json: is it a finished run's output folder?")
     api = HfApi(token=token)
-    folders = local_folders(read_run(run_dir))
+    run = read_run(run_dir)
+    folders = local_folders(run)
+    what = "pretrained encoder (masked image modelling)" if run.pretraining else "face-mask classifier"
     try:
         api.create_repo(model_id, private=private, exist_ok=True, repo_type="model")
         if revision:
@@ -106,7 +108,7 @@ def push_run(run_dir: str | Path, model_id: str, private: bool = True, revision:
         operations += delete_stale(api, model_id, "model", revision, [op.path_in_repo for op in operations],
                                    PUSH_PATTERNS)
         commit = api.create_commit(model_id, operations=operations, revision=revision,
-                                   commit_message=f"Upload face-mask classifier from {run_dir.name}")
+                                   commit_message=f"Upload {what} from {run_dir.name}")
     except Exception as err:  # network, auth, quota: the local run stays as it is either way
         raise PushError(f"push to {model_id} failed: {err}\nEvery local file is intact in {run_dir}; retry with:\n"
                         f"  {retry_command(run_dir, model_id, revision, private)}") from None
