@@ -1,0 +1,96 @@
+"""`python -m facemask serve MODEL`: a run (or a Hub model) behind the HTTP service of
+runtime/server.py, with predict's decision rule and detect's face detector. With an exported graph
+(--backend onnx, onnx-int8) nothing it imports needs torch (tests/test_runtime.py holds it to that);
+--backend torch loads the PyTorch model instead. docs/serving.md."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from facemask.config.schema import ConfigError
+from facemask.runtime.server import MAX_BYTES, MAX_PIXELS, Limits, Service, serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a training run's output folder or a Hub model id")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine "
+                                                            "only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--backend", choices=["onnx", "onnx-int8", "torch"], default="onnx",
+                        help="the run's exported graph (onnx/model.onnx, or model_quantized.onnx) on onnxruntime, "
+                             "torch-free; or the PyTorch model")
+    parser.add_argument("--threshold", metavar="T", help="as predict's: a number, or a row of the run's "
+                                                         "operating_points.json ('best F1', ...)")
+    parser.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
+    parser.add_argument("--max-batch", type=int, default=32, help="images in one model call (default 32)")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0,
+                        help="how long a batch's first request waits for others (default 10)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests waiting for the model before the answer is 503 (default 64)")
+    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"largest body (default {MAX_BYTES})")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"largest image, in pixels (default {MAX_PIXELS})")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take (default 30)")
+    parser.add_argument("--detector", default="retinaface", help="the face detector of /detect (retinaface)")
+    parser.add_argument("--detector-threshold", type=float, default=0.6, help="the detector's score a face needs")
+
+
+def load_service(model: str, backend: str = "onnx", threshold: Optional[float] = None,
+                 positive_label: Optional[str] = None, detector: Optional[str] = "retinaface",
+                 detector_threshold: float = 0.6) -> Service:
+    """The model as the server calls it: predict's rows, and detect's rows of one photo."""
+    from facemask.data.labels import resolve_positive_label
+    from facemask.detection.scenes import SceneClassifier
+    from facemask.runtime.decision import decide
+    from facemask.runtime.predict import prediction_row
+
+    if backend == "torch":
+        from facemask.evaluation.loading import load_model
+        from facemask.evaluation.predict import TorchClassifier
+
+        classifier: Any = TorchClassifier(*load_model(model))
+    else:
+        from facemask.runtime.model import load_onnx_model
+
+        classifier = load_onnx_model(model, backend)
+    labels = classifier.labels
+    positive = resolve_positive_label(labels, positive_label)
+
+    def classify(images: list, names: list) -> list:
+        probs = classifier.probabilities(images, batch_size=max(1, len(images)))
+        return [prediction_row(name, p, int(choice), labels)
+                for name, p, choice in zip(names, probs, decide(probs, threshold, positive))]
+
+    find = None
+    if detector is not None:
+        from facemask.detection.detectors import load_detector
+
+        scene = SceneClassifier(classifier, load_detector(detector), threshold=threshold, positive=positive,
+                                detector_threshold=detector_threshold)
+
+        def find(image: Any, name: str) -> list:
+            return scene.rows(name, scene.faces(image))
+
+    return Service(labels, classify, find, draft_side=2 * classifier.input_side,
+                   description=f"{model} ({backend}), labels {labels}")
+
+
+def command(args: argparse.Namespace) -> int:
+    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.model import read_labels
+    from facemask.runtime.source import graph_files, model_folder
+
+    for name, low in (("max_batch", 1), ("max_queue", 1), ("max_bytes", 1), ("max_pixels", 1), ("port", 0)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}")
+    if args.max_wait_ms < 0 or args.timeout <= 0:
+        raise ConfigError("--max-wait-ms must be 0 or more and --timeout more than 0")
+    # What can be wrong with the model or the decision rule stops here (exit 2), not on the loading thread.
+    patterns = None if args.backend == "torch" else graph_files(args.backend)
+    folder = model_folder(args.model, patterns=patterns)
+    threshold = decision_threshold(folder, read_labels(folder), args.threshold, args.positive_label)
+    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                    max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
+    return serve(lambda: load_service(str(folder), args.backend, threshold, args.positive_label, args.detector,
+                                      args.detector_threshold), args.host, args.port, limits)
