@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, TextIO, Tuple
 
 LINE_FRACTION = 0.1  # a line each time another 10% of the work is done
 LINE_SECONDS = 30.0  # or when this long has passed since the last line, whichever comes first
+QUIET_SECONDS = 5.0  # no line but the last before this: work done in a few seconds gets one line
 
 
 def live_display(stream: Optional[TextIO] = None) -> bool:
@@ -51,8 +52,8 @@ class LineProgress:
     """A progress report for a stream that is not a terminal, used like a tqdm bar (update,
     set_postfix, write, close, a context manager): a line such as
     `training: 40% (800/2000 steps), 38.2 steps/s, 31 s left, loss 0.41` each time another
-    LINE_FRACTION of `total` is done or LINE_SECONDS have passed, and always the last state
-    (100% when the work is complete). The rate is that since the previous line. tqdm options it
+    LINE_FRACTION of `total` is done or LINE_SECONDS have passed, none in the first QUIET_SECONDS,
+    and always the last state (100% when the work is complete). The rate is that since the previous line. tqdm options it
     has no use for (dynamic_ncols, leave, ...) are accepted and ignored; `clock` is for tests."""
 
     def __init__(self, desc: Optional[str] = None, total: Optional[float] = None, unit: str = "it",
@@ -84,12 +85,14 @@ class LineProgress:
 
     def _due(self, now: float) -> bool:
         last_n, last_t = self._last
+        if self.total and self.n >= self.total:
+            return last_n < self.total  # the line that says 100%
+        if now - self._start[1] < QUIET_SECONDS:
+            return False
         if now - last_t >= LINE_SECONDS:
             return True
         if not self.total:
             return False
-        if self.n >= self.total:
-            return last_n < self.total  # the line that says 100%
         # Whole LINE_FRACTIONs done, before and now (the epsilon keeps 30/100 of 0.1 from falling to 2.999...)
         return int(self.n / self.total / LINE_FRACTION + 1e-9) > int(last_n / self.total / LINE_FRACTION + 1e-9)
 

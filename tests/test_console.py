@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from facemask.progress import LINE_SECONDS, LineProgress, datasets_lines, progress, quiet_library_bars
+from facemask.progress import LINE_SECONDS, QUIET_SECONDS, LineProgress, datasets_lines, progress, quiet_library_bars
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,16 @@ def test_a_slow_bar_prints_every_30_s_and_the_last_update_prints_100_percent():
                          for n, left in ((3, "2 h 46 min"), (6, "2 h 45 min"), (9, "2 h 45 min"))]
     assert len(lines) == 4 and lines[3].startswith("caching train images: 100% (1000/1000 examples), ")
     assert lines[3].endswith(", 1 min 31 s in all")
+
+
+def test_work_done_within_the_first_seconds_gets_only_its_last_line():
+    clock, out = Clock(), io.StringIO()
+    with LineProgress(total=6400, desc="caching train images", unit=" examples", file=out, clock=clock) as bar:
+        for _ in range(100):
+            clock.now += (QUIET_SECONDS - 1) / 100
+            bar.update(64)
+    assert out.getvalue().splitlines() == ["caching train images: 100% (6400/6400 examples), 1600.0 examples/s, "
+                                           "4 s in all"]
 
 
 def test_a_bar_closed_early_says_where_it_stopped_and_one_never_moved_says_nothing():
@@ -178,7 +188,9 @@ def test_training_piped_to_a_file_prints_bounded_progress_lines(tmp_path):
     assert done.returncode == 0, console[-3000:]
     assert "\r" not in console
     progress_lines = [line for line in console.splitlines() if line.startswith("training: ")]
-    assert 10 <= len(progress_lines) <= 13, progress_lines  # one per 10%, and one per 30 s if a step stalls
+    # At most one per tenth (none in the first seconds), and one per 30 s if a step stalls.
+    percents = [int(re.match(r"training: (\d+)% \(", line).group(1)) for line in progress_lines]
+    assert len(percents) <= 13 and percents == sorted(percents), progress_lines
     assert progress_lines[-1].startswith("training: 100% (40/40 steps), ") and "loss " in progress_lines[-1]
     for split in ("train", "validation", "test"):
         assert f"caching {split} images: 100% (" in console, split
