@@ -531,4 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from facemask.progress import quiet_library_bars
+
+    quiet_library_bars()  # a process's own output: off a terminal, no library redraws bars in it
     sys.exit(main())

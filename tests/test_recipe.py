@@ -381,7 +381,7 @@ def test_console_shows_a_bar_and_one_line_per_evaluation(tmp_path, capfd):
     assert "{'loss'" not in console and "'eval_loss'" not in console  # no raw dicts
     lines = [line for line in console.splitlines() if "validation: accuracy" in line]
     assert len(lines) == 3 and lines[0].startswith("epoch ")  # steps 3 and 6, and the final evaluation
-    assert "training" in console and "6/6" in console  # the progress bar reached the end
+    assert "training" in console and "6/6" in console  # the progress (lines: the output is captured) reached the end
     logged = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert sum("loss" in entry for entry in logged) == 6 and sum("eval_accuracy" in entry for entry in logged) == 3
 

@@ -125,13 +125,14 @@ def test_the_console_says_what_the_run_does_and_the_rest_goes_to_train_log(tmp_p
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     console = done.stdout + done.stderr
-    # What the run is about to do, the data summary, one progress bar, the metric blocks, where the outputs are.
-    for shown in ("training a random-init vit model on synthetic", "validation: 8 images", "training: 100%",
-                  "***** test metrics *****", f"outputs in {tmp_path / 'out'}"):
+    # What the run is about to do, the data summary, the cache build's and the training's progress (lines
+    # here: the output is a pipe, tests/test_console.py), the metric blocks, where the outputs are.
+    for shown in ("training a random-init vit model on synthetic", "validation: 8 images",
+                  "caching train images: 100% (", "training: 100% (", "***** test metrics *****",
+                  f"outputs in {tmp_path / 'out'}"):
         assert shown in console, shown
-    # Not: the libraries' progress bars and chatter (dataset saving and mapping, shard writing, fonts).
-    for noise in ("Saving the dataset", "Writing model shards", "caching train images", "fontManager",
-                  "transformers.trainer"):
+    # Not: the libraries' other progress bars and chatter (dataset saving, shard writing, fonts).
+    for noise in ("Saving the dataset", "Writing model shards", "fontManager", "transformers.trainer"):
         assert noise not in console, noise
     log = (tmp_path / "out" / "train.log").read_text()
     assert "facemask: validation: 8 images" in log and "transformers.trainer: ***** Running training *****" in log

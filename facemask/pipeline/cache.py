@@ -34,6 +34,7 @@ from facemask.data.images import load_image
 from facemask.data.storage import (Damaged, check_checksums, checksum, discard, forks_die_with_this_process, first_line,
                                    images_digest, mark_used, require_space, staged)
 from facemask.pipeline.geometry import region_pixels
+from facemask.progress import datasets_lines
 
 logger = logging.getLogger("facemask")
 
@@ -268,7 +269,7 @@ def build_or_load(ds: datasets.Dataset, split: str, image_column: str, label_col
     features = datasets.Features({
         "pixels": datasets.Value("binary"), "width": datasets.Value("int32"),
         "height": datasets.Value("int32")})
-    with staged(folder, folder=True) as staging, forks_die_with_this_process():
+    with staged(folder, folder=True) as staging, forks_die_with_this_process(), datasets_lines():
         built = ds.select_columns([image_column]).map(
             functools.partial(_encode_batch, image_column=image_column, spec=spec, processor=processor),
             batched=True, batch_size=64, with_indices=True, remove_columns=[image_column], features=features,

@@ -1,5 +1,6 @@
-"""What a training run prints: a progress bar with the running loss, and one readable line per
-evaluation, instead of the Trainer's raw dict per logging step. Every log entry still goes, in
+"""What a training run prints: a progress bar with the running loss (progress lines where the
+console is not a terminal: facemask/progress.py), and one readable line per evaluation, instead of
+the Trainer's raw dict per logging step. Every log entry still goes, in
 full, to OUTPUT_DIR/train_log.jsonl (and trainer_state.json's log_history)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Dict, Optional, TextIO
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from facemask.progress import progress
 from facemask.run_folder import TRAIN_LOG
 
 _SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "loss")
@@ -59,11 +61,9 @@ class ConsoleProgress(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.training = True
         if state.is_world_process_zero and self.show_bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True)
             self.step = state.global_step
-            self.bar.update(self.step)
+            self.bar = progress(total=state.max_steps, desc="training", unit="step", initial=self.step,
+                                dynamic_ncols=True)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
