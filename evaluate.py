@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.audit import flagged_attributes, shortcut_findings
 from facemask.data.shortcuts import FAMILIES
-from facemask.data.sources import resolve_positive_label
+from facemask.data.labels import resolve_positive_label
 from facemask.evaluation.eval_data import SplitData, evaluation_split
 from facemask.evaluation.loading import load_model
 from facemask.evaluation.split import EvaluatedSplit, evaluate_split, shortcut_test

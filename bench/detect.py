@@ -8,7 +8,7 @@ portrait, a requirements-dev package) pasted at several sizes, half with a drawn
 tests compose them (tests/conftest.py). Each arm runs `SceneClassifier.faces` (detect on a copy
 shrunk to --max-side, crop, classify the crops in one batch) on each frame; the classifiers are
 random-init from their configs (speed does not depend on the weights), saved as a run folder and
-loaded by `evaluation.loading.load_model`, torch or the graph `python -m facemask export` writes
+loaded by `evaluation.loading.load_classifier`, torch or the graph `python -m facemask export` writes
 (`--backend onnx-int8`). The arms take turns within each repeat, so a slow spell of a noisy machine
 hits them alike. Printed per arm and frame size: images/s and faces/s, median (min-max) over the
 repeats. Threads: PyTorch's and onnxruntime's defaults (every core).
@@ -64,7 +64,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Dict]:
 
     from facemask.detection.detectors import load_detector
     from facemask.detection.scenes import SceneClassifier
-    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.loading import load_classifier
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "vit-base"], choices=["tiny", "vit-base"])
@@ -86,8 +86,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Dict]:
         for name in args.models:
             folder = run_folder(name, Path(work))
             for backend in args.backends:
-                model, processor = load_model(str(folder), backend=backend)
-                scene = SceneClassifier(model, processor, detector, max_side=args.max_side)
+                scene = SceneClassifier(load_classifier(str(folder), backend), detector, max_side=args.max_side)
                 # The detector's part alone: SceneClassifier.find, what `faces` does before the crops.
                 arms.setdefault("detector only", lambda image, find=scene.find: len(find(image)[0]))
                 arms[f"+ {'tiny ViT' if name == 'tiny' else 'ViT-B/16'} {backend}"] = (

@@ -57,22 +57,11 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(args: argparse.Namespace, model: Any) -> Optional[float]:
-    """--threshold / --positive-label of predict and detect, checked against the model."""
-    from facemask.data.sources import resolve_positive_label
-    from facemask.evaluation.analysis import threshold_from
+def _threshold(args: argparse.Namespace, labels: List[str]) -> Optional[float]:
+    """--threshold / --positive-label of predict and detect, checked against the model's labels."""
+    from facemask.runtime.decision import decision_threshold
 
-    if args.threshold is None and args.positive_label is None:
-        return None
-    try:
-        resolve_positive_label(list(model.config.id2label.values()), args.positive_label)
-        if args.threshold is None:
-            raise ValueError("--positive-label goes with --threshold")
-        if len(model.config.id2label) != 2:
-            raise ValueError("--threshold needs a model with two labels")
-        return threshold_from(Path(args.model), args.threshold)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return decision_threshold(Path(args.model), labels, args.threshold, args.positive_label)
 
 
 def _report_skipped(skipped: List[Any], total: int) -> int:
@@ -84,13 +73,14 @@ def _report_skipped(skipped: List[Any], total: int) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from facemask.evaluation.loading import load_model
-    from facemask.evaluation.predict import collect_paths, format_rows, predict_files, write_rows
+    from facemask.evaluation.loading import load_classifier
+    from facemask.runtime.files import collect_paths, format_rows, write_rows
+    from facemask.runtime.predict import predict_files
 
-    model, processor = load_model(args.model, backend=args.backend)
-    threshold = _threshold(args, model)
+    classifier = load_classifier(args.model, backend=args.backend)
+    threshold = _threshold(args, classifier.labels)
     paths, skipped = collect_paths(args.paths)
-    rows, unreadable = predict_files(model, processor, paths, args.batch_size, threshold, args.positive_label)
+    rows, unreadable = predict_files(classifier, paths, args.batch_size, threshold, args.positive_label)
     skipped += unreadable
     if args.output:
         write_rows(rows, Path(args.output))
@@ -101,13 +91,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from facemask.data.sources import resolve_positive_label
+    from facemask.data.labels import resolve_positive_label
     from facemask.detection.crops import describe, margin_from_images, run_margin
     from facemask.detection.detectors import load_detector
     from facemask.detection.scenes import OutputError, SceneClassifier, detect_files, write_table
-    from facemask.evaluation.loading import load_model
-    from facemask.evaluation.predict import class_labels, collect_paths
+    from facemask.evaluation.loading import load_classifier
     from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON
+    from facemask.runtime.files import collect_paths
 
     for name, low in (("every", 1), ("max_side", 1), ("batch_size", 1), ("min_face", 0), ("margin", 0)):
         if getattr(args, name) is not None and getattr(args, name) < low:
@@ -122,8 +112,8 @@ def _detect(args: argparse.Namespace) -> int:
         raise ConfigError(f"{previous[0]} exists from an earlier run: pass --overwrite to write over it and the "
                           "annotated copies of the same names, or choose another --output")
     detector = load_detector(args.detector)
-    model, processor = load_model(args.model, backend=args.backend)
-    threshold = _threshold(args, model)
+    classifier = load_classifier(args.model, backend=args.backend)
+    threshold = _threshold(args, classifier.labels)
     if args.margin is not None:
         margin, how = args.margin, "--margin"
     elif args.margin_from:
@@ -135,8 +125,8 @@ def _detect(args: argparse.Namespace) -> int:
         margin, how = measured["margin"], describe(measured, args.margin_from)
     else:
         margin, how = run_margin(args.model, detector)
-    positive = resolve_positive_label(class_labels(model), args.positive_label)
-    scene = SceneClassifier(model, processor, detector, threshold, positive, margin, not args.no_square,
+    positive = resolve_positive_label(classifier.labels, args.positive_label)
+    scene = SceneClassifier(classifier, detector, threshold, positive, margin, not args.no_square,
                             args.min_face, args.max_side, args.detector_threshold, args.batch_size)
     found, missing = collect_paths(args.inputs)
     inside = [p for p in found if out.resolve() in p.resolve().parents]

@@ -13,6 +13,7 @@ PACKAGE = REPO / "facemask"
 LAYERS = [
     {"facemask", "facemask.config", "facemask.run_folder", "facemask.progress"},
     {"facemask.data"},
+    {"facemask.runtime"},
     {"facemask.pipeline"},
     {"facemask.evaluation"},
     {"facemask.detection"},

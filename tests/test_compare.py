@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 import train
 from facemask.__main__ import main
-from facemask.evaluation.predict import write_rows
+from facemask.runtime.files import write_rows
 
 
 def fake_run(folder, outcomes, names=None):

@@ -7,7 +7,8 @@ from PIL import Image
 from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.images import load_image, to_rgb
 from facemask.data.prepare import prepare_data
-from facemask.data.sources import class_counts, resolve_positive_label
+from facemask.data.labels import resolve_positive_label
+from facemask.data.sources import class_counts
 from facemask.pipeline.geometry import random_resized_crop_box
 
 

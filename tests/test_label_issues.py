@@ -19,7 +19,8 @@ from facemask.__main__ import main
 from facemask.config.loading import load_config
 from facemask.data.prepare import prepare_data
 from facemask.evaluation.eval_data import sample_names
-from facemask.evaluation.predict import prediction_rows, write_rows
+from facemask.evaluation.predict import prediction_rows
+from facemask.runtime.files import write_rows
 from facemask.run_folder import CARD, PREDICTIONS, RESULTS, write_json
 
 COLUMNS = ["file", "given_label", "suggested_label", "label_quality", "is_issue"]

@@ -257,19 +257,3 @@ def load_sources(cfg: DataConfig, seed: int, labelled: bool = True) -> PreparedD
 def class_counts(ds: datasets.Dataset, label_column: str, labels: List[str]) -> Dict[str, int]:
     counts = np.bincount(np.asarray(ds[label_column]), minlength=len(labels))
     return {name: int(n) for name, n in zip(labels, counts)}
-
-
-_NEGATIVE = re.compile(r"(^|[^a-z])(no|non|not|without|un)($|[^a-z])|^no|without|unmask|nomask", re.I)
-
-
-def resolve_positive_label(labels: List[str], configured: Optional[str]) -> int:
-    """Index of the class scored as positive: the configured one, else the 'with mask' class."""
-    if configured is not None:
-        if configured not in labels:
-            raise ConfigError(f"'data.positive_label' is '{configured}' but the classes are: {', '.join(labels)}")
-        return labels.index(configured)
-    masked = [i for i, name in enumerate(labels) if "mask" in name.lower() and not _NEGATIVE.search(name)]
-    if len(masked) == 1:
-        return masked[0]
-    # Not a face-mask naming we recognise: follow scikit-learn's convention for binary labels.
-    return len(labels) - 1

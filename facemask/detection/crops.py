@@ -43,7 +43,7 @@ def margin_from_images(paths: Iterable[Path], detector: Any, max_images: int = 2
     """The margin that reproduces how much of each training image its face fills: on each image
     where the detector finds a face, (image side / box side - 1) / 2 for width and height, averaged;
     the median over images is the margin to crop scenes with."""
-    from facemask.evaluation.predict import read_input
+    from facemask.runtime.files import read_input
 
     paths = list(paths)
     # Spread over the (sorted) list, so that a class-per-folder layout gives every class its share.
@@ -72,7 +72,7 @@ def margin_from_images(paths: Iterable[Path], detector: Any, max_images: int = 2
 def run_margin(model: str, detector: Any) -> Tuple[float, str]:
     """The margin for a model's crops, and how it was found: measured on the run's training folder
     (experiment.yaml's data.train_dir) where MODEL is a run folder and that folder is here."""
-    from facemask.evaluation.predict import collect_paths
+    from facemask.runtime.files import collect_paths
     from facemask.run_folder import read_run
 
     folder = Path(model).expanduser()

@@ -19,8 +19,10 @@ from facemask.detection.annotate import draw_faces, label_colours
 from facemask.detection.crops import DEFAULT_MARGIN, crop_box
 from facemask.detection.media import UnreadableVideo, VideoWriter, is_animated, is_video, time_base, video_frames
 from facemask.detection.tracking import Tracker
-from facemask.evaluation.predict import class_labels, class_probabilities, decide, read_input
 from facemask.run_folder import DETECTIONS_CSV, DETECTIONS_JSON, output_name
+from facemask.runtime.decision import decide
+from facemask.runtime.files import read_input, write_rows
+from facemask.runtime.predict import Classifier
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 
@@ -42,10 +44,10 @@ class Faces:
 
 @dataclass
 class SceneClassifier:
-    """A face detector and a classifier, and the settings that join them."""
+    """A face detector and a classifier (the torch-free runtime's or evaluation.predict.TorchClassifier),
+    and the settings that join them."""
 
-    model: Any
-    processor: Any
+    classifier: Classifier
     detector: Any
     threshold: Optional[float] = None
     positive: int = 1
@@ -58,7 +60,7 @@ class SceneClassifier:
     labels: List[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.labels = class_labels(self.model)
+        self.labels = self.classifier.labels
         self.colours = label_colours(self.labels, self.positive)
 
     def find(self, image: Image.Image) -> Tuple[np.ndarray, np.ndarray]:
@@ -74,7 +76,7 @@ class SceneClassifier:
     def faces(self, image: Image.Image) -> Faces:
         boxes, scores = self.find(image)
         crops = [image.crop(crop_box(box, image.size, self.margin, self.square)) for box in boxes]
-        return Faces(boxes, scores, class_probabilities(self.model, self.processor, crops, self.batch_size))
+        return Faces(boxes, scores, self.classifier.probabilities(crops, self.batch_size))
 
     def decide(self, probs: np.ndarray) -> List[str]:
         return [self.labels[i] for i in decide(probs.reshape(-1, len(self.labels)), self.threshold, self.positive)]
@@ -259,8 +261,6 @@ def detect_files(scene: SceneClassifier, paths: Sequence[Path], out: Optional[Pa
 
 
 def write_table(report: Report, labels: Sequence[str], out: Path) -> List[Path]:
-    from facemask.evaluation.predict import write_rows
-
     columns = table_columns(labels)
     write_rows(report.rows, out / DETECTIONS_CSV, columns)
     # JSON says null where the CSV leaves a cell empty (a still image's time and track).

@@ -87,24 +87,6 @@ def operating_points(validation: Dict[str, np.ndarray], test: Optional[Dict[str,
             "rows": rows}
 
 
-def threshold_from(run_dir: Path, value: str) -> float:
-    """A --threshold argument: a number, or a row name of the run's operating_points.json."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    path = run_folder.OPERATING_POINTS.path(run_dir)
-    if not path.is_file():
-        raise ValueError(f"--threshold {value!r}: not a number, and {path} does not exist")
-    table = run_folder.read_json(path)
-    names = {row["name"]: row["threshold"] for row in table["rows"]}
-    if value not in names:
-        raise ValueError(f"--threshold {value!r}: the run's operating points are {', '.join(map(repr, names))}")
-    if names[value] is None:
-        raise ValueError(f"--threshold {value!r} was not reachable on the validation split")
-    return float(names[value])
-
-
 def error_rows(probs: np.ndarray, label_ids: np.ndarray, names: List[str], labels: List[str],
                limit: int = GALLERY_SIZE) -> List[Dict[str, Any]]:
     """The misclassified samples with the highest loss, worst first."""

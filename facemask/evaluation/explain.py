@@ -244,7 +244,8 @@ def command(args: Any) -> int:
     from facemask.config.schema import ConfigError
     from facemask.evaluation.figures import explanation_png
     from facemask.evaluation.loading import load_model
-    from facemask.evaluation.predict import class_labels, collect_paths, read_batches
+    from facemask.evaluation.predict import class_labels
+    from facemask.runtime.files import collect_paths, read_batches
     from facemask.pipeline.processor import processor_image_size
     from facemask.run_folder import EXPLANATIONS_JSON, output_name
 

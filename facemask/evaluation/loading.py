@@ -1,48 +1,30 @@
-"""A trained classifier and its image processor from a run folder or a Hub id, run by PyTorch or,
-once exported, by onnxruntime.
+"""A trained classifier and its image processor from a run folder or a Hub id (resolved by
+runtime.source.model_folder), run by PyTorch or, once exported, by onnxruntime.
+
+Nothing is imported at module level that the torch-free runtime lacks: `load_classifier` with an
+ONNX backend reaches the runtime (facemask/runtime/) without torch, transformers or datasets.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from facemask.config.schema import ConfigError
-from facemask.evaluation.onnx_backend import load_onnx_classifier
-from facemask.pipeline.processor import BACKEND
-from facemask.run_folder import CONFIG, ONNX_DIR, ONNX_FILES, PROCESSOR, SHARD_INDEX, SHARDS, WEIGHTS
-
-# What loading a model needs of a run folder or a Hub model: the model files (run_folder.OUTPUTS
-# written by Trainer.save_model), and for an ONNX backend its graph.
-MODEL_FILES = [o.pattern for o in (CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR)]
-# Hub models this project did not train may hold PyTorch's pickled weights instead.
-MODEL_FILES += ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"]
-
-
-def model_folder(source: str, revision: Optional[str] = None, patterns: Optional[List[str]] = None) -> Path:
-    """SOURCE as a local folder: a run folder as it is, or a Hub model's files matching `patterns`
-    (default: the model files) downloaded into huggingface_hub's cache. The one place where
-    "a run folder or a Hub id" is decided, for evaluate.py, predict, export's reader and the demo."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if not CONFIG.path(path).is_file():
-            raise ConfigError(f"model folder {path} has no config.json: point at a training run's output folder")
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns or MODEL_FILES))
-    except Exception as err:  # offline and not cached, unknown repository, no access, a malformed id
-        raise ConfigError(f"model not found: '{source}' is neither a local run folder nor a Hub model that could be "
-                          f"downloaded ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+from facemask.run_folder import ONNX_DIR, ONNX_FILES
+from facemask.runtime.predict import Classifier
+from facemask.runtime.source import MODEL_FILES, model_folder
 
 
 def load_model(model: str, revision: Optional[str] = None, backend: str = "torch",
                folder: Optional[Path] = None) -> Tuple[Any, Any]:
     """Classifier and image processor from a run folder or a Hub id (or its `folder` already
     resolved by model_folder), with a clear error if neither. backend `onnx` / `onnx-int8`: the
-    exported graph run by onnxruntime (see onnx_backend.py)."""
+    exported graph run by onnxruntime behind the PyTorch model's interface (see onnx_backend.py)."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from facemask.evaluation.onnx_backend import load_onnx_classifier
+    from facemask.pipeline.processor import BACKEND
 
     if folder is None:
         onnx = [f"{ONNX_DIR}/{ONNX_FILES[backend]}"] if backend != "torch" else []
@@ -56,3 +38,17 @@ def load_model(model: str, revision: Optional[str] = None, backend: str = "torch
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load the model '{model}' from {folder}: {str(err).splitlines()[0]}") from None
     return classifier, processor
+
+
+def load_classifier(model: str, backend: str = "torch", revision: Optional[str] = None,
+                    folder: Optional[Path] = None) -> Classifier:
+    """What predict, detect and serve classify with: the PyTorch model and its image processor, or
+    with an ONNX backend the torch-free runtime's model (facemask.runtime.model), which needs of a
+    Hub model only its config, preprocessing and graph."""
+    if backend == "torch":
+        from facemask.evaluation.predict import TorchClassifier
+
+        return TorchClassifier(*load_model(model, revision, backend, folder))
+    from facemask.runtime.model import load_onnx_model
+
+    return load_onnx_model(model, backend, revision, folder)

@@ -18,6 +18,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from facemask.runtime.model import softmax
+
 
 def classification_report(label_ids: np.ndarray, probs: np.ndarray, labels: List[str]) -> Dict[str, Any]:
     from sklearn.metrics import classification_report as report
@@ -57,12 +59,6 @@ def classification_scores(probs: np.ndarray, refs: np.ndarray, pos_label: int = 
         else:
             result["roc_auc"] = float(roc_auc_score(refs, probs, multi_class="ovr", labels=list(range(num_labels))))
     return result
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def make_compute_metrics(pos_label: int) -> Callable[[Any], Dict[str, float]]:

@@ -12,11 +12,7 @@ import torch
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from facemask.config.schema import ConfigError
-from facemask.run_folder import ONNX_DIR, ONNX_FILES
-
-
-def missing_onnxruntime() -> str:
-    return "onnxruntime is not installed: pip install -r requirements.txt (or pip install onnxruntime)"
+from facemask.runtime.model import graph_path, missing_onnxruntime
 
 
 class OnnxClassifier(torch.nn.Module):
@@ -53,14 +49,7 @@ class OnnxClassifier(torch.nn.Module):
 
 def load_onnx_classifier(folder: Path, backend: str, source: Optional[str] = None) -> OnnxClassifier:
     """The exported graph of a model folder (FOLDER/onnx/...): a run folder, or a Hub model's files
-    (evaluation.loading.model_folder). `source` names the model in the error when there is none."""
+    (runtime.source.model_folder). `source` names the model in the error when there is none."""
     from transformers import AutoConfig
 
-    graph = Path(folder) / ONNX_DIR / ONNX_FILES[backend]
-    if not graph.is_file():
-        hint = " --quantize int8" if backend == "onnx-int8" else ""
-        if source is not None and not Path(source).expanduser().exists():
-            raise ConfigError(f"the Hub model '{source}' has no {ONNX_DIR}/{ONNX_FILES[backend]}: export its run "
-                              f"(python -m facemask export RUN_DIR{hint}) and push it again")
-        raise ConfigError(f"{graph} does not exist: export the run first (python -m facemask export {folder}{hint})")
-    return OnnxClassifier(graph, AutoConfig.from_pretrained(str(folder)))
+    return OnnxClassifier(graph_path(folder, backend, source), AutoConfig.from_pretrained(str(folder)))

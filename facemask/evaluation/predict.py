@@ -1,21 +1,21 @@
-"""Classifying image files (`python -m facemask predict`): paths from files, folders and globs,
-batched prediction with an optional threshold, and the rows written as CSV, JSON or text.
+"""Classifying images with the PyTorch model (or the ONNX graph behind its interface): class
+probabilities in batches through the image processor, as a runtime Classifier, so that predict,
+detect and the demo share the rows and the decision rule of facemask/runtime/.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from facemask.data.images import load_image
+from facemask.pipeline.processor import processor_image_size
+from facemask.runtime import predict as runtime_predict
+from facemask.runtime.model import softmax
 
 
 def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, labels: List[str],
@@ -32,49 +32,6 @@ def prediction_rows(names: List[str], label_ids: np.ndarray, probs: np.ndarray, 
     return rows
 
 
-def write_rows(rows: List[Dict[str, Any]], path: Path, columns: Optional[List[str]] = None) -> None:
-    """Rows as FILE.json (a list of objects) or CSV (`columns`, else the first row's keys)."""
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-        return
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns or (list(rows[0]) if rows else ["file"]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def collect_paths(patterns: Iterable[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
-    """Files named by PATH arguments (files, folders searched recursively, globs), and the misses."""
-    found: List[Path] = []
-    missing: List[Tuple[str, str]] = []
-    for pattern in patterns:
-        path = Path(pattern).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(path).parts))
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
-            if matches:
-                found += matches
-            else:
-                missing.append((pattern, "no such file, folder or matching glob"))
-    unique = list(dict.fromkeys(found))
-    return unique, missing
-
-
-def read_input(path: Path, draft_side: Optional[int] = None) -> Tuple[Optional[Image.Image], str]:
-    """(the image as upright RGB, "") or (None, why it cannot be classified): the one reading of an
-    input file, and its messages, that predict and detect share."""
-    try:
-        if path.stat().st_size == 0:
-            raise ValueError("empty file")
-        return load_image(path, draft_side), ""
-    except (UnidentifiedImageError, ValueError, OSError, Image.DecompressionBombError) as err:
-        return None, "not an image file" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
-
-
 def class_labels(model: Any) -> List[str]:
     return [model.config.id2label[i] for i in sorted(model.config.id2label)]
 
@@ -87,64 +44,30 @@ def class_probabilities(model: Any, processor: Any, images: Sequence[Image.Image
         with torch.no_grad():
             pixels = processor(list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
             logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits.float()
-            chunks.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        chunks.append(softmax(logits.cpu().numpy()))
     return np.concatenate(chunks)
 
 
-def decide(probs: np.ndarray, threshold: Optional[float] = None, positive: int = 1) -> np.ndarray:
-    """The predicted class of each row: the arg-max, or with a threshold (two-label models) the
-    positive class where its probability reaches it and the other class elsewhere."""
-    if threshold is None:
-        return probs.argmax(axis=1)
-    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+@dataclass
+class TorchClassifier:
+    """A model with `config.id2label` and its image processor as a runtime.predict.Classifier."""
+
+    model: Any
+    processor: Any
+    labels: List[str] = field(init=False)
+    input_side: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = class_labels(self.model)
+        self.input_side = processor_image_size(self.processor)
+
+    def probabilities(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        return class_probabilities(self.model, self.processor, images, batch_size)
 
 
 def predict_files(model: Any, processor: Any, paths: List[Path], batch_size: int = 32,
                   threshold: Optional[float] = None, positive_label: Optional[str] = None
                   ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
-    """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason.
-
-    With a threshold (two-label models), the positive class is predicted when its probability
-    reaches it, the other class otherwise; confidence stays the predicted class's probability.
-    """
-    from facemask.data.sources import resolve_positive_label
-    from facemask.pipeline.processor import processor_image_size
-
-    labels = class_labels(model)
-    positive = resolve_positive_label(labels, positive_label)
-    rows: List[Dict[str, Any]] = []
-    skipped: List[Tuple[str, str]] = []
-    for kept, images in read_batches(paths, 2 * processor_image_size(processor), batch_size, skipped):
-        probs = class_probabilities(model, processor, images, batch_size)
-        for path, p, choice in zip(kept, probs, decide(probs, threshold, positive)):
-            row = {"path": str(path), "label": labels[choice], "confidence": round(float(p[choice]), 6)}
-            row.update({f"prob_{label}": round(float(v), 6) for label, v in zip(labels, p)})
-            rows.append(row)
-    return rows, skipped
-
-
-def read_batches(paths: Iterable[Path], draft_side: int, batch_size: int, skipped: List[Tuple[str, str]]
-                 ) -> Iterator[Tuple[List[Path], List[Image.Image]]]:
-    """The readable inputs, a batch of (paths, upright RGB images) at a time, so that a folder of any
-    size holds one batch in memory; the unreadable ones are added to `skipped` with the reason."""
-    kept: List[Path] = []
-    images: List[Image.Image] = []
-    for path in paths:
-        image, reason = read_input(path, draft_side)
-        if image is None:
-            skipped.append((str(path), reason))
-            continue
-        images.append(image)
-        kept.append(path)
-        if len(images) == batch_size:
-            yield kept, images
-            kept, images = [], []
-    if images:
-        yield kept, images
-
-
-def format_rows(rows: List[Dict[str, Any]]) -> str:
-    out = io.StringIO()
-    for row in rows:
-        out.write(f"{row['path']}\t{row['label']}\t{row['confidence']:.4f}\n")
-    return out.getvalue()
+    """runtime.predict.predict_files with the model and its image processor."""
+    return runtime_predict.predict_files(TorchClassifier(model, processor), paths, batch_size, threshold,
+                                         positive_label)

@@ -24,8 +24,10 @@ from facemask.evaluation.eval_data import SplitData, sample_names
 from facemask.evaluation.explain import trainer_explainer
 from facemask.evaluation.figures import confusion_figure, roc_curve_png
 from facemask.evaluation.intervals import split_intervals
-from facemask.evaluation.metrics import classification_report, confusion, softmax
-from facemask.evaluation.predict import prediction_rows, write_rows
+from facemask.evaluation.metrics import classification_report, confusion
+from facemask.evaluation.predict import prediction_rows
+from facemask.runtime.files import write_rows
+from facemask.runtime.model import softmax
 
 logger = logging.getLogger("facemask")
 

@@ -146,7 +146,7 @@ class Demo:
         from dataclasses import replace
 
         from facemask.detection.scenes import label_counts
-        from facemask.evaluation.predict import read_input
+        from facemask.runtime.files import read_input
 
         if not path:
             return "Upload a photo of a scene (a street, a queue, a classroom), or take one with the webcam.", None, []
@@ -180,12 +180,13 @@ class Demo:
 
     @cached_property
     def scene_classifier(self) -> Any:
-        from facemask.data.sources import resolve_positive_label
+        from facemask.data.labels import resolve_positive_label
         from facemask.detection.detectors import load_detector
         from facemask.detection.scenes import SceneClassifier
+        from facemask.evaluation.predict import TorchClassifier
 
         positive = resolve_positive_label(self.labels, self.positive_label)
-        return SceneClassifier(self.model, self.processor, load_detector(), positive=positive)
+        return SceneClassifier(TorchClassifier(self.model, self.processor), load_detector(), positive=positive)
 
     def decide(self, path: str, rule: str) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
         """predict's row for the upload under the decision rule (its label is the one the page
@@ -230,7 +231,7 @@ class Demo:
         (under the decision rule); None without an image, a readable one, or a map method."""
         from facemask.evaluation.explain import explain_images
         from facemask.evaluation.figures import explanation_image
-        from facemask.evaluation.predict import read_input
+        from facemask.runtime.files import read_input
         from facemask.pipeline.processor import processor_image_size
 
         if not path or self.map_method == "none":

@@ -15,7 +15,7 @@ from transformers import IntervalStrategy
 from facemask.data.audit import flagged_attributes
 from facemask.data.inspection import split_digest
 from facemask.data.prepare import Prepared
-from facemask.data.sources import resolve_positive_label
+from facemask.data.labels import resolve_positive_label
 from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
 from facemask.pipeline.inputs import eval_view
 from facemask.recipe.distill import AsUsed, teacher_held_out

@@ -11,7 +11,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from facemask.config.schema import ConfigError, ExperimentConfig
-from facemask.data.sources import PreparedData, resolve_positive_label
+from facemask.data.labels import resolve_positive_label
+from facemask.data.sources import PreparedData
 from facemask.data.storage import first_line, require_space
 from facemask.evaluation.metrics import make_compute_metrics
 from facemask.pipeline.augment import BatchTransform

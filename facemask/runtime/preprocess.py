@@ -1,0 +1,142 @@
+"""The image processor's preprocessing read from a model folder's preprocessor_config.json and done
+with Pillow and numpy: resize, centre crop, rescale, normalise, as transformers' PIL backend does
+them for the processors this project saves (ViT, BEiT, DeiT), so the runtime feeds the graph the
+pixels the image processor would (tests/test_runtime.py checks them to 1e-6)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from facemask.config.schema import ConfigError
+from facemask.data.images import to_rgb
+from facemask.run_folder import PROCESSOR
+
+_STANDARD = [0.5, 0.5, 0.5]  # transformers' IMAGENET_STANDARD_MEAN and _STD
+# What each processor class does where its saved JSON leaves a key out (transformers 5's
+# ViTImageProcessorPil, BeitImageProcessorPil, DeiTImageProcessorPil).
+_COMMON: Dict[str, Any] = {"do_resize": True, "do_center_crop": False, "crop_size": None, "do_rescale": True,
+                           "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _STANDARD,
+                           "image_std": _STANDARD}
+DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "ViTImageProcessor": {**_COMMON, "size": {"height": 224, "width": 224}, "resample": Image.Resampling.BILINEAR},
+    "BeitImageProcessor": {**_COMMON, "size": {"height": 224, "width": 224}, "crop_size": {"height": 224, "width": 224},
+                           "resample": Image.Resampling.BICUBIC},
+    "DeiTImageProcessor": {**_COMMON, "size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224},
+                           "do_center_crop": True, "resample": Image.Resampling.BICUBIC},
+}
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Images (upright RGB, any size) -> float32 pixel values, N x 3 x H x W."""
+
+    size: Dict[str, int]
+    resample: int
+    do_resize: bool = True
+    do_center_crop: bool = False
+    crop_size: Optional[Dict[str, int]] = None
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: Tuple[float, ...] = tuple(_STANDARD)
+    image_std: Tuple[float, ...] = tuple(_STANDARD)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Preprocessor":
+        path = PROCESSOR.path(Path(folder))
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist: the model folder needs the preprocessor_config.json "
+                              "that training saves beside config.json") from None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+        return cls.from_dict(fields, str(path))
+
+    @classmethod
+    def from_dict(cls, fields: Dict[str, Any], origin: str = PROCESSOR.name) -> "Preprocessor":
+        """A saved image processor's fields (`origin` names them in errors)."""
+        kind = fields.get("image_processor_type")
+        if kind not in DEFAULTS:
+            raise ConfigError(f"{origin}: image_processor_type is {kind!r}; the torch-free runtime reproduces "
+                              f"{', '.join(DEFAULTS)} only: use --backend torch")
+        merged = {**DEFAULTS[kind], **{k: v for k, v in fields.items() if k in DEFAULTS[kind] and v is not None}}
+        size, crop = merged["size"], merged["crop_size"]
+        if not isinstance(size, dict) or not ({"height", "width"} <= set(size) or "shortest_edge" in size):
+            raise ConfigError(f"{origin}: 'size' is {size!r}; the runtime reads {{height, width}} or "
+                              "{shortest_edge}: use --backend torch")
+        if merged["do_center_crop"] and not (isinstance(crop, dict) and {"height", "width"} <= set(crop)):
+            raise ConfigError(f"{origin}: do_center_crop needs 'crop_size' with height and width, got {crop!r}")
+        try:
+            resample = Image.Resampling(int(merged["resample"]))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: 'resample' is {merged['resample']!r}, not a PIL filter number (0-5)") from None
+        means, stds = list(merged["image_mean"]), list(merged["image_std"])
+        if len(means) != 3 or len(stds) != 3:
+            raise ConfigError(f"{origin}: image_mean and image_std need one value per RGB channel")
+        return cls(size={k: int(v) for k, v in size.items()}, resample=int(resample),
+                   do_resize=bool(merged["do_resize"]), do_center_crop=bool(merged["do_center_crop"]),
+                   crop_size={k: int(v) for k, v in crop.items()} if crop else None,
+                   do_rescale=bool(merged["do_rescale"]), rescale_factor=float(merged["rescale_factor"]),
+                   do_normalize=bool(merged["do_normalize"]), image_mean=tuple(means), image_std=tuple(stds))
+
+    @property
+    def input_side(self) -> int:
+        """The model's input side, as pipeline.processor.processor_image_size reads it."""
+        size = self.crop_size if self.do_center_crop else self.size
+        return int(size.get("height") or size.get("shortest_edge"))
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            side = self.input_side
+            return np.zeros((0, 3, side, side), dtype=np.float32)
+        return np.stack([self.pixels(image) for image in images])
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """One image as 3 x H x W float32, in the order and arithmetic of the PIL backend's steps."""
+        if image.mode != "RGB":
+            image = to_rgb(image)
+        if self.do_resize:
+            height, width = self.resized(image.height, image.width)
+            image = image.resize((width, height), resample=self.resample)
+        array = np.asarray(image).transpose(2, 0, 1)
+        if self.do_center_crop:
+            array = self.center_crop(array)
+        if self.do_rescale:
+            # Upcast first, then down to float32, as transformers' rescale does.
+            array = (array.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        if self.do_normalize:
+            array = array.astype(np.float32, copy=False)
+            mean = np.array(self.image_mean, dtype=np.float32)[:, None, None]
+            std = np.array(self.image_std, dtype=np.float32)[:, None, None]
+            array = (array - mean) / std
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def resized(self, height: int, width: int) -> Tuple[int, int]:
+        """(height, width) after the resize: the square size, or the shorter side to shortest_edge."""
+        if "shortest_edge" not in self.size:
+            return self.size["height"], self.size["width"]
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size["shortest_edge"], int(self.size["shortest_edge"] * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def center_crop(self, array: np.ndarray) -> np.ndarray:
+        """transformers' center_crop on C x H x W: the middle crop_size, zero-padded where the image is smaller."""
+        height, width = array.shape[1:]
+        crop_h, crop_w = self.crop_size["height"], self.crop_size["width"]
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        if top >= 0 and left >= 0:
+            return array[:, top:top + crop_h, left:left + crop_w]
+        new_h, new_w = max(crop_h, height), max(crop_w, width)
+        canvas = np.zeros((array.shape[0], new_h, new_w), dtype=array.dtype)
+        top_pad, left_pad = math.ceil((new_h - height) / 2), math.ceil((new_w - width) / 2)
+        canvas[:, top_pad:top_pad + height, left_pad:left_pad + width] = array
+        top, left = top + top_pad, left + left_pad
+        return canvas[:, max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]

@@ -1,0 +1,237 @@
+"""The torch-free runtime (facemask/runtime/): the image processor's pixels to 1e-6 from its saved
+JSON, the same predictions as the exported graph on the PyTorch-side path, predict and detect with
+torch, transformers and datasets unimportable, and a fresh virtual environment from
+requirements-serve.txt."""
+
+import ast
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_MODELS, compose_scene
+from PIL import Image
+
+from facemask.__main__ import main as cli
+from facemask.config.schema import ConfigError, ModelConfig
+from facemask.data.images import load_image
+from facemask.run_folder import OPERATING_POINTS, PROCESSOR, read_json
+from facemask.runtime.decision import decision_threshold
+from facemask.runtime.files import collect_paths, format_rows
+from facemask.runtime.model import load_onnx_model
+from facemask.runtime.predict import predict_files
+from facemask.runtime.preprocess import Preprocessor
+
+FORBIDDEN = ("torch", "transformers", "datasets")
+# Imports of torch, transformers and datasets fail in the child, as where they are not installed.
+BLOCKER = textwrap.dedent("""
+    import sys
+
+    class Absent:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {forbidden!r}:
+                raise ImportError("no module named " + name + " (blocked by the test)")
+
+    sys.meta_path.insert(0, Absent())
+""").format(forbidden=FORBIDDEN)
+
+
+@pytest.fixture(scope="module")
+def varied_images(tmp_path_factory):
+    """Files that take every branch of the one decoder: EXIF-rotated JPEG, RGBA and palette PNGs
+    with transparency, 8- and 16-bit greyscale, odd and one-pixel sizes, a large photo."""
+    root = tmp_path_factory.mktemp("varied")
+    rng = np.random.default_rng(7)
+
+    def noise(height, width, channels=3):
+        ramp = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.2, 1, height)[:, None, None]
+        return np.clip(ramp + rng.normal(0, 40, (height, width, channels)), 0, 255).astype(np.uint8)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show upright
+    Image.fromarray(noise(40, 70)).save(root / "rotated.jpg", exif=exif, quality=90)
+    Image.fromarray(noise(50, 45, 4), "RGBA").save(root / "alpha.png")
+    Image.fromarray(noise(37, 91)).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.png",
+                                                                                       transparency=0)
+    Image.fromarray(noise(33, 60)[..., 0], "L").save(root / "grey.png")
+    Image.fromarray((noise(29, 31)[..., 0].astype(np.uint16) * 257)).save(root / "grey16.png")
+    Image.fromarray(noise(91, 37)).save(root / "odd.png")
+    Image.fromarray(noise(1, 300)).save(root / "one_row.png")
+    Image.fromarray(noise(300, 1)).save(root / "one_column.png")
+    Image.fromarray(noise(1600, 2400)).save(root / "large.jpg", quality=85)
+    return sorted(root.iterdir())
+
+
+def saved_processor(folder, model_type, **overrides):
+    """preprocessor_config.json as training writes it (the processor of pipeline/processor.py, saved)."""
+    from facemask.pipeline.processor import load_image_processor
+
+    cfg = ModelConfig(from_config=dict(TINY_MODELS.get(model_type, {**TINY_MODELS["vit"], "model_type": model_type})),
+                      image_processor=overrides or None)
+    load_image_processor(cfg).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def processor_folders(evaluated_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("processors")
+    return {
+        "vit run": evaluated_run,
+        "beit": saved_processor(tmp / "beit", "beit"),
+        "beit, shortest edge + centre crop": saved_processor(
+            tmp / "beit-crop", "beit", size={"shortest_edge": 40}, do_center_crop=True,
+            crop_size={"height": 32, "width": 32}),
+        "deit, crop padded": saved_processor(tmp / "deit", "deit", size={"height": 20, "width": 20},
+                                             do_center_crop=True, crop_size={"height": 24, "width": 28}),
+    }
+
+
+@pytest.fixture(scope="module")
+def onnx_run(evaluated_run, tmp_path_factory):
+    """A copy of the evaluated run with both graphs exported (int8 kept whatever its accuracy)."""
+    run = tmp_path_factory.mktemp("runtime") / "run"
+    shutil.copytree(evaluated_run, run)
+    assert cli(["export", str(run), "--quantize", "int8", "--max-accuracy-drop", "100", "--max-images", "8"]) == 0
+    return run
+
+
+def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_images):
+    from transformers import AutoImageProcessor
+
+    from facemask.pipeline.processor import BACKEND
+
+    images = [load_image(path) for path in varied_images]
+    rotated = images[[p.name for p in varied_images].index("rotated.jpg")]
+    assert rotated.size == (40, 70), "the EXIF orientation was not applied"
+    for name, folder in processor_folders.items():
+        ours = Preprocessor.from_folder(folder)
+        theirs = AutoImageProcessor.from_pretrained(str(folder), backend=BACKEND)
+        for path, image in zip(varied_images, images):
+            expected = theirs([image], return_tensors="np")["pixel_values"]
+            got = ours([image])
+            assert got.dtype == np.float32 and got.shape == expected.shape, (name, path.name)
+            assert np.abs(got - expected).max() <= 1e-6, (name, path.name)
+        batch = ours(images)
+        assert batch.shape == (len(images), *expected.shape[1:])
+
+
+def test_an_image_processor_the_runtime_does_not_reproduce_is_refused_by_name(processor_folders, tmp_path):
+    fields = read_json(PROCESSOR.path(processor_folders["beit"]))
+    with pytest.raises(ConfigError, match="image_processor_type is 'ConvNextImageProcessor'.*--backend torch"):
+        Preprocessor.from_dict({**fields, "image_processor_type": "ConvNextImageProcessor"})
+    with pytest.raises(ConfigError, match="'size'.*longest_edge"):
+        Preprocessor.from_dict({**fields, "size": {"longest_edge": 30}})
+    with pytest.raises(ConfigError, match=f"{tmp_path}.*does not exist"):
+        Preprocessor.from_folder(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_predictions_equal_the_graph_on_the_pytorch_side_path(onnx_run, varied_images, backend):
+    from facemask.evaluation.loading import load_model
+    from facemask.evaluation.predict import predict_files as torch_side_predict_files
+
+    paths, _ = collect_paths([str(varied_images[0].parent)])
+    model = load_onnx_model(str(onnx_run), backend)
+    assert model.labels == ["with_mask", "without_mask"]
+    rule = decision_threshold(onnx_run, model.labels, "best F1", None)
+    best_f1 = {row["name"]: row["threshold"] for row in read_json(OPERATING_POINTS.path(onnx_run))["rows"]}["best F1"]
+    assert rule == best_f1
+    for threshold in (None, rule):
+        ours, skipped = predict_files(model, paths, 4, threshold)
+        theirs, _ = torch_side_predict_files(*load_model(str(onnx_run), backend=backend), paths, 4, threshold)
+        assert not skipped and len(ours) == len(paths)
+        assert ours == theirs
+    # The rule applied: the positive class (with_mask) from the threshold up, the other below it.
+    probs = model.probabilities([load_image(p, 2 * model.input_side) for p in paths], 4)
+    assert [row["label"] for row in ours] == [model.labels[0] if p >= rule else model.labels[1] for p in probs[:, 0]]
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+
+
+def test_the_runtime_imports_no_torch_transformers_or_datasets_at_any_level():
+    """Every module of facemask/runtime/ and every project module it reaches, lazy imports included."""
+    package = REPO / "facemask"
+    todo = [p for p in (package / "runtime").rglob("*.py")]
+    seen, offenders = set(), []
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if name.split(".")[0] in FORBIDDEN:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+                if name.startswith("facemask."):
+                    target = REPO.joinpath(*name.split("."))
+                    todo += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
+    assert len(seen) > 6 and not offenders, offenders
+
+
+def test_predict_and_detect_run_with_torch_transformers_and_datasets_absent(onnx_run, varied_images, tmp_path):
+    photo = tmp_path / "street.jpg"
+    compose_scene()[0].save(photo, quality=92)
+    image = varied_images[-1]
+    script = BLOCKER + textwrap.dedent(f"""
+        from facemask.__main__ import main
+        codes = [main(["predict", {str(onnx_run)!r}, {str(image)!r}, "--backend", "onnx"]),
+                 main(["predict", {str(onnx_run)!r}, {str(image)!r}, "--backend", "onnx-int8", "--threshold", "best F1"]),
+                 main(["detect", {str(onnx_run)!r}, {str(photo)!r}, "--backend", "onnx",
+                       "--output", {str(tmp_path / "faces")!r}])]
+        print("codes", codes)
+        print("loaded", sorted({{m.split(".")[0] for m in sys.modules}} & set({FORBIDDEN!r})))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "codes [0, 0, 0]" in lines and "loaded []" in lines, done.stdout + done.stderr
+    expected = []
+    for backend, threshold in (("onnx", None), ("onnx-int8", "best F1")):
+        model = load_onnx_model(str(onnx_run), backend)
+        rule = threshold and decision_threshold(onnx_run, model.labels, threshold, None)
+        expected.append(format_rows(predict_files(model, [image], threshold=rule)[0]).strip())
+    assert lines[:2] == expected
+    with (tmp_path / "faces" / "detections.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 3 and {row["label"] for row in rows} <= {"with_mask", "without_mask"}
+
+
+@pytest.mark.slow
+def test_a_fresh_environment_from_requirements_serve_runs_predict_and_detect(onnx_run, varied_images, tmp_path):
+    """python3 -m venv + pip install -r requirements-serve.txt: no torch there, and the repository's
+    code classifies and detects with the exported graph."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "requirements-serve.txt")],
+                   check=True, timeout=1200)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    for module in FORBIDDEN:
+        absent = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, env=env)
+        assert absent.returncode != 0 and "ModuleNotFoundError" in absent.stderr, module
+
+    def facemask(*args):
+        return subprocess.run([str(python), "-m", "facemask", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300)
+
+    image = varied_images[-1]
+    predicted = facemask("predict", str(onnx_run), str(image), "--backend", "onnx", "--output", "rows.json")
+    assert predicted.returncode == 0, predicted.stderr
+    expected, _ = predict_files(load_onnx_model(str(onnx_run)), [image])
+    assert json.loads((tmp_path / "rows.json").read_text()) == json.loads(json.dumps(expected))
+    photo = tmp_path / "street.jpg"
+    compose_scene()[0].save(photo, quality=92)
+    detected = facemask("detect", str(onnx_run), str(photo), "--backend", "onnx-int8", "--output", "faces")
+    assert detected.returncode == 0, detected.stderr
+    assert len(json.loads((tmp_path / "faces" / "detections.json").read_text())) >= 3
+    assert Path(tmp_path / "faces" / "street.jpg").is_file()
