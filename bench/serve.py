@@ -123,7 +123,8 @@ def load_round(url: str, bodies: List[bytes], clients: int, per_client: int, bad
 
 def in_process(run: Path, bodies: List[bytes], max_batch: int, repeats: int) -> float:
     """Images a second through the runtime without HTTP: decode, preprocess, the graph, a batch a call."""
-    from facemask.runtime.server import Limits, decode
+    from facemask.runtime.limits import Limits
+    from facemask.runtime.server import decode
 
     service = serve_service(run)
     decoded = [decode(b, "x", Limits(), service.draft_side) for b in bodies]
@@ -138,9 +139,9 @@ def in_process(run: Path, bodies: List[bytes], max_batch: int, repeats: int) -> 
 
 
 def serve_service(run: Path) -> Any:
-    from facemask.runtime.serving import load_service
+    from facemask.publish.serve import load_service
 
-    return load_service(str(run), "onnx")
+    return load_service(str(run), "onnx", detector=None)
 
 
 def main(argv: List[str] | None = None) -> Dict[str, Any]:

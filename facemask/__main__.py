@@ -470,6 +470,15 @@ def _add_explain(commands: Any) -> None:
     explain.set_defaults(func=command)
 
 
+def _add_serve(commands: Any) -> None:
+    from facemask.publish.serve import add_arguments, command  # torch-free: --backend onnx runs without it
+
+    serve = commands.add_parser("serve", help="an HTTP JSON service: POST images to /predict, a photo to /detect; "
+                                              "/health, /ready, /metrics, /docs")
+    add_arguments(serve)
+    serve.set_defaults(func=command)
+
+
 def _add_pretrain(commands: Any) -> None:
     from facemask.training.resume import add_run_arguments
 
@@ -495,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues, _add_pretrain):
+                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues, _add_pretrain,
+                _add_serve):
         add(commands)
     return parser
 

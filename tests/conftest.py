@@ -65,6 +65,20 @@ def evaluated_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def onnx_run(evaluated_run, tmp_path_factory):
+    """A copy of the evaluated run with both graphs exported (int8 kept whatever its accuracy): what
+    the torch-free runtime and the HTTP service run (they only read it)."""
+    import shutil
+
+    from facemask.__main__ import main as cli
+
+    run = tmp_path_factory.mktemp("runtime") / "run"
+    shutil.copytree(evaluated_run, run)
+    assert cli(["export", str(run), "--quantize", "int8", "--max-accuracy-drop", "100", "--max-images", "8"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """The README's quickstart (configs/quickstart.yaml) run as a user would: a model that has
     learned the drawn task, for the tests that need one (accuracy, explanation maps)."""

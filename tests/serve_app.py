@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facemask.runtime.server import Limits, Service, serve  # noqa: E402
+from facemask.runtime.limits import Limits  # noqa: E402
+from facemask.runtime.server import Service, serve  # noqa: E402
 
 
 def main() -> int:

@@ -7,7 +7,6 @@ import ast
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -90,15 +89,6 @@ def processor_folders(evaluated_run, tmp_path_factory):
         "deit, crop padded": saved_processor(tmp / "deit", "deit", size={"height": 20, "width": 20},
                                              do_center_crop=True, crop_size={"height": 24, "width": 28}),
     }
-
-
-@pytest.fixture(scope="module")
-def onnx_run(evaluated_run, tmp_path_factory):
-    """A copy of the evaluated run with both graphs exported (int8 kept whatever its accuracy)."""
-    run = tmp_path_factory.mktemp("runtime") / "run"
-    shutil.copytree(evaluated_run, run)
-    assert cli(["export", str(run), "--quantize", "int8", "--max-accuracy-drop", "100", "--max-images", "8"]) == 0
-    return run
 
 
 def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_images):

@@ -164,3 +164,72 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(server):
         answer = pending.result()
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "with_mask"
     assert s.proc.wait(timeout=30) == 0
+
+
+def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_run, tmp_path):
+    """`python -m facemask serve RUN --backend onnx` with torch, transformers and datasets absent:
+    /predict's rows are predict's, /detect's faces are detect's, for the same images."""
+    from conftest import compose_scene
+    from test_runtime import BLOCKER
+
+    from facemask.publish.serve import load_service
+    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.model import load_onnx_model
+    from facemask.runtime.predict import predict_files
+
+    port = free_port()
+    script = BLOCKER + (f"from facemask.__main__ import main\nsys.exit(main(['serve', {str(onnx_run)!r}, '--backend', "
+                        f"'onnx', '--port', '{port}', '--threshold', 'best F1']))")
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() else "timeout"
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        names = []
+        for i, (width, height) in enumerate([(64, 64), (37, 91), (300, 120)]):
+            names.append(tmp_path / f"face{i}.png")
+            Image.fromarray((np.random.default_rng(i).random((height, width, 3)) * 255).astype(np.uint8)).save(names[-1])
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in names]
+        served = httpx.post(f"{url}/predict", files=files, timeout=60).json()["predictions"]
+        model = load_onnx_model(str(onnx_run))
+        rule = decision_threshold(onnx_run, model.labels, "best F1", None)
+        expected, _ = predict_files(model, names, threshold=rule)
+        assert served == [{**row, "path": Path(row["path"]).name} for row in expected]
+        photo = tmp_path / "street.jpg"
+        compose_scene()[0].save(photo, quality=92)
+        faces = httpx.post(f"{url}/detect", content=photo.read_bytes(), headers={"content-type": "image/jpeg"},
+                           timeout=60).json()["faces"]
+        from facemask.data.images import load_image
+
+        local = load_service(str(onnx_run), "onnx", rule).detect(load_image(photo), "body")
+        assert len(faces) >= 3 and faces == json_round_trip(local)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'facemask_requests_total{endpoint="detect",status="200"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def json_round_trip(rows):
+    import json
+
+    return json.loads(json.dumps(rows))
+
+
+def test_bad_serve_options_exit_2_before_serving(onnx_run, capsys):
+    from facemask.__main__ import main
+
+    assert main(["serve", str(onnx_run), "--threshold", "best guess"]) == 2
+    assert "operating points are" in capsys.readouterr().err
+    assert main(["serve", str(onnx_run), "--max-batch", "0"]) == 2

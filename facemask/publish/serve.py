@@ -6,10 +6,13 @@ runtime/server.py, with predict's decision rule and detect's face detector. With
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from facemask.config.schema import ConfigError
-from facemask.runtime.server import MAX_BYTES, MAX_PIXELS, Limits, Service, serve
+from facemask.runtime.limits import MAX_BYTES, MAX_PIXELS, Limits
+
+if TYPE_CHECKING:
+    from facemask.runtime.server import Service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_service(model: str, backend: str = "onnx", threshold: Optional[float] = None,
                  positive_label: Optional[str] = None, detector: Optional[str] = "retinaface",
-                 detector_threshold: float = 0.6) -> Service:
+                 detector_threshold: float = 0.6) -> "Service":
     """The model as the server calls it: predict's rows, and detect's rows of one photo."""
     from facemask.data.labels import resolve_positive_label
     from facemask.detection.scenes import SceneClassifier
     from facemask.runtime.decision import decide
     from facemask.runtime.predict import prediction_row
+    from facemask.runtime.server import Service
 
     if backend == "torch":
         from facemask.evaluation.loading import load_model
@@ -78,7 +82,9 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
 
 def command(args: argparse.Namespace) -> int:
     from facemask.runtime.decision import decision_threshold
+    from facemask.run_folder import OPERATING_POINTS
     from facemask.runtime.model import read_labels
+    from facemask.runtime.server import serve
     from facemask.runtime.source import graph_files, model_folder
 
     for name, low in (("max_batch", 1), ("max_queue", 1), ("max_bytes", 1), ("max_pixels", 1), ("port", 0)):
@@ -87,7 +93,7 @@ def command(args: argparse.Namespace) -> int:
     if args.max_wait_ms < 0 or args.timeout <= 0:
         raise ConfigError("--max-wait-ms must be 0 or more and --timeout more than 0")
     # What can be wrong with the model or the decision rule stops here (exit 2), not on the loading thread.
-    patterns = None if args.backend == "torch" else graph_files(args.backend)
+    patterns = None if args.backend == "torch" else [*graph_files(args.backend), OPERATING_POINTS.pattern]
     folder = model_folder(args.model, patterns=patterns)
     threshold = decision_threshold(folder, read_labels(folder), args.threshold, args.positive_label)
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,

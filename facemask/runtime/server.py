@@ -27,11 +27,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from facemask.data.images import load_image
+from facemask.runtime.limits import Limits
 
 logger = logging.getLogger("facemask")
 
-MAX_BYTES = 20_000_000
-MAX_PIXELS = 40_000_000  # a 40-megapixel photo; PIL's own bomb limit is ~89 MP (error at twice that)
 
 
 @dataclass
@@ -43,16 +42,6 @@ class Service:
     detect: Optional[Callable[[Image.Image, str], List[Dict[str, Any]]]] = None
     draft_side: Optional[int] = None  # JPEGs are decoded at no less than this side (as predict does)
     description: str = ""
-
-
-@dataclass
-class Limits:
-    max_batch: int = 32
-    max_wait_ms: float = 10.0
-    max_queue: int = 64
-    max_bytes: int = MAX_BYTES
-    max_pixels: int = MAX_PIXELS
-    timeout_s: float = 30.0
 
 
 class RequestError(Exception):
