@@ -13,11 +13,11 @@ from PIL import Image
 
 from facemask.__main__ import main as facemask_main
 from facemask.config.schema import ConfigError
-from facemask.evaluation.analysis import threshold_from
 from facemask.evaluation.loading import load_model
 from facemask.evaluation.predict import predict_files
 from facemask.publish.endpoint import add_handler
 from facemask.publish.hub import files_to_push
+from facemask.runtime.decision import threshold_from
 
 
 def awkward_images(folder):
