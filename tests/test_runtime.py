@@ -172,7 +172,8 @@ def test_predict_and_detect_run_with_torch_transformers_and_datasets_absent(onnx
     script = BLOCKER + textwrap.dedent(f"""
         from facemask.__main__ import main
         codes = [main(["predict", {str(onnx_run)!r}, {str(image)!r}, "--backend", "onnx"]),
-                 main(["predict", {str(onnx_run)!r}, {str(image)!r}, "--backend", "onnx-int8", "--threshold", "best F1"]),
+                 main(["predict", {str(onnx_run)!r}, {str(image)!r}, "--backend", "onnx-int8",
+                       "--threshold", "best F1"]),
                  main(["detect", {str(onnx_run)!r}, {str(photo)!r}, "--backend", "onnx",
                        "--output", {str(tmp_path / "faces")!r}])]
         print("codes", codes)

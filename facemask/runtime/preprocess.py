@@ -77,7 +77,7 @@ class Preprocessor:
         try:
             resample = Image.Resampling(int(merged["resample"]))
         except (TypeError, ValueError):
-            raise ConfigError(f"{origin}: 'resample' is {merged['resample']!r}, not a PIL filter number (0-5)") from None
+            raise ConfigError(f"{origin}: 'resample' is {merged['resample']!r}, not a PIL filter (0-5)") from None
         means, stds = list(merged["image_mean"]), list(merged["image_std"])
         if len(means) != 3 or len(stds) != 3:
             raise ConfigError(f"{origin}: image_mean and image_std need one value per RGB channel")
