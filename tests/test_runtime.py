@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -230,21 +229,13 @@ def test_a_fresh_environment_from_requirements_serve_runs_predict_and_detect(onn
     assert Path(tmp_path / "faces" / "street.jpg").is_file()
     # The service the Dockerfile runs, from the same environment: up, answering, drained by SIGTERM.
     import httpx
-    from test_serve import free_port
+    from test_serve import free_port, wait_ready
 
     port = free_port()
     server = subprocess.Popen([str(python), "-m", "facemask", "serve", str(onnx_run), "--backend", "onnx", "--port",
                                str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        end = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < end, server.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}", server)
         served = httpx.post(f"http://127.0.0.1:{port}/predict", content=image.read_bytes(),
                             headers={"content-type": "application/octet-stream"}, timeout=60).json()["predictions"]
         assert served == [{**expected[0], "path": "body"}]

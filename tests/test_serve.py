@@ -26,6 +26,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the server at `url` says it is ready; fails with its output if it exits or takes too long."""
+    end = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"server not ready in {timeout} s")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
 class Server:
     def __init__(self, delay: float = 0.0, **limits):
         self.port = free_port()
@@ -33,18 +50,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(self.port), str(delay),
                                       *[f"{k}={v}" for k, v in limits.items()]],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError("server not ready in 60 s")
+        wait_ready(self.url, self.proc, 60)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -185,15 +191,7 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() else "timeout"
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(url, proc)
         names = []
         for i, (width, height) in enumerate([(64, 64), (37, 91), (300, 120)]):
             names.append(tmp_path / f"face{i}.png")
