@@ -500,19 +500,28 @@ def _pretrain(args: argparse.Namespace) -> int:
     return module.cli(args.argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each subcommand's name and the function that adds its parser.
+COMMANDS = {"synth": _add_synth, "card": _add_card, "push": _add_push, "audit": _add_audit, "predict": _add_predict,
+            "detect": _add_detect, "compare": _add_compare, "export": _add_export, "demo": _add_demo,
+            "space": _add_space, "cache": _add_cache, "search": _add_search, "repeat": _add_repeat,
+            "explain": _add_explain, "label-issues": _add_label_issues, "pretrain": _add_pretrain,
+            "serve": _add_serve}
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of `only`: some parsers import their module's defaults,
+    and predict and detect must start where only requirements-serve.txt is installed."""
     parser = argparse.ArgumentParser(prog="python -m facemask", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_card, _add_push, _add_audit, _add_predict, _add_detect, _add_compare, _add_export,
-                _add_demo, _add_space, _add_cache, _add_search, _add_repeat, _add_explain, _add_label_issues, _add_pretrain,
-                _add_serve):
-        add(commands)
+    for name, add in COMMANDS.items():
+        if only is None or name == only:
+            add(commands)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     if argv and argv[0] in commands:
         # Each subcommand parses its own arguments, options and `key=value` overrides in any order

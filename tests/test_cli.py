@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO, tiny_config
 
-from facemask.__main__ import build_parser, main
+from facemask.__main__ import COMMANDS, build_parser, main
 from facemask.config.loading import load_config
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
@@ -29,6 +29,13 @@ def test_help_of_every_subcommand_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: python -m facemask export" in done.stdout and "imported: []" in done.stdout
+
+
+def test_a_subcommand_builds_its_own_parser_alone():
+    """main builds only the parser asked for (predict and detect start without the training stack)."""
+    assert SUBCOMMANDS == sorted(COMMANDS)
+    for name in COMMANDS:
+        assert list(build_parser(name)._subparsers._group_actions[0].choices) == [name]
 
 
 @pytest.mark.parametrize("args", [
