@@ -3,7 +3,8 @@ predict (classify image files), detect (every face in photos and videos), compar
 same images), audit (check a config's data), search (hyperparameters), repeat (a config over seeds
 or folds), label-issues (training labels that are probably wrong), explain (where in an image the
 model looks), export (ONNX), demo (a Gradio page for a run or a Hub model), space (that page as a
-Hugging Face Space).
+Hugging Face Space), pretrain (masked image modelling on unlabelled images: pretrain.py), serve (an
+HTTP JSON service).
 
 Each subcommand imports what it needs when it runs, so `--help` answers at once (no torch).
 Exit codes: 0 done; 1 the work failed (a push refused, an export whose parity fails, a skipped
