@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                        capture_output=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(run.parent / f"serve-bench-{port}.log", "w")
+    log = tempfile.NamedTemporaryFile("w", prefix="facemask-serve-bench-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "facemask", "serve", str(run), "--backend", "onnx", "--port",
                                str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                                "--max-queue", "256", "--max-bytes", "2000000"], cwd=REPO, stdout=log,

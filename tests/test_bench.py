@@ -218,3 +218,21 @@ def test_pretrain_bench_runs_its_code_path(tmp_path, capsys):
     assert "**Pretraining:** the encoder started from `pretrain`" in card
     printed = capsys.readouterr().out
     assert "| labels | set | from scratch | pretrained |" in printed and "| 200 | street |" in printed
+
+
+@pytest.mark.slow  # a server process and ~1,000 requests: about 20 s
+def test_serve_bench_runs_its_code_path(onnx_run, capsys):
+    figures = load("serve").main([str(onnx_run), "--requests", "6", "--soak", "80"])
+    assert [r["clients"] for r in figures["rounds"]] == [1, 8, 32]
+    assert all(r["codes"] == {200: r["requests"]} for r in figures["rounds"])
+    assert figures["mixed"]["wrong"] == [] and {400, 413, 415} <= set(figures["mixed"]["codes"])
+    assert figures["alive"] and figures["exit_code"] == 0 and figures["rounds"][2]["mean_batch"] >= 1
+    assert "| clients | requests | p50 ms |" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a virtual environment made from requirements-serve.txt: a minute or two
+def test_runtime_bench_runs_its_code_path(tmp_path, capsys):
+    results = load("runtime").main(["--models", "tiny", "--repeats", "1", "--output", str(tmp_path / "r.json")])
+    assert len(results["cold_start_s"]) == 3 and all(v["median"] > 0 for v in results["cold_start_s"].values())
+    assert results["install_bytes"]["requirements-serve.txt"] > 0
+    assert "cold start of one image, tiny ViT, serve env, --backend onnx" in capsys.readouterr().out
