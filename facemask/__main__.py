@@ -40,15 +40,16 @@ def _push(args: argparse.Namespace) -> int:
     from facemask.publish.card import write_card
     from facemask.publish.hub import PushError, check_write_access, push_run
 
-    if args.handler:
-        from facemask.publish.endpoint import add_handler
-
-        for path in add_handler(Path(args.run_dir), args.threshold, args.positive_label):
-            print(f"wrote {path}")
-    elif args.threshold is not None or args.positive_label is not None:
+    if not args.handler and (args.threshold is not None or args.positive_label is not None):
         raise ConfigError("--threshold and --positive-label set the decision rule of --handler: add --handler")
     try:
         check_write_access()
+        if args.handler:
+            # After the access check: nothing is written into the run folder for a push that cannot happen.
+            from facemask.publish.endpoint import add_handler
+
+            for path in add_handler(Path(args.run_dir), args.threshold, args.positive_label):
+                print(f"wrote {path}")
         # The card names the Hub id in its usage snippet, so it is rewritten for this id first.
         write_card(args.run_dir, model_id=args.model_id)
         url = push_run(args.run_dir, args.model_id, private=args.private, revision=args.revision)

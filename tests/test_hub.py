@@ -159,6 +159,10 @@ def test_a_pretraining_run_pushes_like_any_run(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     with FakeHub() as hub:
         result = run(["pretrain.py", str(config), "hub.push=true", "hub.model_id=tester/vit-encoder"], hub, tmp_path)
+        # A run fine-tuned from the Hub id checks its test images against the pushed digests.
+        check = run(["-c", "from facemask.data.seen import read_seen_images\n"
+                           "seen = read_seen_images('tester/vit-encoder')\nprint(seen.run, sorted(seen.digests))"],
+                    hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (commit,) = hub.commits
     files = commit["files"]
@@ -167,3 +171,6 @@ def test_a_pretraining_run_pushes_like_any_run(tmp_path):
     assert "masked image modelling" in files["README.md"].decode() and "pretrained encoder" in commit["header"]["summary"]
     for name, content in files.items():
         assert TOKEN.encode() not in content and str(tmp_path).encode() not in content, name
+    assert check.returncode == 0, check.stderr[-2000:]
+    digests = (tmp_path / "out" / "pretraining_images.txt").read_text().split()
+    assert check.stdout.strip() == f"tester/vit-encoder {sorted(digests)}"

@@ -4,6 +4,7 @@ serves the mechanics; the real model's answers are tested against `predict` in t
 
 import concurrent.futures
 import io
+import json
 import os
 import signal
 import socket
@@ -115,6 +116,14 @@ def test_bad_input_gets_its_4xx_and_the_server_stays_up(server):
     refused = post(bomb.getvalue())
     assert refused.status_code == 400 and "--max-pixels" in refused.json()["error"] and len(bomb.getvalue()) < 50_000
     assert httpx.post(f"{s.url}/predict", files=[("note", (None, "text"))]).status_code == 400
+    many = [("files", (f"f{i}.png", png(10, 10), "image/png")) for i in range(40)]  # --max-batch is 32
+    refused = httpx.post(f"{s.url}/predict", files=many)
+    assert refused.status_code == 400 and "--max-batch" in refused.json()["error"]
+    flat = io.BytesIO()
+    Image.new("RGB", (600, 600), (90, 120, 150)).save(flat, format="PNG")  # 0.36 MP in a few kB
+    big = [("files", (f"f{i}.png", flat.getvalue(), "image/png")) for i in range(3)]  # 1.08 MP together
+    refused = httpx.post(f"{s.url}/predict", files=big)
+    assert refused.status_code == 400 and "--max-pixels" in refused.json()["error"]
     assert post(png()).status_code == 200  # still up, still right
     metrics = httpx.get(f"{s.url}/metrics").text
     assert 'facemask_errors_total{endpoint="predict",reason="413"} 2.0' in metrics
@@ -178,7 +187,6 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
     from conftest import compose_scene
     from test_runtime import BLOCKER
 
-    from facemask.publish.serve import load_service
     from facemask.runtime.decision import decision_threshold
     from facemask.runtime.model import load_onnx_model
     from facemask.runtime.predict import predict_files
@@ -206,10 +214,14 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
         compose_scene()[0].save(photo, quality=92)
         faces = httpx.post(f"{url}/detect", content=photo.read_bytes(), headers={"content-type": "image/jpeg"},
                            timeout=60).json()["faces"]
-        from facemask.data.images import load_image
+        from facemask.__main__ import main as facemask_main
 
-        local = load_service(str(onnx_run), "onnx", rule).detect(load_image(photo), "body")
-        assert len(faces) >= 3 and faces == json_round_trip(local)
+        # `detect` itself on the same photo, same rule: the same faces, boxes, labels and probabilities.
+        assert facemask_main(["detect", str(onnx_run), str(photo), "--backend", "onnx", "--threshold", "best F1",
+                              "--output", str(tmp_path / "faces")]) == 0
+        table = json.loads((tmp_path / "faces" / "detections.json").read_text())
+        assert len(faces) >= 3 and [{**f, "file": "street.jpg"} for f in faces] == \
+            [{**row, "file": Path(row["file"]).name} for row in table]
         metrics = httpx.get(f"{url}/metrics").text
         assert 'facemask_requests_total{endpoint="detect",status="200"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
@@ -219,15 +231,14 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
             proc.kill()
 
 
-def json_round_trip(rows):
-    import json
-
-    return json.loads(json.dumps(rows))
-
-
-def test_bad_serve_options_exit_2_before_serving(onnx_run, capsys):
+def test_bad_serve_options_exit_2_before_serving(onnx_run, evaluated_run, capsys):
     from facemask.__main__ import main
 
-    assert main(["serve", str(onnx_run), "--threshold", "best guess"]) == 2
-    assert "operating points are" in capsys.readouterr().err
-    assert main(["serve", str(onnx_run), "--max-batch", "0"]) == 2
+    for args, message in ((["--threshold", "best guess"], "operating points are"),
+                          (["--max-batch", "0"], "--max-batch must be at least 1"),
+                          (["--detector", "haar"], "unknown face detector 'haar'")):
+        assert main(["serve", str(onnx_run), *args]) == 2
+        assert message in capsys.readouterr().err
+    # A run not exported: no graph to serve (and the server does not start, never to be ready).
+    assert main(["serve", str(evaluated_run), "--backend", "onnx"]) == 2
+    assert "export" in capsys.readouterr().err

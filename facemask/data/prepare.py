@@ -178,7 +178,8 @@ def _pretraining_leaks(seen: SeenImages, members: Dict[str, List[int]], records:
     record = {"run": seen.run, "images": len(seen.digests), "on_leak": on_leak,
               "leaks": {name: [records[k]["file"] for k in ks] for name, ks in found.items() if ks}}
     if on_leak == "drop":
-        members = {name: [k for k in ks if k not in set(found.get(name, []))] for name, ks in members.items()}
+        dropped = {name: set(ks) for name, ks in found.items()}
+        members = {name: [k for k in ks if k not in dropped.get(name, ())] for name, ks in members.items()}
         for name, ks in members.items():
             if not ks:
                 raise ConfigError(f"every image of the {name} split was used by pretraining run {seen.run}: "

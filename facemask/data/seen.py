@@ -35,27 +35,44 @@ def write_seen_images(folder: Path, digests: Iterable[Optional[str]]) -> int:
     return len(found)
 
 
-def read_seen_images(name_or_path: Optional[str]) -> Optional[SeenImages]:
-    """The images the pretraining run at `name_or_path` used; None when it is not a local
-    pretraining run folder (a Hub id, a training run, a plain checkpoint)."""
+def read_seen_images(name_or_path: Optional[str], revision: Optional[str] = None) -> Optional[SeenImages]:
+    """The images the pretraining run at `name_or_path` used: a local run folder, or a Hub
+    repository it was pushed to (its pretraining.json and pretraining_images.txt are downloaded).
+    None when it is not a pretraining run (a training run, a plain checkpoint), or the Hub cannot
+    be reached."""
     if name_or_path is None:
         return None
     folder = Path(name_or_path).expanduser()
-    if not run_folder.PRETRAINING.path(folder).is_file():
-        return None
-    listing = run_folder.PRETRAINING_IMAGES.path(folder)
-    if not listing.is_file():
+    if folder.is_dir():
+        if not run_folder.PRETRAINING.path(folder).is_file():
+            return None
+        listing: Optional[Path] = run_folder.PRETRAINING_IMAGES.path(folder)
+        name = folder.resolve().name
+        listing = listing if listing.is_file() else None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            hf_hub_download(name_or_path, run_folder.PRETRAINING.name, revision=revision)
+        except Exception:  # not a pretraining run (most models), offline, private
+            return None
+        try:
+            listing = Path(hf_hub_download(name_or_path, run_folder.PRETRAINING_IMAGES.name, revision=revision))
+        except Exception:
+            listing = None
+        name = name_or_path
+    if listing is None:
         logger.warning("%s is a pretraining run without %s: its test images cannot be checked against the images it "
-                       "was pretrained on", folder.name, listing.name)
+                       "was pretrained on", name, run_folder.PRETRAINING_IMAGES.name)
         return None
     digests = set()
     for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
         if not _HEX.fullmatch(line.strip()):
-            raise ConfigError(f"{listing}:{number}: {line[:80]!r} is not a SHA-256 digest (64 lower-case hexadecimal "
-                              "digits): the file is damaged; rerun the pretraining, or remove the file to fine-tune "
-                              "without the leak check")
+            raise ConfigError(f"{name}: {run_folder.PRETRAINING_IMAGES.name}:{number}: {line[:80]!r} is not a SHA-256 "
+                              "digest (64 lower-case hexadecimal digits): the file is damaged; rerun the pretraining, "
+                              "or remove the file to fine-tune without the leak check")
         digests.add(line.strip())
-    return SeenImages(folder.resolve().name, frozenset(digests))
+    return SeenImages(name, frozenset(digests))
 
 
 def seen_members(seen: SeenImages, members: Dict[str, List[int]], digests: List[Optional[str]],

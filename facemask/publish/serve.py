@@ -6,6 +6,7 @@ runtime/server.py, with predict's decision rule and detect's face detector. With
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from facemask.config.schema import ConfigError
@@ -13,6 +14,8 @@ from facemask.runtime.limits import MAX_BYTES, MAX_PIXELS, Limits
 
 if TYPE_CHECKING:
     from facemask.runtime.server import Service
+
+logger = logging.getLogger("facemask")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,22 +29,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", metavar="T", help="as predict's: a number, or a row of the run's "
                                                          "operating_points.json ('best F1', ...)")
     parser.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
-    parser.add_argument("--max-batch", type=int, default=32, help="images in one model call (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0,
-                        help="how long a batch's first request waits for others (default 10)")
-    parser.add_argument("--max-queue", type=int, default=64,
-                        help="requests waiting for the model before the answer is 503 (default 64)")
+    d = Limits()
+    parser.add_argument("--max-batch", type=int, default=d.max_batch,
+                        help=f"images in one model call, and files in one request (default {d.max_batch})")
+    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                        help=f"how long a batch's first request waits for others (default {d.max_wait_ms:g})")
+    parser.add_argument("--max-queue", type=int, default=d.max_queue,
+                        help=f"requests waiting for the model before the answer is 503 (default {d.max_queue})")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help=f"largest body (default {MAX_BYTES})")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                        help=f"largest image, in pixels (default {MAX_PIXELS})")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take (default 30)")
+                        help=f"pixels of a request's images together (default {MAX_PIXELS})")
+    parser.add_argument("--timeout", type=float, default=d.timeout_s,
+                        help=f"seconds a request may take (default {d.timeout_s:g})")
     parser.add_argument("--detector", default="retinaface", help="the face detector of /detect (retinaface)")
     parser.add_argument("--detector-threshold", type=float, default=0.6, help="the detector's score a face needs")
 
 
 def load_service(model: str, backend: str = "onnx", threshold: Optional[float] = None,
                  positive_label: Optional[str] = None, detector: Optional[str] = "retinaface",
-                 detector_threshold: float = 0.6) -> "Service":
+                 detector_threshold: float = 0.6, margin: Optional[float] = None) -> "Service":
     """The model as the server calls it: predict's rows, and detect's rows of one photo."""
     from facemask.data.labels import resolve_positive_label
     from facemask.detection.scenes import SceneClassifier
@@ -70,8 +76,11 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
     if detector is not None:
         from facemask.detection.detectors import load_detector
 
+        from facemask.detection.crops import DEFAULT_MARGIN
+
         scene = SceneClassifier(classifier, load_detector(detector), threshold=threshold, positive=positive,
-                                detector_threshold=detector_threshold)
+                                detector_threshold=detector_threshold,
+                                margin=DEFAULT_MARGIN if margin is None else margin)
 
         def find(image: Any, name: str) -> list:
             return scene.rows(name, scene.faces(image))
@@ -82,8 +91,11 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
 
 def command(args: argparse.Namespace) -> int:
     from facemask.runtime.decision import decision_threshold
+    from facemask.detection.crops import run_margin
+    from facemask.detection.detectors import load_detector
     from facemask.run_folder import OPERATING_POINTS
-    from facemask.runtime.model import read_labels
+    from facemask.runtime.model import graph_path, read_labels
+    from facemask.runtime.preprocess import Preprocessor
     from facemask.runtime.server import serve
     from facemask.runtime.source import graph_files, model_folder
 
@@ -92,11 +104,21 @@ def command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}")
     if args.max_wait_ms < 0 or args.timeout <= 0:
         raise ConfigError("--max-wait-ms must be 0 or more and --timeout more than 0")
-    # What can be wrong with the model or the decision rule stops here (exit 2), not on the loading thread.
+    # What can be wrong with the model, its graph and preprocessing, the decision rule or the detector
+    # stops here (exit 2), not on the loading thread of a server that would then never be ready.
     patterns = None if args.backend == "torch" else [*graph_files(args.backend), OPERATING_POINTS.pattern]
     folder = model_folder(args.model, patterns=patterns)
     threshold = decision_threshold(folder, read_labels(folder), args.threshold, args.positive_label)
+    if args.backend != "torch":
+        graph_path(folder, args.backend, args.model)
+        Preprocessor.from_folder(folder)
+    if not 0 < args.detector_threshold <= 1:
+        raise ConfigError("--detector-threshold is a detector score: between 0 (excluded) and 1")
+    detector = load_detector(args.detector)
+    # /detect crops faces as `detect` does: with the margin measured on the run's training images where they are here.
+    margin, how = run_margin(str(folder), detector)
+    logger.info("/detect crops faces with margin %s", how)
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
     return serve(lambda: load_service(str(folder), args.backend, threshold, args.positive_label, args.detector,
-                                      args.detector_threshold), args.host, args.port, limits)
+                                      args.detector_threshold, margin), args.host, args.port, limits)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
@@ -121,8 +122,10 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        carried: Optional[_Pending] = None
         while True:
-            batch = [await self.queue.get()]
+            batch = [carried or await self.queue.get()]
+            carried = None
             count = len(batch[0].images)
             deadline = loop.time() + self.limits.max_wait_ms / 1000
             while count < self.limits.max_batch:
@@ -132,6 +135,9 @@ class Batcher:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), left)
                 except asyncio.TimeoutError:
+                    break
+                if count + len(item.images) > self.limits.max_batch:
+                    carried = item  # whole requests only: it opens the next batch
                     break
                 batch.append(item)
                 count += len(item.images)
@@ -157,9 +163,11 @@ class Batcher:
                 start += len(item.images)
 
 
-def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int]) -> Image.Image:
-    """Bytes to an upright RGB image, refusing what is not an image (400) and images of more
-    pixels than allowed (400) from their header, before the pixels are decoded."""
+def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int], budget: Optional[List[int]] = None
+           ) -> Image.Image:
+    """Bytes to an upright RGB image, refusing what is not an image (400) and pixels beyond
+    --max-pixels (400) from the header, before the pixels are decoded. `budget`: the pixels the
+    request's images may still take, all together (a list of one, spent here)."""
     if not data:
         raise RequestError(400, f"{name}: empty body: send the image's bytes")
     try:
@@ -168,9 +176,13 @@ def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int]) ->
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         reason = "not an image PIL can read" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
         raise RequestError(400, f"{name}: {reason}") from None
-    if width * height > limits.max_pixels:
-        raise RequestError(400, f"{name}: {width}x{height} is {width * height} pixels, more than --max-pixels "
-                                f"{limits.max_pixels} (a decompression bomb, or a photo to downscale first)")
+    left = limits.max_pixels if budget is None else budget[0]
+    if width * height > left:
+        raise RequestError(400, f"{name}: {width}x{height} is {width * height} pixels, more than the request's "
+                                f"--max-pixels {limits.max_pixels} allow (a decompression bomb, or photos to "
+                                "downscale first)")
+    if budget is not None:
+        budget[0] -= width * height
     try:
         return load_image({"bytes": data, "path": None}, draft_side)
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
@@ -204,14 +216,19 @@ async def images_of(request: Request, limits: Limits, draft_side: Optional[int])
     if kind != "multipart/form-data":
         return [await loop.run_in_executor(None, decode, body, "body", limits, draft_side)], ["body"]
     request._body = body  # starlette's form parser reads the body already read and checked above
-    form = await request.form(max_files=limits.max_batch * 4, max_fields=limits.max_batch * 4)
-    images, names = [], []
-    for key, value in form.multi_items():
-        if not hasattr(value, "read"):
-            continue
-        name = value.filename or key
-        images.append(await loop.run_in_executor(None, decode, await value.read(), name, limits, draft_side))
-        names.append(name)
+    images, names, budget = [], [], [limits.max_pixels]  # the pixels of all the request's images together
+    try:
+        async with request.form(max_files=limits.max_batch, max_fields=limits.max_batch) as form:
+            for key, value in form.multi_items():
+                if not hasattr(value, "read"):
+                    continue
+                name = value.filename or key
+                images.append(await loop.run_in_executor(None, decode, await value.read(), name, limits, draft_side,
+                                                         budget))
+                names.append(name)
+    except HTTPException as err:  # starlette's own refusals: too many files, a malformed body
+        raise RequestError(400, f"multipart body refused: {err.detail} (at most --max-batch {limits.max_batch} "
+                                "files a request)") from None
     if not images:
         raise RequestError(400, "the multipart body holds no file: send the images as file fields")
     return images, names
@@ -222,7 +239,7 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
     answers at once and /ready says when the model is there."""
     limits = limits or Limits()
     metrics = Metrics.create(limits.max_batch)
-    state: Dict[str, Any] = {"service": None, "error": None, "batcher": None}
+    state: Dict[str, Any] = {"service": None, "error": None, "batcher": None, "admitted": 0}
 
     def loading() -> None:
         try:
@@ -252,10 +269,19 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
 
     async def guarded(endpoint: str, request: Request, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()
+        admitted = False
         try:
             if state["service"] is None:
-                reason = state["error"] or "the model is still loading"
+                reason = "the model could not be loaded (see the server's log)" if state["error"] else \
+                    "the model is still loading"
                 raise RequestError(503, reason, {"Retry-After": "5"})
+            # Admission before the body is read: under overload nothing more is held than
+            # --max-queue requests (bodies, decoded images) waiting and a batch at work.
+            if state["admitted"] >= limits.max_queue + limits.max_batch:
+                raise RequestError(503, f"overloaded: {state['admitted']} requests are in the server; retry shortly",
+                                   {"Retry-After": "1"})
+            state["admitted"] += 1
+            admitted = True
             return answer(endpoint, started, 200, await work())
         except RequestError as err:
             metrics.errors.labels(endpoint, str(err.status)).inc()
@@ -265,6 +291,9 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
             phase = "the body did not arrive" if not getattr(request.state, "read", False) else "no answer"
             status = 408 if phase == "the body did not arrive" else 504
             return answer(endpoint, started, status, {"error": f"{phase} within --timeout {limits.timeout_s} s"})
+        finally:
+            if admitted:
+                state["admitted"] -= 1
 
     @app.post("/predict", summary="Classify one image (the body) or several (multipart files)")
     async def predict(request: Request) -> Any:
@@ -299,7 +328,8 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
     @app.get("/ready", summary="Readiness: the model is loaded")
     async def ready() -> Any:
         if state["service"] is None:
-            return JSONResponse({"ready": False, "reason": state["error"] or "loading"}, status_code=503)
+            reason = "the model could not be loaded (see the server's log)" if state["error"] else "loading"
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         return {"ready": True, "labels": state["service"].labels}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

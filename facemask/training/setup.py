@@ -102,7 +102,7 @@ class RunSetup:
             # The main process draws (synthetic), inspects and keeps; the others then read what it kept
             # (another machine's first process keeps its own where the machines share no storage).
             # A run fine-tuned from a pretraining run checks its test images against the images that run used.
-            seen = read_seen_images(self.cfg.model.name_or_path) if labelled else None
+            seen = read_seen_images(self.cfg.model.name_or_path, self.cfg.model.revision) if labelled else None
             self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude, labelled, seen)
         if self.cfg.recipe.distill is not None:
             check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
