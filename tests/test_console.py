@@ -180,6 +180,7 @@ def _tiny_run(tmp_path: Path) -> tuple[list, dict]:
     return [sys.executable, "train.py", str(config)], env
 
 
+@pytest.mark.slow  # a train.py process piped to a file: ~10 s; the default suite stays under ~8 minutes
 def test_training_piped_to_a_file_prints_bounded_progress_lines(tmp_path):
     command, env = _tiny_run(tmp_path)
     with open(tmp_path / "console.log", "wb") as log:

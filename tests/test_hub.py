@@ -149,6 +149,7 @@ def test_no_local_path_leaves_the_machine(tmp_path, synth_folder):
     assert str(tmp_path) not in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # a pretrain.py process pushing to the stand-in Hub: ~10 s
 def test_a_pretraining_run_pushes_like_any_run(tmp_path):
     """`pretrain` with hub.push: the encoder, its record, digests, figures and own card, no local path."""
     import yaml

@@ -260,9 +260,14 @@ def detect_files(scene: SceneClassifier, paths: Sequence[Path], out: Optional[Pa
     return report
 
 
+def json_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A table row as detections.json (and serve's /detect) hold it: an empty cell is null."""
+    return {k: (None if v == "" else v) for k, v in row.items()}
+
+
 def write_table(report: Report, labels: Sequence[str], out: Path) -> List[Path]:
     columns = table_columns(labels)
     write_rows(report.rows, out / DETECTIONS_CSV, columns)
     # JSON says null where the CSV leaves a cell empty (a still image's time and track).
-    write_rows([{k: (None if v == "" else v) for k, v in row.items()} for row in report.rows], out / DETECTIONS_JSON)
+    write_rows([json_row(row) for row in report.rows], out / DETECTIONS_JSON)
     return [out / DETECTIONS_CSV, out / DETECTIONS_JSON]

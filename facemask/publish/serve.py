@@ -50,7 +50,7 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
                  detector_threshold: float = 0.6, margin: Optional[float] = None) -> "Service":
     """The model as the server calls it: predict's rows, and detect's rows of one photo."""
     from facemask.data.labels import resolve_positive_label
-    from facemask.detection.scenes import SceneClassifier
+    from facemask.detection.scenes import SceneClassifier, json_row
     from facemask.runtime.decision import decide
     from facemask.runtime.predict import prediction_row
     from facemask.runtime.server import Service
@@ -83,7 +83,7 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
                                 margin=DEFAULT_MARGIN if margin is None else margin)
 
         def find(image: Any, name: str) -> list:
-            return scene.rows(name, scene.faces(image))
+            return [json_row(row) for row in scene.rows(name, scene.faces(image))]
 
     return Service(labels, classify, find, draft_side=2 * classifier.input_side,
                    description=f"{model} ({backend}), labels {labels}")
