@@ -190,3 +190,15 @@ def test_fine_tuning_from_a_folder_that_is_not_a_run_is_refused(tmp_path, inside
         train.main([str(config), f"model.name_or_path={folder}"])
     assert ("--resume it" in str(err.value)) == (inside == "checkpoints")
     assert not (tmp_path / "out").exists()
+
+
+def test_continued_pretraining_starts_from_a_checkpoints_encoder(evaluated_run, tmp_path, caplog):
+    """model.name_or_path in a pretraining config: a trained classifier's encoder, its head left
+    out, SimMIM's decoder new (continued pretraining, as from google/vit-base-patch16-224-in21k)."""
+    caplog.set_level(logging.INFO, logger="facemask")
+    config = pretrain_config(tmp_path)
+    record = pretrain.main([str(config), f"model.name_or_path={evaluated_run}"])
+    assert record["started_from"] == f"{evaluated_run.name} (training run)"
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded "))
+    assert "left out the checkpoint's head: classifier (2 tensors)" in line and line.endswith("new: decoder (2 tensors) and the mask token")
+    assert f"**Started from:** {evaluated_run.name} (training run)." in CARD.path(tmp_path / "out").read_text()

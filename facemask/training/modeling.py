@@ -128,8 +128,12 @@ def load_report(source: str, model: PreTrainedModel, info: Dict[str, Any]) -> st
     left = ([f"the checkpoint's head: {_grouped(head)}"] if head else []) + (["the mask token"] if mask_token else [])
     if left:
         parts.append("left out " + " and ".join(left))
-    if missing | mismatched:
-        parts.append(f"new: {_grouped(missing | mismatched, getattr(model, 'base_model_prefix', ''))}")
+    new_token = {k for k in missing if k.endswith("mask_token")}
+    fresh = (missing | mismatched) - new_token
+    new = ([_grouped(fresh, getattr(model, "base_model_prefix", ""))] if fresh else []) + \
+        (["the mask token"] if new_token else [])
+    if new:
+        parts.append("new: " + " and ".join(new))
     return "; ".join(parts)
 
 
