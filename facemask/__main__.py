@@ -14,9 +14,10 @@ value, a model, run folder or data that cannot be found)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from facemask.config.schema import ConfigError
 
@@ -437,50 +438,6 @@ def _add_cache(commands: Any) -> None:
     cache.set_defaults(func=_cache)
 
 
-def _add_repeat(commands: Any) -> None:
-    from facemask.training.repeat import add_arguments, command  # no torch until it runs
-
-    repeat = commands.add_parser("repeat", help="run a config once per seed (or per cross-validation fold): every "
-                                                "run's metrics, their mean, standard error and range")
-    add_arguments(repeat)
-    repeat.set_defaults(func=command)
-
-
-def _add_label_issues(commands: Any) -> None:
-    from facemask.training.label_issues import add_arguments, command  # no torch until it runs
-
-    label_issues = commands.add_parser("label-issues", help="training labels that are probably wrong: K fold models, "
-                                                            "out-of-fold probabilities, confident learning (cleanlab)")
-    add_arguments(label_issues)
-    label_issues.set_defaults(func=command)
-
-
-def _add_search(commands: Any) -> None:
-    from facemask.training.search import add_arguments, command  # no torch: the search imports it when it runs
-
-    search = commands.add_parser("search", help="hyperparameter search (Optuna) over the config's search.space")
-    add_arguments(search)
-    search.set_defaults(func=command)
-
-
-def _add_explain(commands: Any) -> None:
-    from facemask.evaluation.explain import add_arguments, command  # no torch: explaining imports it
-
-    explain = commands.add_parser("explain", help="where in each image the model looks: an overlay per image and "
-                                                  "explanations.json; exit code 1 if any input was skipped")
-    add_arguments(explain)
-    explain.set_defaults(func=command)
-
-
-def _add_serve(commands: Any) -> None:
-    from facemask.publish.serve import add_arguments, command  # torch-free: --backend onnx runs without it
-
-    serve = commands.add_parser("serve", help="an HTTP JSON service: POST images to /predict, a photo to /detect; "
-                                              "/health, /ready, /metrics, /docs")
-    add_arguments(serve)
-    serve.set_defaults(func=command)
-
-
 def _add_pretrain(commands: Any) -> None:
     from facemask.training.resume import add_run_arguments
 
@@ -503,11 +460,36 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 # Each subcommand's name and the function that adds its parser.
+# Subcommands whose parser (add_arguments) and body (command) live in the module of their concern,
+# imported only when the subcommand is built.
+OWNED = {
+    "search": ("facemask.training.search", "hyperparameter search (Optuna) over the config's search.space"),
+    "repeat": ("facemask.training.repeat", "run a config once per seed (or per cross-validation fold): every run's "
+                                           "metrics, their mean, standard error and range"),
+    "explain": ("facemask.evaluation.explain", "where in each image the model looks: an overlay per image and "
+                                               "explanations.json; exit code 1 if any input was skipped"),
+    "label-issues": ("facemask.training.label_issues", "training labels that are probably wrong: K fold models, "
+                                                       "out-of-fold probabilities, confident learning (cleanlab)"),
+    "serve": ("facemask.publish.serve", "an HTTP JSON service: POST images to /predict, a photo to /detect; /health, "
+                                        "/ready, /metrics, /docs"),
+}
+
+
+def _owned(name: str) -> Callable[[Any], None]:
+    def add(commands: Any) -> None:
+        module, help_text = OWNED[name]
+        owner = importlib.import_module(module)
+        parser = commands.add_parser(name, help=help_text)
+        owner.add_arguments(parser)
+        parser.set_defaults(func=owner.command)
+    return add
+
+
 COMMANDS = {"synth": _add_synth, "card": _add_card, "push": _add_push, "audit": _add_audit, "predict": _add_predict,
             "detect": _add_detect, "compare": _add_compare, "export": _add_export, "demo": _add_demo,
-            "space": _add_space, "cache": _add_cache, "search": _add_search, "repeat": _add_repeat,
-            "explain": _add_explain, "label-issues": _add_label_issues, "pretrain": _add_pretrain,
-            "serve": _add_serve}
+            "space": _add_space, "cache": _add_cache, "search": _owned("search"), "repeat": _owned("repeat"),
+            "explain": _owned("explain"), "label-issues": _owned("label-issues"), "pretrain": _add_pretrain,
+            "serve": _owned("serve")}
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
