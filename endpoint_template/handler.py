@@ -40,7 +40,9 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
 class EndpointHandler:
     def __init__(self, path: str = "") -> None:
-        self.processor = AutoImageProcessor.from_pretrained(path)
+        # The PIL backend, as training and predict use: with torchvision installed (a typical
+        # endpoint) transformers would pick its torchvision backend, whose resize differs.
+        self.processor = AutoImageProcessor.from_pretrained(path, backend="pil")
         self.model = AutoModelForImageClassification.from_pretrained(path).eval()
         self.labels = [self.model.config.id2label[i] for i in sorted(self.model.config.id2label)]
         config_path = Path(path) / "handler_config.json"

@@ -65,6 +65,26 @@ def test_the_endpoint_handler_answers_as_predict(evaluated_run, tmp_path, thresh
         assert json.loads((run / "handler_config.json").read_text())["threshold"] == 0.8
 
 
+def test_the_handler_asks_for_the_pil_backend_where_torchvision_is_installed(evaluated_run, tmp_path, monkeypatch):
+    """An endpoint has torchvision, and transformers then picks its torchvision backend unless
+    told: the handler must ask for the PIL one that training and predict use."""
+    from transformers.models.auto import image_processing_auto
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    add_handler(run, None)
+    monkeypatch.setattr(image_processing_auto, "is_torchvision_available", lambda: True)
+    chosen = []
+    resolve = image_processing_auto._resolve_backend
+    monkeypatch.setattr(image_processing_auto, "_resolve_backend",
+                        lambda *args: chosen.append(resolve(*args)) or chosen[-1])
+    spec = importlib.util.spec_from_file_location("handler", run / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.EndpointHandler(str(run))
+    assert chosen == ["pil"]
+
+
 def test_handler_options_are_checked(evaluated_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)

@@ -110,7 +110,31 @@ def processor_folders(evaluated_run, tmp_path_factory):
             crop_size={"height": 32, "width": 32}),
         "deit, crop padded": saved_processor(tmp / "deit", "deit", size={"height": 20, "width": 20},
                                              do_center_crop=True, crop_size={"height": 24, "width": 28}),
+        # The longer side capped: 91x37 goes to 24x59, a 1x300 row is left as it is.
+        "vit, shortest + longest edge": saved_processor(tmp / "vit-longest", "vit",
+                                                        size={"shortest_edge": 32, "longest_edge": 60}),
+        "beit, shortest + longest edge + centre crop": saved_processor(
+            tmp / "beit-longest", "beit", size={"shortest_edge": 40, "longest_edge": 48}, do_center_crop=True,
+            crop_size={"height": 32, "width": 32}),
+        "vit, max height and width": saved_processor(tmp / "vit-max", "vit", size={"max_height": 30, "max_width": 50}),
     }
+
+
+def test_every_size_form_resizes_as_the_image_processor():
+    """Preprocessor.resized against transformers' own size functions (pipeline/processor.py's
+    twin calls them) over shapes that take every branch: square, tall, wide, already at size,
+    the longer side capped, one-pixel rows."""
+    from types import SimpleNamespace
+
+    from facemask.pipeline.processor import _resized
+
+    shapes = [(h, w) for h in (1, 7, 32, 37, 60, 91, 224, 300, 1600) for w in (1, 7, 32, 37, 60, 91, 224, 300, 2400)]
+    for size in ({"height": 24, "width": 30}, {"shortest_edge": 32}, {"shortest_edge": 32, "longest_edge": 60},
+                 {"shortest_edge": 32, "longest_edge": 2000}, {"max_height": 30, "max_width": 50}):
+        ours = Preprocessor(size=size, resample=2)
+        for height, width in shapes:
+            expected = tuple(_resized(SimpleNamespace(size=size), width, height))
+            assert ours.resized(height, width) == expected, (size, height, width)
 
 
 def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_images):
@@ -124,20 +148,28 @@ def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_i
     for name, folder in processor_folders.items():
         ours = Preprocessor.from_folder(folder)
         theirs = AutoImageProcessor.from_pretrained(str(folder), backend=BACKEND)
+        shapes, kept = set(), []
         for path, image in zip(varied_images, images):
-            expected = theirs([image], return_tensors="np")["pixel_values"]
+            try:
+                expected = theirs([image], return_tensors="np")["pixel_values"]
+            except ValueError as err:  # a one-pixel row capped to a zero side: refused by both
+                with pytest.raises(ValueError, match=str(err)):
+                    ours([image])
+                continue
             got = ours([image])
             assert got.dtype == np.float32 and got.shape == expected.shape, (name, path.name)
             assert np.abs(got - expected).max() <= 1e-6, (name, path.name)
-        batch = ours(images)
-        assert batch.shape == (len(images), *expected.shape[1:])
+            shapes.add(got.shape)
+            kept.append(image)
+        if len(shapes) == 1:  # a fixed input size: the images batch together
+            assert ours(kept).shape == (len(kept), *shapes.pop()[1:])
 
 
 def test_an_image_processor_the_runtime_does_not_reproduce_is_refused_by_name(processor_folders, tmp_path):
     fields = read_json(PROCESSOR.path(processor_folders["beit"]))
     with pytest.raises(ConfigError, match="image_processor_type is 'ConvNextImageProcessor'.*--backend torch"):
         Preprocessor.from_dict({**fields, "image_processor_type": "ConvNextImageProcessor"})
-    with pytest.raises(ConfigError, match="'size'.*longest_edge"):
+    with pytest.raises(ConfigError, match="'size'.*reads .*shortest_edge, longest_edge.*--backend torch"):
         Preprocessor.from_dict({**fields, "size": {"longest_edge": 30}})
     with pytest.raises(ConfigError, match=f"{tmp_path}.*does not exist"):
         Preprocessor.from_folder(tmp_path)

@@ -33,6 +33,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 
 
+# The forms of 'size' transformers' PilBackend.resize reads, in the order it tries them.
+SIZE_FORMS = (("shortest_edge", "longest_edge"), ("shortest_edge",), ("max_height", "max_width"), ("height", "width"))
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Images (upright RGB, any size) -> float32 pixel values, N x 3 x H x W."""
@@ -69,9 +73,9 @@ class Preprocessor:
                               f"{', '.join(DEFAULTS)} only: use --backend torch")
         merged = {**DEFAULTS[kind], **{k: v for k, v in fields.items() if k in DEFAULTS[kind] and v is not None}}
         size, crop = merged["size"], merged["crop_size"]
-        if not isinstance(size, dict) or not ({"height", "width"} <= set(size) or "shortest_edge" in size):
-            raise ConfigError(f"{origin}: 'size' is {size!r}; the runtime reads {{height, width}} or "
-                              "{shortest_edge}: use --backend torch")
+        if not isinstance(size, dict) or not any(set(form) <= {k for k, v in size.items() if v} for form in SIZE_FORMS):
+            raise ConfigError(f"{origin}: 'size' is {size!r}; the runtime reads "
+                              f"{' or '.join('{' + ', '.join(form) + '}' for form in SIZE_FORMS)}: use --backend torch")
         if merged["do_center_crop"] and not (isinstance(crop, dict) and {"height", "width"} <= set(crop)):
             raise ConfigError(f"{origin}: do_center_crop needs 'crop_size' with height and width, got {crop!r}")
         try:
@@ -81,7 +85,7 @@ class Preprocessor:
         means, stds = list(merged["image_mean"]), list(merged["image_std"])
         if len(means) != 3 or len(stds) != 3:
             raise ConfigError(f"{origin}: image_mean and image_std need one value per RGB channel")
-        return cls(size={k: int(v) for k, v in size.items()}, resample=int(resample),
+        return cls(size={k: int(v) for k, v in size.items() if v is not None}, resample=int(resample),
                    do_resize=bool(merged["do_resize"]), do_center_crop=bool(merged["do_center_crop"]),
                    crop_size={k: int(v) for k, v in crop.items()} if crop else None,
                    do_rescale=bool(merged["do_rescale"]), rescale_factor=float(merged["rescale_factor"]),
@@ -91,7 +95,7 @@ class Preprocessor:
     def input_side(self) -> int:
         """The model's input side, as pipeline.processor.processor_image_size reads it."""
         size = self.crop_size if self.do_center_crop else self.size
-        return int(size.get("height") or size.get("shortest_edge"))
+        return int(size.get("height") or size.get("shortest_edge") or size.get("max_height"))
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
@@ -120,12 +124,20 @@ class Preprocessor:
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def resized(self, height: int, width: int) -> Tuple[int, int]:
-        """(height, width) after the resize: the square size, or the shorter side to shortest_edge."""
-        if "shortest_edge" not in self.size:
-            return self.size["height"], self.size["width"]
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.size["shortest_edge"], int(self.size["shortest_edge"] * long / short)
-        return (new_long, new_short) if width <= height else (new_short, new_long)
+        """(height, width) after the resize, by the rules of transformers' PilBackend.resize for each
+        form of 'size' (get_size_with_aspect_ratio, get_resize_output_image_size,
+        get_image_size_for_max_height_width, or the fixed size)."""
+        size = self.size
+        if size.get("shortest_edge") and size.get("longest_edge"):
+            return _size_with_aspect_ratio(height, width, size["shortest_edge"], size["longest_edge"])
+        if size.get("shortest_edge"):
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+            return (new_long, new_short) if width <= height else (new_short, new_long)
+        if size.get("max_height") and size.get("max_width"):
+            scale = min(size["max_height"] / height, size["max_width"] / width)
+            return int(height * scale), int(width * scale)
+        return size["height"], size["width"]
 
     def center_crop(self, array: np.ndarray) -> np.ndarray:
         """transformers' center_crop on C x H x W: the middle crop_size, zero-padded where the image is smaller."""
@@ -140,3 +152,19 @@ class Preprocessor:
         canvas[:, top_pad:top_pad + height, left_pad:left_pad + width] = array
         top, left = top + top_pad, left + left_pad
         return canvas[:, max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
+
+
+def _size_with_aspect_ratio(height: int, width: int, size: int, max_size: int) -> Tuple[int, int]:
+    """transformers' get_size_with_aspect_ratio: the shorter side to `size` unless the longer side
+    would pass `max_size`, in which case the longer side to `max_size` (an image whose shorter side
+    already is `size` is left as it is)."""
+    raw_size = None
+    low, high = float(min(height, width)), float(max(height, width))
+    if high / low * size > max_size:
+        raw_size = max_size * low / high
+        size = int(round(raw_size))
+    if (height <= width and height == size) or (width <= height and width == size):
+        return height, width
+    if width < height:
+        return (int(raw_size * height / width) if raw_size is not None else int(size * height / width)), size
+    return size, (int(raw_size * width / height) if raw_size is not None else int(size * width / height))
