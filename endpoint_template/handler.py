@@ -2,8 +2,9 @@
 `python -m facemask push RUN --model-id ID --handler`.
 
 It serves the run as `python -m facemask predict` does: the image opened upright in RGB (the
-orientation tag applied, transparency composited on mid-grey, 16-bit and float images scaled; JPEGs
-draft-decoded at no less than twice the model's side), the run's image processor, and the run's
+orientation tag applied, transparency composited on mid-grey, 16-bit and float images scaled; every
+image shrunk right after decoding, its shorter side kept at twice the model's side or more: JPEGs
+draft-decoded, then a whole-factor reduce), the run's image processor, and the run's
 decision rule from handler_config.json (the arg-max, or with a threshold the positive class where
 its probability reaches it). Self-contained: an endpoint has transformers and torch, not facemask.
 
@@ -24,18 +25,45 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(0x0112, 1) not in (1, None):  # the orientation tag
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        high = arr.max() or 1.0
-        return Image.fromarray((arr / high * 255).astype(np.uint8)).convert("RGB")
+        # floor(value * 255 / max) without a float64 copy, a block of rows at a time.
+        width, height = image.size
+        high = float(image.getextrema()[1])
+        high = high if high > 0 else 1.0
+        out = np.empty((height, width), dtype=np.uint8)
+        rows = max(1, (1 << 20) // max(1, width))
+        for top in range(0, height, rows):
+            block = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+            if image.mode == "F":
+                scaled = np.clip(block, 0, None) * np.float32(255 / high)
+            else:
+                scaled = np.clip(block.astype(np.int64), 0, None) * 255 // int(high)
+            out[top:top + block.shape[0]] = np.minimum(scaled, 255).astype(np.uint8)
+        return Image.fromarray(out, "L").convert("RGB")
     return image.convert("RGB")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """Reduced by the largest whole factor that keeps the shorter side at `side` or more."""
+    factor = min(image.size) // side
+    if factor < 2:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
+        image = image.convert("I" if image.mode.startswith("I;16") else "L" if image.mode == "1"
+                              else "RGBA" if has_alpha(image) else "RGB")
+    return image.reduce(factor)
 
 
 class EndpointHandler:
@@ -60,6 +88,9 @@ class EndpointHandler:
         if self.draft_side and image.format == "JPEG":
             image.draft("RGB", (self.draft_side, self.draft_side))
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        if self.draft_side:
+            image = shrink(image, self.draft_side)
         return upright_rgb(image)
 
     def __call__(self, data: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -33,7 +33,11 @@ def awkward_images(folder):
     Image.fromarray((rng.random((50, 50)) * 255).astype(np.uint8), "L").save(folder / "grey.png")
     Image.fromarray((rng.random((20, 33)) * 65535).astype(np.uint16)).save(folder / "deep.png")
     Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).convert("P").save(folder / "palette.png")
-    for name in ("rotated.jpg", "alpha.png", "grey.png", "deep.png", "palette.png"):
+    # Larger than twice the model's side: shrunk after decoding, as predict shrinks them.
+    Image.fromarray((rng.random((300, 420)) * 65535).astype(np.uint16)).save(folder / "deep-large.png")
+    Image.fromarray((rng.random((280, 300, 4)) * 255).astype(np.uint8), "RGBA").save(folder / "alpha-large.png")
+    for name in ("rotated.jpg", "alpha.png", "grey.png", "deep.png", "palette.png", "deep-large.png",
+                 "alpha-large.png"):
         paths.append(folder / name)
     return paths
 

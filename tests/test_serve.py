@@ -45,12 +45,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 class Server:
-    def __init__(self, delay: float = 0.0, **limits):
+    def __init__(self, delay: float = 0.0, env=None, **limits):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(self.port), str(delay),
                                       *[f"{k}={v}" for k, v in limits.items()]],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
         wait_ready(self.url, self.proc, 60)
 
     def stop(self):
@@ -63,8 +64,8 @@ class Server:
 def server(request):
     made = []
 
-    def start(delay=0.0, **limits):
-        made.append(Server(delay, **limits))
+    def start(delay=0.0, env=None, **limits):
+        made.append(Server(delay, env, **limits))
         return made[-1]
 
     yield start
@@ -242,3 +243,170 @@ def test_bad_serve_options_exit_2_before_serving(onnx_run, evaluated_run, capsys
     # A run not exported: no graph to serve (and the server does not start, never to be ready).
     assert main(["serve", str(evaluated_run), "--backend", "onnx"]) == 2
     assert "export" in capsys.readouterr().err
+
+
+KEY = "s3cret-Key-for-the-test"
+
+
+def test_with_an_api_key_only_health_and_ready_answer_without_it(server):
+    s = server(env={"FACEMASK_API_KEY": KEY}, log="info")
+    body = {"content": png(), "headers": {"content-type": "image/png"}}
+    assert httpx.get(f"{s.url}/health").status_code == 200 and httpx.get(f"{s.url}/ready").status_code == 200
+    for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": f"Basic {KEY}"},
+                    {"authorization": f"Bearer {KEY}x"}, {"authorization": KEY}):
+        refused = httpx.post(f"{s.url}/predict", content=body["content"],
+                             headers={**body["headers"], **headers})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer"), headers
+        assert "Authorization: Bearer KEY" in refused.json()["error"]
+    for path in ("/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(f"{s.url}{path}").status_code == 401, path
+    auth = {"authorization": f"Bearer {KEY}"}
+    answer = httpx.post(f"{s.url}/predict", content=body["content"], headers={**body["headers"], **auth})
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "with_mask"
+    metrics = httpx.get(f"{s.url}/metrics", headers=auth)
+    assert metrics.status_code == 200 and 'facemask_errors_total{endpoint="auth",reason="401"} 8.0' in metrics.text
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(timeout=30) == 0
+    log = s.proc.stdout.read()
+    assert "POST /predict HTTP/1.1\" 401" in log and "POST /predict HTTP/1.1\" 200" in log  # the access log is on
+    assert KEY not in log and "reachable from other machines" not in log
+
+
+def test_bound_beyond_localhost_without_a_key_warns(server):
+    warned = server(host="0.0.0.0")
+    keyed = server(host="0.0.0.0", env={"FACEMASK_API_KEY": KEY})
+    for s in (warned, keyed):
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=30) == 0
+    assert "anyone who reaches the port may use it" in warned.proc.stdout.read()
+    log = keyed.proc.stdout.read()
+    assert "reachable from other machines" in log and "anyone who reaches" not in log and KEY not in log
+
+
+def test_an_empty_api_key_is_refused():
+    from facemask.config.schema import ConfigError
+    from facemask.runtime.limits import api_key
+
+    assert api_key(None, {}) is None and api_key(None, {"FACEMASK_API_KEY": "k"}) == "k"
+    assert api_key("given", {"FACEMASK_API_KEY": "k"}) == "given"
+    for given, env, origin in (("", {}, "--api-key"), (None, {"FACEMASK_API_KEY": " "}, "FACEMASK_API_KEY")):
+        with pytest.raises(ConfigError, match=f"{origin}.* is empty"):
+            api_key(given, env)
+
+
+def trickled(body: bytes, pieces: int, pause: float):
+    """The body in `pieces` chunks, `pause` seconds apart (no Content-Length: chunked)."""
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        yield body[start:start + step]
+        time.sleep(pause)
+
+
+def test_sigterm_waits_for_what_a_request_can_take(server):
+    """A body that takes most of --timeout to arrive, then a model call that takes most of it
+    again: legitimately almost twice --timeout, and SIGTERM in the middle still lets it finish."""
+    s = server(delay=0.9, timeout_s=1.0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{s.url}/predict", content=trickled(png(), 3, 0.3),
+                              headers={"content-type": "image/png"}, timeout=30)
+        time.sleep(0.2)
+        s.proc.send_signal(signal.SIGTERM)
+        answer = pending.result()
+    assert answer.status_code == 200, answer.text
+    assert s.proc.wait(timeout=30) == 0
+
+
+def test_a_request_cut_off_at_shutdown_makes_the_exit_code_non_zero(server):
+    s = server(delay=3.0, timeout_s=10.0, drain_s=0.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{s.url}/predict", content=png(), headers={"content-type": "image/png"},
+                              timeout=30)
+        time.sleep(0.5)  # the request is with the model
+        s.proc.send_signal(signal.SIGTERM)
+        try:
+            cut = pending.result().status_code  # uvicorn answers 500 for a request it cancels
+        except httpx.TransportError:
+            cut = None
+    assert cut != 200
+    assert s.proc.wait(timeout=30) == 1
+    assert "1 request(s) were cut off at shutdown" in s.proc.stdout.read()
+
+
+def test_a_detect_that_timed_out_frees_the_model_thread(server):
+    """/detect's job stops at its next stage once its caller has had the 504, so /predict's
+    batches, which share the one model thread, do not wait for the rest of it (20 x 0.25 s)."""
+    s = server(timeout_s=1.0, stages=20, stage_s=0.25)
+    started = time.monotonic()
+    late = httpx.post(f"{s.url}/detect", content=png(), headers={"content-type": "image/png"}, timeout=30)
+    assert late.status_code == 504 and time.monotonic() - started < 2
+    started = time.monotonic()
+    answer = httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"}, timeout=30)
+    assert answer.status_code == 200 and time.monotonic() - started < 0.8
+
+
+def grey16_png(side: int) -> bytes:
+    """A 16-bit greyscale PNG that compresses to a few kB: many pixels for few bytes."""
+    ramp = (np.arange(side, dtype=np.uint32)[None, :] * 7 + np.arange(side, dtype=np.uint32)[:, None]) % 60000
+    buffer = io.BytesIO()
+    Image.fromarray(ramp.astype(np.uint16)).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def vm(pid: int, field: str) -> float:
+    """/proc/PID/status's VmRSS or VmHWM (the peak resident set), in MB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
+def test_concurrent_large_images_stay_within_the_memory_budget(server):
+    """The issue's attack, scaled down: 8 concurrent 3000x3000 16-bit PNGs of a few kB each. Each
+    may take ~130 MB to decode (by the server's own reckoning); with --max-memory 200 MB they are
+    decoded one or so at a time and shrunk at once, so the process's peak stays near its start."""
+    s = server(max_memory_mb=200, max_bytes=2_000_000, timeout_s=30.0)
+    body = grey16_png(3000)
+    assert len(body) < 200_000
+    httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"})  # warm
+    before = vm(s.proc.pid, "VmHWM")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{s.url}/predict", content=body, timeout=60,
+                                                     headers={"content-type": "image/png"}), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert all(a.json()["predictions"][0]["size"] == [3000, 3000] for a in answers)
+    peak = vm(s.proc.pid, "VmHWM")
+    assert peak - before < 200, f"peak resident set rose by {peak - before:.0f} MB"
+
+
+def test_a_request_waits_for_its_share_of_memory_then_gets_503(server):
+    """A first request's 28 MB body (a small PNG and trailing bytes) holds most of --max-memory
+    from its Content-Length on, through its model call; a second request's image does not fit
+    beside it: it waits until its --timeout, then 503. An image that needs more than the whole
+    budget is 413 at once."""
+    s = server(delay=0.9, max_memory_mb=40, max_bytes=30_000_000, timeout_s=1.0)
+    flat = io.BytesIO()
+    Image.new("L", (1000, 1000), 90).save(flat, format="PNG")  # 1 MP: 13 MB to decode, by the server's reckoning
+    small = io.BytesIO()
+    Image.new("L", (300, 300), 30).save(small, format="PNG")
+    big_body = small.getvalue() + bytes(28_000_000)  # PIL stops reading at the PNG's end
+    with socket.create_connection(("127.0.0.1", s.port)) as hog:
+        hog.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                    + f"Content-Length: {len(big_body)}\r\n\r\n".encode())
+        time.sleep(0.2)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            pending = pool.submit(httpx.post, f"{s.url}/predict", content=flat.getvalue(),
+                                  headers={"content-type": "image/png"}, timeout=30)
+            time.sleep(0.5)
+            hog.sendall(big_body)  # within the first request's --timeout: it goes on to the model
+            busy = pending.result()
+            waited = time.monotonic() - started
+        hog.settimeout(10)
+        assert hog.recv(4096).decode("latin-1").startswith("HTTP/1.1 200")
+    assert busy.status_code == 503 and "--max-memory" in busy.json()["error"], busy.text
+    assert busy.headers["retry-after"] == "1" and 0.9 < waited < 3
+    huge = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(huge, format="PNG")  # 4 MP: 52 MB, more than the whole 40
+    refused = httpx.post(f"{s.url}/predict", content=huge.getvalue(), headers={"content-type": "image/png"})
+    assert refused.status_code == 413 and "--max-memory" in refused.json()["error"]
+    assert httpx.post(f"{s.url}/predict", content=flat.getvalue(), headers={"content-type": "image/png"},
+                      timeout=30).status_code == 200

@@ -10,7 +10,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -73,10 +73,17 @@ class SceneClassifier:
         big = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face
         return boxes[big], scores[big]
 
-    def faces(self, image: Image.Image) -> Faces:
+    def faces(self, image: Image.Image, check: Optional[Callable[[], None]] = None) -> Faces:
+        """The faces found and classified; `check()`, where given, runs between the stages (the
+        detector, each batch of crops) and may raise to abandon the work (the service's timeout)."""
+        check = check or (lambda: None)
         boxes, scores = self.find(image)
         crops = [image.crop(crop_box(box, image.size, self.margin, self.square)) for box in boxes]
-        return Faces(boxes, scores, self.classifier.probabilities(crops, self.batch_size))
+        probs = []
+        for start in range(0, max(1, len(crops)), self.batch_size):
+            check()
+            probs.append(self.classifier.probabilities(crops[start:start + self.batch_size], self.batch_size))
+        return Faces(boxes, scores, np.concatenate(probs))
 
     def decide(self, probs: np.ndarray) -> List[str]:
         return [self.labels[i] for i in decide(probs.reshape(-1, len(self.labels)), self.threshold, self.positive)]

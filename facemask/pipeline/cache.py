@@ -40,7 +40,8 @@ logger = logging.getLogger("facemask")
 
 # Bump when the stored representation changes, so old caches are never read as new ones.
 # 3: cache.json records each file's bytes and rows, checked on every open; 4: and its checksum
-CACHE_VERSION = 4
+# 5: every format (not only JPEG) shrunk by a whole factor after decoding (data/images.shrink)
+CACHE_VERSION = 5
 # Training images are stored at this multiple of the model's side: 256 px for a 224 px model.
 DEFAULT_SCALE = 8 / 7
 _MIN_IMAGES_PER_PROCESS = 500

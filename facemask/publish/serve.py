@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from facemask.config.schema import ConfigError
-from facemask.runtime.limits import MAX_BYTES, MAX_PIXELS, Limits
+from facemask.runtime.limits import API_KEY_ENV, MAX_BYTES, MAX_MEMORY_MB, MAX_PIXELS, Limits, api_key
 
 if TYPE_CHECKING:
     from facemask.runtime.server import Service
@@ -40,7 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help=f"pixels of a request's images together (default {MAX_PIXELS})")
     parser.add_argument("--timeout", type=float, default=d.timeout_s,
-                        help=f"seconds a request may take (default {d.timeout_s:g})")
+                        help=f"seconds a request's body and decoding may take, and as many for the model "
+                             f"(default {d.timeout_s:g})")
+    parser.add_argument("--max-memory", type=float, default=MAX_MEMORY_MB, metavar="MB",
+                        help=f"megabytes the bodies and decoded images of all requests may hold together; a request "
+                             f"waits for its share, then gets 503 (default {MAX_MEMORY_MB})")
+    parser.add_argument("--drain", type=float, metavar="S",
+                        help="seconds SIGTERM waits for the requests in flight (default: 2 x --timeout + 10, what a "
+                             "request can take)")
+    parser.add_argument("--api-key", help=f"the key callers must send as 'Authorization: Bearer KEY' (all but /health "
+                                          f"and /ready); better ${API_KEY_ENV}, which stays out of shell history")
     parser.add_argument("--detector", default="retinaface", help="the face detector of /detect (retinaface)")
     parser.add_argument("--detector-threshold", type=float, default=0.6, help="the detector's score a face needs")
 
@@ -82,8 +91,8 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
                                 detector_threshold=detector_threshold,
                                 margin=DEFAULT_MARGIN if margin is None else margin)
 
-        def find(image: Any, name: str) -> list:
-            return [json_row(row) for row in scene.rows(name, scene.faces(image))]
+        def find(image: Any, name: str, check: Optional[Callable[[], None]] = None) -> list:
+            return [json_row(row) for row in scene.rows(name, scene.faces(image, check))]
 
     return Service(labels, classify, find, draft_side=2 * classifier.input_side,
                    description=f"{model} ({backend}), labels {labels}")
@@ -104,6 +113,16 @@ def command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}")
     if args.max_wait_ms < 0 or args.timeout <= 0:
         raise ConfigError("--max-wait-ms must be 0 or more and --timeout more than 0")
+    if args.drain is not None and args.drain < 0:
+        raise ConfigError("--drain must be 0 or more seconds")
+    key = api_key(args.api_key)
+    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                    max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout,
+                    max_memory_mb=args.max_memory, drain_s=args.drain)
+    if limits.max_memory < limits.one_image_memory():
+        raise ConfigError(f"--max-memory {args.max_memory:g} MB cannot hold one image of --max-pixels "
+                          f"{args.max_pixels} while it is decoded, with its body: give at least "
+                          f"{limits.one_image_memory() / 1e6:.0f} MB, or lower --max-pixels / --max-bytes")
     # What can be wrong with the model, its graph and preprocessing, the decision rule or the detector
     # stops here (exit 2), not on the loading thread of a server that would then never be ready.
     patterns = None if args.backend == "torch" else [*graph_files(args.backend), OPERATING_POINTS.pattern]
@@ -118,7 +137,5 @@ def command(args: argparse.Namespace) -> int:
     # /detect crops faces as `detect` does: with the margin measured on the run's training images where they are here.
     margin, how = run_margin(str(folder), detector)
     logger.info("/detect crops faces with margin %s", how)
-    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    max_bytes=args.max_bytes, max_pixels=args.max_pixels, timeout_s=args.timeout)
     return serve(lambda: load_service(str(folder), args.backend, threshold, args.positive_label, args.detector,
-                                      args.detector_threshold, margin), args.host, args.port, limits)
+                                      args.detector_threshold, margin), args.host, args.port, limits, api_key=key)

@@ -4,15 +4,21 @@ Concurrent requests are batched into one model call (up to --max-batch images, w
 --max-wait-ms after the first); the queue in front of the model is bounded (--max-queue requests),
 so overload answers 503 with Retry-After instead of growing memory. Bodies are read against
 --max-bytes (413 before a larger body is read whole), images against --max-pixels (400, before
-they are decoded), and a request gets --timeout seconds (408 while its body arrives, 504 while it
-waits for the model). SIGTERM (uvicorn's graceful shutdown) lets the requests in flight finish,
-then the process exits 0. Nothing here imports torch: the model behind it is a `Service`.
+they are decoded), and the bodies and decoded images of all requests together against
+--max-memory (a request waits for its share, then 503). Each image is shrunk to what the model
+needs right after decoding. A request gets --timeout seconds for its body and decoding (408, or
+503 while it waits for memory) and as many for the model (504; a /detect that timed out stops at
+its next stage). With an API key every endpoint but /health and /ready wants `Authorization:
+Bearer KEY` (401). SIGTERM (uvicorn's graceful shutdown) lets the requests in flight finish for
+--drain seconds (what a request can take), then the process exits 0, or 1 if any was cut off.
+Nothing here imports torch: the model behind it is a `Service`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import io
 import logging
 import threading
@@ -28,10 +34,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from facemask.data.images import load_image
-from facemask.runtime.limits import Limits
+from facemask.runtime.limits import CONVERSION_BYTES, Limits
 
 logger = logging.getLogger("facemask")
 
+OPEN_PATHS = ("/health", "/ready")  # answered without the API key: probes carry no secrets
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class Expired(Exception):
+    """A job whose caller has already had its 504: the model thread drops it at its next stage."""
 
 
 @dataclass
@@ -40,8 +52,9 @@ class Service:
     rule applied) and, where a face detector is loaded, `detect`'s rows of one photo."""
     labels: List[str]
     classify: Callable[[List[Image.Image], List[str]], List[Dict[str, Any]]]
-    detect: Optional[Callable[[Image.Image, str], List[Dict[str, Any]]]] = None
-    draft_side: Optional[int] = None  # JPEGs are decoded at no less than this side (as predict does)
+    # detect(image, name, check): `check()` between its stages raises Expired once the caller is gone.
+    detect: Optional[Callable[[Image.Image, str, Callable[[], None]], List[Dict[str, Any]]]] = None
+    draft_side: Optional[int] = None  # images are shrunk to no less than this side after decoding (as predict does)
     description: str = ""
 
 
@@ -49,6 +62,52 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+class MemoryBudget:
+    """The bytes that bodies and decoded images may hold, all requests together: a request waits
+    for its share until its deadline (then 503), so N concurrent requests cannot take N times the
+    per-request limits. Shares are counted from what is known before the bytes are held: a body's
+    Content-Length or chunk, an image's header."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+        self.changed = asyncio.Condition()
+
+    async def take(self, size: int, deadline: float) -> None:
+        if size > self.capacity:
+            raise RequestError(413, f"this needs {size / 1e6:.0f} MB to decode, more than --max-memory "
+                                    f"{self.capacity / 1e6:.0f} MB allows: send a smaller image")
+        loop = asyncio.get_running_loop()
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.used + size <= self.capacity),
+                                       max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise RequestError(503, f"busy: the images being decoded fill --max-memory "
+                                        f"{self.capacity / 1e6:.0f} MB; retry shortly", {"Retry-After": "1"}) from None
+            self.used += size
+
+    async def give(self, size: int) -> None:
+        async with self.changed:
+            self.used -= size
+            self.changed.notify_all()
+
+
+class Held:
+    """What one request holds of the MemoryBudget, all given back when it ends."""
+
+    def __init__(self, budget: MemoryBudget, deadline: float) -> None:
+        self.budget, self.deadline, self.bytes = budget, deadline, 0
+
+    async def take(self, size: int) -> None:
+        await self.budget.take(size, self.deadline)
+        self.bytes += size
+
+    async def give(self, size: int) -> None:
+        size = max(0, min(size, self.bytes))
+        self.bytes -= size
+        await self.budget.give(size)
 
 
 @dataclass
@@ -163,16 +222,25 @@ class Batcher:
                 start += len(item.images)
 
 
-def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int], budget: Optional[List[int]] = None
-           ) -> Image.Image:
-    """Bytes to an upright RGB image, refusing what is not an image (400) and pixels beyond
-    --max-pixels (400) from the header, before the pixels are decoded. `budget`: the pixels the
-    request's images may still take, all together (a list of one, spent here)."""
+def _stored_bytes(mode: str) -> int:
+    """Bytes a pixel of `mode` takes in PIL's memory (RGB is stored in 4)."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def header(data: bytes, name: str, limits: Limits, draft_side: Optional[int], budget: Optional[List[int]] = None
+           ) -> int:
+    """The bytes decoding `data` may take (its stored pixels at the size it will be decoded at, and
+    the conversions), from its header; refusing what is not an image (400) and pixels beyond
+    --max-pixels (400) before the pixels are decoded. `budget`: the pixels the request's images
+    may still take, all together (a list of one, spent here)."""
     if not data:
         raise RequestError(400, f"{name}: empty body: send the image's bytes")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if draft_side and image.format == "JPEG":
+                image.draft("RGB", (draft_side, draft_side))  # as load_image decodes it
+            decoded = image.size[0] * image.size[1] * (_stored_bytes(image.mode) + CONVERSION_BYTES)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         reason = "not an image PIL can read" if isinstance(err, UnidentifiedImageError) else str(err).splitlines()[0]
         raise RequestError(400, f"{name}: {reason}") from None
@@ -183,38 +251,73 @@ def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int], bu
                                 "downscale first)")
     if budget is not None:
         budget[0] -= width * height
+    return decoded
+
+
+def load(data: bytes, name: str, draft_side: Optional[int]) -> Image.Image:
+    """The image, upright RGB, shrunk to no less than `draft_side` (the one decoder's rule)."""
     try:
         return load_image({"bytes": data, "path": None}, draft_side)
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
         raise RequestError(400, f"{name}: cannot decode: {str(err).splitlines()[0]}") from None
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
+def decode(data: bytes, name: str, limits: Limits, draft_side: Optional[int], budget: Optional[List[int]] = None
+           ) -> Image.Image:
+    """header()'s checks, then load(): one image outside the server (the benchmark's in-process path)."""
+    header(data, name, limits, draft_side, budget)
+    return load(data, name, draft_side)
+
+
+async def decoded(data: bytes, name: str, limits: Limits, draft_side: Optional[int], held: Held,
+                  budget: Optional[List[int]] = None) -> Image.Image:
+    """One image decoded within the memory budget: its decoding's share taken first (waiting for
+    it), and all but what the shrunk image keeps given back after."""
+    cost = header(data, name, limits, draft_side, budget)
+    await held.take(cost)
+    try:
+        # On a thread: PIL releases the GIL, and the event loop goes on accepting meanwhile.
+        image = await asyncio.get_running_loop().run_in_executor(None, load, data, name, draft_side)
+    except BaseException:
+        await held.give(cost)
+        raise
+    await held.give(cost - image.width * image.height * 4)
+    return image
+
+
+async def read_body(request: Request, limits: Limits, held: Held) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed --max-bytes (from its
-    Content-Length before any byte is read, else while it streams)."""
+    Content-Length before any byte is read, else while it streams), its bytes taken from the
+    memory budget before they are held."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limits.max_bytes:
+    known = length is not None and length.isdigit()
+    if known and int(length) > limits.max_bytes:
         raise RequestError(413, f"body of {length} bytes is over --max-bytes {limits.max_bytes}")
+    if known:
+        await held.take(int(length))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limits.max_bytes:
             raise RequestError(413, f"body is over --max-bytes {limits.max_bytes}")
+        if not known:
+            await held.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def images_of(request: Request, limits: Limits, draft_side: Optional[int]) -> Tuple[List[Image.Image], List[str]]:
+async def images_of(request: Request, limits: Limits, draft_side: Optional[int], held: Held
+                    ) -> Tuple[List[Image.Image], List[str]]:
     """One image in the body (image/*, application/octet-stream), or several as multipart files."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("multipart/form-data", "application/octet-stream") and not kind.startswith("image/"):
         raise RequestError(415, f"unsupported content type {kind or '(none)'}: send an image (image/jpeg, image/png, "
                                 "...) or multipart/form-data with image files")
-    body = await asyncio.wait_for(read_body(request, limits), limits.timeout_s)
     loop = asyncio.get_running_loop()
-    # Decoding on a thread: PIL releases the GIL, and the event loop goes on accepting meanwhile.
+    body = await asyncio.wait_for(read_body(request, limits, held), max(0.0, held.deadline - loop.time()))
+    request.state.read = True
     if kind != "multipart/form-data":
-        return [await loop.run_in_executor(None, decode, body, "body", limits, draft_side)], ["body"]
+        return [await decoded(body, "body", limits, draft_side, held)], ["body"]
     request._body = body  # starlette's form parser reads the body already read and checked above
     images, names, budget = [], [], [limits.max_pixels]  # the pixels of all the request's images together
     try:
@@ -223,8 +326,14 @@ async def images_of(request: Request, limits: Limits, draft_side: Optional[int])
                 if not hasattr(value, "read"):
                     continue
                 name = value.filename or key
-                images.append(await loop.run_in_executor(None, decode, await value.read(), name, limits, draft_side,
-                                                         budget))
+                data = await value.read()  # a second copy of the file's bytes while it is decoded
+                size = len(data)
+                await held.take(size)
+                try:
+                    images.append(await decoded(data, name, limits, draft_side, held, budget))
+                finally:
+                    del data
+                    await held.give(size)
                 names.append(name)
     except HTTPException as err:  # starlette's own refusals: too many files, a malformed body
         raise RequestError(400, f"multipart body refused: {err.detail} (at most --max-batch {limits.max_batch} "
@@ -234,12 +343,15 @@ async def images_of(request: Request, limits: Limits, draft_side: Optional[int])
     return images, names
 
 
-def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> FastAPI:
+def create_app(load: Callable[[], Service], limits: Optional[Limits] = None, api_key: Optional[str] = None
+               ) -> FastAPI:
     """The FastAPI app. `load` builds the Service; it runs on a thread at start-up, so /health
-    answers at once and /ready says when the model is there."""
+    answers at once and /ready says when the model is there. With `api_key`, every path but
+    /health and /ready wants `Authorization: Bearer <api_key>`."""
     limits = limits or Limits()
     metrics = Metrics.create(limits.max_batch)
-    state: Dict[str, Any] = {"service": None, "error": None, "batcher": None, "admitted": 0}
+    state: Dict[str, Any] = {"service": None, "error": None, "batcher": None, "admitted": 0, "cut_off": 0,
+                             "budget": None}
 
     def loading() -> None:
         try:
@@ -256,20 +368,35 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
         batcher = Batcher(lambda images, names: state["service"].classify(images, names), limits, metrics)
         batcher.start()
         state["batcher"] = batcher
+        state["budget"] = MemoryBudget(limits.max_memory)
         yield
         await batcher.stop()
 
     app = FastAPI(title="facemask", description="Face-mask classification: POST images to /predict, a photo to "
                                                 "/detect.", lifespan=lifespan)
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @app.middleware("http")
+    async def authorise(request: Request, call_next: Callable) -> Any:
+        if expected is None or request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        given = request.headers.get("authorization", "").strip().encode()
+        # Constant time: how much of a guess matched does not show in how long the answer takes.
+        if not hmac.compare_digest(given, expected):
+            metrics.errors.labels("auth", "401").inc()
+            return JSONResponse({"error": "send the service's key as 'Authorization: Bearer KEY'"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="facemask"'})
+        return await call_next(request)
 
     def answer(endpoint: str, started: float, status: int, payload: Any, headers: Optional[Dict] = None) -> Any:
         metrics.requests.labels(endpoint, str(status)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return JSONResponse(payload, status_code=status, headers=headers)
 
-    async def guarded(endpoint: str, request: Request, work: Callable[[], Any]) -> Any:
+    async def guarded(endpoint: str, request: Request, work: Callable[[Held], Any]) -> Any:
         started = time.perf_counter()
         admitted = False
+        held = Held(state["budget"], asyncio.get_running_loop().time() + limits.timeout_s)
         try:
             if state["service"] is None:
                 reason = "the model could not be loaded (see the server's log)" if state["error"] else \
@@ -282,7 +409,7 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
                                    {"Retry-After": "1"})
             state["admitted"] += 1
             admitted = True
-            return answer(endpoint, started, 200, await work())
+            return answer(endpoint, started, 200, await work(held))
         except RequestError as err:
             metrics.errors.labels(endpoint, str(err.status)).inc()
             return answer(endpoint, started, err.status, {"error": err.message}, err.headers)
@@ -291,33 +418,48 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
             phase = "the body did not arrive" if not getattr(request.state, "read", False) else "no answer"
             status = 408 if phase == "the body did not arrive" else 504
             return answer(endpoint, started, status, {"error": f"{phase} within --timeout {limits.timeout_s} s"})
+        except asyncio.CancelledError:  # the shutdown's drain ran out: this caller gets no answer
+            state["cut_off"] += 1
+            raise
         finally:
             if admitted:
                 state["admitted"] -= 1
+            await held.give(held.bytes)
 
     @app.post("/predict", summary="Classify one image (the body) or several (multipart files)")
     async def predict(request: Request) -> Any:
-        async def work() -> Any:
+        async def work(held: Held) -> Any:
             service: Service = state["service"]
-            images, names = await images_of(request, limits, service.draft_side)
-            request.state.read = True
+            images, names = await images_of(request, limits, service.draft_side, held)
             rows = await asyncio.wait_for(state["batcher"].submit(images, names), limits.timeout_s)
             return {"predictions": rows}
         return await guarded("predict", request, work)
 
     @app.post("/detect", summary="Every face in a photo (the body): detect's table")
     async def detect(request: Request) -> Any:
-        async def work() -> Any:
+        async def work(held: Held) -> Any:
             service: Service = state["service"]
             if service.detect is None:
                 raise RequestError(501, "this server has no face detector loaded")
-            images, names = await images_of(request, limits, None)
-            request.state.read = True
+            images, names = await images_of(request, limits, None, held)
             if len(images) != 1:
                 raise RequestError(400, "/detect takes one photo a request")
+            gone = threading.Event()
+
+            def check() -> None:
+                if gone.is_set():
+                    raise Expired(f"{names[0]}: its caller timed out")
+
+            def job() -> List[Dict[str, Any]]:
+                check()  # a job that waited past its caller's timeout is not started
+                return service.detect(images[0], names[0], check)
+
             loop = asyncio.get_running_loop()
-            rows = await asyncio.wait_for(loop.run_in_executor(state["batcher"].executor, service.detect, images[0],
-                                                               names[0]), limits.timeout_s)
+            try:
+                rows = await asyncio.wait_for(loop.run_in_executor(state["batcher"].executor, job), limits.timeout_s)
+            except asyncio.TimeoutError:
+                gone.set()  # the model thread stops this job at its next stage: /predict's batches wait no longer
+                raise
             return {"faces": rows}
         return await guarded("detect", request, work)
 
@@ -339,11 +481,14 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None) -> 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.metrics = metrics
+    app.state.requests = state
     return app
 
 
-def serve(load: Callable[[], Service], host: str, port: int, limits: Limits, log_level: str = "info") -> int:
-    """Run the app until SIGTERM or SIGINT, then let the requests in flight finish; 0 once they have."""
+def serve(load: Callable[[], Service], host: str, port: int, limits: Limits, log_level: str = "info",
+          api_key: Optional[str] = None) -> int:
+    """Run the app until SIGTERM or SIGINT, then let the requests in flight finish for
+    limits.drain seconds: 0 once they have, 1 if any was cut off (or the server did not start)."""
     import signal
 
     import uvicorn
@@ -352,7 +497,7 @@ def serve(load: Callable[[], Service], host: str, port: int, limits: Limits, log
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises SIGTERM once its graceful shutdown is over, so the process would end
-            # killed by it (143); a shutdown that let every request finish is a success (0).
+            # killed by it (143); the exit code says instead whether every request was answered.
             previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 yield
@@ -360,10 +505,18 @@ def serve(load: Callable[[], Service], host: str, port: int, limits: Limits, log
                 for s, handler in previous.items():
                     signal.signal(s, handler)
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s: reachable from other machines (the default is 127.0.0.1)", host)
-    config = uvicorn.Config(create_app(load, limits), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=max(limits.timeout_s, 1.0), access_log=True)
+    if host not in LOCAL_HOSTS:
+        logger.warning("serving on %s: reachable from other machines (the default is 127.0.0.1)%s", host,
+                       "" if api_key else "; anyone who reaches the port may use it: set $FACEMASK_API_KEY "
+                                          "(or --api-key) to ask callers for a key")
+    app = create_app(load, limits, api_key)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=max(limits.drain, 0.1), access_log=True)
     server = Server(config)
     server.run()
-    return 0 if server.started else 1
+    requests = app.state.requests
+    cut_off = requests["cut_off"] + requests["admitted"]  # cancelled, or left unfinished by a forced exit
+    if cut_off:
+        logger.error("%d request(s) were cut off at shutdown: --drain %g s was not enough for them", cut_off,
+                     limits.drain)
+    return 0 if server.started and not cut_off else 1
