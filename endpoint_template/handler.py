@@ -39,14 +39,18 @@ def upright_rgb(image: Image.Image) -> Image.Image:
         high = float(image.getextrema()[1])
         high = high if high > 0 else 1.0
         out = np.empty((height, width), dtype=np.uint8)
-        rows = max(1, (1 << 20) // max(1, width))
+        rows = max(1, (1 << 18) // max(1, width))
         for top in range(0, height, rows):
             block = np.asarray(image.crop((0, top, width, min(height, top + rows))))
             if image.mode == "F":
-                scaled = np.clip(block, 0, None) * np.float32(255 / high)
+                block = np.maximum(block, 0, dtype=np.float32)
+                block *= np.float32(255 / high)
             else:
-                scaled = np.clip(block.astype(np.int64), 0, None) * 255 // int(high)
-            out[top:top + block.shape[0]] = np.minimum(scaled, 255).astype(np.uint8)
+                block = np.maximum(block, 0, dtype=np.int64)
+                block *= 255
+                block //= int(high)
+            np.minimum(block, 255, out=block)
+            out[top:top + block.shape[0]] = block
         return Image.fromarray(out, "L").convert("RGB")
     return image.convert("RGB")
 

@@ -299,3 +299,50 @@ def test_a_fresh_environment_from_requirements_serve_runs_predict_and_detect(onn
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_every_format_is_shrunk_right_after_decoding(tmp_path):
+    """With a draft side, the one decoder keeps the shorter side at that side or more and less
+    than twice it, whatever the format and mode (JPEG by its DCT scale, the others by a whole-factor
+    reduce), upright, in RGB; the pixels the model then sees stay close to the full decode's."""
+    from skimage import data as samples
+
+    photo = Image.fromarray(samples.astronaut())  # a real photograph, 512 x 512
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    wide = photo.resize((900, 600))
+    cases = {"photo.png": (photo, {}), "photo.jpg": (photo, {"quality": 92}), "wide.gif": (wide.convert("P"), {}),
+             "rotated.png": (wide, {"exif": exif}), "alpha.png": (wide.convert("RGBA"), {}),
+             "grey16.png": (Image.fromarray(np.asarray(wide.convert("L"), dtype=np.uint16) * 257), {}),
+             "float.tiff": (Image.fromarray(np.asarray(wide.convert("L"), dtype=np.float32) / 3), {}),
+             "bilevel.png": (wide.convert("1"), {})}
+    preprocess = Preprocessor(size={"height": 56, "width": 56}, resample=2)
+    for name, (image, options) in cases.items():
+        image.save(tmp_path / name, **options)
+        full, small = load_image(tmp_path / name), load_image(tmp_path / name, 112)
+        assert small.mode == "RGB" and 112 <= min(small.size) < 224, (name, small.size)
+        assert (small.width > small.height) == (full.width > full.height), name  # the orientation applied
+        difference = np.abs(preprocess([small]) - preprocess([full]))
+        assert difference.mean() < 0.01, (name, difference.mean())  # of a -1..1 range: about a grey level
+    assert load_image(tmp_path / "rotated.png").size == (600, 900)
+    assert load_image(tmp_path / "photo.png", 300).size == (512, 512)  # less than twice the side: as it is
+
+
+def test_16_bit_and_float_images_are_converted_without_a_full_size_copy(tmp_path):
+    """The decoder's own arrays stay a fraction of the image (numpy's allocations, which tracemalloc
+    sees): no float64 copy of the whole image, as there was (8 bytes a pixel, then more)."""
+    import tracemalloc
+
+    ramp = (np.arange(3000, dtype=np.uint32)[None, :] * 7 + np.arange(2000, dtype=np.uint32)[:, None]) % 60000
+    for name, array in (("grey16.png", ramp.astype(np.uint16)), ("float.tiff", ramp.astype(np.float32) / 7)):
+        Image.fromarray(array).save(tmp_path / name)
+        expected = (array.astype(np.float64) / array.max() * 255).astype(np.uint8)  # the conversion's definition
+        tracemalloc.start()
+        try:
+            image = load_image(tmp_path / name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2.5 * array.size, (name, peak / array.size)  # bytes a pixel: the 8-bit result and blocks
+        got = np.asarray(image)
+        assert got.shape == (2000, 3000, 3) and np.array_equal(got[..., 0], expected), name

@@ -13,7 +13,7 @@ from PIL import ExifTags, Image, ImageOps
 # Modes Image.reduce() takes; the others are converted to the nearest of them first.
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"}
 # Pixels converted at a time from a 16-bit, 32-bit or float image: the copies stay this small.
-_BLOCK_PIXELS = 1 << 20
+_BLOCK_PIXELS = 1 << 18
 
 
 def load_image(item: Any, draft_side: Optional[int] = None) -> Image.Image:
@@ -93,9 +93,13 @@ def scaled_to_8_bits(image: Image.Image) -> Image.Image:
     for top in range(0, height, rows):
         block = np.asarray(image.crop((0, top, width, min(height, top + rows))))
         if image.mode == "F":
-            scaled = np.clip(block, 0, None) * np.float32(255 / high)
+            block = np.maximum(block, 0, dtype=np.float32)
+            block *= np.float32(255 / high)
         else:
-            scaled = np.clip(block.astype(np.int64), 0, None) * 255 // int(high)
-        out[top:top + block.shape[0]] = np.minimum(scaled, 255).astype(np.uint8)
+            block = np.maximum(block, 0, dtype=np.int64)
+            block *= 255
+            block //= int(high)
+        np.minimum(block, 255, out=block)
+        out[top:top + block.shape[0]] = block
     return Image.fromarray(out, "L")
 
