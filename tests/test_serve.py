@@ -237,7 +237,9 @@ def test_bad_serve_options_exit_2_before_serving(onnx_run, evaluated_run, capsys
 
     for args, message in ((["--threshold", "best guess"], "operating points are"),
                           (["--max-batch", "0"], "--max-batch must be at least 1"),
-                          (["--detector", "haar"], "unknown face detector 'haar'")):
+                          (["--detector", "haar"], "unknown face detector 'haar'"),
+                          (["--max-memory", "300"], "--max-memory 300 MB cannot hold one image of --max-pixels"),
+                          (["--api-key", " "], "--api-key is empty"), (["--drain", "-1"], "--drain must be")):
         assert main(["serve", str(onnx_run), *args]) == 2
         assert message in capsys.readouterr().err
     # A run not exported: no graph to serve (and the server does not start, never to be ready).
@@ -410,3 +412,28 @@ def test_a_request_waits_for_its_share_of_memory_then_gets_503(server):
     assert refused.status_code == 413 and "--max-memory" in refused.json()["error"]
     assert httpx.post(f"{s.url}/predict", content=flat.getvalue(), headers={"content-type": "image/png"},
                       timeout=30).status_code == 200
+
+
+def test_the_real_detect_stops_between_its_stages(onnx_run):
+    """serve's /detect job (the detector, then the crops' classification a batch at a time) calls
+    the server's check between its stages, so a caller's timeout stops it there."""
+    from conftest import compose_scene
+
+    from facemask.publish.serve import load_service
+    from facemask.runtime.server import Expired
+
+    service = load_service(str(onnx_run), "onnx")
+    photo = compose_scene()[0]
+    calls = []
+
+    def check():
+        calls.append(1)
+
+    faces = service.detect(photo, "street.jpg", check)
+    assert len(faces) >= 3 and len(calls) >= 1
+
+    def gone():
+        raise Expired("its caller timed out")
+
+    with pytest.raises(Expired):
+        service.detect(photo, "street.jpg", gone)
