@@ -376,9 +376,8 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None, api
                                                 "/detect.", lifespan=lifespan)
     expected = f"Bearer {api_key}".encode() if api_key else None
 
-    @app.middleware("http")
     async def authorise(request: Request, call_next: Callable) -> Any:
-        if expected is None or request.url.path in OPEN_PATHS:
+        if request.url.path in OPEN_PATHS:
             return await call_next(request)
         given = request.headers.get("authorization", "").strip().encode()
         # Constant time: how much of a guess matched does not show in how long the answer takes.
@@ -387,6 +386,9 @@ def create_app(load: Callable[[], Service], limits: Optional[Limits] = None, api
             return JSONResponse({"error": "send the service's key as 'Authorization: Bearer KEY'"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="facemask"'})
         return await call_next(request)
+
+    if expected is not None:  # without a key, no middleware: nothing added to each request's path
+        app.middleware("http")(authorise)
 
     def answer(endpoint: str, started: float, status: int, payload: Any, headers: Optional[Dict] = None) -> Any:
         metrics.requests.labels(endpoint, str(status)).inc()
