@@ -222,7 +222,12 @@ def test_pretrain_bench_runs_its_code_path(tmp_path, capsys):
 
 @pytest.mark.slow  # a server process and ~1,000 requests: about 20 s
 def test_serve_bench_runs_its_code_path(onnx_run, capsys):
-    figures = load("serve").main([str(onnx_run), "--requests", "6", "--soak", "80"])
+    figures = load("serve").main([str(onnx_run), "--requests", "6", "--soak", "80", "--attack", "4",
+                                  "--attack-side", "2000"])
+    attack = figures["attack"]
+    assert attack["codes"] == {200: 4} and attack["side"] == 2000
+    # The peak is the process's highest resident set: at least what it held before and after.
+    assert attack["peak_mb"] >= max(attack["rss_before_mb"], attack["rss_after_mb"])
     assert [r["clients"] for r in figures["rounds"]] == [1, 8, 32]
     assert all(r["codes"] == {200: r["requests"]} for r in figures["rounds"])
     assert figures["mixed"]["wrong"] == [] and {400, 413, 415} <= set(figures["mixed"]["codes"])
