@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image
 
+from facemask.data.images import shrink
 from facemask.detection.annotate import draw_faces, label_colours
 from facemask.detection.crops import DEFAULT_MARGIN, crop_box
 from facemask.detection.media import UnreadableVideo, VideoWriter, is_animated, is_video, time_base, video_frames
@@ -78,7 +79,9 @@ class SceneClassifier:
         detector, each batch of crops) and may raise to abandon the work (the service's timeout)."""
         check = check or (lambda: None)
         boxes, scores = self.find(image)
-        crops = [image.crop(crop_box(box, image.size, self.margin, self.square)) for box in boxes]
+        # Shrunk as the one decoder shrinks a file (predict on a saved crop sees the same pixels).
+        side = 2 * self.classifier.input_side
+        crops = [shrink(image.crop(crop_box(box, image.size, self.margin, self.square)), side) for box in boxes]
         probs = []
         for start in range(0, max(1, len(crops)), self.batch_size):
             check()
