@@ -307,9 +307,9 @@ def trickled(body: bytes, pieces: int, pause: float):
 def test_sigterm_waits_for_what_a_request_can_take(server):
     """A body that takes most of --timeout to arrive, then a model call that takes most of it
     again: legitimately almost twice --timeout, and SIGTERM in the middle still lets it finish."""
-    s = server(delay=0.9, timeout_s=1.0)
+    s = server(delay=1.5, timeout_s=2.0)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(httpx.post, f"{s.url}/predict", content=trickled(png(), 3, 0.3),
+        pending = pool.submit(httpx.post, f"{s.url}/predict", content=trickled(png(), 3, 0.4),
                               headers={"content-type": "image/png"}, timeout=30)
         time.sleep(0.2)
         s.proc.send_signal(signal.SIGTERM)
@@ -340,10 +340,10 @@ def test_a_detect_that_timed_out_frees_the_model_thread(server):
     s = server(timeout_s=1.0, stages=20, stage_s=0.25)
     started = time.monotonic()
     late = httpx.post(f"{s.url}/detect", content=png(), headers={"content-type": "image/png"}, timeout=30)
-    assert late.status_code == 504 and time.monotonic() - started < 2
+    assert late.status_code == 504 and time.monotonic() - started < 2.5
     started = time.monotonic()
     answer = httpx.post(f"{s.url}/predict", content=png(), headers={"content-type": "image/png"}, timeout=30)
-    assert answer.status_code == 200 and time.monotonic() - started < 0.8
+    assert answer.status_code == 200 and time.monotonic() - started < 1.5
 
 
 def grey16_png(side: int) -> bytes:
@@ -384,7 +384,7 @@ def test_a_request_waits_for_its_share_of_memory_then_gets_503(server):
     from its Content-Length on, through its model call; a second request's image does not fit
     beside it: it waits until its --timeout, then 503. An image that needs more than the whole
     budget is 413 at once."""
-    s = server(delay=0.9, max_memory_mb=40, max_bytes=30_000_000, timeout_s=1.0)
+    s = server(delay=1.5, max_memory_mb=40, max_bytes=30_000_000, timeout_s=2.0)
     flat = io.BytesIO()
     Image.new("L", (1000, 1000), 90).save(flat, format="PNG")  # 1 MP: 13 MB to decode, by the server's reckoning
     small = io.BytesIO()
@@ -398,14 +398,14 @@ def test_a_request_waits_for_its_share_of_memory_then_gets_503(server):
             started = time.monotonic()
             pending = pool.submit(httpx.post, f"{s.url}/predict", content=flat.getvalue(),
                                   headers={"content-type": "image/png"}, timeout=30)
-            time.sleep(0.5)
+            time.sleep(1.0)
             hog.sendall(big_body)  # within the first request's --timeout: it goes on to the model
             busy = pending.result()
             waited = time.monotonic() - started
         hog.settimeout(10)
         assert hog.recv(4096).decode("latin-1").startswith("HTTP/1.1 200")
     assert busy.status_code == 503 and "--max-memory" in busy.json()["error"], busy.text
-    assert busy.headers["retry-after"] == "1" and 0.9 < waited < 3
+    assert busy.headers["retry-after"] == "1" and 1.8 < waited < 5
     huge = io.BytesIO()
     Image.new("L", (2000, 2000)).save(huge, format="PNG")  # 4 MP: 52 MB, more than the whole 40
     refused = httpx.post(f"{s.url}/predict", content=huge.getvalue(), headers={"content-type": "image/png"})

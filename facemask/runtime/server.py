@@ -287,14 +287,12 @@ async def decoded(data: bytes, name: str, limits: Limits, draft_side: Optional[i
 
 async def read_body(request: Request, limits: Limits, held: Held) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed --max-bytes (from its
-    Content-Length before any byte is read, else while it streams), its bytes taken from the
-    memory budget before they are held."""
+    Content-Length before any byte is read, else while it streams). A chunked body's chunks are
+    taken from the memory budget as they come (a Content-Length is taken by the caller first)."""
     length = request.headers.get("content-length")
     known = length is not None and length.isdigit()
     if known and int(length) > limits.max_bytes:
         raise RequestError(413, f"body of {length} bytes is over --max-bytes {limits.max_bytes}")
-    if known:
-        await held.take(int(length))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -313,6 +311,10 @@ async def images_of(request: Request, limits: Limits, draft_side: Optional[int],
     if kind not in ("multipart/form-data", "application/octet-stream") and not kind.startswith("image/"):
         raise RequestError(415, f"unsupported content type {kind or '(none)'}: send an image (image/jpeg, image/png, "
                                 "...) or multipart/form-data with image files")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) <= limits.max_bytes:
+        # Before the body's own timeout starts: waiting for memory is a 503, not a body that did not arrive.
+        await held.take(int(length))
     loop = asyncio.get_running_loop()
     body = await asyncio.wait_for(read_body(request, limits, held), max(0.0, held.deadline - loop.time()))
     request.state.read = True
