@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from facemask.data.images import load_image
-from facemask.runtime.limits import CONVERSION_BYTES, Limits
+from facemask.runtime.limits import API_KEY_ENV, CONVERSION_BYTES, Limits
 
 logger = logging.getLogger("facemask")
 
@@ -532,7 +532,7 @@ def serve(load: Callable[[], Service], host: str, port: int, limits: Limits, log
 
     if host not in LOCAL_HOSTS:
         logger.warning("serving on %s: reachable from other machines (the default is 127.0.0.1)%s", host,
-                       "" if api_key else "; anyone who reaches the port may use it: set $FACEMASK_API_KEY "
+                       "" if api_key else f"; anyone who reaches the port may use it: set ${API_KEY_ENV} "
                                           "(or --api-key) to ask callers for a key")
     return_freed_memory()
     app = create_app(load, limits, api_key)
