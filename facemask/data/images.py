@@ -72,7 +72,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if _has_alpha(image):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
