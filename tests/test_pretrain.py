@@ -202,3 +202,27 @@ def test_continued_pretraining_starts_from_a_checkpoints_encoder(evaluated_run, 
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded "))
     assert "left out the checkpoint's head: classifier (2 tensors)" in line and line.endswith("new: decoder (2 tensors) and the mask token")
     assert f"**Started from:** {evaluated_run.name} (training run)." in CARD.path(tmp_path / "out").read_text()
+
+
+def _first_update(tmp_path, batch, accumulation):
+    """One SGD step of a pretraining run on 8 images, as batch x accumulation micro-batches: its
+    logged train_loss and the weights after the step. SGD, unclipped: the update is the gradient
+    itself, so a loss scaled by the accumulation count shows as a step of another length (Adam's
+    first step would hide it)."""
+    config = pretrain_config(tmp_path, data={"synthetic": True, "synthetic_num_images": 10,
+                                             "synthetic_image_size": 40, "validation_split": 0.2},
+                             training={"max_steps": 1, "per_device_train_batch_size": batch,
+                                       "gradient_accumulation_steps": accumulation, "optim": "sgd",
+                                       "learning_rate": 0.5, "max_grad_norm": 0, "warmup_steps": 0},
+                             reconstructions=0)
+    record = pretrain.main([str(config)])
+    model = ViTForMaskedImageModeling.from_pretrained(tmp_path / "out")
+    return record["train_loss"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_gives_the_loss_and_update_of_the_same_effective_batch(tmp_path):
+    whole_loss, whole = _first_update(tmp_path / "one", 8, 1)
+    split_loss, split = _first_update(tmp_path / "four", 2, 4)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-4)
+    for key in whole:
+        assert torch.allclose(whole[key], split[key], atol=1e-5, rtol=1e-4), key
