@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY_MODELS, tiny_config
 from PIL import Image
 
+import evaluate
 import pretrain
 import train
 from facemask.__main__ import main as facemask_main
@@ -23,7 +24,7 @@ from facemask.config.schema import ConfigError
 from facemask.run_folder import CARD, PRETRAINING, PRETRAINING_IMAGES, RECONSTRUCTIONS_FIGURE
 from transformers import ViTForMaskedImageModeling
 
-from facemask.training.masked_modeling import BeitForSimMIM, MaskGenerator
+from facemask.training.masked_modeling import BeitForSimMIM, MaskGenerator, PretrainingTrainer
 from facemask.training.modeling import build_model
 
 
@@ -143,13 +144,29 @@ def test_mask_generator_hides_the_ratio_in_whole_mask_patches():
 
 
 @pytest.mark.parametrize("on_leak", ["drop", "error"])
-def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak):
+def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak, monkeypatch):
     data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2}
+    listed_before_training = []
+    train_encoder = PretrainingTrainer.train
+
+    def spy(self, *args, **kwargs):
+        listed_before_training.append(PRETRAINING_IMAGES.path(self.args.output_dir).is_file())
+        return train_encoder(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainingTrainer, "train", spy)
     # The same seed draws the same images: pretraining saw every image the fine-tuning tests on.
-    pretrain.main([str(pretrain_config(tmp_path / "pre", data={**data, "validation_split": 0.0}))])
+    pretrain.main([str(pretrain_config(tmp_path / "pre", data={**data, "validation_split": 0.0},
+                                       training={"save_strategy": "steps", "save_steps": 2}))])
+    assert listed_before_training == [True]
+    source = tmp_path / "pre" / "out"
+    if on_leak == "drop":
+        # A checkpoint of a run stopped before its end (no pretraining.json yet), as the error for a
+        # folder holding only checkpoints suggests: its run folder's listing is read.
+        (source / PRETRAINING.name).unlink()
+        source = source / "checkpoint-2"
     config = tiny_config(tmp_path / "tune", data={**data, "test_split": 0.5, "synthetic_num_images": 120,
                                                   "on_leak": on_leak})
-    argv = [str(config), f"model.name_or_path={tmp_path / 'pre' / 'out'}"]
+    argv = [str(config), f"model.name_or_path={source}"]
     if on_leak == "error":
         with pytest.raises(ConfigError, match="test images that pretraining run out used"):
             train.main(argv)
@@ -160,6 +177,11 @@ def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak):
     assert 0 < removed < 60 and metrics["train"]["test_pretraining_images_removed"] == removed
     info = json.loads((tmp_path / "tune" / "out" / "run_info.json").read_text())
     assert info["data"]["splits"]["test"]["num_images"] == 60 - removed
+    # evaluate.py --config carves the same test split, the same images left out.
+    run = tmp_path / "tune" / "out"
+    scored = evaluate.main([str(run), "--config", str(run / "experiment.yaml"), "--split", "test",
+                            "--output-dir", str(tmp_path / "scored")])
+    assert scored["test_accuracy"] == pytest.approx(metrics["test"]["test_accuracy"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -226,3 +248,12 @@ def test_gradient_accumulation_gives_the_loss_and_update_of_the_same_effective_b
     assert split_loss == pytest.approx(whole_loss, rel=1e-4)
     for key in whole:
         assert torch.allclose(whole[key], split[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_a_hub_model_whose_images_cannot_be_read_is_said_to_be_unchecked(caplog):
+    from facemask.data.seen import read_seen_images
+
+    # Offline (the tests' HF_HUB_OFFLINE) with nothing cached: it may be a pretraining run; the check is
+    # skipped with a warning, never silently.
+    assert read_seen_images("someone/never-downloaded-encoder") is None
+    assert "NOT checked" in caplog.text and "someone/never-downloaded-encoder" in caplog.text
