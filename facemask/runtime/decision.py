@@ -49,7 +49,7 @@ def run_positive_label(run_dir: Path, labels: List[str],
         if named not in labels:
             raise ConfigError(f"{path}: its thresholds are on the class {named!r} ('positive_label'), which the "
                               f"model does not have (its classes: {', '.join(labels)}): the table is not this "
-                              "model's; evaluate the model again to write its own")
+                              "model's; keep the run's own operating_points.json beside its model")
         return named, f"{path.name}'s positive_label"
     experiment = run_folder.EXPERIMENT.path(run_dir)
     if experiment.is_file():
@@ -98,11 +98,14 @@ def decision_rule(run_dir: Path, labels: List[str], threshold: Optional[str],
             raise ValueError("--threshold needs a model with two labels")
         value = threshold_from(run_dir, threshold)
         named = _is_name(threshold)
+        if not named and given is not None:  # a number on the class asked for: the run's files are not needed
+            return DecisionRule(value, given, labels[given])
         run_class, source = run_positive_label(run_dir, labels)
         if named and run_class is None:
             raise ValueError(f"--threshold {threshold!r}: the operating point's class is not recorded ({source}), "
                              "so it is not known which probability the threshold is on; give the threshold as a "
-                             "number with --positive-label, or evaluate the run again")
+                             "number with --positive-label (the table's thresholds, on the class you know it was "
+                             "chosen for)")
         if named and given is not None and labels[given] != run_class:
             raise ValueError(f"--threshold {threshold!r} is a threshold on P({run_class}) ({source}), but "
                              f"--positive-label is {positive_label!r}: leave --positive-label out, or give a number "
