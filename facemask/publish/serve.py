@@ -114,7 +114,8 @@ def command(args: argparse.Namespace) -> int:
     folder = model_folder(args.model, patterns=patterns)
     rule = decision_rule(folder, read_labels(folder), args.threshold, args.positive_label)
     logger.info("decision rule: %s", "the arg-max" if rule.threshold is None else
-                f"{rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:g} (--threshold {args.threshold})")
+                f"{rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:g} "
+                f"(--threshold {args.threshold})")
     if args.backend != "torch":
         graph_path(folder, args.backend, args.model)
         Preprocessor.from_folder(folder)
