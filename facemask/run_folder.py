@@ -82,8 +82,9 @@ TRACKER_LOGS = Output("runs", "training.report_to: tensorboard", "TensorBoard ev
 AUDIT_JSON = Output("data_audit.json", "the data audit", "the audit: bad files, copies and leaks, shortcuts, balance",
                     True)
 AUDIT_MD = Output("data_audit.md", "the data audit", "the audit's summary, as the card shows it", True)
-OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on the positive class chosen on "
-                          "validation, with their validation and test metrics", True)
+OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on the probability of the class it "
+                          "names (positive_label: data.positive_label) chosen on validation, with their validation "
+                          "and test metrics", True)
 # One of each per evaluated split (train.py: eval and test; evaluate.py: its --split).
 RESULTS = _split("results.json", "the split's metrics (`train_results.json`: the training's)",
                  writer="train.py, evaluate.py (Trainer.save_metrics)")
@@ -133,7 +134,7 @@ HANDLER = Output("handler.py", "`python -m facemask push --handler`", "an Infere
                  "serving the run with predict's image handling and decision rule (a copy of "
                  "endpoint_template/handler.py)", True)
 HANDLER_CONFIG = Output("handler_config.json", "`python -m facemask push --handler`", "the handler's decision rule "
-                        "(threshold and positive class, or the arg-max) and JPEG draft side", True)
+                        "(threshold and the class it is on, or the arg-max) and JPEG draft side", True)
 # python -m facemask space.
 SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as pushed (a folder)", False)
 
