@@ -40,7 +40,14 @@ DEFAULT_FOLDS = 5
 COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue")
 FIGURE_IMAGES = 16  # the most suspect flagged images drawn in label_issues.png
 PRINTED = 5  # and printed on the console
+# A fold model chosen by its accuracy on its validation fold (best-checkpoint reload, early stopping)
+# would be chosen on the images it then predicts: those predictions would not be out of sample.
+FIXED_SCHEDULE = ["training.load_best_model_at_end=false", "training.eval_strategy=no",
+                  "recipe.early_stopping_patience=null"]
+SELECTION_KEYS = ("training.load_best_model_at_end", "training.eval_strategy", "recipe.early_stopping_patience")
 METHOD = {
+    "fold_models": "each trained for the config's whole schedule, its last weights kept: no best-checkpoint reload, "
+                   "no early stopping, no evaluation on its validation fold before the end",
     "out_of_fold": "each training image predicted by the one fold model whose validation fold it was (the model "
                    "that did not train on it)",
     "is_issue": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate'): confident learning",
@@ -284,8 +291,13 @@ def command(args: argparse.Namespace) -> int:
     named = [o.split("=")[0] for o in args.overrides if o.startswith(("data.cv_folds=", "data.cv_fold="))]
     if named:
         raise ConfigError(f"{named[0]} is set by label-issues for each fold: give --folds K instead")
+    selection = [o.split("=")[0] for o in args.overrides if o.split("=")[0] in SELECTION_KEYS]
+    if selection:
+        raise ConfigError(f"{selection[0]} is set by label-issues: each fold model trains a fixed schedule, never "
+                          "chosen on the validation fold it then predicts (its probabilities there would not be out "
+                          "of sample); leave it out, and set the schedule with training.num_train_epochs")
     runs, overrides = runs_of(argparse.Namespace(folds=args.folds, seeds=None, overrides=args.overrides))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, [*overrides, *FIXED_SCHEDULE])
     if not cfg.data.audit:
         raise ConfigError("label-issues needs data.audit=true: the audit's content digests tell which fold "
                           "predicted which image, and its duplicate groups keep copies in one fold")
@@ -299,7 +311,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         # The folds' own error galleries are not what label-issues shows: no maps for them (its
         # figure maps the suspects); an override given on the command line still wins.
-        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides])
+        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides, *FIXED_SCHEDULE])
     except RepeatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
