@@ -207,7 +207,8 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
     command = redact("python -m facemask " + " ".join(argv))
     spreads = {key for metric in summary.values() for key in metric if key in SPREAD_NOTES}
     write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
-                                           "machine": machine, "runs": rows, "summary": summary,
+                                           "machine": machine, "measured_on": measured_on(out, rows),
+                                           "runs": rows, "summary": summary,
                                            "spread": {k: v for k, v in SPREAD_NOTES.items() if k in spreads}})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), keep_trailing_newline=True)
     CARD.path(out).write_text(env.get_template(TEMPLATE.name).render(
@@ -215,6 +216,25 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
         table=table(rows, summary), summary=summary, files=(REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON),
         validation_prefix=prefix_of("validation"), intervals=INTERVALS.path(Path(), prefix_of("test")).name),
         encoding="utf-8")
+
+
+def measured_on(out: Path, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """What the figures were measured on, from the runs' own records: each run's commit and data
+    fingerprint (for the drawn set: its parameters and generator), and the recipe they share. A
+    figure quoted elsewhere is stale when these differ from what the config gives now
+    (tests/test_quickstart.py checks the README's)."""
+    import yaml
+
+    from facemask.run_folder import EXPERIMENT, RUN_INFO, read_json
+    from facemask.training.provenance import recipe_of
+
+    runs = {}
+    for row in rows:
+        info = read_json(RUN_INFO.path(out / row["run"]))
+        runs[row["run"]] = {"git": info.get("git") or {}, "data": info.get("data_fingerprint") or {}}
+    first = EXPERIMENT.path(out / rows[0]["run"]) if rows else None
+    recipe = recipe_of(yaml.safe_load(first.read_text(encoding="utf-8"))) if first and first.is_file() else {}
+    return {"runs": runs, "recipe": recipe}
 
 
 def _cores() -> int:
