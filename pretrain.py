@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     run = RunSetup.start(cfg)
     with stop_on_sigterm(), ExitStack() as held:
         if run.main_process:
-            held.enter_context(RunLock(cfg.output_dir))
+            held.enter_context(RunLock(cfg.output_dir, force=args.force))
             if cfg.hub.push:
                 logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
         record = pretrain(run, args, argv, held)

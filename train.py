@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     with stop_on_sigterm(), ExitStack() as held:
         if run.main_process:
             # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
-            held.enter_context(RunLock(cfg.output_dir))
+            held.enter_context(RunLock(cfg.output_dir, force=args.force))
         return train(run, args, argv, held)
 
 
