@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
@@ -210,7 +211,7 @@ class RunLock:
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         self._fd, self._owner = fd, os.getpid()
         _HELD.add(fd)
-        self._heartbeat = _Heartbeat(fd, self.path, HEARTBEAT_S)
+        self._heartbeat = _Heartbeat(fd, self.path, HEARTBEAT_S, mine)
         self._heartbeat.start()
         return self
 
@@ -257,8 +258,6 @@ class RunLock:
     def _watch(self, fd: int, holder: Dict[str, Any], interval: float) -> float:
         """Another host's heartbeat, watched until it moves (ConfigError: that run is alive) or has
         been stale for STALE_BEATS intervals and still for WATCH_BEATS of watching; its age then."""
-        import time
-
         first = os.fstat(fd).st_mtime_ns
         stale, until = STALE_BEATS * interval, time.monotonic() + WATCH_BEATS * interval
         wait = max(until - time.monotonic(), first / 1e9 + stale - time.time())
@@ -307,10 +306,10 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None or self._owner != os.getpid():
             return  # not held, or a forked child's copy of the object: the lock is its parent's
-        if self._heartbeat is not None:
-            self._heartbeat.stop()  # before the descriptor closes: it never touches a reused descriptor
-            self._heartbeat = None
-        if _is_this_process(_read_lock(self._fd)) and _same_file(self.path, self._fd):
+        heartbeat, self._heartbeat = self._heartbeat, None
+        heartbeat.stop()  # before the descriptor closes: it never touches a reused descriptor
+        # A record taken over stays: it is the new holder's.
+        if heartbeat.owns(_read_lock(self._fd)) and _same_file(self.path, self._fd):
             self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
         _HELD.discard(self._fd)
         os.close(self._fd)
@@ -333,13 +332,19 @@ class _Heartbeat:
     """The holder's heartbeat: a daemon thread that touches the lock file every `interval` seconds
     (one utime and one small read), and stops the run (SIGTERM) if the record became another's."""
 
-    def __init__(self, fd: int, path: Path, interval: float) -> None:
+    def __init__(self, fd: int, path: Path, interval: float, record: Dict[str, Any]) -> None:
         import threading
 
         self.fd, self.path, self.interval = fd, path, interval
+        # Who wrote the record, as written: a host name changed since (or faked) is no takeover.
+        self._me = (record["host"], record["pid"])
+        self._touch: Any = fd if os.utime in os.supports_fd else path
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="facemask-run-lock-heartbeat", daemon=True)
         self._failing = False
+
+    def owns(self, holder: Dict[str, Any]) -> bool:
+        return (holder.get("host"), holder.get("pid")) == self._me
 
     def start(self) -> None:
         self._thread.start()
@@ -351,7 +356,7 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                os.utime(self.fd)
+                os.utime(self._touch)
                 self._failing = False
             except OSError as err:
                 if not self._failing:  # once per outage, not every interval
@@ -359,7 +364,7 @@ class _Heartbeat:
                                    "over after %g s without one", self.path, err, STALE_BEATS * self.interval)
                 self._failing = True
             holder = _read_lock(self.fd)
-            if holder and not _is_this_process(holder):
+            if holder and not self.owns(holder):
                 logger.error("%s was taken over by %s: this run no longer owns %s and stops (SIGTERM) rather than "
                              "write into another run's folder", self.path, _describe(holder), self.path.parent)
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -407,8 +412,6 @@ def _interval(holder: Dict[str, Any]) -> float:
 
 
 def _age(path: Path) -> str:
-    import time
-
     try:
         return f"{max(0.0, time.time() - os.stat(path).st_mtime):.0f} s ago"
     except OSError:
