@@ -1,7 +1,9 @@
 """A run's lock on its folder outlives nothing: a run killed with SIGKILL while its forked workers
 draw images or build the preprocessing cache leaves the folder free for the next run (the workers
-neither hold the lock nor outlive the run), and SIGTERM stops a run cleanly. Real processes, real
-signals."""
+neither hold the lock nor outlive the run), and SIGTERM stops a run cleanly. A run on another host
+keeps its folder while its heartbeat moves, even where the flock is node-local; a stale one is
+taken over, --force takes a live one (which then stops), and a live process of this host is never
+taken over. Real processes, real signals."""
 
 import json
 import logging
@@ -316,14 +318,11 @@ def test_the_heartbeat_beats_while_held_stops_at_release_and_dies_with_the_run(t
 
 
 def test_repeat_hands_force_to_each_run(tmp_path, monkeypatch):
-    from facemask.__main__ import build_parser
+    from facemask.__main__ import main
     from facemask.training import repeat
 
     commands = []
     monkeypatch.setattr(repeat.subprocess, "run",
                         lambda command: commands.append(command) or subprocess.CompletedProcess(command, 1))
-    parser = build_parser("repeat")
-    sub = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
-    args = sub.choices["repeat"].parse_intermixed_args([str(tiny_config(tmp_path)), "--seeds", "0", "--force"])
-    assert repeat.command(args) == 1
+    assert main(["repeat", str(tiny_config(tmp_path)), "--seeds", "0", "--force"]) == 1  # the run "failed"
     assert commands and commands[0][-1] == "--force"
