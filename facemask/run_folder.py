@@ -74,8 +74,8 @@ TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own me
                         "included (the console shows the run's own)", False)
 STATE = Output("trainer_state.json", "Trainer.save_state", "log history, best checkpoint, global step", True)
 ALL_RESULTS = Output("all_results.json", "Trainer.save_metrics", "every split's metrics in one file", True)
-LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time (removed at its "
-              "end)", False)
+LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time, its heartbeat "
+              "(the file's mtime, refreshed every 10 s; removed at its end)", False)
 CHECKPOINTS = Output("checkpoint-*", "Trainer (training.save_strategy)", "checkpoints for `--resume` (folders; "
                      "with recipe.ema_decay each holds the average as ema.safetensors)", False)
 TRACKER_LOGS = Output("runs", "training.report_to: tensorboard", "TensorBoard event files (a folder)", False)

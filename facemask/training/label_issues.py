@@ -35,6 +35,7 @@ from facemask.data.exclude import write_exclude_list
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
                                  REPEAT_RESULTS_CSV, prefix_of, write_json)
 from facemask.training.repeat import RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
+from facemask.training.resume import RunLock, add_force_argument
 
 DEFAULT_FOLDS = 5
 COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue")
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "least 2 training images per fold")
     parser.add_argument("overrides", nargs="*",
                         help="dotted overrides for every fold, e.g. training.num_train_epochs=3")
+    add_force_argument(parser)
 
 
 @dataclass
@@ -281,8 +283,6 @@ def retrain_command(config: str, overrides: List[str], out: Path) -> str:
 
 def command(args: argparse.Namespace) -> int:
     """`python -m facemask label-issues`; a ConfigError is the CLI's to report (exit code 2)."""
-    from cleanlab import __version__ as cleanlab_version
-
     from facemask.config.loading import load_config
 
     if args.folds < 2:
@@ -307,11 +307,21 @@ def command(args: argparse.Namespace) -> int:
     images = training_images(cfg, args.folds)
     check_classes(images, args.folds)
     out = output_folder(args.config, overrides, "the fold models and label issues", "-label-issues")
+    # One label-issues per folder, as one run per run folder: another one (on another node too) is refused.
+    with RunLock(out, force=args.force):
+        return find_and_write(args, out, runs, overrides, images)
+
+
+def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, List[str]]], overrides: List[str],
+                   images: TrainingImages) -> int:
+    """The fold runs (those not finished earlier), then the flagged labels, their files and figure."""
+    from cleanlab import __version__ as cleanlab_version
+
     argv = ["label-issues", args.config, f"--folds {args.folds}", *overrides]
     try:
         # The folds' own error galleries are not what label-issues shows: no maps for them (its
         # figure maps the suspects); an override given on the command line still wins.
-        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides, *FIXED_SCHEDULE])
+        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides, *FIXED_SCHEDULE], args.force)
     except RepeatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
