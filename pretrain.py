@@ -1,13 +1,14 @@
 """Pretrain a ViT/BEiT encoder by masked image modelling (SimMIM) on images without labels.
 
-    python pretrain.py configs/pretrain-quickstart.yaml [section.key=value ...] [--resume [CHECKPOINT] | --overwrite]
+    python pretrain.py configs/pretrain-quickstart.yaml [section.key=value ...]
+        [--resume [CHECKPOINT] | --overwrite] [--force]
     python -m facemask pretrain configs/pretrain-quickstart.yaml
     python train.py configs/quickstart.yaml model.name_or_path=outputs/pretrain-quickstart
 
 The images come from the config's data section (class folders allowed, their labels unused). The
 run folder is a backbone: `model.name_or_path=FOLDER` fine-tunes it with a fresh classification
 head, and that run checks its test images against the images pretraining used (data.on_leak).
---resume, --overwrite, SIGTERM and the run lock behave as in train.py.
+--resume, --overwrite, --force, SIGTERM and the run lock behave as in train.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     run = RunSetup.start(cfg)
     with stop_on_sigterm(), ExitStack() as held:
         if run.main_process:
-            held.enter_context(RunLock(cfg.output_dir))
+            held.enter_context(RunLock(cfg.output_dir, force=args.force))
             if cfg.hub.push:
                 logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
         record = pretrain(run, args, argv, held)

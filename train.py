@@ -1,12 +1,13 @@
 """Fine-tune a ViT/BEiT face-mask classifier.
 
-    python train.py configs/quickstart.yaml [section.key=value ...] [--resume [CHECKPOINT] | --overwrite]
+    python train.py configs/quickstart.yaml [section.key=value ...] [--resume [CHECKPOINT] | --overwrite] [--force]
     accelerate launch train.py configs/vit-base-facemask.yaml
 
 A training.output_dir that already holds a run is never reused silently: --resume continues it
-from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and starts over. SIGTERM
-(a SLURM time limit, `docker stop`) stops the run with exit status 143, its folder unlocked and its
-checkpoints kept.
+from its latest checkpoint (or from CHECKPOINT), --overwrite deletes it and starts over. A folder
+locked by a live run is never taken: one of another host only once its heartbeat is stale, or with
+--force (docs/distributed.md). SIGTERM (a SLURM time limit, `docker stop`) stops the run with exit
+status 143, its folder unlocked and its checkpoints kept.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     with stop_on_sigterm(), ExitStack() as held:
         if run.main_process:
             # Before --overwrite or --resume touch the folder; the other processes of a distributed run share it.
-            held.enter_context(RunLock(cfg.output_dir))
+            held.enter_context(RunLock(cfg.output_dir, force=args.force))
         return train(run, args, argv, held)
 
 

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/label_issues.py                 # 0%, 5% and 15% noise, 5 folds, seeds 0 1 2
     .venv/bin/python bench/label_issues.py --tiny --noise 0.15   # the code path (the slow test): ~2 minutes
+    # real photos: FM12K's development train/ with 10% of its labels moved, flags only (no accuracy arms)
+    .venv/bin/python bench/label_issues.py --real ../shared/data/fm12k-dev/train --noise 0.1 --folds 3 \
+        --recovery-only --set training.num_train_epochs=5 --work /tmp/label-issues-fm12k
 
 Data: the drawn set (facemask/data/synthetic.py) written as an image folder, --images of seed 0 for
 training and --test-images of seed 1 as a test folder of its own (data.test_dir), so the test
@@ -108,14 +111,16 @@ def accuracies(out: Path, seeds: List[int]) -> List[float]:
     return [json.loads(RESULTS.path(out / f"seed-{s}", "test").read_text())["test_accuracy"] for s in seeds]
 
 
-def level(args: argparse.Namespace, rate: float, clean: Path, test: Path, overrides: List[str]) -> Dict[str, Any]:
+def level(args: argparse.Namespace, rate: float, clean: Path, test: Path | None,
+          overrides: List[str]) -> Dict[str, Any]:
     folder = Path(args.work) / f"noise-{round(100 * rate):02d}"
     folder.mkdir(parents=True, exist_ok=True)
     train = folder / "train"
     moved = flip(clean, train, rate)
     print(f"\n{rate:.0%} noise: {len(moved)} of the training folder's files moved into the other class", flush=True)
-    data = ["data.synthetic=false", f"data.train_dir={train.resolve()}", f"data.test_dir={test.resolve()}",
-            "hub.push=false", *overrides]
+    # Real photos come without a test folder of their own: the test split is carved (unused for recovery).
+    test_dir = [f"data.test_dir={test.resolve()}"] if test is not None else []
+    data = ["data.synthetic=false", f"data.train_dir={train.resolve()}", *test_dir, "hub.push=false", *overrides]
     found = folder / "label-issues"
     cost = {"label-issues": timed("label-issues", [sys.executable, "-m", "facemask", "label-issues", CONFIG,
                                                    "--folds", str(args.folds), *data,
@@ -125,6 +130,8 @@ def level(args: argparse.Namespace, rate: float, clean: Path, test: Path, overri
     if len(summary) == 2:  # its console summary, without the folds' training logs
         print("\n".join("    " + line for line in ("label-issues: " + summary[1]).splitlines()[:12]))
     result = {"rate": rate, **recovery(found, moved)}
+    if args.recovery_only:
+        return result
     seeds = [str(s) for s in args.seeds]
     arms = {"noisy": [], "cleaned": [f"data.exclude={(found / EXCLUDE_LIST).resolve()}"]}
     for arm, extra in arms.items():
@@ -148,9 +155,11 @@ def level(args: argparse.Namespace, rate: float, clean: Path, test: Path, overri
 def report(args: argparse.Namespace, results: List[Dict[str, Any]]) -> None:
     n = len(args.seeds)
     overrides = " " + " ".join(args.set) if args.set else ""
-    print(f"\nlabel-issues on the drawn set as image folders: {args.images} training images (seed 0; validation carved "
-          f"from them), {args.test_images} clean test images (seed 1), {CONFIG}{overrides}, {args.folds} folds; "
-          f"{platform.machine()}, {os.cpu_count()} cores")
+    data = (f"real photos of {Path(args.real).resolve().parent.name}/{Path(args.real).name} as the training folder"
+            if args.real else f"the drawn set as image folders: {args.images} training images (seed 0; validation "
+                              f"carved from them), {args.test_images} clean test images (seed 1)")
+    print(f"\nlabel-issues on {data}, {CONFIG}{overrides}, {args.folds} folds; {platform.machine()}, "
+          f"{os.cpu_count()} cores")
     print("\n| noise (true) | training images | flipped | flagged | precision | recall | estimated noise "
           "| fold accuracy (min-max) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -159,6 +168,8 @@ def report(args: argparse.Namespace, results: List[Dict[str, Any]]) -> None:
         print(f"| {r['true_noise']:.2%} | {r['images']} | {r['flipped']} | {r['flagged']} | {fmt(r['precision'])} "
               f"| {fmt(r['recall'])} | {r['estimated_noise']:.2%} | {min(r['fold_accuracy']):.4f}-"
               f"{max(r['fold_accuracy']):.4f} |")
+    if args.recovery_only:
+        return
     print(f"\nClean-test accuracy, seeds {' '.join(map(str, args.seeds))}: mean ± standard error (range); "
           f"cleaned = data.exclude=label-issues' exclude.txt; compare on seed {args.seeds[0]}'s pair "
           f"(bootstrap 95% interval, McNemar exact p)")
@@ -192,13 +203,20 @@ def main(argv: List[str] | None = None) -> List[Dict[str, Any]]:
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "label-issues-runs"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--tiny", action="store_true", help="the code path: 80 + 40 images, 2 folds, 1 seed, 1 epoch")
+    parser.add_argument("--real", metavar="DIR", help="a labelled image folder of real photos (one sub-folder per "
+                                                      "class) as the clean training data, instead of drawn images; "
+                                                      "it is copied under --work, never changed")
+    parser.add_argument("--recovery-only", action="store_true",
+                        help="flags only: precision and recall against the moved files (no accuracy arms)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.images, args.test_images, args.folds, args.seeds = 80, 40, 2, args.seeds[:1]
         args.set = [*TINY, *args.set]
+    if args.real and not args.recovery_only:
+        parser.error("--real needs --recovery-only: the accuracy arms need a clean test folder of other images")
     work = Path(args.work)
-    clean = draw(work / "clean-train", args.images, seed=0)
-    test = draw(work / "test", args.test_images, seed=1)
+    clean = Path(args.real) if args.real else draw(work / "clean-train", args.images, seed=0)
+    test = None if args.real else draw(work / "test", args.test_images, seed=1)
     results = [level(args, rate, clean, test, args.set) for rate in args.noise]
     report(args, results)
     (work / "label_issues.json").write_text(json.dumps(results, indent=1))

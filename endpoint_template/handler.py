@@ -4,8 +4,8 @@
 It serves the run as `python -m facemask predict` does: the image opened upright in RGB (the
 orientation tag applied, transparency composited on mid-grey, 16-bit and float images scaled; every
 image shrunk right after decoding, its shorter side kept at twice the model's side or more: JPEGs
-draft-decoded, then a whole-factor reduce), the run's image processor, and the run's
-decision rule from handler_config.json (the arg-max, or with a threshold the positive class where
+draft-decoded, then a whole-factor reduce), the run's image processor, and the run's decision rule
+from handler_config.json (the arg-max, or with a threshold the class it names, positive_label, where
 its probability reaches it). Self-contained: an endpoint has transformers and torch, not facemask.
 
 Request: {"inputs": <image bytes, base64 text, or a PIL image>}. Answer: one {"label", "score"} per
@@ -80,7 +80,12 @@ class EndpointHandler:
         config_path = Path(path) / "handler_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.threshold = config.get("threshold")
-        self.positive = config.get("positive_index", 1)
+        # The class the threshold is on, by name (push --handler writes the run's rule: an operating
+        # point's own class); positive_index alone is what older handler_config.json files hold.
+        named = config.get("positive_label")
+        if named is not None and named not in self.labels:
+            raise ValueError(f"{config_path}: positive_label {named!r} is not one of the model's classes {self.labels}")
+        self.positive = self.labels.index(named) if named is not None else config.get("positive_index", 1)
         self.draft_side = config.get("draft_side")
 
     def _image(self, inputs: Any) -> Image.Image:

@@ -17,9 +17,12 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from facemask.config.schema import ConfigError
+
+if TYPE_CHECKING:
+    from facemask.runtime.decision import DecisionRule
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -60,11 +63,11 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(args: argparse.Namespace, labels: List[str]) -> Optional[float]:
+def _rule(args: argparse.Namespace, labels: List[str]) -> "DecisionRule":
     """--threshold / --positive-label of predict and detect, checked against the model's labels."""
-    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.decision import decision_rule
 
-    return decision_threshold(Path(args.model), labels, args.threshold, args.positive_label)
+    return decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
 
 
 def _report_skipped(skipped: List[Any], total: int) -> int:
@@ -81,9 +84,9 @@ def _predict(args: argparse.Namespace) -> int:
     from facemask.runtime.predict import predict_files
 
     classifier = load_classifier(args.model, backend=args.backend)
-    threshold = _threshold(args, classifier.labels)
+    rule = _rule(args, classifier.labels)
     paths, skipped = collect_paths(args.paths)
-    rows, unreadable = predict_files(classifier, paths, args.batch_size, threshold, args.positive_label)
+    rows, unreadable = predict_files(classifier, paths, args.batch_size, rule.threshold, rule.positive_label)
     skipped += unreadable
     if args.output:
         write_rows(rows, Path(args.output))
@@ -94,7 +97,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from facemask.data.labels import resolve_positive_label
     from facemask.detection.crops import describe, margin_from_images, run_margin
     from facemask.detection.detectors import load_detector
     from facemask.detection.scenes import OutputError, SceneClassifier, detect_files, write_table
@@ -116,7 +118,7 @@ def _detect(args: argparse.Namespace) -> int:
                           "annotated copies of the same names, or choose another --output")
     detector = load_detector(args.detector)
     classifier = load_classifier(args.model, backend=args.backend)
-    threshold = _threshold(args, classifier.labels)
+    rule = _rule(args, classifier.labels)
     if args.margin is not None:
         margin, how = args.margin, "--margin"
     elif args.margin_from:
@@ -128,8 +130,7 @@ def _detect(args: argparse.Namespace) -> int:
         margin, how = measured["margin"], describe(measured, args.margin_from)
     else:
         margin, how = run_margin(args.model, detector)
-    positive = resolve_positive_label(classifier.labels, args.positive_label)
-    scene = SceneClassifier(classifier, detector, threshold, positive, margin, not args.no_square,
+    scene = SceneClassifier(classifier, detector, rule.threshold, rule.positive, margin, not args.no_square,
                             args.min_face, args.max_side, args.detector_threshold, args.batch_size)
     found, missing = collect_paths(args.inputs)
     inside = [p for p in found if out.resolve() in p.resolve().parents]
@@ -304,7 +305,7 @@ def _add_push(commands: Any) -> None:
                            "predict does, with the decision rule below")
     push.add_argument("--threshold", metavar="T", help="with --handler: as predict's --threshold (a number or a row "
                                                        "of operating_points.json)")
-    push.add_argument("--positive-label", help="with --handler: the class --threshold applies to")
+    push.add_argument("--positive-label", help="with --handler: as predict's --positive-label")
     push.set_defaults(func=_push)
 
 
@@ -329,7 +330,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", metavar="T",
                         help="predict the positive class when its probability is >= T: a number, or a row of the "
                              "run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
-    parser.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
+    parser.add_argument("--positive-label", help="the class a numeric --threshold applies to (default: the run's "
+                                                 "positive class, else the mask class); a named operating point "
+                                                 "applies to its table's class")
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
                              "with onnxruntime on the CPU")

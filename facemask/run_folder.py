@@ -74,16 +74,17 @@ TRAIN_TEXT_LOG = Output("train.log", "train.py", "the run's full log: its own me
                         "included (the console shows the run's own)", False)
 STATE = Output("trainer_state.json", "Trainer.save_state", "log history, best checkpoint, global step", True)
 ALL_RESULTS = Output("all_results.json", "Trainer.save_metrics", "every split's metrics in one file", True)
-LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time (removed at its "
-              "end)", False)
+LOCK = Output("run.lock", "train.py", "held while a run writes into the folder: host, PID, start time, its heartbeat "
+              "(the file's mtime, refreshed every 10 s; removed at its end)", False)
 CHECKPOINTS = Output("checkpoint-*", "Trainer (training.save_strategy)", "checkpoints for `--resume` (folders; "
                      "with recipe.ema_decay each holds the average as ema.safetensors)", False)
 TRACKER_LOGS = Output("runs", "training.report_to: tensorboard", "TensorBoard event files (a folder)", False)
 AUDIT_JSON = Output("data_audit.json", "the data audit", "the audit: bad files, copies and leaks, shortcuts, balance",
                     True)
 AUDIT_MD = Output("data_audit.md", "the data audit", "the audit's summary, as the card shows it", True)
-OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on the positive class chosen on "
-                          "validation, with their validation and test metrics", True)
+OPERATING_POINTS = Output("operating_points.json", "train.py", "thresholds on the probability of the class it "
+                          "names (positive_label: data.positive_label) chosen on validation, with their validation "
+                          "and test metrics", True)
 # One of each per evaluated split (train.py: eval and test; evaluate.py: its --split).
 RESULTS = _split("results.json", "the split's metrics (`train_results.json`: the training's)",
                  writer="train.py, evaluate.py (Trainer.save_metrics)")
@@ -133,7 +134,7 @@ HANDLER = Output("handler.py", "`python -m facemask push --handler`", "an Infere
                  "serving the run with predict's image handling and decision rule (a copy of "
                  "endpoint_template/handler.py)", True)
 HANDLER_CONFIG = Output("handler_config.json", "`python -m facemask push --handler`", "the handler's decision rule "
-                        "(threshold and positive class, or the arg-max) and JPEG draft side", True)
+                        "(threshold and the class it is on, or the arg-max) and JPEG draft side", True)
 # python -m facemask space.
 SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as pushed (a folder)", False)
 

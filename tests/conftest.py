@@ -79,6 +79,23 @@ def onnx_run(evaluated_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def without_mask_run(tmp_path_factory):
+    """A tiny ViT run trained with data.positive_label=without_mask, so its operating points are
+    thresholds on P(without_mask), with its graph exported: what the consumers of a named operating
+    point read (they only read it)."""
+    import train
+
+    from facemask.__main__ import main as cli
+
+    tmp = tmp_path_factory.mktemp("without-mask-run")
+    data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
+            "positive_label": "without_mask"}
+    train.main([str(tiny_config(tmp, "vit", data=data, training={"eval_strategy": "steps", "eval_steps": 1}))])
+    assert cli(["export", str(tmp / "out"), "--max-images", "8"]) == 0
+    return tmp / "out"
+
+
+@pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """The README's quickstart (configs/quickstart.yaml) run as a user would: a model that has
     learned the drawn task, for the tests that need one (accuracy, explanation maps)."""

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_MODELS, tiny_config
+from conftest import REPO, TINY_MODELS, tiny_config
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import train
@@ -239,3 +239,31 @@ def test_the_teacher_is_scored_as_it_was_used_and_at_its_own_resolution(teacher_
     assert record["held_out"]["test"] is None
     assert (f"| test | {as_used['test_accuracy']:.4f} (*) | {own['test_accuracy']:.4f} (*) | "
             f"{metrics['test']['test_accuracy']:.4f} |") in card and "(*) Not a held-out score" in card
+
+
+def _shipped_distillation_configs():
+    import yaml
+
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    found = [c for c in configs if ((yaml.safe_load(c.read_text()) or {}).get("recipe") or {}).get("distill")]
+    # ~20 s each: the runnable example in the default suite, the full-size ones with the slow tests.
+    return [pytest.param(c, id=c.name, marks=() if c.name == "quickstart-distill.yaml" else pytest.mark.slow)
+            for c in found]
+
+
+@pytest.mark.parametrize("config", _shipped_distillation_configs())
+def test_every_shipped_config_with_a_teacher_trains_to_its_card(config, teacher_run, tmp_path):
+    # The config's recipe and training arguments as shipped (label smoothing, EMA, best-model reload,
+    # per-epoch evaluation), on a tiny model, a little drawn data and a few steps on the CPU.
+    out = tmp_path / "out"
+    model = [f"model.from_config.{k}={v}" for k, v in SMALL.items()]
+    results = train.main([str(config), *model, f"recipe.distill.teacher={teacher_run}", "data.synthetic=true",
+                       "data.synthetic_num_images=60", "data.synthetic_image_size=40", "training.max_steps=2",
+                       "training.per_device_train_batch_size=8", "training.per_device_eval_batch_size=16",
+                       "training.use_cpu=true", "training.bf16=false", "training.dataloader_num_workers=0",
+                       "training.logging_steps=1", f"training.output_dir={out}"])
+    assert "test_accuracy" in results["test"]
+    record = json.loads((out / "teacher.json").read_text())
+    assert set(record["results_as_used"]) == {"eval", "test"}
+    assert "test_accuracy" in record["results_as_used"]["test"]
+    assert "teacher" in (out / "README.md").read_text().lower()

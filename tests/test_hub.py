@@ -162,7 +162,8 @@ def test_a_pretraining_run_pushes_like_any_run(tmp_path):
         result = run(["pretrain.py", str(config), "hub.push=true", "hub.model_id=tester/vit-encoder"], hub, tmp_path)
         # A run fine-tuned from the Hub id checks its test images against the pushed digests.
         check = run(["-c", "from facemask.data.seen import read_seen_images\n"
-                           "seen = read_seen_images('tester/vit-encoder')\nprint(seen.run, sorted(seen.digests))"],
+                           "seen = read_seen_images('tester/vit-encoder')\nprint(seen.run, sorted(seen.digests))\n"
+                           "print(read_seen_images('tester/not-pushed'))"],
                     hub, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (commit,) = hub.commits
@@ -174,4 +175,6 @@ def test_a_pretraining_run_pushes_like_any_run(tmp_path):
         assert TOKEN.encode() not in content and str(tmp_path).encode() not in content, name
     assert check.returncode == 0, check.stderr[-2000:]
     digests = (tmp_path / "out" / "pretraining_images.txt").read_text().split()
-    assert check.stdout.strip() == f"tester/vit-encoder {sorted(digests)}"
+    assert check.stdout.strip() == f"tester/vit-encoder {sorted(digests)}\nNone"
+    # The Hub said the repository holds no listing: not a pretraining run, no warning.
+    assert "NOT checked" not in check.stderr

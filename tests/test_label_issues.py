@@ -156,6 +156,7 @@ def small_folder(tmp_path):
     ((12, 12), ["data.audit=false"], "needs data.audit=true"),
     ((12, 12), ["data.max_eval_samples=4"], "data.max_eval_samples"),
     ((12, 12), ["data.cv_folds=3"], "give --folds K instead"),
+    ((12, 12), ["training.load_best_model_at_end=true"], "each fold model trains a fixed schedule"),
     ((12, 0), [], "found 1 classes"),
     ((12, 3), ["--folds", "2"], "class 'without_mask' has 3 training images: --folds 2 needs at least 2 per fold (4)"),
     ((12, 7), ["--folds", "5"], "class 'without_mask' has 7 training images: --folds 5 needs at least 2 per fold "
@@ -230,11 +231,20 @@ def mislabelled_folder(root):
 
 def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_that_left_it_out(tmp_path, capsys):
     train_dir, test_dir, flipped = mislabelled_folder(tmp_path / "data")
+    # A config that selects its model on validation (best checkpoint, early stopping): a fold model
+    # must not, or its validation-fold probabilities would not be out of sample.
+    selecting = {"eval_strategy": "steps", "eval_steps": 4, "save_strategy": "steps", "save_steps": 4,
+                 "load_best_model_at_end": True, "metric_for_best_model": "accuracy"}
     config = tiny_config(tmp_path, data={"train_dir": str(train_dir), "test_dir": str(test_dir)},
-                         training={"max_steps": 20, "learning_rate": 3e-3, "per_device_train_batch_size": 16})
+                         training={"max_steps": 20, "learning_rate": 3e-3, "per_device_train_batch_size": 16,
+                                   **selecting}, recipe={"early_stopping_patience": 1})
     out = tmp_path / "out"
     assert main(["label-issues", str(config), "data.shortcut_test=false", "--folds", "2"]) == 0
     first = capsys.readouterr().out
+    for k in range(2):
+        state = json.loads((out / f"fold-{k}" / "trainer_state.json").read_text())
+        assert state["global_step"] == 20 and state["best_model_checkpoint"] is None
+        assert not [entry for entry in state["log_history"] if "eval_loss" in entry and entry["step"] < 20]
     rows = read_csv(out / "label_issues.csv")
     assert list(rows[0]) == COLUMNS
     given = {row["file"]: row["given_label"] for row in rows}

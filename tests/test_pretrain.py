@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY_MODELS, tiny_config
 from PIL import Image
 
+import evaluate
 import pretrain
 import train
 from facemask.__main__ import main as facemask_main
@@ -23,7 +24,7 @@ from facemask.config.schema import ConfigError
 from facemask.run_folder import CARD, PRETRAINING, PRETRAINING_IMAGES, RECONSTRUCTIONS_FIGURE
 from transformers import ViTForMaskedImageModeling
 
-from facemask.training.masked_modeling import BeitForSimMIM, MaskGenerator
+from facemask.training.masked_modeling import BeitForSimMIM, MaskGenerator, PretrainingTrainer
 from facemask.training.modeling import build_model
 
 
@@ -143,13 +144,29 @@ def test_mask_generator_hides_the_ratio_in_whole_mask_patches():
 
 
 @pytest.mark.parametrize("on_leak", ["drop", "error"])
-def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak):
+def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak, monkeypatch):
     data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2}
+    listed_before_training = []
+    train_encoder = PretrainingTrainer.train
+
+    def spy(self, *args, **kwargs):
+        listed_before_training.append(PRETRAINING_IMAGES.path(self.args.output_dir).is_file())
+        return train_encoder(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainingTrainer, "train", spy)
     # The same seed draws the same images: pretraining saw every image the fine-tuning tests on.
-    pretrain.main([str(pretrain_config(tmp_path / "pre", data={**data, "validation_split": 0.0}))])
+    pretrain.main([str(pretrain_config(tmp_path / "pre", data={**data, "validation_split": 0.0},
+                                       training={"save_strategy": "steps", "save_steps": 2}))])
+    assert listed_before_training == [True]
+    source = tmp_path / "pre" / "out"
+    if on_leak == "drop":
+        # A checkpoint of a run stopped before its end (no pretraining.json yet), as the error for a
+        # folder holding only checkpoints suggests: its run folder's listing is read.
+        (source / PRETRAINING.name).unlink()
+        source = source / "checkpoint-2"
     config = tiny_config(tmp_path / "tune", data={**data, "test_split": 0.5, "synthetic_num_images": 120,
                                                   "on_leak": on_leak})
-    argv = [str(config), f"model.name_or_path={tmp_path / 'pre' / 'out'}"]
+    argv = [str(config), f"model.name_or_path={source}"]
     if on_leak == "error":
         with pytest.raises(ConfigError, match="test images that pretraining run out used"):
             train.main(argv)
@@ -160,6 +177,11 @@ def test_test_images_that_pretraining_used_are_leaks(tmp_path, on_leak):
     assert 0 < removed < 60 and metrics["train"]["test_pretraining_images_removed"] == removed
     info = json.loads((tmp_path / "tune" / "out" / "run_info.json").read_text())
     assert info["data"]["splits"]["test"]["num_images"] == 60 - removed
+    # evaluate.py --config carves the same test split, the same images left out.
+    run = tmp_path / "tune" / "out"
+    scored = evaluate.main([str(run), "--config", str(run / "experiment.yaml"), "--split", "test",
+                            "--output-dir", str(tmp_path / "scored")])
+    assert scored["test_accuracy"] == pytest.approx(metrics["test"]["test_accuracy"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -202,3 +224,71 @@ def test_continued_pretraining_starts_from_a_checkpoints_encoder(evaluated_run, 
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded "))
     assert "left out the checkpoint's head: classifier (2 tensors)" in line and line.endswith("new: decoder (2 tensors) and the mask token")
     assert f"**Started from:** {evaluated_run.name} (training run)." in CARD.path(tmp_path / "out").read_text()
+
+
+def _first_update(tmp_path, batch, accumulation):
+    """One SGD step of a pretraining run on 8 images, as batch x accumulation micro-batches: its
+    logged train_loss and the weights after the step. SGD, unclipped: the update is the gradient
+    itself, so a loss scaled by the accumulation count shows as a step of another length (Adam's
+    first step would hide it)."""
+    config = pretrain_config(tmp_path, data={"synthetic": True, "synthetic_num_images": 10,
+                                             "synthetic_image_size": 40, "validation_split": 0.2},
+                             training={"max_steps": 1, "per_device_train_batch_size": batch,
+                                       "gradient_accumulation_steps": accumulation, "optim": "sgd",
+                                       "learning_rate": 0.5, "max_grad_norm": 0, "warmup_steps": 0},
+                             reconstructions=0)
+    record = pretrain.main([str(config)])
+    model = ViTForMaskedImageModeling.from_pretrained(tmp_path / "out")
+    return record["train_loss"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_gives_the_loss_and_update_of_the_same_effective_batch(tmp_path):
+    whole_loss, whole = _first_update(tmp_path / "one", 8, 1)
+    split_loss, split = _first_update(tmp_path / "four", 2, 4)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-4)
+    for key in whole:
+        assert torch.allclose(whole[key], split[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_a_hub_model_whose_images_cannot_be_read_is_said_to_be_unchecked(caplog):
+    from facemask.data.seen import read_seen_images
+
+    # Offline (the tests' HF_HUB_OFFLINE) with nothing cached: it may be a pretraining run; the check is
+    # skipped with a warning, never silently.
+    assert read_seen_images("someone/never-downloaded-encoder") is None
+    assert "NOT checked" in caplog.text and "someone/never-downloaded-encoder" in caplog.text
+
+
+def _simmim_l1(pixels, reconstruction, mask, patch):
+    """SimMIM's objective written out: the mean absolute error over the masked pixels' values."""
+    side = pixels.shape[-1] // patch
+    hidden = mask.reshape(-1, side, side).repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
+    hidden = hidden.expand_as(pixels).float()
+    return ((pixels - reconstruction).abs() * hidden).sum() / hidden.sum()
+
+
+@pytest.mark.parametrize("model_type", ["vit", "beit"])
+def test_both_routes_train_on_the_same_pixel_loss(model_type):
+    from facemask.config.schema import ModelConfig
+    from facemask.training.masked_modeling import pretraining_config
+
+    config = pretraining_config(ModelConfig(from_config=TINY_MODELS[model_type]))
+    model = (ViTForMaskedImageModeling if model_type == "vit" else BeitForSimMIM)(config).eval()
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 3, 32, 32)
+    mask = MaskGenerator(32, 8, 16, 0.5)(3, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(pixel_values=pixels, bool_masked_pos=mask)
+    assert out.reconstruction.shape == pixels.shape
+    assert float(out.loss) == pytest.approx(float(_simmim_l1(pixels, out.reconstruction, mask, 8)), rel=1e-4)
+
+
+def test_the_pretraining_loss_falls(tmp_path):
+    config = pretrain_config(tmp_path, data={"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40,
+                                             "validation_split": 0.2},
+                             training={"max_steps": 24, "logging_steps": 1, "learning_rate": 3e-3}, reconstructions=0)
+    pretrain.main([str(config)])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6]), losses  # 0.41 -> 0.34 when first run

@@ -24,7 +24,7 @@ from facemask.__main__ import main as cli
 from facemask.config.schema import ConfigError, ModelConfig
 from facemask.data.images import load_image
 from facemask.run_folder import OPERATING_POINTS, PROCESSOR, read_json
-from facemask.runtime.decision import decision_threshold
+from facemask.runtime.decision import decision_rule
 from facemask.runtime.files import collect_paths, format_rows
 from facemask.runtime.model import load_onnx_model
 from facemask.runtime.predict import predict_files
@@ -183,7 +183,7 @@ def test_predictions_equal_the_graph_on_the_pytorch_side_path(onnx_run, varied_i
     paths, _ = collect_paths([str(varied_images[0].parent)])
     model = load_onnx_model(str(onnx_run), backend)
     assert model.labels == ["with_mask", "without_mask"]
-    rule = decision_threshold(onnx_run, model.labels, "best F1", None)
+    rule = decision_rule(onnx_run, model.labels, "best F1", None).threshold
     best_f1 = {row["name"]: row["threshold"] for row in read_json(OPERATING_POINTS.path(onnx_run))["rows"]}["best F1"]
     assert rule == best_f1
     for threshold in (None, rule):
@@ -244,7 +244,7 @@ def test_predict_and_detect_run_without_the_training_stack(onnx_run, varied_imag
     expected = []
     for backend, threshold in (("onnx", None), ("onnx-int8", "best F1")):
         model = load_onnx_model(str(onnx_run), backend)
-        rule = threshold and decision_threshold(onnx_run, model.labels, threshold, None)
+        rule = threshold and decision_rule(onnx_run, model.labels, threshold, None).threshold
         expected.append(format_rows(predict_files(model, [image], threshold=rule)[0]).strip())
     assert lines[:2] == expected
     with (tmp_path / "faces" / "detections.csv").open(newline="") as f:

@@ -188,7 +188,7 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
     from conftest import compose_scene
     from test_runtime import BLOCKER, training_only_modules
 
-    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.decision import decision_rule
     from facemask.runtime.model import load_onnx_model
     from facemask.runtime.predict import predict_files
 
@@ -208,7 +208,7 @@ def test_the_real_model_served_without_torch_answers_as_predict_and_detect(onnx_
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in names]
         served = httpx.post(f"{url}/predict", files=files, timeout=60).json()["predictions"]
         model = load_onnx_model(str(onnx_run))
-        rule = decision_threshold(onnx_run, model.labels, "best F1", None)
+        rule = decision_rule(onnx_run, model.labels, "best F1", None).threshold
         expected, _ = predict_files(model, names, threshold=rule)
         assert served == [{**row, "path": Path(row["path"]).name} for row in expected]
         photo = tmp_path / "street.jpg"

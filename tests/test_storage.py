@@ -197,11 +197,11 @@ def test_a_run_starts_by_removing_what_a_killed_run_left(tmp_path):
     assert not stale.exists() and any(cache.glob("train-*"))
 
 
-def _lock_of(tmp_path, host, pid):
+def _lock_of(tmp_path, host, pid, **more):
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.lock").write_text(json.dumps({"host": host, "pid": pid, "started": "2026-11-29T10:00:00+00:00",
-                                              "command": "train.py earlier.yaml"}))
+                                              "command": "train.py earlier.yaml", **more}))
     return out
 
 
@@ -229,19 +229,33 @@ def test_a_second_run_into_a_folder_in_use_stops_and_names_the_first(tmp_path):
 
 
 @pytest.mark.parametrize("host, pid", [("this", "dead"), ("this", "reused"), ("another-node", 4242)])
-def test_a_lock_nobody_holds_is_taken_over_naming_its_writer(tmp_path, caplog, host, pid):
-    # A SLURM requeue on another first node, a dead run, or a dead run's PID since given to a live
-    # process: nobody holds the flock, so the record is stale whoever wrote it.
-    pid = {"dead": _dead_pid(), "reused": os.getppid()}.get(pid, pid)
-    out = _lock_of(tmp_path, socket.gethostname() if host == "this" else host, pid)
+def test_a_lock_whose_run_is_over_is_taken_over_naming_its_writer(tmp_path, caplog, monkeypatch, host, pid):
+    # A dead run of this host; a dead run's PID since given to a live process started later (the
+    # record keeps its PID's start time); a run on another node (a SLURM requeue elsewhere) whose
+    # heartbeat stopped an hour ago. A free flock alone proves nothing: on another host's record
+    # the heartbeat decides (tests/test_locks.py: a live one is never taken over).
+    from facemask.training import resume
+
+    monkeypatch.setattr(resume, "HEARTBEAT_S", 0.1)
+    kind, pid = pid, {"dead": _dead_pid(), "reused": os.getppid()}.get(pid, pid)
+    # The reused PID's record names a start time its process does not have (it started later).
+    out = _lock_of(tmp_path, socket.gethostname() if host == "this" else host, pid,
+                   **({"pid_start": 1} if kind == "reused" else {}))
+    if host != "this":
+        os.utime(out / "run.lock", (time.time() - 3600, time.time() - 3600))
     with caplog.at_level(logging.WARNING, logger="facemask"):
         train.main([str(tiny_config(tmp_path))])
     assert f"taking over {out / 'run.lock'}" in caplog.text and f"process {pid} on" in caplog.text
     assert "train.py earlier.yaml" in caplog.text
+    assert {"dead": f"process {pid} of this host is no longer running",
+            "reused": f"process {pid} of this host whose PID now belongs to another process",
+            4242: "the run on host another-node"}[kind] in caplog.text
+    if host != "this":
+        assert re.search(r"has not refreshed its heartbeat for 36\d\d s", caplog.text)
     assert (out / "train_results.json").is_file() and not (out / "run.lock").exists()
 
 
-def test_without_flock_the_lock_record_decides(tmp_path, monkeypatch):
+def test_without_flock_the_lock_record_decides(tmp_path, monkeypatch, caplog):
     import errno
 
     from facemask.training import resume
@@ -250,14 +264,18 @@ def test_without_flock_the_lock_record_decides(tmp_path, monkeypatch):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(resume.fcntl, "flock", no_flock)
-    out = _lock_of(tmp_path, "another-node", 4242)
-    with pytest.raises(ConfigError, match=r"locked by a run on host another-node .* delete .*run.lock"):
-        train.main([str(tiny_config(tmp_path))])
-    assert json.loads((out / "run.lock").read_text())["host"] == "another-node"
-    _lock_of(tmp_path, socket.gethostname(), os.getppid())  # a live process of this host
-    with pytest.raises(ConfigError, match=rf"in use by another run \(process {os.getppid()} on"):
+    monkeypatch.setattr(resume, "HEARTBEAT_S", 0.1)
+    out = _lock_of(tmp_path, socket.gethostname(), os.getppid())  # a live process of this host
+    with pytest.raises(ConfigError, match=rf"in use by another run of this host \(process {os.getppid()} on"):
         train.main([str(tiny_config(tmp_path))])
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    # Another host's run: its heartbeat (the record's mtime) decides, stale here.
+    _lock_of(tmp_path, "another-node", 4242)
+    os.utime(out / "run.lock", (time.time() - 600, time.time() - 600))
+    with caplog.at_level(logging.WARNING, logger="facemask"):
+        train.main([str(tiny_config(tmp_path))])
+    assert "the run on host another-node (process 4242 on another-node" in caplog.text
+    assert (out / "train_results.json").is_file() and not (out / "run.lock").exists()
 
 
 def test_cache_list_and_clear_touch_only_what_the_project_keeps(tmp_path, synth_folder, capsys):

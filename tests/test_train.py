@@ -137,3 +137,18 @@ def test_the_console_says_what_the_run_does_and_the_rest_goes_to_train_log(tmp_p
     log = (tmp_path / "out" / "train.log").read_text()
     assert "facemask: validation: 8 images" in log and "transformers.trainer: ***** Running training *****" in log
     assert "matplotlib.font_manager" in log  # a fresh font cache: said in the log, not on the console
+
+
+def test_total_flos_counts_each_image_as_its_patches_and_grows_with_images_seen(tmp_path):
+    from transformers import ViTForImageClassification
+
+    flos = {}
+    for steps in (2, 4):
+        out = tmp_path / f"{steps}-steps"
+        train.main([str(tiny_config(out, training={"max_steps": steps, "per_device_train_batch_size": 8}))])
+        flos[steps * 8] = json.loads((out / "out" / "train_results.json").read_text())["total_flos"]
+    model = ViTForImageClassification.from_pretrained(tmp_path / "2-steps" / "out")
+    tokens = (32 // 8) ** 2 + 1  # the tiny ViT: 32 px in patches of 8, and the class token
+    # 6 x non-embedding parameters x tokens per image (forward and backward), for each image trained on.
+    assert flos[16] == pytest.approx(16 * 6 * tokens * model.num_parameters(exclude_embeddings=True), rel=1e-6)
+    assert flos[32] == pytest.approx(2 * flos[16], rel=1e-6)

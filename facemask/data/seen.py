@@ -35,36 +35,81 @@ def write_seen_images(folder: Path, digests: Iterable[Optional[str]]) -> int:
     return len(found)
 
 
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
+
+
 def read_seen_images(name_or_path: Optional[str], revision: Optional[str] = None) -> Optional[SeenImages]:
-    """The images the pretraining run at `name_or_path` used: a local run folder, or a Hub
-    repository it was pushed to (its pretraining.json and pretraining_images.txt are downloaded).
-    None when it is not a pretraining run (a training run, a plain checkpoint), or the Hub cannot
-    be reached."""
+    """The images the pretraining run at `name_or_path` used: a local run folder or one of its
+    `checkpoint-N` folders (the listing is written when pretraining starts, in the run folder), or a
+    Hub repository it was pushed to. None, quietly, when it is not a pretraining run; None with a
+    warning that says why when it may be one but its images cannot be read (the check is then
+    skipped, never silently)."""
     if name_or_path is None:
         return None
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        if not run_folder.PRETRAINING.path(folder).is_file():
-            return None
-        listing: Optional[Path] = run_folder.PRETRAINING_IMAGES.path(folder)
-        name = folder.resolve().name
-        listing = listing if listing.is_file() else None
-    else:
-        from huggingface_hub import hf_hub_download
+        return _read_local(folder)
+    return _read_hub(name_or_path, revision)
 
-        try:
-            hf_hub_download(name_or_path, run_folder.PRETRAINING.name, revision=revision)
-        except Exception:  # not a pretraining run (most models), offline, private
-            return None
-        try:
-            listing = Path(hf_hub_download(name_or_path, run_folder.PRETRAINING_IMAGES.name, revision=revision))
-        except Exception:
-            listing = None
-        name = name_or_path
-    if listing is None:
-        logger.warning("%s is a pretraining run without %s: its test images cannot be checked against the images it "
-                       "was pretrained on", name, run_folder.PRETRAINING_IMAGES.name)
+
+def _read_local(folder: Path) -> Optional[SeenImages]:
+    run = folder.resolve()
+    if _CHECKPOINT.fullmatch(run.name) and not _is_pretraining_run(run) and _is_pretraining_run(run.parent):
+        run = run.parent
+    if not _is_pretraining_run(run):
         return None
+    listing = run_folder.PRETRAINING_IMAGES.path(run)
+    if not listing.is_file():
+        _cannot_check(run.name, f"it is a pretraining run without {listing.name} (older runs, or data.audit was false)")
+        return None
+    return _parse(run.name, listing)
+
+
+def _is_pretraining_run(folder: Path) -> bool:
+    return run_folder.PRETRAINING.path(folder).is_file() or run_folder.PRETRAINING_IMAGES.path(folder).is_file()
+
+
+def _read_hub(repo: str, revision: Optional[str]) -> Optional[SeenImages]:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import (GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    name = run_folder.PRETRAINING_IMAGES.name
+    # The Hub's own record that the repository has no such file (kept in the cache when it was last
+    # asked online) answers offline too.
+    if try_to_load_from_cache(repo, name, revision=revision) is _CACHED_NO_EXIST:
+        return None
+    try:
+        listing = Path(hf_hub_download(repo, name, revision=revision))
+    except GatedRepoError as err:
+        _cannot_check(repo, "whether it is a pretraining run is unknown: the repository is gated (log in with a token "
+                            f"that has access: {str(err).splitlines()[0][:200]})")
+        return None
+    except (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        # The Hub answered: no listing. A pretraining run pushed before it was written, or (most
+        # models) not a pretraining run at all.
+        try:
+            hf_hub_download(repo, run_folder.PRETRAINING.name, revision=revision)
+        except Exception:
+            return None
+        _cannot_check(repo, f"it is a pretraining run without {name}")
+        return None
+    except Exception as err:  # offline and not cached, a network error
+        _cannot_check(repo, f"whether it is a pretraining run is unknown: {name} could not be read from the Hub "
+                            f"({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})")
+        return None
+    return _parse(repo, listing)
+
+
+def _cannot_check(name: str, why: str) -> None:
+    logger.warning("this run's test images are NOT checked against the images %s was pretrained on: %s. A test image "
+                   "pretraining used would go unnoticed; fine-tune from a pretraining run folder (or one of its "
+                   "checkpoint-N folders) that lists its images to have them checked", name, why)
+
+
+def _parse(name: str, listing: Path) -> SeenImages:
     digests = set()
     for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
         if not _HEX.fullmatch(line.strip()):

@@ -12,7 +12,7 @@ OTHERS = [(30, 110, 220), (235, 150, 20), (150, 60, 200), (20, 170, 170)]
 
 
 def label_colours(labels: Sequence[str], positive: int) -> dict:
-    """Two labels: green for the positive (with mask) class, red for the other; a palette beyond two."""
+    """Two labels: green for the mask class (`positive`), red for the other; a palette beyond two."""
     if len(labels) == 2:
         return {label: GREEN if i == positive else RED for i, label in enumerate(labels)}
     return {label: OTHERS[i % len(OTHERS)] for i, label in enumerate(labels)}

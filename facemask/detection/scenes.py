@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from facemask.data.images import shrink
+from facemask.data.labels import resolve_positive_label
 from facemask.detection.annotate import draw_faces, label_colours
 from facemask.detection.crops import DEFAULT_MARGIN, crop_box
 from facemask.detection.media import UnreadableVideo, VideoWriter, is_animated, is_video, time_base, video_frames
@@ -51,7 +52,7 @@ class SceneClassifier:
     classifier: Classifier
     detector: Any
     threshold: Optional[float] = None
-    positive: int = 1
+    positive: int = 1  # the class `threshold` is on (decision.decision_rule's)
     margin: float = DEFAULT_MARGIN
     square: bool = True
     min_face: int = 20
@@ -62,7 +63,8 @@ class SceneClassifier:
 
     def __post_init__(self) -> None:
         self.labels = self.classifier.labels
-        self.colours = label_colours(self.labels, self.positive)
+        # Green is the mask class whichever class the threshold is on (an operating point may be on P(without_mask)).
+        self.colours = label_colours(self.labels, resolve_positive_label(self.labels, None))
 
     def find(self, image: Image.Image) -> Tuple[np.ndarray, np.ndarray]:
         """The faces' boxes in `image`'s own pixels and their detector scores (the detector's part)."""

@@ -14,6 +14,7 @@ from facemask.config.loading import load_config
 from facemask.config.schema import ConfigError, DataConfig
 from facemask.data.inspection import Inspection, inspect_splits, split_digest
 from facemask.data.prepare import prepare_data
+from facemask.data.seen import read_seen_images
 from facemask.data.shortcuts import attribute_values, sharpness_edges
 from facemask.data.sources import PreparedData, class_counts, label_key, load_split_source, with_label_ids
 from facemask.data.synthetic import synthetic_dataset
@@ -157,7 +158,9 @@ def evaluation_split(split: str, id2label: Dict[int, str], image_side: int, data
     a run folder, the carved split is checked against the run's (check_carved_split)."""
     if config:
         cfg = load_config(config)
-        prepared = prepare_data(cfg.data, cfg.seed, image_side)
+        # A run fine-tuned from a pretraining run left the test images that run used out: the same here.
+        prepared = prepare_data(cfg.data, cfg.seed, image_side,
+                                seen=read_seen_images(cfg.model.name_or_path, cfg.model.revision))
         found = from_prepared(prepared.data, split)
         inspections, attributes = prepared.inspections.get(split), prepared.attributes.get(split)
         min_side = cfg.data.min_image_side

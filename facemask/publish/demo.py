@@ -25,8 +25,10 @@ from facemask.run_folder import (
     CONFUSION_FIGURE,
     CURVES_FIGURE,
     ERRORS_FIGURE,
+    EXPERIMENT,
     ONNX_DIR,
     ONNX_FILES,
+    OPERATING_POINTS,
     PUSH_PATTERNS,
     RunFiles,
     read_run,
@@ -137,9 +139,13 @@ class Demo:
 
         return class_labels(self.model)
 
-    @property
+    @cached_property
     def positive_label(self) -> Optional[str]:
-        return self.run.operating_points.get("positive_label")
+        """The class the operating points' thresholds are on (predict's owner of that rule); None where
+        the run's files do not say."""
+        from facemask.runtime.decision import run_positive_label
+
+        return run_positive_label(self.run.directory, self.labels, self.run.operating_points)[0]
 
     def scene(self, path: Optional[str], rule: str) -> Tuple[str, Optional[Image.Image], List[List[Any]]]:
         """(the page's message, the photo with each face drawn, the table's rows) for one upload."""
@@ -261,7 +267,12 @@ def load_demo(source: str, backend: str = "torch", revision: Optional[str] = Non
     folder = model_folder(source, revision, patterns)
     model, processor = load_model(source, backend=backend, folder=folder)
     run = read_run(folder)
-    return Demo(source, model, processor, run, backend, decision_rules(run.operating_points), map_method)
+    demo = Demo(source, model, processor, run, backend, decision_rules(run.operating_points), map_method)
+    if demo.positive_label is None and len(demo.rules) > 1:  # a threshold on an unknown class is not offered
+        logger.warning("demo: the class of the run's operating points is not recorded (no positive_label in %s, "
+                       "no %s): the page offers the arg-max only", OPERATING_POINTS.name, EXPERIMENT.name)
+        demo.rules = {ARGMAX_RULE: None}
+    return demo
 
 
 def _undecoded(decode: Any, payload: Any) -> Optional[str]:

@@ -17,17 +17,17 @@ def add_handler(run_dir: Path, threshold: Optional[str] = None, positive_label: 
     """handler.py and handler_config.json written into the run folder; returns them."""
     from transformers import AutoImageProcessor
 
-    from facemask.data.labels import resolve_positive_label
     from facemask.pipeline.processor import BACKEND, processor_image_size
-    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.decision import decision_rule
     from facemask.runtime.model import read_labels
 
     run_dir = Path(run_dir)
     labels = read_labels(run_dir)
-    # predict's checks and rule (a number or an operating point; two labels), the one owner of them
-    value = decision_threshold(run_dir, labels, threshold, positive_label)
-    record = {"threshold": value, "positive_index": None if value is None else
-              resolve_positive_label(labels, positive_label)}
+    # predict's checks and rule (a number or an operating point on its table's class; two labels)
+    rule = decision_rule(run_dir, labels, threshold, positive_label)
+    record = {"threshold": rule.threshold}
+    if rule.threshold is not None:  # the class by name too: the handler checks it against the model's labels
+        record.update(positive_index=rule.positive, positive_label=rule.positive_label)
     processor = AutoImageProcessor.from_pretrained(run_dir, backend=BACKEND)
     record["draft_side"] = 2 * processor_image_size(processor)  # as predict decodes JPEGs
     shutil.copyfile(TEMPLATE, HANDLER.path(run_dir))

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch-free; or the PyTorch model")
     parser.add_argument("--threshold", metavar="T", help="as predict's: a number, or a row of the run's "
                                                          "operating_points.json ('best F1', ...)")
-    parser.add_argument("--positive-label", help="the class --threshold applies to (default: the mask class)")
+    parser.add_argument("--positive-label", help="as predict's: the class a numeric --threshold applies to (a named "
+                                                 "operating point applies to its table's class)")
     d = Limits()
     parser.add_argument("--max-batch", type=int, default=d.max_batch,
                         help=f"images in one model call, and files in one request (default {d.max_batch})")
@@ -57,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_service(model: str, backend: str = "onnx", threshold: Optional[float] = None,
                  positive_label: Optional[str] = None, detector: Optional[str] = "retinaface",
                  detector_threshold: float = 0.6, margin: Optional[float] = None) -> "Service":
-    """The model as the server calls it: predict's rows, and detect's rows of one photo."""
+    """The model as the server calls it: predict's rows, and detect's rows of one photo, under the
+    rule `threshold` on P(positive_label) (decision.decision_rule's, which knows the class of a named
+    operating point)."""
     from facemask.data.labels import resolve_positive_label
     from facemask.detection.scenes import SceneClassifier, json_row
     from facemask.runtime.decision import decide
@@ -99,10 +102,10 @@ def load_service(model: str, backend: str = "onnx", threshold: Optional[float] =
 
 
 def command(args: argparse.Namespace) -> int:
-    from facemask.runtime.decision import decision_threshold
+    from facemask.runtime.decision import decision_rule
     from facemask.detection.crops import run_margin
     from facemask.detection.detectors import load_detector
-    from facemask.run_folder import OPERATING_POINTS
+    from facemask.run_folder import EXPERIMENT, OPERATING_POINTS
     from facemask.runtime.model import graph_path, read_labels
     from facemask.runtime.preprocess import Preprocessor
     from facemask.runtime.server import serve
@@ -125,9 +128,13 @@ def command(args: argparse.Namespace) -> int:
                           f"{limits.one_image_memory() / 1e6:.0f} MB, or lower --max-pixels / --max-bytes")
     # What can be wrong with the model, its graph and preprocessing, the decision rule or the detector
     # stops here (exit 2), not on the loading thread of a server that would then never be ready.
-    patterns = None if args.backend == "torch" else [*graph_files(args.backend), OPERATING_POINTS.pattern]
+    patterns = None if args.backend == "torch" else [*graph_files(args.backend), OPERATING_POINTS.pattern,
+                                                     EXPERIMENT.pattern]  # the rule's class where the table lacks it
     folder = model_folder(args.model, patterns=patterns)
-    threshold = decision_threshold(folder, read_labels(folder), args.threshold, args.positive_label)
+    rule = decision_rule(folder, read_labels(folder), args.threshold, args.positive_label)
+    logger.info("decision rule: %s", "the arg-max" if rule.threshold is None else
+                f"{rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:g} "
+                f"(--threshold {args.threshold})")
     if args.backend != "torch":
         graph_path(folder, args.backend, args.model)
         Preprocessor.from_folder(folder)
@@ -137,5 +144,5 @@ def command(args: argparse.Namespace) -> int:
     # /detect crops faces as `detect` does: with the margin measured on the run's training images where they are here.
     margin, how = run_margin(str(folder), detector)
     logger.info("/detect crops faces with margin %s", how)
-    return serve(lambda: load_service(str(folder), args.backend, threshold, args.positive_label, args.detector,
+    return serve(lambda: load_service(str(folder), args.backend, rule.threshold, rule.positive_label, args.detector,
                                       args.detector_threshold, margin), args.host, args.port, limits, api_key=key)

@@ -157,6 +157,11 @@ class AsUsed(torch.nn.Module):
         super().__init__()
         self.model, self.teacher = teacher.model, teacher
 
+    @property
+    def config(self) -> Any:
+        # The Trainer reads a model's config (label smoothing checks its problem_type): the teacher's.
+        return self.model.config
+
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
         return self.model(pixel_values=self.teacher._input(pixel_values), labels=labels, **kwargs)
 

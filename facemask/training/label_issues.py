@@ -35,12 +35,20 @@ from facemask.data.exclude import write_exclude_list
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
                                  REPEAT_RESULTS_CSV, prefix_of, write_json)
 from facemask.training.repeat import RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
+from facemask.training.resume import RunLock, add_force_argument
 
 DEFAULT_FOLDS = 5
 COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue")
 FIGURE_IMAGES = 16  # the most suspect flagged images drawn in label_issues.png
 PRINTED = 5  # and printed on the console
+# A fold model chosen by its accuracy on its validation fold (best-checkpoint reload, early stopping)
+# would be chosen on the images it then predicts: those predictions would not be out of sample.
+FIXED_SCHEDULE = ["training.load_best_model_at_end=false", "training.eval_strategy=no",
+                  "recipe.early_stopping_patience=null"]
+SELECTION_KEYS = ("training.load_best_model_at_end", "training.eval_strategy", "recipe.early_stopping_patience")
 METHOD = {
+    "fold_models": "each trained for the config's whole schedule, its last weights kept: no best-checkpoint reload, "
+                   "no early stopping, no evaluation on its validation fold before the end",
     "out_of_fold": "each training image predicted by the one fold model whose validation fold it was (the model "
                    "that did not train on it)",
     "is_issue": "cleanlab.filter.find_label_issues(filter_by='prune_by_noise_rate'): confident learning",
@@ -58,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "least 2 training images per fold")
     parser.add_argument("overrides", nargs="*",
                         help="dotted overrides for every fold, e.g. training.num_train_epochs=3")
+    add_force_argument(parser)
 
 
 @dataclass
@@ -274,8 +283,6 @@ def retrain_command(config: str, overrides: List[str], out: Path) -> str:
 
 def command(args: argparse.Namespace) -> int:
     """`python -m facemask label-issues`; a ConfigError is the CLI's to report (exit code 2)."""
-    from cleanlab import __version__ as cleanlab_version
-
     from facemask.config.loading import load_config
 
     if args.folds < 2:
@@ -284,8 +291,13 @@ def command(args: argparse.Namespace) -> int:
     named = [o.split("=")[0] for o in args.overrides if o.startswith(("data.cv_folds=", "data.cv_fold="))]
     if named:
         raise ConfigError(f"{named[0]} is set by label-issues for each fold: give --folds K instead")
+    selection = [o.split("=")[0] for o in args.overrides if o.split("=")[0] in SELECTION_KEYS]
+    if selection:
+        raise ConfigError(f"{selection[0]} is set by label-issues: each fold model trains a fixed schedule, never "
+                          "chosen on the validation fold it then predicts (its probabilities there would not be out "
+                          "of sample); leave it out, and set the schedule with training.num_train_epochs")
     runs, overrides = runs_of(argparse.Namespace(folds=args.folds, seeds=None, overrides=args.overrides))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, [*overrides, *FIXED_SCHEDULE])
     if not cfg.data.audit:
         raise ConfigError("label-issues needs data.audit=true: the audit's content digests tell which fold "
                           "predicted which image, and its duplicate groups keep copies in one fold")
@@ -295,11 +307,21 @@ def command(args: argparse.Namespace) -> int:
     images = training_images(cfg, args.folds)
     check_classes(images, args.folds)
     out = output_folder(args.config, overrides, "the fold models and label issues", "-label-issues")
+    # One label-issues per folder, as one run per run folder: another one (on another node too) is refused.
+    with RunLock(out, force=args.force):
+        return find_and_write(args, out, runs, overrides, images)
+
+
+def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, List[str]]], overrides: List[str],
+                   images: TrainingImages) -> int:
+    """The fold runs (those not finished earlier), then the flagged labels, their files and figure."""
+    from cleanlab import __version__ as cleanlab_version
+
     argv = ["label-issues", args.config, f"--folds {args.folds}", *overrides]
     try:
         # The folds' own error galleries are not what label-issues shows: no maps for them (its
         # figure maps the suspects); an override given on the command line still wins.
-        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides])
+        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides, *FIXED_SCHEDULE], args.force)
     except RepeatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -37,6 +37,9 @@ def pretrain(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict
     prepared = run.load_data(labelled=False)
     if prepared.report is not None:
         check_audit(prepared.report, cfg.output_dir, run.main_process)
+    # Before training, so that a model fine-tuned from one of this run's checkpoints (or from a run
+    # that was stopped) can check its test images against them too.
+    recorded = _write_images_used(run, prepared) if run.main_process else 0
     info = run_info(argv, prepared.data, run.args, cfg, prepared.inspections)
     trainer: PretrainingTrainer = run.build_pretraining()  # type: ignore[assignment]
     splits = {name: len(ds) for name, ds in prepared.data.splits.items() if name in ("train", "validation")}
@@ -59,7 +62,7 @@ def pretrain(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict
     trainer.save_state()
     record = {}
     if run.main_process:
-        record = _record(run, prepared, splits, metrics, time.process_time() - start)
+        record = _record(run, splits, recorded, metrics, time.process_time() - start)
         _figures(trainer, run, cfg.output_dir)
     return record
 
@@ -70,14 +73,9 @@ def _public_source(run: RunSetup) -> str:
     return folder_source(d.train_dir)["name"] if d.train_dir else run.prepared.data.source
 
 
-def _record(run: RunSetup, prepared: Any, splits: Dict[str, int], metrics: Dict[str, Any],
+def _record(run: RunSetup, splits: Dict[str, int], recorded: int, metrics: Dict[str, Any],
             cpu_seconds: float) -> Dict[str, Any]:
     cfg, config = run.cfg, run.model.config
-    used = [f.sha256 for name in splits for f in prepared.inspections.get(name, [])]
-    recorded = write_seen_images(cfg.output_dir, used) if prepared.inspections else 0
-    if not prepared.inspections:
-        logger.warning("data.audit is false: %s lists no images, so a run fine-tuned from this one cannot check its "
-                       "test images against them", run_folder.PRETRAINING_IMAGES.name)
     record = {
         "objective": cfg.pretrain.objective,
         "model_type": config.model_type,
@@ -98,6 +96,16 @@ def _record(run: RunSetup, prepared: Any, splits: Dict[str, int], metrics: Dict[
     }
     run_folder.write_json(run_folder.PRETRAINING.path(cfg.output_dir), record)
     return record
+
+
+def _write_images_used(run: RunSetup, prepared: Any) -> int:
+    """pretraining_images.txt: the digests of the training and validation images; how many."""
+    if not prepared.inspections:
+        logger.warning("data.audit is false: %s lists no images, so a run fine-tuned from this one cannot check its "
+                       "test images against them", run_folder.PRETRAINING_IMAGES.name)
+        return 0
+    used = [f.sha256 for name in ("train", "validation") for f in prepared.inspections.get(name, [])]
+    return write_seen_images(run.cfg.output_dir, used)
 
 
 def _figures(trainer: PretrainingTrainer, run: RunSetup, output_dir: Path) -> None:

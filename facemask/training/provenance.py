@@ -43,15 +43,33 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     combined = hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()
     record: Dict[str, Any] = {"images_sha256": combined, "images": sum(len(ds) for ds in data.splits.values())}
     if d.synthetic:
-        from facemask.data import synthetic
-
-        styled = {} if d.synthetic_style == "studio" else {"style": d.synthetic_style}
-        return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
-                **styled, "seed": cfg.seed, "generator_sha256": synthetic.generator_digest(), **record}
+        return {**drawn_set(cfg), "seed": cfg.seed, **record}
     if d.dataset_name:
         return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
                 "revision": d.dataset_revision or "main", **record}
     return {"kind": "folders", **record}
+
+
+def drawn_set(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """What makes a config's drawn images the same set, known before any is drawn: its parameters
+    and the generator's code (each seed then draws its own images)."""
+    from facemask.data import synthetic
+
+    d = cfg.data
+    styled = {} if d.synthetic_style == "studio" else {"style": d.synthetic_style}
+    return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
+            **styled, "generator_sha256": synthetic.generator_digest()}
+
+
+# Keys that name a run rather than change what it measures.
+_NOT_RECIPE = {"output_dir", "seed", "logging_dir", "report_to", "disable_tqdm", "run_name"}
+
+
+def recipe_of(experiment: Dict[str, Any]) -> Dict[str, Any]:
+    """A resolved config (experiment.yaml as a dict) without what names the run: its folder, seed,
+    logging and publishing. Two runs with the same recipe differ only by seed."""
+    return {section: ({k: v for k, v in values.items() if k not in _NOT_RECIPE} if isinstance(values, dict) else values)
+            for section, values in experiment.items() if section not in ("hub", "card")}
 
 
 def base_model(cfg: ExperimentConfig) -> Dict[str, str]:

@@ -32,6 +32,7 @@ from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
 from facemask.run_folder import (CARD, INTERVALS, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_MARKERS, prefix_of,
                                  read_run, write_json)
+from facemask.training.resume import RunLock, add_force_argument
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "loss")
 SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                  "key=value after them ends the list")
     what.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation over the training data")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. training.num_train_epochs=3")
+    add_force_argument(parser)
 
 
 def runs_of(args: argparse.Namespace) -> Tuple[List[Tuple[str, List[str]]], List[str]]:
@@ -94,12 +96,14 @@ def finished(folder: Path) -> bool:
     return CARD.path(folder).is_file()
 
 
-def run_one(config: str, folder: Path, overrides: List[str]) -> None:
+def run_one(config: str, folder: Path, overrides: List[str], force: bool = False) -> None:
     # Each run keeps to its folder: none pushes to the Hub (they would all push to one model id).
     command = [sys.executable, str(REPO / "train.py"), config, *overrides, "hub.push=false",
                f"training.output_dir={folder}"]
     if any((folder / marker).exists() for marker in RUN_MARKERS):
         command.append("--overwrite")  # an interrupted run of this repeat: started over
+    if force:
+        command.append("--force")
     print(f"{folder.name}: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command)
     if done.returncode != 0:
@@ -207,7 +211,8 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
     command = redact("python -m facemask " + " ".join(argv))
     spreads = {key for metric in summary.values() for key in metric if key in SPREAD_NOTES}
     write_json(out / REPEAT_RESULTS_JSON, {"config": Path(config).name, "command": command, "kind": kind,
-                                           "machine": machine, "runs": rows, "summary": summary,
+                                           "machine": machine, "measured_on": measured_on(out, rows),
+                                           "runs": rows, "summary": summary,
                                            "spread": {k: v for k, v in SPREAD_NOTES.items() if k in spreads}})
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), keep_trailing_newline=True)
     CARD.path(out).write_text(env.get_template(TEMPLATE.name).render(
@@ -215,6 +220,25 @@ def write_outputs(out: Path, config: str, argv: List[str], rows: List[Dict[str, 
         table=table(rows, summary), summary=summary, files=(REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON),
         validation_prefix=prefix_of("validation"), intervals=INTERVALS.path(Path(), prefix_of("test")).name),
         encoding="utf-8")
+
+
+def measured_on(out: Path, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """What the figures were measured on, from the runs' own records: each run's commit and data
+    fingerprint (for the drawn set: its parameters and generator), and the recipe they share. A
+    figure quoted elsewhere is stale when these differ from what the config gives now
+    (tests/test_quickstart.py checks the README's)."""
+    import yaml
+
+    from facemask.run_folder import EXPERIMENT, RUN_INFO, read_json
+    from facemask.training.provenance import recipe_of
+
+    runs = {}
+    for row in rows:
+        info = read_json(RUN_INFO.path(out / row["run"]))
+        runs[row["run"]] = {"git": info.get("git") or {}, "data": info.get("data_fingerprint") or {}}
+    first = EXPERIMENT.path(out / rows[0]["run"]) if rows else None
+    recipe = recipe_of(yaml.safe_load(first.read_text(encoding="utf-8"))) if first and first.is_file() else {}
+    return {"runs": runs, "recipe": recipe}
 
 
 def _cores() -> int:
@@ -237,14 +261,16 @@ def output_folder(config: str, overrides: List[str], what: str, suffix: str = "-
     return Path(out)
 
 
-def train_runs(config: str, out: Path, runs: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
-    """Each run not finished earlier, in its folder under `out`; a failed run raises RepeatError."""
+def train_runs(config: str, out: Path, runs: List[Tuple[str, List[str]]], overrides: List[str],
+               force: bool = False) -> None:
+    """Each run not finished earlier, in its folder under `out`; a failed run raises RepeatError.
+    `force` (--force) is handed to each run: it takes its folder's lock from another host at once."""
     for name, own in runs:
         folder = out / name
         if finished(folder):
             print(f"{name}: finished earlier ({CARD.path(folder)}): not run again", flush=True)
             continue
-        run_one(config, folder, overrides + own)
+        run_one(config, folder, overrides + own, force)
 
 
 def summarise_runs(out: Path, runs: List[Tuple[str, List[str]]],
@@ -269,14 +295,16 @@ def command(args: argparse.Namespace) -> int:
     runs, overrides = runs_of(args)
     what = f"--folds {args.folds}" if args.folds else "--seeds " + " ".join(n.split("-")[1] for n, _ in runs)
     out = output_folder(args.config, overrides, "the repeat's runs and summary card")
-    try:
-        train_runs(args.config, out, runs, overrides)
-    except RepeatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    rows, summary = summarise_runs(out, runs, folds=bool(args.folds))
-    kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
-    write_outputs(out, args.config, ["repeat", args.config, what, *overrides], rows, summary, kind)
+    # One repeat per folder, as one run per run folder: another repeat (on another node too) is refused.
+    with RunLock(out, force=args.force):
+        try:
+            train_runs(args.config, out, runs, overrides, args.force)
+        except RepeatError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        rows, summary = summarise_runs(out, runs, folds=bool(args.folds))
+        kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
+        write_outputs(out, args.config, ["repeat", args.config, what, *overrides], rows, summary, kind)
     print(table(rows, summary))
     print(f"wrote {out / REPEAT_RESULTS_CSV}, {REPEAT_RESULTS_JSON} and the summary card {CARD.path(out)}")
     return 0

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
@@ -26,13 +27,14 @@ logger = logging.getLogger("facemask")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """A run's command line (train.py, pretrain.py): CONFIG, overrides, --resume, --overwrite."""
+    """A run's command line (train.py, pretrain.py): CONFIG, overrides, --resume, --overwrite, --force."""
     parser.add_argument("config", help="experiment YAML file, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=3e-5")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="continue the run in training.output_dir from its latest checkpoint, or from CHECKPOINT")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete what training.output_dir holds and start the run over")
+    add_force_argument(parser)
 
 
 def parse_args(argv: Optional[List[str]], description: str) -> argparse.Namespace:
@@ -143,68 +145,142 @@ def claim_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool, m
     return checkpoint
 
 
+# The heartbeat: while a run holds its folder, a background thread touches run.lock (its mtime)
+# every HEARTBEAT_S seconds. A record of another host, whose processes cannot be seen from here and
+# whose flock may be local to its node, is over once its heartbeat is STALE_BEATS intervals old
+# (2 minutes) and did not move during WATCH_BEATS intervals of watching: the watch, not the clocks,
+# tells a live run (two nodes' clocks, or a file server's, may disagree by seconds).
+HEARTBEAT_S = 10.0
+STALE_BEATS = 12
+WATCH_BEATS = 3
+FORCE_HELP = ("take the run folder's lock from a run on another host at once, without waiting for its heartbeat "
+              "to go stale (a run of this host that still runs is never taken over)")
+
+
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    """--force, the one way past RunLock's heartbeat wait (train.py, pretrain, repeat, label-issues)."""
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+
 class RunLock:
-    """The lock a run holds on its output folder while it writes (run_folder.LOCK: host, PID and
-    start time). A second run into a locked folder stops with a message naming the first. Only a
-    distributed run's main process takes it.
+    """The lock a run holds on its output folder while it writes (run_folder.LOCK: host, PID, the
+    PID's start time, the command, the heartbeat interval). A second run into a locked folder stops
+    with a message naming the first. Only a distributed run's main process takes it.
 
     The file is locked with flock, which the kernel releases when the last descriptor of the open
     file goes. Forked workers (the drawing pool, the cache build, DataLoader workers) would inherit
     that descriptor and keep the folder locked after a SIGKILL of the run: each child closes it at
-    once (`_forget_in_child`). Where the flock is taken, nobody holds the folder, so a record left
-    behind (a SLURM job killed at its limit, on this host or another, or a PID since reused) is
-    stale and taken over with a warning. On a file system without flock the record decides: a
-    live process of this host, or any process of another host (which cannot be seen from here),
-    keeps the folder."""
+    once (`_forget_in_child`); the heartbeat thread does not exist in a child at all.
 
-    def __init__(self, output_dir: Path) -> None:
+    A taken flock proves nothing about another host: on BeeGFS, Lustre with `localflock` or NFS
+    with `nolock` it is local to each node. So the record decides, the same way whether the flock
+    was taken or the file system has none. A record of this host is over when its PID no longer
+    runs (or now belongs to a process started later); one of another host when its heartbeat is
+    stale (see HEARTBEAT_S), or at once with `force`. Taking one over is warned about by name; the
+    run it named, if it still runs, finds at its next heartbeat that the record is not its own and
+    stops (SIGTERM) instead of writing into a folder that is no longer its."""
+
+    def __init__(self, output_dir: Path, force: bool = False) -> None:
         self.path = LOCK.path(output_dir)
+        self.force = force
         self._fd: Optional[int] = None
+        self._owner: Optional[int] = None
+        self._heartbeat: Optional[_Heartbeat] = None
         self._made_folder = False
 
     def acquire(self) -> "RunLock":
         self._made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flocked = False
+        while True:
+            fd = self._open_flocked()
+            holder = _read_lock(fd)
+            if not holder or _is_this_process(holder):
+                break
+            try:
+                self._judge(fd, holder)
+                break
+            except _Moved:
+                os.close(fd)  # the holder ended and removed the file while this run watched it: again
+            except ConfigError as err:
+                os.close(fd)
+                raise self._refuse(err) from None
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _started_at(os.getpid()),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv), "heartbeat_s": HEARTBEAT_S}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+        self._fd, self._owner = fd, os.getpid()
+        _HELD.add(fd)
+        self._heartbeat = _Heartbeat(fd, self.path, HEARTBEAT_S, mine)
+        self._heartbeat.start()
+        return self
+
+    def _open_flocked(self) -> int:
+        """The lock file, open and flocked (or on a file system without flock, open): a holder of
+        the flock is refused here."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    break  # a file system without flock: the content below decides
+                    return fd  # a file system without flock: the record decides
                 holder = _read_lock(fd)
                 os.close(fd)
                 raise self._refuse(self._in_use(holder)) from None
-            try:
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    flocked = True
-                    break  # not a file the previous holder removed while this one opened it
-            except FileNotFoundError:
-                pass
+            if _same_file(self.path, fd):
+                return fd  # not a file the previous holder removed while this one opened it
             os.close(fd)
-        holder = _read_lock(fd)
-        if holder and (holder.get("host"), holder.get("pid")) != (socket.gethostname(), os.getpid()):
-            if not flocked:
-                if holder.get("host") != socket.gethostname():
-                    os.close(fd)
-                    raise self._refuse(ConfigError(
-                        f"{self.path.parent} is locked by a run on host {holder.get('host')} ({_describe(holder)}) "
-                        f"and this file system cannot tell whether it still runs; if that run is over, delete "
-                        f"{self.path}"))
-                if isinstance(holder.get("pid"), int) and pid_alive(holder["pid"]):
-                    os.close(fd)
-                    raise self._refuse(self._in_use(holder))
-            logger.warning("taking over %s: nobody holds it, so the run that wrote it is over (%s)", self.path,
-                           _describe(holder))
-        mine = {"host": socket.gethostname(), "pid": os.getpid(),
-                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
-        self._fd = fd
-        _HELD.add(fd)
-        return self
+
+    def _judge(self, fd: int, holder: Dict[str, Any]) -> None:
+        """Returns when `holder`'s record may be taken over (warned about); ConfigError when not."""
+        if holder.get("host") == socket.gethostname():
+            state = _process_state(holder)
+            if state == "running":
+                raise ConfigError(
+                    f"{self.path.parent} is in use by another run of this host ({_describe(holder)}), which still "
+                    f"runs: wait for it to end or end it, or choose another training.output_dir. If process "
+                    f"{holder.get('pid')} is not that run, delete {self.path}")
+            logger.warning("taking over %s: the run that wrote it is over (process %s of this host %s; %s)",
+                           self.path, holder.get("pid"), state, _describe(holder))
+            return
+        interval = _interval(holder)
+        if self.force:
+            logger.warning("--force: taking over %s from a run on host %s (%s; heartbeat %s). If that run still "
+                           "runs, it stops at its next heartbeat", self.path, holder.get("host"),
+                           _describe(holder), _age(self.path))
+            return
+        age = self._watch(fd, holder, interval)
+        logger.warning("taking over %s: the run on host %s (%s) has not refreshed its heartbeat for %.0f s (a run "
+                       "refreshes it every %g s; after %g s it is over)", self.path, holder.get("host"),
+                       _describe(holder), age, interval, STALE_BEATS * interval)
+
+    def _watch(self, fd: int, holder: Dict[str, Any], interval: float) -> float:
+        """Another host's heartbeat, watched until it moves (ConfigError: that run is alive) or has
+        been stale for STALE_BEATS intervals and still for WATCH_BEATS of watching; its age then."""
+        first = os.fstat(fd).st_mtime_ns
+        stale, until = STALE_BEATS * interval, time.monotonic() + WATCH_BEATS * interval
+        wait = max(until - time.monotonic(), first / 1e9 + stale - time.time())
+        if wait > 1:
+            logger.info("%s names a run on host %s (%s): watching its heartbeat for up to %.0f s before taking the "
+                        "folder over (--force: at once)", self.path, holder.get("host"), _describe(holder), wait)
+        while True:
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                raise _Moved() from None
+            if (now.st_dev, now.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                raise _Moved()
+            if now.st_mtime_ns != first:
+                raise ConfigError(
+                    f"{self.path.parent} is in use by a run on host {holder.get('host')} ({_describe(holder)}; its "
+                    f"heartbeat, refreshed every {interval:g} s, moved {_age(self.path)}): wait for it to end, or "
+                    f"choose another training.output_dir. If that run is over but its heartbeat still moves (a hung "
+                    f"process), pass --force to take the folder over")
+            age = time.time() - now.st_mtime_ns / 1e9
+            if age >= stale and time.monotonic() >= until:
+                return age
+            time.sleep(min(1.0, interval / 4))
 
     def _refuse(self, err: ConfigError) -> ConfigError:
         self._made_folder = False
@@ -228,9 +304,13 @@ class RunLock:
                            "or choose another training.output_dir")
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
+        if self._fd is None or self._owner != os.getpid():
+            return  # not held, or a forked child's copy of the object: the lock is its parent's
+        heartbeat, self._heartbeat = self._heartbeat, None
+        heartbeat.stop()  # before the descriptor closes: it never touches a reused descriptor
+        # A record taken over stays: it is the new holder's.
+        if heartbeat.owns(_read_lock(self._fd)) and _same_file(self.path, self._fd):
+            self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
         _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
@@ -244,12 +324,107 @@ class RunLock:
         self.release()
 
 
+class _Moved(Exception):
+    """The lock file was removed or replaced while a run watched it: open it again."""
+
+
+class _Heartbeat:
+    """The holder's heartbeat: a daemon thread that touches the lock file every `interval` seconds
+    (one utime and one small read), and stops the run (SIGTERM) if the record became another's."""
+
+    def __init__(self, fd: int, path: Path, interval: float, record: Dict[str, Any]) -> None:
+        import threading
+
+        self.fd, self.path, self.interval = fd, path, interval
+        # Who wrote the record, as written: a host name changed since (or faked) is no takeover.
+        self._me = (record["host"], record["pid"])
+        self._touch: Any = fd if os.utime in os.supports_fd else path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="facemask-run-lock-heartbeat", daemon=True)
+        self._failing = False
+
+    def owns(self, holder: Dict[str, Any]) -> bool:
+        return (holder.get("host"), holder.get("pid")) == self._me
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                os.utime(self._touch)
+                self._failing = False
+            except OSError as err:
+                if not self._failing:  # once per outage, not every interval
+                    logger.warning("could not refresh the heartbeat of %s (%s): another host may take the folder "
+                                   "over after %g s without one", self.path, err, STALE_BEATS * self.interval)
+                self._failing = True
+            holder = _read_lock(self.fd)
+            if holder and not self.owns(holder):
+                logger.error("%s was taken over by %s: this run no longer owns %s and stops (SIGTERM) rather than "
+                             "write into another run's folder", self.path, _describe(holder), self.path.parent)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+
+def _is_this_process(holder: Dict[str, Any]) -> bool:
+    return (holder.get("host"), holder.get("pid")) == (socket.gethostname(), os.getpid())
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _started_at(pid: int) -> Optional[int]:
+    """When a process of this host started (clock ticks since boot, /proc/PID/stat's 22nd field): a
+    PID and this tell a process from a later one given the same PID. None where not readable."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_state(holder: Dict[str, Any]) -> str:
+    """Whether the run a record of this host names still runs: 'running', 'is no longer running' or
+    'whose PID now belongs to another process'. A record without its PID's start time (an earlier
+    version's) counts as running while the PID does."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return "is no longer running"
+    recorded = holder.get("pid_start")
+    if isinstance(recorded, int) and _started_at(pid) not in (None, recorded):
+        return "whose PID now belongs to another process"
+    return "running"
+
+
+def _interval(holder: Dict[str, Any]) -> float:
+    """The heartbeat interval the holder recorded (an earlier version's record: this version's)."""
+    found = holder.get("heartbeat_s")
+    return float(found) if isinstance(found, (int, float)) and found > 0 else HEARTBEAT_S
+
+
+def _age(path: Path) -> str:
+    try:
+        return f"{max(0.0, time.time() - os.stat(path).st_mtime):.0f} s ago"
+    except OSError:
+        return "unknown"
+
+
 _HELD: Set[int] = set()  # descriptors of the run locks this process holds
 
 
 def _forget_in_child() -> None:
     """After a fork, in the child: close the run locks' descriptors, so that only the run holds its
-    folder; a child left alive by a killed run then keeps nothing locked."""
+    folder; a child left alive by a killed run then keeps nothing locked. (The heartbeat thread is
+    not copied into a child: a killed run's heartbeat stops with it.)"""
     for fd in _HELD:
         try:
             os.close(fd)

@@ -61,11 +61,13 @@ class FaceMaskTrainer(Trainer):
         # For a hyperparameter search: (the trial's values, a function applying them to the recipe).
         self.search_setup: Optional[tuple] = None
         self._fresh_average = False
+        # Every loss this project trains on (the recipe's, SimMIM's pixel loss) is a per-batch mean that
+        # ignores num_items_in_batch: the Trainer must divide it by the accumulation steps itself.
+        self.loss_is_scaled_for_ga = False
         if recipe is not None:
             # The recipe's loss smooths labels itself, and only in training.
             self.label_smoother = None
             self.model_accepts_loss_kwargs = False
-            self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation
             if recipe.ema is not None:
                 self.ema = WeightAverage(self.accelerator.unwrap_model(self.model), **recipe.ema)
             self.add_callback(_UpdateAverage(self))
@@ -85,6 +87,23 @@ class FaceMaskTrainer(Trainer):
             self.hp_space = dotted
         apply(values)
         self._fresh_average = True  # the trial's model is built after this; its average at train begin
+
+    def floating_point_ops(self, inputs: Dict[str, Any]) -> int:
+        """The Trainer's estimate, 6 x non-embedding parameters x tokens (forward and backward, Kaplan
+        et al. 2020), with an image's tokens counted as the model sees them: its patches and the class
+        token. The stock rule finds no `pixel_values` in a cached batch (uint8 `pixels`, made into
+        model inputs on the device) and counts 0; on `pixel_values` it would count every pixel value as
+        a token, 3 x patch_size^2 times too many."""
+        batch = inputs.get("pixels", inputs.get("pixel_values"))
+        model = self.accelerator.unwrap_model(self.model)
+        config = getattr(model, "config", None)
+        size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+        if batch is None or not size or not patch or not hasattr(model, "num_parameters"):
+            return super().floating_point_ops(inputs)
+        height, width = (size, size) if isinstance(size, int) else size[:2]
+        patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch[:2]
+        tokens = (height // patch_h) * (width // patch_w) + 1
+        return 6 * len(batch) * tokens * model.num_parameters(exclude_embeddings=True)
 
     def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
