@@ -238,12 +238,18 @@ def test_serve_bench_runs_its_code_path(onnx_run, capsys):
                                   "--attack-side", "2000"])
     attack = figures["attack"]
     assert attack["codes"] == {200: 4} and attack["side"] == 2000
-    # The peak is the process's highest resident set: at least what it held before and after.
-    assert attack["peak_mb"] >= max(attack["rss_before_mb"], attack["rss_after_mb"])
+    # The peak is the process's highest resident set: at least what it held before and after, and
+    # above the start by no more than serve's memory budget (the bound docs/serving.md states).
+    from facemask.runtime.limits import MAX_MEMORY_MB
+
+    assert max(attack["rss_before_mb"], attack["rss_after_mb"]) <= attack["peak_mb"]
+    assert attack["peak_mb"] - attack["rss_before_mb"] < MAX_MEMORY_MB
     assert [r["clients"] for r in figures["rounds"]] == [1, 8, 32]
     assert all(r["codes"] == {200: r["requests"]} for r in figures["rounds"])
     assert figures["mixed"]["wrong"] == [] and {400, 413, 415} <= set(figures["mixed"]["codes"])
-    assert figures["alive"] and figures["exit_code"] == 0 and figures["rounds"][2]["mean_batch"] >= 1
+    assert figures["alive"] and figures["exit_code"] == 0
+    # 32 clients at once are served in shared batches, none over --max-batch (32, the bench's default).
+    assert 1 < figures["rounds"][2]["mean_batch"] <= 32
     assert "| clients | requests | p50 ms |" in capsys.readouterr().out
 
 
