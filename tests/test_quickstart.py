@@ -34,29 +34,37 @@ QUOTED = {"quickstart.yaml": "quickstart-vit-5-seeds", "quickstart-beit.yaml": "
 
 @pytest.mark.parametrize("config, results", QUOTED.items())
 def test_the_quoted_figures_were_measured_on_the_drawn_set_and_recipe_the_config_gives_now(config, results):
-    import yaml
-
-    from facemask.config.dump import to_yaml
     from facemask.config.loading import load_config
-    from facemask.training.provenance import drawn_set, recipe_of
+    from facemask.training.repeat import stale_because
 
     record = json.loads((REPO / "bench" / "results" / f"{results}.json").read_text())
-    cfg = load_config(REPO / "configs" / config)
-    redo = (f"re-measure: python -m facemask repeat configs/{config} --seeds 42 0 1 2 3, then copy its "
-            f"repeat_results.json to bench/results/{results}.json and its README.md to {results}.md, and update the "
-            f"figures in README.md and the config's header")
-    now = drawn_set(cfg)
-    for run, measured in record["measured_on"]["runs"].items():
-        then = {key: measured["data"].get(key) for key in now}
-        assert then == now, f"{run} was measured on another drawn set ({then} against {now}): {redo}"
-    recipe_now, recipe_then = recipe_of(yaml.safe_load(to_yaml(cfg))), record["measured_on"]["recipe"]
-    changed = [f"{section}.{key}" for section, values in recipe_now.items() if isinstance(values, dict)
-               for key, value in values.items()
-               if key in (recipe_then.get(section) or {}) and recipe_then[section][key] != value]
-    assert not changed, f"the recipe changed since the figures were measured ({', '.join(changed)}): {redo}"
+    reasons = stale_because(record, load_config(REPO / "configs" / config))
+    assert not reasons, (f"the figures of bench/results/{results}.json are stale: {'; '.join(reasons)}. Re-measure: "
+                         f"python -m facemask repeat configs/{config} --seeds 42 0 1 2 3, then copy its "
+                         f"repeat_results.json to bench/results/{results}.json and its README.md to {results}.md, "
+                         "and update the figures in README.md and the config's header")
     # The README and the config's header quote these figures, not older ones.
     s, n = record["summary"]["test_accuracy"], len(record["runs"])
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if f"`configs/{config}`" in line)
     assert (f"test accuracy {s['mean']:.3f} ± {s['se']:.3f} (mean ± SE over {n} seeds, {s['min']:.3f}-{s['max']:.3f}"
             in row), f"README.md does not quote {results}.json: {row}"
     assert f"test_accuracy mean {s['mean']:.3f} +- {s['se']:.3f}" in (REPO / "configs" / config).read_text()
+
+
+def test_a_record_of_another_drawn_set_or_recipe_is_stale():
+    import copy
+
+    from facemask.config.loading import load_config
+    from facemask.training.repeat import stale_because
+
+    record = json.loads((REPO / "bench" / "results" / "quickstart-vit-5-seeds.json").read_text())
+    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    assert stale_because(record, cfg) == []
+    redrawn = copy.deepcopy(record)
+    next(iter(redrawn["measured_on"]["runs"].values()))["data"]["probe_sha256"] = "0" * 16  # other pixels
+    assert any("another drawn set (probe_sha256" in r for r in stale_because(redrawn, cfg))
+    assert any("num_images" in r for r in stale_because(record, load_config(
+        REPO / "configs" / "quickstart.yaml", ["data.synthetic_num_images=4000"])))
+    assert stale_because(record, load_config(REPO / "configs" / "quickstart.yaml", ["training.learning_rate=3e-3"])) \
+        == ["training.learning_rate was 0.002, is 0.003 now"]
+    assert stale_because({"runs": []}, cfg) == ["the record does not say what it was measured on (measured_on)"]

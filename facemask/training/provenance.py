@@ -43,7 +43,7 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
     combined = hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()
     record: Dict[str, Any] = {"images_sha256": combined, "images": sum(len(ds) for ds in data.splits.values())}
     if d.synthetic:
-        return {**drawn_set(cfg), "seed": cfg.seed, **record}
+        return {**drawn_set(cfg), "seed": cfg.seed, "probe_sha256": drawn_probe(cfg, cfg.seed), **record}
     if d.dataset_name:
         return {"kind": "hub", "dataset": d.dataset_name, "config": d.dataset_config,
                 "revision": d.dataset_revision or "main", **record}
@@ -51,14 +51,22 @@ def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any
 
 
 def drawn_set(cfg: ExperimentConfig) -> Dict[str, Any]:
-    """What makes a config's drawn images the same set, known before any is drawn: its parameters
-    and the generator's code (each seed then draws its own images)."""
+    """A config's drawn set, known before any image is drawn: its parameters and the generator's
+    code (each seed then draws its own images; `drawn_probe` tells them by content)."""
     from facemask.data import synthetic
 
     d = cfg.data
     styled = {} if d.synthetic_style == "studio" else {"style": d.synthetic_style}
     return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
             **styled, "generator_sha256": synthetic.generator_digest()}
+
+
+def drawn_probe(cfg: ExperimentConfig, seed: int) -> str:
+    """The content of the drawn set a seed gives (its first images and labels, hashed): the same
+    pixels whatever edits the generator's file has had since."""
+    from facemask.data import synthetic
+
+    return synthetic.probe_digest(seed, cfg.data.synthetic_image_size, cfg.data.synthetic_style)
 
 
 # Keys that name a run rather than change what it measures.

@@ -232,13 +232,54 @@ def measured_on(out: Path, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     from facemask.run_folder import EXPERIMENT, RUN_INFO, read_json
     from facemask.training.provenance import recipe_of
 
+    from facemask.config.loading import load_config
+    from facemask.training.provenance import drawn_probe
+
     runs = {}
     for row in rows:
         info = read_json(RUN_INFO.path(out / row["run"]))
-        runs[row["run"]] = {"git": info.get("git") or {}, "data": info.get("data_fingerprint") or {}}
+        data = dict(info.get("data_fingerprint") or {})
+        experiment = EXPERIMENT.path(out / row["run"])
+        if data.get("kind") == "synthetic" and "probe_sha256" not in data and experiment.is_file():
+            # A run recorded before the probe was: its seed's images drawn again now, and said so.
+            data["probe_sha256"] = drawn_probe(load_config(experiment), data["seed"])
+            data["probe_drawn_when_summarised"] = True
+        runs[row["run"]] = {"git": info.get("git") or {}, "data": data}
     first = EXPERIMENT.path(out / rows[0]["run"]) if rows else None
     recipe = recipe_of(yaml.safe_load(first.read_text(encoding="utf-8"))) if first and first.is_file() else {}
     return {"runs": runs, "recipe": recipe}
+
+
+def stale_because(record: Dict[str, Any], cfg: Any) -> List[str]:
+    """Why figures in a repeat_results.json (`record`) would not be measured again by `cfg` as it is
+    now: another drawn set (its parameters, or the images a seed draws, by content) or another
+    recipe (a value the runs had that differs now; keys added since are passed over). Empty when
+    they stand. Only drawn sets are checked by content; other data is read to be fingerprinted."""
+    import yaml
+
+    from facemask.config.dump import to_yaml
+    from facemask.training.provenance import drawn_probe, drawn_set, recipe_of
+
+    reasons = []
+    measured = record.get("measured_on") or {}
+    if not measured.get("runs"):
+        return ["the record does not say what it was measured on (measured_on)"]
+    if cfg.data.synthetic:
+        params = {k: v for k, v in drawn_set(cfg).items() if k != "generator_sha256"}
+        for run, facts in measured["runs"].items():
+            data = facts.get("data") or {}
+            now = {**params, "probe_sha256": drawn_probe(cfg, data.get("seed", cfg.seed))}
+            then = {key: data.get(key) for key in now}
+            if then != now:
+                differ = ", ".join(f"{k} {then[k]!r} then, {now[k]!r} now" for k in now if then[k] != now[k])
+                reasons.append(f"{run} was measured on another drawn set ({differ})")
+    recipe_now, recipe_then = recipe_of(yaml.safe_load(to_yaml(cfg))), measured.get("recipe") or {}
+    for section, values in recipe_now.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if key in (recipe_then.get(section) or {}) and recipe_then[section][key] != value:
+                    reasons.append(f"{section}.{key} was {recipe_then[section][key]!r}, is {value!r} now")
+    return reasons
 
 
 def _cores() -> int:
