@@ -170,15 +170,21 @@ def _audit(args: argparse.Namespace) -> int:
     from facemask.data.audit import refusal, summary_markdown, write_audit
     from facemask.data.prepare import prepare_data
     from facemask.pipeline.processor import load_image_processor, processor_image_size
-    from facemask.run_folder import AUDIT_JSON
+    from facemask.run_folder import AUDIT_JSON, AUDIT_SUFFIX, run_held
 
     cfg = load_config(args.config, args.overrides)
     cfg.data.audit = True
+    # A check before training never writes into a run's folder, whose audit is of the data it trained on.
+    out = Path(args.output) if args.output else Path(f"{cfg.output_dir}{AUDIT_SUFFIX}")
+    held = run_held(out)
+    if held:
+        raise ConfigError(f"{out} holds a run ({held}): the audit is written to a folder of its own; choose "
+                          "another --output")
     side = processor_image_size(load_image_processor(cfg.model))
     report = prepare_data(cfg.data, cfg.seed, side).report
-    write_audit(report, cfg.output_dir)
+    write_audit(report, out)
     print(summary_markdown(report))
-    print(f"full report: {AUDIT_JSON.path(cfg.output_dir)}")
+    print(f"full report: {AUDIT_JSON.path(out)}")
     reason = refusal(report)
     if reason:
         print(reason, file=sys.stderr)
@@ -313,6 +319,8 @@ def _add_audit(commands: Any) -> None:
     audit = commands.add_parser("audit", help="check a config's data: bad files, leaks, shortcuts, balance")
     audit.add_argument("config")
     audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_dir=photos")
+    audit.add_argument("--output", help="folder for data_audit.json and data_audit.md (default: OUTPUT_DIR-audit; "
+                                        "never a run's folder)")
     audit.set_defaults(func=_audit)
 
 

@@ -99,7 +99,7 @@ def test_search_takes_options_and_overrides_in_any_order(tmp_path):
 def test_audit_takes_options_and_overrides_in_any_order(tmp_path, capsys):
     config = tiny_config(tmp_path)
     report = tmp_path / "audited"
-    # audit's only positional before its overrides is the config; it has no options of its own.
-    assert main(["audit", str(config), f"training.output_dir={report}", "data.synthetic_num_images=40"]) == 0
+    # audit's only positional before its overrides is the config; its one option goes anywhere.
+    assert main(["audit", str(config), "--output", str(report), "data.synthetic_num_images=40"]) == 0
     audit = json.loads((report / "data_audit.json").read_text())
     assert audit["checked_images"] == 40
