@@ -47,7 +47,7 @@ def _push(args: argparse.Namespace) -> int:
     if not args.handler and (args.threshold is not None or args.positive_label is not None):
         raise ConfigError("--threshold and --positive-label set the decision rule of --handler: add --handler")
     try:
-        check_write_access()
+        check_write_access("python -m facemask push")
         if args.handler:
             # After the access check: nothing is written into the run folder for a push that cannot happen.
             from facemask.publish.endpoint import add_handler
@@ -237,17 +237,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _space(args: argparse.Namespace) -> int:
     from facemask.publish.hub import PushError, check_write_access
-    from facemask.publish.space import push_space, space_files, space_model_id, write_space
+    from facemask.publish.space import check_space_model, push_space, space_files, space_model_id, write_space
     from facemask.run_folder import SPACE_DIR
 
     try:
         model_id = space_model_id(args.run_dir, args.model_id)
+        if not args.no_push:  # before anything is written: a push that cannot happen leaves no files behind
+            check_write_access("python -m facemask space")
+            check_space_model(model_id, args.revision)
         files = space_files(args.run_dir, model_id, args.revision)
         folder = write_space(files, args.output or SPACE_DIR.path(Path(args.run_dir)))
         print(f"wrote the Space's {len(files)} files to {folder}")
         if args.no_push:
             return 0
-        check_write_access()
         url = push_space(files, args.space_id, folder, model_id, args.revision, private=args.private)
     except PushError as err:
         return _failed(err)
