@@ -67,7 +67,11 @@ def _rule(args: argparse.Namespace, labels: List[str]) -> "DecisionRule":
     """--threshold / --positive-label of predict and detect, checked against the model's labels."""
     from facemask.runtime.decision import decision_rule
 
-    return decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
+    rule = decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
+    if rule.threshold is not None:  # a named point's number is in a file the user has not opened
+        print(f"decision rule: {rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:.6g} "
+              f"(--threshold {args.threshold!r}), else the other class", file=sys.stderr)
+    return rule
 
 
 def _report_skipped(skipped: List[Any], total: int) -> int:
