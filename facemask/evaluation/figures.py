@@ -175,8 +175,8 @@ def draw_map(ax: Any, seen: Any, grid: Any) -> None:
 def map_legend(fig: Any, axes: Any) -> Any:
     """The maps' colour key beside `axes`: a map's sign is its meaning, and each map is scaled to its
     own largest value, so the key names the sign, not a number."""
-    import matplotlib.colors
     import matplotlib.cm
+    import matplotlib.colors
 
     key = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1), cmap=MAP_COLOURS)
     bar = fig.colorbar(key, ax=axes, ticks=[-1, 0, 1], fraction=0.05, shrink=0.8, alpha=0.55)
@@ -206,13 +206,13 @@ def explanation_png(seen: Any, grid: Any, title: str, path: Path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    fig = explanation_figure(plt, seen, grid, title)
+    fig = _explanation_figure(plt, seen, grid, title)
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
 
 
-def explanation_figure(plt: Any, seen: Any, grid: Any, title: str) -> Any:
+def _explanation_figure(plt: Any, seen: Any, grid: Any, title: str) -> Any:
     fig, axes = plt.subplots(1, 2, figsize=(6.0, 2.9), dpi=100, layout="constrained")
     axes[0].imshow(seen)
     axes[0].axis("off")
@@ -229,13 +229,13 @@ def _gallery_png(images: List[Any], titles: List[str], path: Path, maps: Optiona
     plt = _pyplot()
     if plt is None or not images:
         return False
-    fig = gallery_figure(plt, images, titles, maps, map_titles, columns, height, fontsize)
+    fig = _gallery_figure(plt, images, titles, maps, map_titles, columns, height, fontsize)
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
 
 
-def gallery_figure(plt: Any, images: List[Any], titles: List[str], maps: Optional[List[Optional[Any]]],
+def _gallery_figure(plt: Any, images: List[Any], titles: List[str], maps: Optional[List[Optional[Any]]],
                    map_titles: List[str], columns: int, height: float, fontsize: int) -> Any:
     # No wider than the images need (two errors on a canvas of four are mostly empty); constrained
     # layout keeps every title's lines inside the figure.

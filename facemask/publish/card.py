@@ -15,9 +15,9 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from facemask import CARD_TEMPLATES
+from facemask.config.schema import ConfigError
 from facemask.publish.card_figures import write_figures
 from facemask.publish.public import local_folders, public_text
-from facemask.config.schema import ConfigError
 from facemask.run_folder import CARD, CONFIG, REPEAT_RESULTS_JSON, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
