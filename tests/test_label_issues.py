@@ -126,8 +126,9 @@ def test_issues_from_the_folds_predictions_ranked_listed_and_drawn(source, synth
     assert {(n["given_label"], n["true_label"]) for n in report["noise"]} == {CLASSES, CLASSES[::-1]}
     assert 0 < sum(n["images"] for n in report["noise"]) < len(rows) / 2
     assert str(tmp_path) not in (out / "label_issues.csv").read_text()
-    # Each suspect beside its map: two panels an image, four images a row (2.4 in at 100 dpi each).
-    assert Image.open(out / "label_issues.png").size[0] == 2 * 4 * 240
+    # Each suspect beside its map: two panels an image, four images a row (2.4 in at 100 dpi each), and
+    # the maps' colour key (0.6 in).
+    assert Image.open(out / "label_issues.png").size[0] == 2 * 4 * 240 + 60
     assert (out / "repeat_results.csv").is_file()  # the folds' own metrics, as repeat writes them
     assert f"{len(suspects)} of {len(rows)} training images flagged" in printed
     assert "data.exclude=" in printed and "exclude.txt" in printed
