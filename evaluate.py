@@ -1,12 +1,13 @@
 """Evaluate a saved or Hub model on an image folder, a Hub dataset or the synthetic set.
 
     python evaluate.py MODEL --data DATA [--split test] [--output-dir DIR] [--batch-size 64]
-    python evaluate.py MODEL --config configs/quickstart.yaml --split test
+    python evaluate.py MODEL --config configs/quickstart.yaml --split test --output-dir DIR
     accelerate launch evaluate.py MODEL --data DATA      (each sample is counted once)
 
 Writes the split's files into DIR (the per-split rows of docs/outputs.md: results, predictions,
 confusion matrix, ROC curve, report, slices, calibration, errors); DIR defaults to MODEL when it is
-a run folder. --update-card adds the split to the run's model card.
+a run folder. --update-card adds the split to the run's model card. A split DIR (or, with
+--update-card, the run folder) already holds is refused unless --overwrite: name it another --split.
 
 This file shares its name with the `evaluate` library, which nothing in this project imports.
 """
@@ -29,6 +30,7 @@ from facemask.evaluation.split import EvaluatedSplit, evaluate_split, shortcut_t
 from facemask.pipeline.inputs import eval_view
 from facemask.pipeline.processor import processor_image_size
 from facemask.publish.card import add_split_to_card
+from facemask.run_folder import RUN_MARKERS, split_files
 from facemask.training.arguments import evaluation_arguments, logger, setup_logging
 from facemask.training.trainer import evaluation_trainer
 
@@ -44,6 +46,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--positive-label", help="class scored by precision/recall/F1 (default: the mask class)")
     parser.add_argument("--update-card", action="store_true", help="add this split to the run folder's card")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the split's files when the output folder (or, with --update-card, the run "
+                             "folder) already holds a split of this name")
     parser.add_argument("--revision", help="Hub revision of MODEL")
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="PyTorch, or MODEL's exported onnx/model.onnx (model_quantized.onnx) run by onnxruntime")
@@ -78,6 +83,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         raise ConfigError("--update-card needs MODEL to be a local run folder (its card lives there)")
     out_dir = Path(args.output_dir) if args.output_dir else (
         model_dir if model_dir.is_dir() else Path("outputs") / "eval" / args.model.replace("/", "__"))
+    run_dir = model_dir if args.update_card else None
+    if not args.overwrite:
+        refuse_recorded_split(args.split, out_dir, run_dir)
+    replaced = recorded_split(args.split, out_dir, run_dir)
     training_args = evaluation_arguments(out_dir, args.batch_size, args.preprocess)
     setup_logging(training_args)
     model, processor = load_model(args.model, args.revision, args.backend)
@@ -102,9 +111,35 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split,
                     len(split.dataset), found.source, evaluated.metrics[f"{args.split}_samples_per_second"],
                     training_args.world_size, out_dir)
+        # --overwrite: the earlier split's files this evaluation did not write again (a gallery of
+        # errors it no longer makes) would be read as its own.
+        for path, mtime in replaced.items():
+            if path.is_file() and path.stat().st_mtime_ns == mtime:
+                path.unlink()
         if args.update_card:
             logger.info("model card: %s", add_split_to_card(model_dir, out_dir, args.split))
     return evaluated.metrics
+
+
+def recorded_split(split: str, out_dir: Path, run_dir: Optional[Path]) -> Dict[Path, int]:
+    """{file: mtime in ns} of the split's files already in the output folder and in the run folder
+    --update-card copies them into."""
+    folders = [f for f in (out_dir, run_dir) if f is not None and f.is_dir()]
+    return {path: path.stat().st_mtime_ns for folder in folders for path in split_files(folder, split)}
+
+
+def refuse_recorded_split(split: str, out_dir: Path, run_dir: Optional[Path]) -> None:
+    """A split's files already in the output folder, or in the run folder --update-card copies them
+    into, are a finished evaluation's record (train.py's test split, an earlier --split): replacing
+    them would make the card's figures describe other images. Checked before the model is loaded."""
+    for folder in (out_dir, run_dir):
+        held = split_files(folder, split) if folder is not None and folder.is_dir() else []
+        if held:
+            where = "the run folder" if any((folder / m).is_file() for m in RUN_MARKERS) else "the output folder"
+            elsewhere = "" if run_dir is not None else ", write it elsewhere (--output-dir DIR)"
+            raise ConfigError(f"{held[0]} exists: {where} {folder} already holds a '{split}' split "
+                              f"({len(held)} files), which this evaluation would replace. Name it another split "
+                              f"(e.g. --split other){elsewhere}, or pass --overwrite to replace it")
 
 
 def audit_flags(split: SplitData, evaluated: EvaluatedSplit, source: str) -> List[str]:

@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if run.main_process:
             held.enter_context(RunLock(cfg.output_dir, force=args.force))
             if cfg.hub.push:
-                logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
+                logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access("hub.push=true"))
         record = pretrain(run, args, argv, held)
         if run.main_process:
             logger.info("model card: %s", write_card(cfg.output_dir))

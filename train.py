@@ -51,7 +51,7 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
     cfg = run.cfg
     if cfg.hub.push and run.main_process:
         # Before anything else: a missing or read-only token should cost seconds, not a GPU-day.
-        logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access())
+        logger.info("will push to %s as %s", cfg.hub.model_id, check_write_access("hub.push=true"))
     checkpoint = claim_output_dir(cfg.output_dir, args.resume, args.overwrite, run.main_process)
     if run.main_process:
         held.enter_context(log_file(cfg.output_dir))

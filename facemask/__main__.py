@@ -47,7 +47,7 @@ def _push(args: argparse.Namespace) -> int:
     if not args.handler and (args.threshold is not None or args.positive_label is not None):
         raise ConfigError("--threshold and --positive-label set the decision rule of --handler: add --handler")
     try:
-        check_write_access()
+        check_write_access("python -m facemask push")
         if args.handler:
             # After the access check: nothing is written into the run folder for a push that cannot happen.
             from facemask.publish.endpoint import add_handler
@@ -67,7 +67,11 @@ def _rule(args: argparse.Namespace, labels: List[str]) -> "DecisionRule":
     """--threshold / --positive-label of predict and detect, checked against the model's labels."""
     from facemask.runtime.decision import decision_rule
 
-    return decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
+    rule = decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
+    if rule.threshold is not None:  # a named point's number is in a file the user has not opened
+        print(f"decision rule: {rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:.6g} "
+              f"(--threshold {args.threshold!r}), else the other class", file=sys.stderr)
+    return rule
 
 
 def _report_skipped(skipped: List[Any], total: int) -> int:
@@ -170,15 +174,21 @@ def _audit(args: argparse.Namespace) -> int:
     from facemask.data.audit import refusal, summary_markdown, write_audit
     from facemask.data.prepare import prepare_data
     from facemask.pipeline.processor import load_image_processor, processor_image_size
-    from facemask.run_folder import AUDIT_JSON
+    from facemask.run_folder import AUDIT_JSON, AUDIT_SUFFIX, run_held
 
     cfg = load_config(args.config, args.overrides)
     cfg.data.audit = True
+    # A check before training never writes into a run's folder, whose audit is of the data it trained on.
+    out = Path(args.output) if args.output else Path(f"{cfg.output_dir}{AUDIT_SUFFIX}")
+    held = run_held(out)
+    if held:
+        raise ConfigError(f"{out} holds a run ({held}): the audit is written to a folder of its own; choose "
+                          "another --output")
     side = processor_image_size(load_image_processor(cfg.model))
     report = prepare_data(cfg.data, cfg.seed, side).report
-    write_audit(report, cfg.output_dir)
+    write_audit(report, out)
     print(summary_markdown(report))
-    print(f"full report: {AUDIT_JSON.path(cfg.output_dir)}")
+    print(f"full report: {AUDIT_JSON.path(out)}")
     reason = refusal(report)
     if reason:
         print(reason, file=sys.stderr)
@@ -231,17 +241,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _space(args: argparse.Namespace) -> int:
     from facemask.publish.hub import PushError, check_write_access
-    from facemask.publish.space import push_space, space_files, space_model_id, write_space
+    from facemask.publish.space import check_space_model, push_space, space_files, space_model_id, write_space
     from facemask.run_folder import SPACE_DIR
 
     try:
         model_id = space_model_id(args.run_dir, args.model_id)
+        if not args.no_push:  # before anything is written: a push that cannot happen leaves no files behind
+            check_write_access("python -m facemask space")
+            check_space_model(model_id, args.revision)
         files = space_files(args.run_dir, model_id, args.revision)
         folder = write_space(files, args.output or SPACE_DIR.path(Path(args.run_dir)))
         print(f"wrote the Space's {len(files)} files to {folder}")
         if args.no_push:
             return 0
-        check_write_access()
         url = push_space(files, args.space_id, folder, model_id, args.revision, private=args.private)
     except PushError as err:
         return _failed(err)
@@ -313,6 +325,8 @@ def _add_audit(commands: Any) -> None:
     audit = commands.add_parser("audit", help="check a config's data: bad files, leaks, shortcuts, balance")
     audit.add_argument("config")
     audit.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_dir=photos")
+    audit.add_argument("--output", help="folder for data_audit.json and data_audit.md (default: OUTPUT_DIR-audit; "
+                                        "never a run's folder)")
     audit.set_defaults(func=_audit)
 
 

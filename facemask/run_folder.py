@@ -142,6 +142,9 @@ SPACE_DIR = Output("space", "`python -m facemask space`", "the Space's files as 
 SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD = "search_trials.csv", "search_trials.md"
 SEARCH_BEST_CONFIG, SEARCH_STUDY = "best_config.yaml", "search.db"
 SEARCH_FILES = (SEARCH_STUDY, SEARCH_TRIALS_CSV, SEARCH_TRIALS_MD, SEARCH_BEST_CONFIG)
+# python -m facemask audit: AUDIT_JSON and AUDIT_MD in its own folder (default OUTPUT_DIR-audit, or
+# --output), never in a run folder: the run's own audit is of the data it trained on.
+AUDIT_SUFFIX = "-audit"
 # `python -m facemask repeat`: in OUTPUT_DIR, above the runs' own folders (seed-N/, fold-N/), with
 # a summary card (README.md, the CARD name).
 REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.json"
@@ -170,6 +173,15 @@ SPLIT_OUTPUTS = [o for o in OUTPUTS if o.per_split]
 # Files only a run (train.py) writes: a folder holding one of them, or checkpoints, is a run folder.
 RUN_MARKERS = (EXPERIMENT.name, RUN_INFO.name, RESULTS.path(Path(), "train").name, ALL_RESULTS.name, STATE.name,
                AUDIT_JSON.name, PRETRAINING.name)
+
+
+def run_held(directory: Path) -> Optional[str]:
+    """The file (or checkpoint folder) that shows `directory` holds a run, or None. A data audit
+    alone is not one: `python -m facemask audit` writes it to a folder of its own."""
+    directory = Path(directory)
+    held = [m for m in RUN_MARKERS if m != AUDIT_JSON.name and (directory / m).is_file()]
+    held += [p.name for p in sorted(directory.glob(CHECKPOINTS.name)) if p.is_dir()] if directory.is_dir() else []
+    return held[0] if held else None
 
 
 def output_name(path: Path, suffix: str, taken: set) -> str:

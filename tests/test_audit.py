@@ -152,7 +152,27 @@ def test_audit_command_exit_codes(messy, tmp_path, capsys):
     assert cli(["audit", str(config)]) == 1
     assert "half.jpg" in capsys.readouterr().err
     assert cli(["audit", str(config), "data.on_bad_image=skip"]) == 0
-    assert (tmp_path / "out" / "data_audit.md").read_text().startswith("Checked 36 images")
+    assert (tmp_path / "out-audit" / "data_audit.md").read_text().startswith("Checked 36 images")
+
+
+def test_the_audit_command_never_writes_into_a_run(evaluated_run, tmp_path, capsys):
+    """`audit CONFIG data.train_dir=FOLDER` on a config whose output_dir holds a finished run once
+    wrote FOLDER's audit into it, and the run's card then said it had checked FOLDER's images."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    config = tiny_config(tmp_path, "vit")
+    assert cli(["audit", str(config), f"training.output_dir={run}", "data.synthetic_num_images=40"]) == 0
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert json.loads((tmp_path / "run-audit" / "data_audit.json").read_text())["checked_images"] == 40
+    assert f"full report: {tmp_path / 'run-audit' / 'data_audit.json'}" in capsys.readouterr().out
+    # Sent into the run on purpose: refused before any image is read, nothing written.
+    assert cli(["audit", str(config), "--output", str(run)]) == 2
+    assert f"{run} holds a run (experiment.yaml)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # Its own folder again: the earlier audit there is the audit's own, replaced.
+    assert cli(["audit", str(config), "--output", str(tmp_path / "run-audit"), "data.synthetic_num_images=30"]) == 0
+    assert json.loads((tmp_path / "run-audit" / "data_audit.json").read_text())["checked_images"] == 30
 
 
 def test_empty_class_folder_and_single_class_are_errors(tmp_path):

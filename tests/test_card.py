@@ -129,6 +129,23 @@ def test_missing_files_render_as_not_recorded(tmp_path):
     assert "Hyperparameters: not recorded" in text and "Split sizes and class balance: not recorded" in text
 
 
+def test_a_folder_that_is_not_a_run_gets_no_card(tmp_path, capsys):
+    """`card` on a folder that holds no model once wrote "classifies a face image as ." into it."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("nothing here is a run\n")
+    assert cli(["card", str(notes)]) == 2
+    assert f"{notes} is not a run folder: it holds no config.json" in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
+    # A repeat's summary folder has a card of its own, which `card` must not replace.
+    summary = tmp_path / "seeds"
+    summary.mkdir()
+    (summary / "repeat_results.json").write_text("{}")
+    (summary / "README.md").write_text("# 3 seeds\n")
+    assert cli(["card", str(summary)]) == 2
+    assert "repeat's summary" in capsys.readouterr().err and (summary / "README.md").read_text() == "# 3 seeds\n"
+
+
 def test_checkpoint_runs_name_their_base_model_and_beit_gets_its_own_description(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "beit", "image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,

@@ -58,6 +58,19 @@ def test_usage_and_config_errors_exit_2_with_a_message(args, tmp_path, capsys, m
     assert err.startswith("error: ") and "Traceback" not in err
 
 
+def test_audit_of_a_model_that_cannot_be_found_says_what_predict_says(capsys, monkeypatch):
+    """Offline with no processor cached, `audit configs/vit-base-facemask.yaml` ended in an OSError
+    traceback (exit code 1); predict names such a model clearly. A Hub id cached nowhere stands in for it."""
+    monkeypatch.chdir(REPO)
+    missing = "facemask-tests/not-cached-anywhere"
+    assert main(["predict", missing, "x.jpg"]) == 2
+    said = capsys.readouterr().err.split(" (")[0]
+    assert said == f"error: model not found: '{missing}' is neither a local run folder nor a Hub model that could be downloaded"
+    assert main(["audit", "configs/vit-base-facemask.yaml", f"model.name_or_path={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "Traceback" not in err
+
+
 def test_bad_arguments_exit_2():
     with pytest.raises(SystemExit) as done:
         main(["predict"])
@@ -99,7 +112,7 @@ def test_search_takes_options_and_overrides_in_any_order(tmp_path):
 def test_audit_takes_options_and_overrides_in_any_order(tmp_path, capsys):
     config = tiny_config(tmp_path)
     report = tmp_path / "audited"
-    # audit's only positional before its overrides is the config; it has no options of its own.
-    assert main(["audit", str(config), f"training.output_dir={report}", "data.synthetic_num_images=40"]) == 0
+    # audit's only positional before its overrides is the config; its one option goes anywhere.
+    assert main(["audit", str(config), "--output", str(report), "data.synthetic_num_images=40"]) == 0
     audit = json.loads((report / "data_audit.json").read_text())
     assert audit["checked_images"] == 40

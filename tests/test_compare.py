@@ -107,3 +107,20 @@ def test_compare_pairs_the_folds_of_a_cross_validation_on_their_shared_test_spli
     assert result["images"] == 12
     assert main(["compare", str(a), str(b), "--split", "validation"]) == 2
     assert "validation predictions are on different images" in capsys.readouterr().err
+
+
+def test_a_repeat_folder_is_answered_with_its_runs_not_an_evaluate_command(evaluated_run, tmp_path, capsys):
+    """compare on a repeat's summary folder once suggested `python evaluate.py FOLDER ...`, which cannot
+    evaluate a folder of runs."""
+    import shutil
+
+    repeat = tmp_path / "seeds"
+    for name in ("seed-0", "seed-1"):
+        shutil.copytree(evaluated_run, repeat / name, ignore=shutil.ignore_patterns("*.png"))
+    (repeat / "repeat_results.json").write_text("{}")
+    (repeat / "README.md").write_text("# 2 seeds\n")
+    assert main(["compare", str(repeat), str(evaluated_run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{repeat} is a repeat's summary folder" in err and "(seed-0, seed-1)" in err and "evaluate.py" not in err
+    # The advice works: one of its runs against a run on the same images.
+    assert main(["compare", str(repeat / "seed-0"), str(evaluated_run)]) == 0

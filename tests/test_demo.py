@@ -329,7 +329,7 @@ def test_a_space_for_a_model_not_on_the_hub_is_refused_before_it_is_created(run_
     assert "the Hub has no model tester/not-pushed" in done.stderr
     assert "python -m facemask push RUN_DIR --model-id tester/not-pushed" in done.stderr
     assert "tester/early" not in hub.repos and not hub.commits
-    assert (tmp_path / "written" / "app.py").is_file()
+    assert not (tmp_path / "written").exists()  # checked before anything is written
 
 
 def test_space_needs_a_model_id(run_dir, tmp_path, capsys):

@@ -99,7 +99,7 @@ def test_cached_and_per_image_evaluation_agree(run_dir, eval_folder, tmp_path, c
     for mode in ("cache", "per_image", "cache"):
         out = tmp_path / mode
         runs[mode] = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out),
-                                    "--preprocess", mode, "--cache-dir", cache])
+                                    "--preprocess", mode, "--cache-dir", cache, "--overwrite"])
     assert caplog.text.count("built the preprocessing cache") == 1 and "reused the preprocessing cache" in caplog.text
     cached, per_image = read_csv(tmp_path / "cache" / "test_predictions.csv"), read_csv(
         tmp_path / "per_image" / "test_predictions.csv")
@@ -120,6 +120,36 @@ def test_update_card_adds_the_split(run_dir, eval_folder, tmp_path):
     # The holdout's model-index result names the folder it was measured on, not the training data.
     datasets = {r.dataset_split: r.dataset_name for r in ModelCard.load(run / "README.md").data.eval_results}
     assert datasets["holdout"] == eval_folder.name and datasets["test"] != eval_folder.name
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_split_the_run_holds_is_refused_and_replaced_only_with_overwrite(evaluated_run, tmp_path):
+    """The README's example once read `--split test --update-card`: another folder's figures replaced
+    the run's held-out test split, in its files and its card, without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    before = snapshot(run)
+    other = ["--data", "synthetic", "--num-images", "20", "--image-size", "32", "--seed", "5", "--split", "test"]
+    with pytest.raises(ConfigError, match=r"run .* already holds a 'test' split .*--split other.*--overwrite"):
+        evaluate_main([str(run), *other, "--update-card"])
+    with pytest.raises(ConfigError, match="already holds a 'test' split"):  # into the run folder, card or not
+        evaluate_main([str(run), *other])
+    with pytest.raises(ConfigError, match=f"the run folder {run} already holds"):  # copied there by --update-card
+        evaluate_main([str(run), *other, "--output-dir", str(tmp_path / "elsewhere"), "--update-card"])
+    assert snapshot(run) == before and not (tmp_path / "elsewhere").exists()
+
+    # Asked for: the split is replaced whole, and the card's test figures are the new ones.
+    stale = run / "test_shortcut_test.json"  # as train.py's test split had; this evaluation writes none
+    stale.write_text("{}")
+    metrics = evaluate_main([str(run), *other, "--update-card", "--overwrite"])
+    assert len(read_csv(run / "test_predictions.csv")) == 20 and not stale.exists()
+    assert json.loads((run / "test_results.json").read_text()) == pytest.approx(metrics)
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in ModelCard.load(run / "README.md").data.eval_results}
+    assert found[("test", "accuracy")] == metrics["test_accuracy"]
+    assert (run / "eval_results.json").read_bytes() == before["eval_results.json"]  # other splits untouched
 
 
 def test_class_names_match_by_name_not_position(run_dir, eval_folder, tmp_path):

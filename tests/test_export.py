@@ -34,6 +34,27 @@ def exported(tmp_path_factory):
     return out
 
 
+def test_a_pretraining_run_is_refused_for_having_no_classifier(evaluated_run, tmp_path, capsys):
+    """export once advised renaming class folders here: the encoder's labels (LABEL_0, LABEL_1) matched
+    no data, but the cause is that a pretraining run has no classifier at all."""
+    from transformers import ViTConfig, ViTForMaskedImageModeling
+
+    folder = tmp_path / "pretrained"
+    shutil.copytree(evaluated_run, folder)  # a run's data and processor around the encoder
+    config = ViTConfig.from_pretrained(evaluated_run)
+    config.id2label, config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    ViTForMaskedImageModeling(config).save_pretrained(folder)  # the model `pretrain` saves, untrained
+    (folder / "pretraining.json").write_text(json.dumps({"objective": "simmim"}))
+    assert cli(["export", str(folder), "--max-images", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "has no classifier to run: it is a pretraining run" in err and "model.name_or_path=" in err
+    assert "Rename" not in err and not (folder / "onnx").exists()
+    # Without its record (a Hub copy of the encoder): told by its architecture.
+    (folder / "pretraining.json").unlink()
+    assert cli(["predict", str(folder), str(folder / "test_confusion_matrix.png")]) == 2
+    assert "it is a ViTForMaskedImageModeling, an encoder without a classification head" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")

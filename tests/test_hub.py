@@ -115,6 +115,28 @@ def test_bad_token_stops_before_training(tmp_path, token, message):
     assert not hub.repos and not hub.commits
 
 
+@pytest.mark.parametrize("command, token, message", [
+    ("push", None, "no Hugging Face token was found"),
+    ("space", None, "no Hugging Face token was found"),
+    ("space", "hf_read" + "x" * 30, "read-only"),
+])
+def test_push_and_space_check_access_before_writing_anything(evaluated_run, tmp_path, command, token, message):
+    """`space` once wrote its files into the run folder before it found there was no token, and both
+    commands blamed "hub.push", a config key the user had not set."""
+    folder = tmp_path / "run"
+    shutil.copytree(evaluated_run, folder)
+    before = snapshot(folder)
+    args = {"push": ["push", str(folder), "--model-id", "tester/m", "--handler"],
+            "space": ["space", str(folder), "--space-id", "tester/s", "--model-id", "tester/m"]}[command]
+    with FakeHub() as hub:
+        result = run(["-m", "facemask", *args], hub, tmp_path, token=token)
+    assert result.returncode == 1
+    assert f"python -m facemask {command} pushes to the Hub, but" in result.stderr and message in result.stderr
+    assert "hub.push" not in result.stderr
+    assert snapshot(folder) == before  # no space/ folder, no handler.py, the card as it was
+    assert not hub.repos and not hub.commits
+
+
 def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
     from facemask.publish.hub import stale_paths
     from facemask.run_folder import PUSH_PATTERNS

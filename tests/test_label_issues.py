@@ -126,8 +126,9 @@ def test_issues_from_the_folds_predictions_ranked_listed_and_drawn(source, synth
     assert {(n["given_label"], n["true_label"]) for n in report["noise"]} == {CLASSES, CLASSES[::-1]}
     assert 0 < sum(n["images"] for n in report["noise"]) < len(rows) / 2
     assert str(tmp_path) not in (out / "label_issues.csv").read_text()
-    # Each suspect beside its map: two panels an image, four images a row (2.4 in at 100 dpi each).
-    assert Image.open(out / "label_issues.png").size[0] == 2 * 4 * 240
+    # Each suspect beside its map: two panels an image, four images a row (2.4 in at 100 dpi each), and
+    # the maps' colour key (0.6 in).
+    assert Image.open(out / "label_issues.png").size[0] == 2 * 4 * 240 + 60
     assert (out / "repeat_results.csv").is_file()  # the folds' own metrics, as repeat writes them
     assert f"{len(suspects)} of {len(rows)} training images flagged" in printed
     assert "data.exclude=" in printed and "exclude.txt" in printed
@@ -184,15 +185,17 @@ def test_the_figure_draws_each_map_beside_its_image_and_the_image_alone_without_
     grid = np.zeros((4, 4))
     grid[0, 0] = 1.0
     found = Explanation(np.array([0.2, 0.8]), 1, grid, "ablation", np.asarray(images[0]))
-    plain, mapped = tmp_path / "plain.png", tmp_path / "mapped.png"
+    flat = Explanation(np.array([0.2, 0.8]), 1, np.zeros((4, 4)), "ablation", np.asarray(images[0]))
+    plain, mapped, keyed = tmp_path / "plain.png", tmp_path / "mapped.png", tmp_path / "keyed.png"
     assert label_issues_png(images, suspects, plain)
     assert label_issues_png(images, suspects, mapped, maps=[found, None])
-    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=int) for p in (plain, mapped))
+    assert label_issues_png(images, suspects, keyed, maps=[flat, None])  # the same layout and colour key
+    a, b, c = (np.asarray(Image.open(p).convert("RGB"), dtype=int) for p in (plain, mapped, keyed))
     assert not ((a[..., 0] - a[..., 2]) > 30).any()
-    red = np.argwhere((b[..., 0] - b[..., 2]) > 30)  # the one positive patch, in red
+    red = np.argwhere(((b[..., 0] - b[..., 2]) > 30) & ~((c[..., 0] - c[..., 2]) > 30))  # the one positive patch
     assert len(red)
-    # ... in the first image's map panel (the second of 8), none beside the second image
-    assert red[:, 1].min() > b.shape[1] / 8 and red[:, 1].max() < b.shape[1] / 4
+    # ... in the first image's map panel (the second of 4), none beside the second image
+    assert red[:, 1].min() > b.shape[1] / 5 and red[:, 1].max() < b.shape[1] / 2
 
 
 def coloured(folder, label, count, seed, fmt="jpg", start=0):

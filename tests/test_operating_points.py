@@ -72,6 +72,14 @@ def test_predict_applies_a_named_point_to_its_tables_class(without_mask_run, dra
     assert_follows_the_tables_class(json.loads(out.read_text()), best_f1(without_mask_run))
 
 
+def test_predict_says_which_threshold_it_applied(without_mask_run, drawn, capsys):
+    """`--threshold "best F1"` once never said what number that was, nor on which class."""
+    assert cli(["predict", str(without_mask_run), str(drawn[0]), "--threshold", "best F1"]) == 0
+    said = capsys.readouterr().err
+    assert f"decision rule: {POSITIVE} where P({POSITIVE}) >= {best_f1(without_mask_run):.6g} (--threshold 'best F1')" \
+        in said
+
+
 def test_a_conflicting_positive_label_is_an_error(without_mask_run, drawn, tmp_path, capsys):
     run = without_mask_run
     for command in (["predict", str(run), str(drawn[0])], ["detect", str(run), str(drawn[0]), "--output",

@@ -149,6 +149,24 @@ def test_folds_report_their_spread_and_the_corrected_standard_error_never_a_plai
         assert [r["eval_roc_auc"] for r in csv.DictReader(f)] == ["", "0.91", "0.92"]
 
 
+def test_runs_near_chance_are_warned_about(tmp_path, capsys):
+    """label-issues warns when its fold models are no better than the largest class; repeat said nothing."""
+    config = str(tiny_config(tmp_path))
+    out = tmp_path / "out"
+    counts = {"validation": {"with_mask": 6, "without_mask": 4}, "test": {"with_mask": 10, "without_mask": 10}}
+    for seed, (eval_accuracy, test_accuracy) in enumerate([(0.9, 0.52), (0.9, 0.95)]):
+        folder = out / f"seed-{seed}"
+        finished_run(folder, {"eval_accuracy": eval_accuracy, "test_accuracy": test_accuracy},
+                     {"train": 40, "validation": 10, "test": 20})
+        write_json(RUN_INFO.path(folder), {"data": {"splits": {name: {"num_images": sum(c.values()), "class_counts": c}
+                                                               for name, c in counts.items()}}})
+    assert main(["repeat", config, "--seeds", "0", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: accuracy within 5 points of always answering the largest class: seed-0 test 0.520 (largest " \
+           "class 0.500)." in err
+    assert "seed-1" not in err and "validation" not in err  # 0.9 against a largest class of 0.6 has learned
+
+
 @pytest.mark.slow  # five tiny training runs, each its own process
 def test_repeat_over_seeds_resumes_without_running_anything_twice_then_folds(tmp_path, capsys):
     config = str(tiny_config(tmp_path))

@@ -20,6 +20,14 @@ from facemask.evaluation.intervals import CONFIDENCE, RESAMPLES, SEED, resample_
 def read_predictions(run_dir: Path, prefix: str) -> Dict[str, Tuple[str, str]]:
     """{image: (true label, predicted label)} of a run's <prefix>_predictions.csv."""
     path = run_folder.PREDICTIONS.path(run_dir, prefix)
+    if not path.is_file() and (Path(run_dir) / run_folder.REPEAT_RESULTS_JSON).is_file():
+        # evaluate.py cannot help here: a repeat's folder holds runs, not a model of its own.
+        runs = sorted(p.name for p in Path(run_dir).iterdir() if run_folder.PREDICTIONS.path(p, prefix).is_file())
+        example = (f"; e.g. python -m facemask compare {Path(run_dir) / runs[0]} OTHER_REPEAT/{runs[0]}"
+                   if runs else "")
+        raise ConfigError(f"{run_dir} is a repeat's summary folder: it holds no predictions of its own. Compare one of "
+                          f"its runs ({', '.join(runs) or 'none has ' + path.name}) with a run on the same images"
+                          f"{example}; its card ({run_folder.CARD.path(run_dir)}) gives the runs' mean and spread")
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: evaluate the split first (python evaluate.py {run_dir} ...)")
     with path.open(newline="", encoding="utf-8") as f:

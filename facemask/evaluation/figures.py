@@ -65,10 +65,12 @@ def training_curves_png(log_history: List[Dict[str, Any]], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     lines = []
-    if train:
-        lines += ax.plot(*zip(*train), color="tab:blue", label="training loss")
+    if train:  # one logged step (a 1-epoch run) is a point: a line alone would draw nothing
+        lines += ax.plot(*zip(*train), color="tab:blue", marker="o" if len(train) == 1 else None,
+                         label="training loss")
     if eval_loss:
         lines += ax.plot(*zip(*eval_loss), color="tab:orange", marker="o", label="eval loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps, never 9.8
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if evals:
@@ -152,19 +154,35 @@ def reliability_png(calibration: Dict[str, Any], title: str, path: Path) -> bool
     return True
 
 
+MAP_COLOURS = "RdBu_r"
+
+
 def draw_map(ax: Any, seen: Any, grid: Any) -> None:
     """The image as the model saw it, and over it the map, one square per patch (no smoothing: the
     map has no finer detail to show). Diverging colours on a scale symmetric about zero: red speaks
-    for the target class, blue against it, clear is neither."""
+    for the target class, blue against it, clear is neither (map_legend says so on the figure)."""
     import numpy as np
 
     grid = np.asarray(grid, dtype=np.float32)
     peak = float(np.abs(grid).max()) or 1.0
     height, width = seen.shape[:2]
     ax.imshow(seen)
-    ax.imshow(grid, cmap="RdBu_r", vmin=-peak, vmax=peak, alpha=0.55, interpolation="nearest",
+    ax.imshow(grid, cmap=MAP_COLOURS, vmin=-peak, vmax=peak, alpha=0.55, interpolation="nearest",
               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     ax.axis("off")
+
+
+def map_legend(fig: Any, axes: Any) -> Any:
+    """The maps' colour key beside `axes`: a map's sign is its meaning, and each map is scaled to its
+    own largest value, so the key names the sign, not a number."""
+    import matplotlib.cm
+    import matplotlib.colors
+
+    key = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1), cmap=MAP_COLOURS)
+    bar = fig.colorbar(key, ax=axes, ticks=[-1, 0, 1], fraction=0.05, shrink=0.8, alpha=0.55)
+    bar.ax.set_yticklabels(["against", "neither", "for"], fontsize=7)
+    bar.set_label("evidence for the class in the title", fontsize=7)
+    return bar
 
 
 def explanation_image(seen: Any, grid: Any) -> Optional[Any]:
@@ -188,15 +206,20 @@ def explanation_png(seen: Any, grid: Any, title: str, path: Path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9), dpi=100)
-    axes[0].imshow(seen)
-    axes[0].axis("off")
-    draw_map(axes[1], seen, grid)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig = _explanation_figure(plt, seen, grid, title)
     fig.savefig(path, metadata=_PNG_METADATA)
     plt.close(fig)
     return True
+
+
+def _explanation_figure(plt: Any, seen: Any, grid: Any, title: str) -> Any:
+    fig, axes = plt.subplots(1, 2, figsize=(6.0, 2.9), dpi=100, layout="constrained")
+    axes[0].imshow(seen)
+    axes[0].axis("off")
+    draw_map(axes[1], seen, grid)
+    map_legend(fig, axes[1])
+    fig.suptitle(title, fontsize=9)
+    return fig
 
 
 def _gallery_png(images: List[Any], titles: List[str], path: Path, maps: Optional[List[Optional[Any]]],
@@ -206,10 +229,22 @@ def _gallery_png(images: List[Any], titles: List[str], path: Path, maps: Optiona
     plt = _pyplot()
     if plt is None or not images:
         return False
+    fig = _gallery_figure(plt, images, titles, maps, map_titles, columns, height, fontsize)
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def _gallery_figure(plt: Any, images: List[Any], titles: List[str], maps: Optional[List[Optional[Any]]],
+                   map_titles: List[str], columns: int, height: float, fontsize: int) -> Any:
+    # No wider than the images need (two errors on a canvas of four are mostly empty); constrained
+    # layout keeps every title's lines inside the figure.
     panels = 2 if maps and any(m is not None for m in maps) else 1
+    columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels, height * rows), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, columns * panels, figsize=(2.4 * columns * panels + (0.6 if panels == 2 else 0),
+                                                              height * rows), dpi=100, squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for k, (image, title) in enumerate(zip(images, titles)):
@@ -221,10 +256,9 @@ def _gallery_png(images: List[Any], titles: List[str], path: Path, maps: Optiona
         if found is not None:
             draw_map(axes[row, column * panels + 1], found.seen, found.grid)
             axes[row, column * panels + 1].set_title(map_titles[k], fontsize=fontsize)
-    fig.tight_layout()
-    fig.savefig(path, metadata=_PNG_METADATA)
-    plt.close(fig)
-    return True
+    if panels == 2:
+        map_legend(fig, axes)
+    return fig
 
 
 def error_gallery_png(images: List[Any], errors: List[Dict[str, Any]], path: Path, columns: int = 4,

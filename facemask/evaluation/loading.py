@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from facemask.config.schema import ConfigError
-from facemask.run_folder import ONNX_DIR, ONNX_FILES
+from facemask.run_folder import CONFIG, ONNX_DIR, ONNX_FILES, PRETRAINING, read_json
 from facemask.runtime.predict import Classifier
 from facemask.runtime.source import MODEL_FILES, model_folder
 
@@ -29,6 +29,7 @@ def load_model(model: str, revision: Optional[str] = None, backend: str = "torch
     if folder is None:
         onnx = [f"{ONNX_DIR}/{ONNX_FILES[backend]}"] if backend != "torch" else []
         folder = model_folder(model, revision, MODEL_FILES + onnx)
+    refuse_without_classifier(model, Path(folder))
     try:
         if backend == "torch":
             classifier = AutoModelForImageClassification.from_pretrained(str(folder))
@@ -38,6 +39,19 @@ def load_model(model: str, revision: Optional[str] = None, backend: str = "torch
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load the model '{model}' from {folder}: {str(err).splitlines()[0]}") from None
     return classifier, processor
+
+
+def refuse_without_classifier(model: str, folder: Path) -> None:
+    """A model saved without a classification head (a pretraining run: an encoder and SimMIM's pixel
+    decoder) would load with a fresh random head, and its labels (LABEL_0, ...) match no data: say
+    that, not what the mismatch would suggest."""
+    architectures = read_json(CONFIG.path(folder)).get("architectures") or []
+    pretraining = PRETRAINING.path(folder).is_file()
+    if pretraining or (architectures and not any(a.endswith("ForImageClassification") for a in architectures)):
+        what = "a pretraining run (masked image modelling)" if pretraining else f"a {', '.join(architectures)}"
+        raise ConfigError(f"'{model}' has no classifier to run: it is {what}, an encoder without a classification "
+                          f"head. Fine-tune it first (python train.py CONFIG model.name_or_path={model}), then use "
+                          "that run")
 
 
 def load_classifier(model: str, backend: str = "torch", revision: Optional[str] = None,

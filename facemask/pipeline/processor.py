@@ -16,6 +16,8 @@ from transformers.models.auto.image_processing_auto import (
 )
 
 from facemask.config.schema import ConfigError, ModelConfig, nearest
+from facemask.run_folder import PROCESSOR
+from facemask.runtime.source import model_folder
 
 # The PIL backend: torchvision has no CPU build everywhere this runs, and one backend everywhere
 # means training, evaluation and the Hub pipeline preprocess identically.
@@ -37,9 +39,15 @@ def from_config_fields(cfg: ModelConfig) -> tuple[str, Dict[str, Any]]:
 def load_image_processor(cfg: ModelConfig) -> Any:
     overrides = dict(cfg.image_processor or {})
     if cfg.name_or_path is not None:
-        return AutoImageProcessor.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir, backend=BACKEND, **overrides
-        )
+        try:
+            return AutoImageProcessor.from_pretrained(
+                cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir, backend=BACKEND, **overrides
+            )
+        except OSError:
+            # A model that cannot be found (offline and not cached, a misspelt id, no access) gets the
+            # message predict gives for one, from the resolver that owns it; a found one's error stands.
+            model_folder(cfg.name_or_path, cfg.revision, [PROCESSOR.pattern])
+            raise
     model_type, fields = from_config_fields(cfg)
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
     if not names:

@@ -15,9 +15,10 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from facemask import CARD_TEMPLATES
+from facemask.config.schema import ConfigError
 from facemask.publish.card_figures import write_figures
 from facemask.publish.public import local_folders, public_text
-from facemask.run_folder import CARD, RunFiles, read_run, split_files, split_name
+from facemask.run_folder import CARD, CONFIG, REPEAT_RESULTS_JSON, RunFiles, read_run, split_files, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
 NOT_RECORDED = "not recorded"
@@ -442,6 +443,12 @@ def render_pretraining_card(run: RunFiles, figures: Dict[str, str], model_id: Op
 def write_card(run_dir: str | Path, output: Optional[str | Path] = None, model_id: Optional[str] = None) -> Path:
     """Regenerate a run's card (and its figures, beside it); returns the card's path."""
     run = read_run(run_dir)
+    if not run.model_config:
+        # A card of nothing ("classifies a face image as .") would stand in a folder that is no model's.
+        repeat = (" It holds a repeat's summary, whose card `repeat` writes; a card is for one of its runs "
+                  "(seed-N/, fold-N/)." if (run.directory / REPEAT_RESULTS_JSON).is_file() else "")
+        raise ConfigError(f"{run.directory} is not a run folder: it holds no {CONFIG.name} (the model every training "
+                          f"and pretraining run saves). Point at a run's output folder.{repeat}")
     path = Path(output) if output else CARD.path(run.directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     figures = write_figures(run, path.parent)

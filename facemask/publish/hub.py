@@ -22,23 +22,26 @@ def retry_command(run_dir: str | Path, model_id: str, revision: Optional[str] = 
     return command + (f" --revision {revision}" if revision else "") + ("" if private else " --public")
 
 
-def check_write_access(token: Optional[str] = None) -> str:
-    """The account a push would use; raises PushError when there is no token or it cannot write."""
+def check_write_access(asked_by: str, token: Optional[str] = None) -> str:
+    """The account a push would use; raises PushError when there is no token or it cannot write.
+    `asked_by` names what the user ran that pushes (`hub.push=true`, `python -m facemask space`),
+    so the message points at their own command."""
     try:
         info = HfApi().whoami(token=token)
     except LocalTokenNotFoundError:
-        raise PushError("hub.push is set but no Hugging Face token was found: run `hf auth login` "
+        raise PushError(f"{asked_by} pushes to the Hub, but no Hugging Face token was found: run `hf auth login` "
                         "or set HF_TOKEN to a token with write access") from None
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
         if status == 401:
-            raise PushError("the Hugging Face token was rejected (401): log in again with `hf auth login` "
-                            "or set HF_TOKEN to a valid token with write access") from None
-        raise PushError(f"could not check the Hugging Face token: {err}") from None
+            raise PushError(f"{asked_by} pushes to the Hub, but the Hugging Face token was rejected (401): log in "
+                            "again with `hf auth login` or set HF_TOKEN to a valid token with write access") from None
+        raise PushError(f"{asked_by} pushes to the Hub, but the Hugging Face token could not be checked: {err}") \
+            from None
     role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise PushError("the Hugging Face token is read-only: create a token with write access "
-                        "(https://huggingface.co/settings/tokens) and log in with it")
+        raise PushError(f"{asked_by} pushes to the Hub, but the Hugging Face token is read-only: create a token with "
+                        "write access (https://huggingface.co/settings/tokens) and log in with it")
     return info.get("name", "?")
 
 

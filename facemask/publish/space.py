@@ -69,21 +69,25 @@ def write_space(files: Dict[str, bytes], folder: str | Path) -> Path:
     return folder
 
 
-def push_space(files: Dict[str, bytes], space_id: str, folder: Path, model_id: str, revision: Optional[str] = None,
-               private: bool = True, token: Optional[str] = None) -> str:
-    """Create the Space (gradio SDK) if needed and commit `files`; returns the commit URL. `folder`,
-    where they were written, is named in the error. The model `model_id` must be on the Hub already."""
-    api = HfApi(token=token)
+def check_space_model(model_id: str, revision: Optional[str] = None, token: Optional[str] = None) -> None:
+    """The model the Space loads must be on the Hub already: otherwise the Space would be created
+    and then fail at start-up, where only its logs say why. Checked before anything is written."""
     try:
-        model_there = api.file_exists(model_id, CONFIG.name, revision=revision)
+        model_there = HfApi(token=token).file_exists(model_id, CONFIG.name, revision=revision)
     except Exception as err:  # network, auth: nothing was pushed yet
         raise PushError(f"could not check the model {model_id} on the Hub: {err}") from None
     if not model_there:
-        # Otherwise the Space would be created and then fail at start-up, where only its logs say why.
         at = f" at revision {revision}" if revision else ""
         raise PushError(f"the Hub has no model {model_id}{at} (no {CONFIG.name}) for the Space to load, or this token "
                         f"cannot read it: push the run first with python -m facemask push RUN_DIR --model-id {model_id}"
-                        f"; the Space's files are in {folder}")
+                        " (--no-push writes the Space's files without pushing them)")
+
+
+def push_space(files: Dict[str, bytes], space_id: str, folder: Path, model_id: str, revision: Optional[str] = None,
+               private: bool = True, token: Optional[str] = None) -> str:
+    """Create the Space (gradio SDK) if needed and commit `files`; returns the commit URL. `folder`,
+    where they were written, is named in the error. check_space_model has found `model_id` on the Hub."""
+    api = HfApi(token=token)
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]

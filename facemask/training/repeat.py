@@ -30,12 +30,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from facemask import CARD_TEMPLATES, REPO
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
-from facemask.run_folder import (CARD, INTERVALS, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_MARKERS, prefix_of,
-                                 read_run, write_json)
+from facemask.run_folder import (CARD, INTERVALS, PREFIXES, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_INFO,
+                                 RUN_MARKERS, prefix_of, read_json, read_run, write_json)
 from facemask.training.resume import RunLock, add_force_argument
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "loss")
 SHOWN = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
+NEAR_CHANCE = 0.05  # accuracy above always answering the largest class that a run must pass to count as learned
 TEMPLATE = CARD_TEMPLATES / "repeat.md.j2"
 # The corrected standard error of cross-validation folds: Nadeau & Bengio (2003), "Inference for the
 # Generalization Error", Machine Learning 52:239-281. The key names its source.
@@ -331,6 +332,25 @@ def summarise_runs(out: Path, runs: List[Tuple[str, List[str]]],
     return rows, summarise(rows, ratio)
 
 
+def warn_near_chance(out: Path, rows: List[Dict[str, Any]]) -> None:
+    """Runs within NEAR_CHANCE of always answering a split's largest class have not learned the task:
+    their mean and spread describe noise, not the config (label-issues warns of its folds alike)."""
+    weak = []
+    for row in rows:
+        splits = (read_json(RUN_INFO.path(out / row["run"])).get("data") or {}).get("splits") or {}
+        for split, prefix in PREFIXES.items():
+            counts = (splits.get(split) or {}).get("class_counts") or {}
+            accuracy = row.get(f"{prefix}_accuracy")
+            if accuracy is not None and sum(counts.values()):
+                floor = max(counts.values()) / sum(counts.values())
+                if accuracy < floor + NEAR_CHANCE:
+                    weak.append(f"{row['run']} {split} {accuracy:.3f} (largest class {floor:.3f})")
+    if weak:
+        print(f"warning: accuracy within {NEAR_CHANCE * 100:.0f} points of always answering the largest class: "
+              f"{', '.join(weak)}. Those runs have not learned the task, so the figures below say little about the "
+              "config: train longer (training.num_train_epochs or training.max_steps) and run again", file=sys.stderr)
+
+
 def command(args: argparse.Namespace) -> int:
     """`python -m facemask repeat`; a ConfigError is the CLI's to report (exit code 2)."""
     runs, overrides = runs_of(args)
@@ -344,6 +364,7 @@ def command(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         rows, summary = summarise_runs(out, runs, folds=bool(args.folds))
+        warn_near_chance(out, rows)
         kind = f"{len(runs)} folds" if args.folds else f"{len(runs)} seeds"
         write_outputs(out, args.config, ["repeat", args.config, what, *overrides], rows, summary, kind)
     print(table(rows, summary))
