@@ -34,7 +34,7 @@ from facemask.config.schema import ConfigError
 from facemask.data.exclude import write_exclude_list
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
                                  REPEAT_RESULTS_CSV, prefix_of, write_json)
-from facemask.training.repeat import RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
+from facemask.training.repeat import NEAR_CHANCE, RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
 from facemask.training.resume import RunLock, add_force_argument
 
 DEFAULT_FOLDS = 5
@@ -373,9 +373,10 @@ def warn_if_uninformed(accuracy: Dict[str, Any], label_ids: np.ndarray) -> None:
     """A fold model no better than answering the largest class gives probabilities that say little
     about any label: confident learning then flags images at random."""
     floor = float(np.bincount(label_ids).max() / len(label_ids))
-    weak = {name: value for name, value in accuracy.items() if value is not None and value < floor + 0.05}
+    weak = {name: value for name, value in accuracy.items() if value is not None and value < floor + NEAR_CHANCE}
     if weak:
-        print(f"warning: {', '.join(f'{n} ({v:.3f})' for n, v in weak.items())}: validation accuracy within 5 points "
+        print(f"warning: {', '.join(f'{n} ({v:.3f})' for n, v in weak.items())}: validation accuracy within "
+              f"{NEAR_CHANCE * 100:.0f} points "
               f"of always answering the largest class ({floor:.3f}); their flags mean little: train the folds "
               "longer (training.num_train_epochs) and run again", file=sys.stderr)
 
