@@ -64,7 +64,7 @@ def test_an_ablation_map_is_each_patchs_drop_in_log_odds(arch):
     assert [m.target for m in gradcam] == [m.target for m in maps]
 
 
-def test_quickstart_maps_depend_on_the_training_and_point_at_the_mask(quickstart_run):
+def test_quickstart_maps_depend_on_the_training_and_point_at_the_mask(quickstart_run, tmp_path):
     """Adebayo et al. (2018)'s model randomisation check, and localisation on drawn images the run
     never saw. Measured on this model (seed 42, 120 images): rank correlation with the randomised
     model's maps 0.02, 32% of the positive attribution inside the mask, which covers 16% of the
@@ -79,6 +79,14 @@ def test_quickstart_maps_depend_on_the_training_and_point_at_the_mask(quickstart
     randomised = explain_images(reinitialised(model), processor, images, [m.target for m in maps])
     check = randomisation_check(maps, randomised)
     assert check.passed and check.summary()["constant_maps"] == 0
+    # The same check through the command, on the user's model and images.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k in range(16):
+        images[k].save(inputs / f"{k}.png")
+    assert main(["explain", str(quickstart_run), str(inputs), "--output", str(tmp_path / "maps"), "--sanity"]) == 0
+    sanity = json.loads((tmp_path / "maps" / "explanations.json").read_text())["sanity"]
+    assert sanity["passed"] is True and sanity["images"] == 16 and sanity["similarity"] < sanity["limit"]
     right = [k for k, m in enumerate(maps) if k % 2 == 0 and m.target == 0]  # with_mask, predicted so
     assert len(right) >= 40
     shares = [(share_inside(maps[k].grid, regions[k]["mask"]), float(regions[k]["mask"].mean())) for k in right]
