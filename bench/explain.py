@@ -225,6 +225,7 @@ def main(argv: List[str] | None = None) -> Dict:
     parser.add_argument("--real", type=Path, metavar="DIR",
                         help="also real photos: DIR/train to train on, DIR/validation/with_mask to explain")
     parser.add_argument("--real-images", type=int, default=400, help="with_mask photos of DIR/validation to explain")
+    parser.add_argument("--no-cost", action="store_true", help="leave out the timings (for a busy machine)")
     args = parser.parse_args(argv)
     report: Dict = {"evidence": {}, "baselines": {}, "cost": {}}
     if args.real:
@@ -265,7 +266,7 @@ def main(argv: List[str] | None = None) -> Dict:
             print(f"| {method} | {cell('similarity')} ({cell('rank_correlation')}, {cell('absolute_rank_correlation')}) | "
                   f"{cell('mask_share')} / {cell('mask_area')} | "
                   f"{cell('face_share')} / {cell('face_area')} | {cell('correct_with_mask', 0)} |")
-    if not args.archs:  # --real alone
+    if not args.archs or args.no_cost:
         return report
     folder = train(args.archs[0], args.seeds[0], args.runs, args.tiny)
     report["cost"] = cost(folder, args.tiny, args.repeats)

@@ -102,3 +102,28 @@ def test_explain_without_crop_records_the_check_and_warns(run, inputs, tmp_path,
     assert np.asarray(rows["street.png"]["map"]).shape == (4, 4)
     err = capsys.readouterr().err
     assert "1 of 2 images" in err and "python -m facemask detect" in err
+
+
+def test_a_large_jpeg_is_checked_and_cropped_at_full_resolution_not_at_the_draft(run, tmp_path, capsys):
+    """The commands decode JPEGs at about twice the model's side (64 px here), where a face of a
+    1920 x 1080 photo is a few pixels: the check sees the photo at its own size and the crop
+    comes from the full image."""
+    from facemask.evaluation.loading import load_classifier
+
+    photo = tmp_path / "square.jpg"
+    scene, boxes = compose_scene(size=(1920, 1080), places=((900, 500, 1.2),))
+    scene.save(photo, quality=92)
+    out = tmp_path / "rows.json"
+    assert main(["predict", str(run), str(photo), "--crop-face", "--output", str(out)]) == 0
+    assert "not one face" not in capsys.readouterr().err
+    maps = tmp_path / "maps"
+    assert main(["explain", str(run), str(photo), "--crop-face", "--output", str(maps)]) == 0
+    face = json.loads((maps / "explanations.json").read_text())["images"][0]["face"]
+    x0, y0, x1, y1 = face["crop"]
+    assert face["problem"].startswith("the largest face fills") and face["faces"] == 1
+    fx0, fy0, fx1, fy1 = boxes[0]
+    assert x0 < fx0 < fx1 < x1 and y0 < fy0 < fy1 < y1 and x1 - x0 > 150  # full-resolution pixels
+    full = Image.open(photo).convert("RGB")
+    expected = load_classifier(str(run)).probabilities([full.crop((x0, y0, x1, y1))])[0]
+    row = json.loads(out.read_text())[0]
+    assert row["prob_with_mask"] == pytest.approx(float(expected[0]), abs=1e-5)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from facemask.detection.crops import crop_box
+from facemask.runtime.files import read_input
 
 MIN_FACE_SHARE = 0.3
 # A second face at least this share of the largest's side makes the image a group, not one face.
@@ -70,7 +71,7 @@ def frame(image: Image.Image, detector: Any, detector_threshold: float = 0.6) ->
 class FaceCheck:
     """The check of each input a command classifies, and with `margin` (--crop-face) the crop of
     its largest face: call it on (path, image) for the image to classify. `found` keeps each
-    path's result for the command's table and its warning."""
+    path's result for the command's table and its warning (a crop in the full image's pixels)."""
 
     detector: Any
     margin: Optional[float] = None
@@ -79,12 +80,23 @@ class FaceCheck:
     found: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def __call__(self, path: Path, image: Image.Image) -> Image.Image:
-        seen = frame(image, self.detector, self.detector_threshold)
+        # The commands decode a JPEG reduced to about twice the model's input (a draft), enough for
+        # the whole image but not for a face in it: the detector gets the file again at its own
+        # view's size, and a face's crop comes, as detect's does, from the full image.
+        with Image.open(path) as stored:
+            full_side = max(stored.size)
+        view = image
+        if max(image.size) < min(_DETECT_MAX_SIDE, full_side):
+            view = read_input(Path(path), _DETECT_MAX_SIDE)[0] or image
+        seen = frame(view, self.detector, self.detector_threshold)
         result: Dict[str, Any] = {"faces": seen.faces, "face_share": round(seen.share, 3), "problem": seen.problem}
         if self.margin is not None and seen.box is not None:
-            crop = crop_box(seen.box, image.size, self.margin, self.square)
+            source = view if max(view.size) >= full_side else (read_input(Path(path))[0] or view)
+            scale_x, scale_y = source.width / view.width, source.height / view.height
+            box = (seen.box[0] * scale_x, seen.box[1] * scale_y, seen.box[2] * scale_x, seen.box[3] * scale_y)
+            crop = crop_box(box, source.size, self.margin, self.square)
             result["crop"] = list(crop)
-            image = image.crop(crop)
+            image = source.crop(crop)
         self.found[str(path)] = result
         return image
 
