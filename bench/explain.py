@@ -263,8 +263,8 @@ def main(argv: List[str] | None = None) -> Dict:
                 return (f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f} to {max(values):.{digits}f})"
                         if len(values) > 1 else f"{values[0]:.{digits}f}")
 
-            print(f"| {method} | {cell('similarity')} ({cell('rank_correlation')}, {cell('absolute_rank_correlation')}) | "
-                  f"{cell('mask_share')} / {cell('mask_area')} | "
+            print(f"| {method} | {cell('similarity')} ({cell('rank_correlation')}, "
+                  f"{cell('absolute_rank_correlation')}) | {cell('mask_share')} / {cell('mask_area')} | "
                   f"{cell('face_share')} / {cell('face_area')} | {cell('correct_with_mask', 0)} |")
     if not args.archs or args.no_cost:
         return report

@@ -83,8 +83,11 @@ class FaceCheck:
         # The commands decode a JPEG reduced to about twice the model's input (a draft), enough for
         # the whole image but not for a face in it: the detector gets the file again at its own
         # view's size, and a face's crop comes, as detect's does, from the full image.
-        with Image.open(path) as stored:
-            full_side = max(stored.size)
+        try:
+            with Image.open(path) as stored:
+                full_side = max(stored.size)
+        except OSError:  # the commands' decoder read it; without its header's size, what it gave stands
+            full_side = max(image.size)
         view = image
         if max(image.size) < min(_DETECT_MAX_SIDE, full_side):
             view = read_input(Path(path), _DETECT_MAX_SIDE)[0] or image

@@ -193,7 +193,8 @@ def attribute(model: Any, pixels: Any, targets: Sequence[int], method: str = DEF
     if method == "ablation":
         with torch.no_grad():
             attributions = FeatureAblation(_log_odds(model)).attribute(
-                pixels, baselines=baseline_pixels(pixels, baseline), target=target, feature_mask=_patch_mask(rows, columns, side, pixels.device),
+                pixels, baselines=baseline_pixels(pixels, baseline), target=target,
+                feature_mask=_patch_mask(rows, columns, side, pixels.device),
                 perturbations_per_eval=max(1, _PERTURBED_PER_BATCH // len(pixels)))
         # Every pixel of a patch carries the patch's value: one per patch is the map.
         return attributions[:, 0, ::side, ::side][:, :rows, :columns].float().cpu().numpy()
