@@ -75,12 +75,20 @@ class RetinaFace:
 
     def detect(self, image: np.ndarray, score_threshold: float = 0.6,
                nms_threshold: float = 0.4) -> Tuple[np.ndarray, np.ndarray]:
+        boxes, scores, _ = self.detect_landmarks(image, score_threshold, nms_threshold)
+        return boxes, scores
+
+    def detect_landmarks(self, image: np.ndarray, score_threshold: float = 0.6,
+                         nms_threshold: float = 0.4) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """detect's boxes and scores, and each face's five landmarks (faces x 5 x (x, y), pixels): the
+        eyes, the nose tip and the mouth's corners, in the order of the image (the face's right eye,
+        which is the image's left, first), as the network was trained on WIDER FACE's annotations."""
         height, width = image.shape[:2]
         # Padded to a multiple of the coarsest stride, so every feature map covers the whole image.
         padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
         net_input = np.zeros((padded_h, padded_w, 3), dtype=np.float32)
         net_input[:height, :width] = image[..., ::-1].astype(np.float32) - self.MEAN_BGR
-        loc, conf, _ = self.session.run(None, {"input": net_input.transpose(2, 0, 1)[None]})
+        loc, conf, landmarks = self.session.run(None, {"input": net_input.transpose(2, 0, 1)[None]})
         anchors = self.anchors(padded_h, padded_w)
         scores = conf[0, :, 1]
         chosen = scores >= score_threshold
@@ -89,8 +97,11 @@ class RetinaFace:
         sizes = anchors[:, 2:] * np.exp(loc[:, 2:] * self.VARIANCE[1])
         boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
         boxes = boxes.clip(0, [width, height, width, height]).astype(np.float32)
+        # Each point is an offset from its anchor's centre in units of the anchor's size, as the boxes' centres.
+        points = landmarks[0, chosen].reshape(-1, 5, 2)
+        points = anchors[:, None, :2] + points * self.VARIANCE[0] * anchors[:, None, 2:]
         keep = nms(boxes, scores, nms_threshold)
-        return boxes[keep], scores[keep].astype(np.float32)
+        return boxes[keep], scores[keep].astype(np.float32), points[keep].astype(np.float32)
 
 
 DETECTORS: Dict[str, Callable[..., RetinaFace]] = {RetinaFace.name: RetinaFace}

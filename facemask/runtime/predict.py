@@ -4,7 +4,7 @@ prints or writes (path, label under the decision rule, confidence, each class's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -31,8 +31,13 @@ def prediction_row(path: str, probs: np.ndarray, choice: int, labels: List[str])
 
 
 def predict_files(classifier: Classifier, paths: List[Path], batch_size: int = 32, threshold: Optional[float] = None,
-                  positive_label: Optional[str] = None) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
+                  positive_label: Optional[str] = None,
+                  frame: Optional[Callable[[Path, Image.Image], Image.Image]] = None,
+                  ) -> Tuple[List[Dict[str, Any]], List[Tuple[str, str]]]:
     """Rows of (path, label, confidence, per-class probabilities), and files skipped with the reason.
+
+    `frame` (path, image) -> image sees each image before it is classified and gives what is
+    classified: the face check of `predict` (detection/framing.py), which may crop to a face.
 
     With a threshold (two-label models), the positive class is predicted when its probability
     reaches it, the other class otherwise; confidence stays the predicted class's probability.
@@ -42,6 +47,8 @@ def predict_files(classifier: Classifier, paths: List[Path], batch_size: int = 3
     rows: List[Dict[str, Any]] = []
     skipped: List[Tuple[str, str]] = []
     for kept, images in read_batches(paths, 2 * classifier.input_side, batch_size, skipped):
+        if frame is not None:
+            images = [frame(path, image) for path, image in zip(kept, images)]
         probs = classifier.probabilities(images, batch_size)
         rows += [prediction_row(str(path), p, choice, labels)
                  for path, p, choice in zip(kept, probs, decide(probs, threshold, positive))]
