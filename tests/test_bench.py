@@ -156,11 +156,17 @@ def test_step_regression_bench_alternates_commits_and_reports_ratios(capsys):
 def test_explain_bench_checks_both_methods_and_times_them(tmp_path, capsys):
     report = load("explain").main(["--seeds", "0", "--archs", "vit", "--images", "6", "--tiny", "--repeats", "1",
                                    "--runs", str(tmp_path / "runs")])
-    evidence = report["evidence"]["vit"][0]
-    assert set(evidence) == {"ablation", "gradcam"}
-    for row in evidence.values():
-        assert -1 <= row["rank_correlation"] <= 1 and row["images"] == 6
-        assert 0 < row["mask_area"] < row["face_area"] < 1 or row["correct_with_mask"] == 0
+    evidence, baselines = report["evidence"]["vit"][0], report["baselines"]["vit"][0]
+    assert set(evidence) == {"ablation", "gradcam"} and set(baselines) == {"grey", "blur"}
+    for row in [*evidence.values(), *baselines.values()]:
+        assert row["images"] == 6
+        # The check's similarity takes, image by image, the larger of the signed and the absolute
+        # maps' rank correlations (in size), so its mean is at least either mean's size.
+        assert row["similarity"] >= max(abs(row["rank_correlation"]), abs(row["absolute_rank_correlation"])) - 1e-9
+        if row["correct_with_mask"]:  # the drawn mask lies inside the drawn face; a share is a share
+            assert 0 < row["mask_area"] < row["face_area"] < 1 and 0 <= row["mask_share"] <= 1
+    # Another ablation baseline makes other maps of the same images.
+    assert baselines["grey"]["similarity"] != evidence["ablation"]["similarity"]
     for model in ("quickstart", "vit-base-224"):
         assert all(seconds > 0 for seconds in report["cost"][model].values())
     printed = capsys.readouterr().out
