@@ -74,7 +74,9 @@ def test_accuracy_bench_sees_where_the_pipelines_differ(tmp_path):
     seen = fidelity(tmp_path / "photos", 32, [0.08, 1.0], 6)
     assert seen["cache_side"] == 37
     for path_name in ("cache", "per_image"):
-        assert 0 <= seen[path_name]["evaluation"] < 1.5  # both resize the decoded photo as the example does
+        # Both resize the decoded photo as the example does, after the decoder's shrink by a whole
+        # factor (kept at twice the model's side or more): within 2.5 of 255 levels on average.
+        assert 0 <= seen[path_name]["evaluation"] < 2.5
     cached = [v for k, v in seen["cache"].items() if k.startswith("crop") and v is not None]
     per_image = [v for k, v in seen["per_image"].items() if k.startswith("crop") and v is not None]
     assert sum(cached) / len(cached) > sum(per_image) / len(per_image) > 0
