@@ -94,6 +94,7 @@ def test_compare_two_trained_runs(tmp_path, capsys):
     assert "test predictions are on different images" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three fold runs and a compare: ~25 s
 def test_compare_pairs_the_folds_of_a_cross_validation_on_their_shared_test_split(tmp_path, capsys):
     # Folds carve other validation and training images but share the test split: their recorded
     # image digests pair them (their data fingerprints differ, which refused them before).

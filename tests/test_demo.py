@@ -270,6 +270,7 @@ def _hub_env(hub, tmp_path):
     return env
 
 
+@pytest.mark.slow  # a Space pushed and run from the stand-in Hub: ~25 s
 def test_space_is_pushed_and_runs_from_the_model_hub_id(run_dir, uploads, tmp_path):
     with FakeHub() as hub:
         # The Space as an earlier version of this package left it, with a file of the user's.

@@ -55,6 +55,7 @@ def test_two_processes_train_the_quickstart_model_and_count_each_sample_once(tmp
     assert "Processes: 2 (effective batch size 64)" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow  # several training runs: ~20 s
 def test_a_finished_run_is_never_reused_silently(tmp_path):
     config = tiny_config(tmp_path, "vit", training={"save_strategy": "steps", "save_steps": 2})
     first = train.main([str(config)])

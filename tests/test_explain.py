@@ -64,6 +64,7 @@ def test_an_ablation_map_is_each_patchs_drop_in_log_odds(arch):
     assert [m.target for m in gradcam] == [m.target for m in maps]
 
 
+@pytest.mark.slow  # the quickstart run (about a minute) and its maps
 def test_quickstart_maps_depend_on_the_training_and_point_at_the_mask(quickstart_run, tmp_path):
     """Adebayo et al. (2018)'s model randomisation check, and localisation on drawn images the run
     never saw. Measured on this model (seed 42, 120 images, the default baseline, the image's mean

@@ -26,6 +26,7 @@ def shifted_folder(root, seed=5):
     return root
 
 
+@pytest.mark.slow  # a run with two extra test sets: ~25 s
 def test_an_extra_test_set_from_a_shifted_source_is_evaluated_and_tabled(tmp_path):
     shifted = shifted_folder(tmp_path / "upside-down-faces")
     config = tiny_config(tmp_path, data={"synthetic": True, "synthetic_num_images": 600, "synthetic_image_size": 40,

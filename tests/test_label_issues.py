@@ -232,6 +232,7 @@ def mislabelled_folder(root):
     return train_dir, test_dir, flipped
 
 
+@pytest.mark.slow  # two fold runs, resumed, and a cleaned run: ~30 s
 def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_that_left_it_out(tmp_path, capsys):
     train_dir, test_dir, flipped = mislabelled_folder(tmp_path / "data")
     # A config that selects its model on validation (best checkpoint, early stopping): a fold model

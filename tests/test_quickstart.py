@@ -15,6 +15,7 @@ def run_quickstart(name, tmp_path):
     return json.loads((tmp_path / name / "test_results.json").read_text())
 
 
+@pytest.mark.slow  # the quickstart run: about a minute
 def test_vit_quickstart_reaches_its_promised_accuracy(quickstart_run):
     # Mean 0.944 +- 0.004 over five seeds, 0.931-0.951 (the config's header); seed 42 moves ~2 points
     # from one machine to another.
