@@ -240,7 +240,7 @@ def test_a_lock_whose_run_is_over_is_taken_over_naming_its_writer(tmp_path, capl
     kind, pid = pid, {"dead": _dead_pid(), "reused": os.getppid()}.get(pid, pid)
     # The reused PID's record names a start time its process does not have (it started later).
     out = _lock_of(tmp_path, socket.gethostname() if host == "this" else host, pid,
-                   **({"pid_start": 1} if kind == "reused" else {}))
+                   **({"pid_start": 1} if kind == "reused" else {}), **({} if host == "this" else {"heartbeat_s": 0.1}))
     if host != "this":
         os.utime(out / "run.lock", (time.time() - 3600, time.time() - 3600))
     with caplog.at_level(logging.WARNING, logger="facemask"):
@@ -270,7 +270,12 @@ def test_without_flock_the_lock_record_decides(tmp_path, monkeypatch, caplog):
         train.main([str(tiny_config(tmp_path))])
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
     # Another host's run: its heartbeat (the record's mtime) decides, stale here.
+    # A record of a version without a heartbeat: its mtime says nothing, so only --force takes it.
     _lock_of(tmp_path, "another-node", 4242)
+    os.utime(out / "run.lock", (time.time() - 600, time.time() - 600))
+    with pytest.raises(ConfigError, match="record has no heartbeat .*pass --force"):
+        train.main([str(tiny_config(tmp_path))])
+    _lock_of(tmp_path, "another-node", 4242, heartbeat_s=0.1)
     os.utime(out / "run.lock", (time.time() - 600, time.time() - 600))
     with caplog.at_level(logging.WARNING, logger="facemask"):
         train.main([str(tiny_config(tmp_path))])

@@ -71,15 +71,18 @@ def _is_pretraining_run(folder: Path) -> bool:
 
 def _read_hub(repo: str, revision: Optional[str]) -> Optional[SeenImages]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import (GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
     from huggingface_hub.file_download import _CACHED_NO_EXIST
 
     name = run_folder.PRETRAINING_IMAGES.name
     # The Hub's own record that the repository has no such file (kept in the cache when it was last
     # asked online) answers offline too.
-    if try_to_load_from_cache(repo, name, revision=revision) is _CACHED_NO_EXIST:
-        return None
+    try:
+        if try_to_load_from_cache(repo, name, revision=revision) is _CACHED_NO_EXIST:
+            return None
+    except HFValidationError:
+        return None  # neither a folder nor a Hub id (a path not made yet): loading the model says so
     try:
         listing = Path(hf_hub_download(repo, name, revision=revision))
     except GatedRepoError as err:

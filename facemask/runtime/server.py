@@ -80,6 +80,9 @@ class MemoryBudget:
                                     f"{self.capacity / 1e6:.0f} MB allows: send a smaller image")
         loop = asyncio.get_running_loop()
         async with self.changed:
+            if self.used + size <= self.capacity:  # free now: never a wait (wait_for with 0 s left times out)
+                self.used += size
+                return
             try:
                 await asyncio.wait_for(self.changed.wait_for(lambda: self.used + size <= self.capacity),
                                        max(0.0, deadline - loop.time()))

@@ -243,8 +243,12 @@ def measured_on(out: Path, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         experiment = EXPERIMENT.path(out / row["run"])
         if data.get("kind") == "synthetic" and "probe_sha256" not in data and experiment.is_file():
             # A run recorded before the probe was: its seed's images drawn again now, and said so.
-            data["probe_sha256"] = drawn_probe(load_config(experiment), data["seed"])
-            data["probe_drawn_when_summarised"] = True
+            try:
+                data["probe_sha256"] = drawn_probe(load_config(experiment), data.get("seed", 0))
+                data["probe_drawn_when_summarised"] = True
+            except ConfigError as err:  # its config no longer loads: the figures stand, unfingerprinted
+                data["probe_sha256"] = None
+                data["probe_error"] = str(err).splitlines()[0]
         runs[row["run"]] = {"git": info.get("git") or {}, "data": data}
     first = EXPERIMENT.path(out / rows[0]["run"]) if rows else None
     recipe = recipe_of(yaml.safe_load(first.read_text(encoding="utf-8"))) if first and first.is_file() else {}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 from facemask import REPO
+from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
 from facemask.data.storage import pid_alive
 from facemask.run_folder import CHECKPOINTS, EXPERIMENT, LOCK, RESULTS, RUN_MARKERS, STATE
@@ -206,7 +207,7 @@ class RunLock:
                 raise self._refuse(err) from None
         mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _started_at(os.getpid()),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv), "heartbeat_s": HEARTBEAT_S}
+                "command": redact(" ".join(sys.argv)), "heartbeat_s": HEARTBEAT_S}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         self._fd, self._owner = fd, os.getpid()
@@ -244,6 +245,12 @@ class RunLock:
             logger.warning("taking over %s: the run that wrote it is over (process %s of this host %s; %s)",
                            self.path, holder.get("pid"), state, _describe(holder))
             return
+        if "heartbeat_s" not in holder and not self.force:
+            # Written by a version without a heartbeat: its mtime never moves, live or not.
+            raise ConfigError(
+                f"{self.path.parent} is locked by a run on host {holder.get('host')} ({_describe(holder)}) whose "
+                f"record has no heartbeat (an earlier version of this project), so whether it still runs cannot be "
+                f"told from here: if it is over, pass --force to take the folder over, or delete {self.path}")
         interval = _interval(holder)
         if self.force:
             logger.warning("--force: taking over %s from a run on host %s (%s; heartbeat %s). If that run still "
