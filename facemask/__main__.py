@@ -243,7 +243,13 @@ def _export(args: argparse.Namespace) -> int:
           "images/s (onnxruntime vs PyTorch, CPU)")
     int8 = result.get("int8")
     if int8:
-        verdict = "kept" if int8["kept"] else f"removed (over --max-accuracy-drop {int8['max_accuracy_drop_points']})"
+        if not int8["kept"]:
+            verdict = f"removed (over --max-accuracy-drop {int8['max_accuracy_drop_points']})"
+        elif int8["speedup_vs_onnx_fp32"] < 1:
+            verdict = ("kept for its size, but slower than the fp32 graph on this machine: use --backend onnx here "
+                       "(int8 pays where the CPU has fast int8 arithmetic; measure it there)")
+        else:
+            verdict = "kept (--backend onnx-int8)"
         print(f"int8: accuracy {int8['accuracy_onnx']:.4f} ({-int8['accuracy_drop_points']:+.2f} points), "
               f"{int8['speedup_vs_onnx_fp32']:.2f}x the fp32 graph's speed: {verdict}")
     out = Path(args.output) if args.output else Path(args.run_dir) / ONNX_DIR

@@ -167,6 +167,38 @@ def test_int8_beyond_the_allowed_accuracy_drop_is_removed(exported, tmp_path, ca
     assert cli(["predict", str(run), str(REPO / "README.md"), "--backend", "onnx-int8"]) == 2  # says to export
 
 
+def test_export_prints_only_its_own_lines(exported, tmp_path):
+    """No warning about torchvision operators no model here uses, no torch-internal FutureWarning and
+    no onnxruntime hint to pre-process (export does pre-process before quantizing)."""
+    done = subprocess.run([sys.executable, "-m", "facemask", "export", str(exported), "--quantize", "int8",
+                           "--max-accuracy-drop", "100", "--max-images", "8", "--output", str(tmp_path / "onnx")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for noise in ("torchvision", "FutureWarning", "pre-processing", "WARNING:root"):
+        assert noise not in output, output
+    assert output.startswith("parity on") and "int8: accuracy" in output
+
+
+def test_an_int8_graph_slower_than_fp32_is_not_recommended(exported, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    import facemask.publish.export as export_module
+
+    speeds = iter([300.0, 200.0, 180.0])  # PyTorch, the fp32 graph, the int8 graph: int8 at 0.9x fp32
+    monkeypatch.setattr(export_module, "images_per_second", lambda run, pixels: next(speeds))
+    assert cli(["export", str(run), "--quantize", "int8", "--max-accuracy-drop", "100", "--max-images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "0.90x the fp32 graph's speed: kept for its size, but slower than the fp32 graph on this machine: use " \
+           "--backend onnx here" in out and "(--backend onnx-int8)" not in out
+    int8 = json.loads((run / "onnx" / "parity.json").read_text())["int8"]
+    assert int8["kept"] and int8["faster_than_fp32"] is False
+    assert cli(["card", str(run)]) == 0
+    card = (run / "README.md").read_text()
+    assert "It ran at 0.90x the fp32 graph's speed on the\nexporting machine: smaller, not faster there" in card
+
+
 def test_a_new_export_without_int8_drops_the_earlier_int8_graph(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported, run)
