@@ -20,6 +20,10 @@ LAYERS = [
     {"facemask.recipe"},
     {"facemask.training"},
     {"facemask.publish"},
+    # Command modules (<sub-package>/cli.py): a subcommand's parser and body where they assemble
+    # modules from layers above their own concern's (predict: the runtime, the model loader of
+    # evaluation/, detection's face check). Only __main__.py's table imports them.
+    {"facemask.*.cli"},
     {"facemask.__main__"},
 ]
 
@@ -30,6 +34,8 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> int:
+    if module.startswith("facemask.") and module.endswith(".cli"):
+        return next(rank for rank, names in enumerate(LAYERS) if "facemask.*.cli" in names)
     for rank, names in enumerate(LAYERS):
         for name in names:
             if module == name and name == "facemask" or name != "facemask" and (
@@ -102,3 +108,18 @@ def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path):
     data_module.write_text("def f():\n    from facemask.publish.card import write_card\n")
     found = imports_of(data_module, {"facemask.publish.card"})
     assert found == {"facemask.publish.card"} and layer("facemask.publish.card") > layer("facemask.data.x")
+
+
+def test_only_the_table_of_subcommands_imports_a_command_module():
+    importers = sorted(f"{a} imports {b}" for a, targets in graph().items() for b in targets
+                       if b.endswith(".cli") and not a.endswith(".cli") and a != "facemask.__main__")
+    assert not importers, importers
+
+
+def test_the_table_names_every_command_module_and_each_has_add_arguments_and_command():
+    from facemask.__main__ import COMMANDS, owner
+
+    modules = {m.split(":")[0] for m, _ in COMMANDS.values()}
+    assert {module_name(p) for p in PACKAGE.rglob("cli.py")} <= modules
+    for name in COMMANDS:
+        assert callable(owner(name).add_arguments) and callable(owner(name).command), name

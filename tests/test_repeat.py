@@ -21,7 +21,7 @@ from facemask.training.repeat import runs_of, summarise
 
 
 def parse(argv):
-    commands = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
+    commands = next(a for a in build_parser("repeat")._actions if hasattr(a, "choices") and a.choices)
     return commands.choices["repeat"].parse_intermixed_args(argv)
 
 

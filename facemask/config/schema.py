@@ -15,7 +15,12 @@ from typing import Any, Dict, List, Optional
 
 
 class ConfigError(ValueError):
-    """A configuration problem, worded for the person who wrote the config."""
+    """A configuration problem, worded for the person who wrote the config (exit code 2)."""
+
+
+class WorkFailed(RuntimeError):
+    """Work that could not be done though it was asked for correctly (a push refused, an export
+    whose parity fails, an output that cannot be written): exit code 1, the message says why."""
 
 
 @dataclass

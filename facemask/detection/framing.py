@@ -127,3 +127,26 @@ class FaceCheck:
                          f"({', '.join(Path(p).name for p, _ in cropped_groups[:10])}): `python -m facemask detect` "
                          "classifies every face")
         return "\n".join(lines) or None
+
+
+def add_face_arguments(parser: Any) -> None:
+    """predict's and explain's --crop-face."""
+    parser.add_argument("--crop-face", action="store_true",
+                        help="classify each image's largest face, cropped as detect crops faces, instead of the "
+                             "whole image (an image without a face is classified whole, with a warning)")
+
+
+def face_check(args: Any) -> FaceCheck:
+    """The check of each input that predict and explain run (a warning for one that is not one face
+    filling the image), with --crop-face the crop of its largest face with detect's margin."""
+    import sys
+
+    from facemask.detection.crops import run_margin
+    from facemask.detection.detectors import load_detector
+
+    detector = load_detector()
+    margin = None
+    if args.crop_face:
+        margin, how = run_margin(args.model, detector)
+        print(f"--crop-face: the largest face of each image, margin {margin:g} ({how})", file=sys.stderr)
+    return FaceCheck(detector, margin)

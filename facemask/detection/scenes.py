@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image
 
+from facemask.config.schema import WorkFailed
 from facemask.data.images import shrink
 from facemask.data.labels import resolve_positive_label
 from facemask.detection.annotate import draw_faces, label_colours
@@ -119,7 +120,7 @@ def label_counts(labels: Sequence[str], order: Sequence[str]) -> str:
     return ", ".join(f"{label} {counts[label]}" for label in order if counts[label])
 
 
-class OutputError(RuntimeError):
+class OutputError(WorkFailed):
     """An annotated copy that could not be written (the output folder's fault, not the input's)."""
 
 

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from facemask.data.storage import Damaged, human_bytes, read_checked, remove, remove_stale_partials
 
@@ -99,3 +99,26 @@ def table(entries: List[Entry]) -> str:
         lines.append(f"{e.kind:<20} {human_bytes(e.bytes):>10} {images:>8} {used:>16}  {e.path.name}")
     lines.append(f"{len(entries)} entries, {human_bytes(sum(e.bytes for e in entries))}")
     return "\n".join(lines)
+
+
+def add_arguments(parser: Any) -> None:
+    """`python -m facemask cache list|clear`."""
+    parser.add_argument("action", choices=["list", "clear"])
+    parser.add_argument("--older-than", type=float, metavar="DAYS",
+                        help="clear only what no run has used for DAYS days")
+    parser.add_argument("--cache-dir", help="the cache folder (data.preprocess_dir; default: <datasets cache>/"
+                                            "facemask-preprocessed)")
+
+
+def command(args: Any) -> int:
+    from facemask.data.storage import cache_root
+
+    root = cache_root(args.cache_dir)
+    if args.action == "list":
+        print(f"{root}:\n{table(kept_entries(root))}")
+        return 0
+    removed = clear(root, args.older_than)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path.name}")
+    print(f"removed {len(removed)} entries, {human_bytes(sum(e.bytes for e in removed))}, from {root}")
+    return 0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from facemask.config.loading import load_config
-from facemask.config.schema import ConfigError
+from facemask.config.schema import ConfigError, WorkFailed
 from facemask.data.storage import staged
 from facemask.run_folder import EXPERIMENT, ONNX_DIR, ONNX_FILES, ONNX_GRAPH, ONNX_INT8, PARITY, write_json
 
@@ -39,7 +39,7 @@ DEFAULT_MAX_ACCURACY_DROP = 0.5  # points
 SPEED_BATCH = 32
 
 
-class ExportError(RuntimeError):
+class ExportError(WorkFailed):
     pass
 
 

@@ -9,11 +9,12 @@ from typing import Any, Dict, Iterable, List, Optional
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from facemask.config.schema import WorkFailed
 from facemask.publish.public import local_folders, public_text
 from facemask.run_folder import CONFIG, PUSH_PATTERNS, read_run
 
 
-class PushError(RuntimeError):
+class PushError(WorkFailed):
     """A push that could not be done; the message says what to do."""
 
 

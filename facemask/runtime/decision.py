@@ -123,3 +123,26 @@ def _is_name(value: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+def add_rule_arguments(parser: Any, prefix: str = "") -> None:
+    """--threshold and --positive-label, as predict, detect and `push --handler` take them
+    (`prefix`: what the options are for, where they do not apply to the command itself)."""
+    parser.add_argument("--threshold", metavar="T",
+                        help=f"{prefix}predict the positive class when its probability is >= T: a number, or a row of "
+                             "the run's operating_points.json ('best F1', 'precision>=0.99', 'recall>=0.99')")
+    parser.add_argument("--positive-label",
+                        help=f"{prefix}the class a numeric --threshold applies to (default: the run's positive "
+                             "class, else the mask class); a named operating point applies to its table's class")
+
+
+def rule_from_arguments(args: Any, labels: List[str]) -> DecisionRule:
+    """The rule --threshold / --positive-label ask for, checked against the model's labels; a
+    named point's number is said on stderr, since it sits in a file the user has not opened."""
+    import sys
+
+    rule = decision_rule(Path(args.model), labels, args.threshold, args.positive_label)
+    if rule.threshold is not None:
+        print(f"decision rule: {rule.positive_label} where P({rule.positive_label}) >= {rule.threshold:.6g} "
+              f"(--threshold {args.threshold!r}), else the other class", file=sys.stderr)
+    return rule

@@ -83,3 +83,14 @@ def format_rows(rows: List[Dict[str, Any]]) -> str:
     for row in rows:
         out.write(f"{row['path']}\t{row['label']}\t{row['confidence']:.4f}\n")
     return out.getvalue()
+
+
+def report_skipped(skipped: List[Tuple[str, str]], total: int) -> int:
+    """Each skipped input and why on stderr, then how many of `total`: the exit code (1 if any)."""
+    import sys
+
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} of {total} inputs skipped", file=sys.stderr)
+    return 1 if skipped else 0
