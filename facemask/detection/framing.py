@@ -47,14 +47,28 @@ class Framing:
     problem: Optional[str]
 
 
-def frame(image: Image.Image, detector: Any, detector_threshold: float = 0.6) -> Framing:
+def _faces(image: Image.Image, detector: Any, detector_threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Boxes and five landmarks of every face, in the image's own pixels, found at the detector's
+    view of it (small images enlarged, large ones shrunk)."""
     scale = min(_DETECT_MAX_SIDE / max(image.size), max(1.0, _DETECT_MIN_SIDE / min(image.size)))
     view = image if scale == 1.0 else image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
-    boxes, _ = detector.detect(np.asarray(view.convert("RGB")), detector_threshold)
+    boxes, _, points = detector.detect_landmarks(np.asarray(view.convert("RGB")), detector_threshold)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale, np.asarray(points, np.float64) / scale
+
+
+def largest_face_landmarks(image: Image.Image, detector: Any, detector_threshold: float = 0.6) -> Optional[np.ndarray]:
+    """The five landmarks (5 x (x, y), the image's pixels) of its largest face, or None."""
+    boxes, points = _faces(image, detector, detector_threshold)
+    if not len(boxes):
+        return None
+    return points[int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))]
+
+
+def frame(image: Image.Image, detector: Any, detector_threshold: float = 0.6) -> Framing:
+    boxes, _ = _faces(image, detector, detector_threshold)
     if not len(boxes):
         return Framing(0, 0.0, None, "no face found")
-    boxes = np.asarray(boxes, dtype=np.float64) / scale
     sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     largest = int(np.argmax(sides))
     share = float(sides[largest] / min(image.size))
