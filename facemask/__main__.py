@@ -487,27 +487,6 @@ def _add_cache(commands: Any) -> None:
     cache.set_defaults(func=_cache)
 
 
-def _add_pretrain(commands: Any) -> None:
-    from facemask.training.resume import add_run_arguments
-
-    pretrain = commands.add_parser("pretrain", help="masked image modelling (SimMIM) on images without labels: a "
-                                                    "backbone that train.py fine-tunes (model.name_or_path=FOLDER)")
-    add_run_arguments(pretrain)
-    pretrain.set_defaults(func=_pretrain)
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from facemask import REPO
-
-    # The entry point beside train.py, which owns the run (and, as train.py, sits above the package).
-    spec = importlib.util.spec_from_file_location("pretrain", REPO / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.cli(args.argv)
-
-
 # Each subcommand's name and the function that adds its parser.
 # Subcommands whose parser (add_arguments) and body (command) live in the module of their concern,
 # imported only when the subcommand is built.
@@ -519,6 +498,9 @@ OWNED = {
                                                        "out-of-fold probabilities, confident learning (cleanlab)"),
     "serve": ("facemask.publish.serve", "an HTTP JSON service: POST images to /predict, a photo to /detect; /health, "
                                         "/ready, /metrics, /docs"),
+    "train": ("facemask.training.run", "fine-tune a classifier on a config (as python train.py)"),
+    "pretrain": ("facemask.training.pretrain", "masked image modelling (SimMIM) on images without labels: a backbone "
+                                               "that train fine-tunes (model.name_or_path=FOLDER)"),
 }
 
 
@@ -547,8 +529,8 @@ def _owned(name: str) -> Callable[[Any], None]:
 COMMANDS = {"synth": _add_synth, "card": _add_card, "push": _add_push, "audit": _add_audit, "predict": _add_predict,
             "detect": _add_detect, "compare": _add_compare, "export": _add_export, "demo": _add_demo,
             "space": _add_space, "cache": _add_cache, "search": _owned("search"), "repeat": _owned("repeat"),
-            "explain": _add_explain, "label-issues": _owned("label-issues"), "pretrain": _add_pretrain,
-            "serve": _owned("serve")}
+            "explain": _add_explain, "label-issues": _owned("label-issues"), "pretrain": _owned("pretrain"),
+            "serve": _owned("serve"), "train": _owned("train")}
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
@@ -582,8 +564,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def console() -> int:
+    """A process's entry: `python -m facemask` and the `facemask` console script (pyproject.toml)."""
     from facemask.progress import quiet_library_bars
 
     quiet_library_bars()  # a process's own output: off a terminal, no library redraws bars in it
-    sys.exit(main())
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(console())
