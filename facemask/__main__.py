@@ -24,6 +24,7 @@ COMMANDS = {  # name: (where its add_arguments and command live, its one-line he
     "detect": ("facemask.detection.cli", "find, classify and draw every face in photos and videos"),
     "compare": ("facemask.evaluation.cli:compare", "two runs on the same images: paired bootstrap, McNemar"),
     "explain": ("facemask.evaluation.cli:explain", "where in each image the model looks: overlays, --sanity"),
+    "train": ("facemask.training.run", "fine-tune a classifier from a config (as train.py)"),
     "search": ("facemask.training.search", "hyperparameter search (Optuna) over the config's search.space"),
     "repeat": ("facemask.training.repeat", "a config once per seed or fold: each run's metrics, mean and spread"),
     "label-issues": ("facemask.training.label_issues", "training labels that are probably wrong (cleanlab)"),

@@ -132,7 +132,7 @@ PARITY = Output("onnx/parity.json", "`python -m facemask export`",
 # python -m facemask push --handler: a Hugging Face Inference Endpoints handler for the run.
 HANDLER = Output("handler.py", "`python -m facemask push --handler`", "an Inference Endpoints `EndpointHandler` "
                  "serving the run with predict's image handling and decision rule (a copy of "
-                 "endpoint_template/handler.py)", True)
+                 "facemask/templates/endpoint/handler.py)", True)
 HANDLER_CONFIG = Output("handler_config.json", "`python -m facemask push --handler`", "the handler's decision rule "
                         "(threshold and the class it is on, or the arg-max) and JPEG draft side", True)
 # python -m facemask space.

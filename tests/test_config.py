@@ -149,3 +149,66 @@ def test_a_config_header_that_quotes_seeds_names_the_seed_the_config_trains():
         for quoted in re.findall(r"over seeds ((?:\d+, )*\d+)", " ".join(header.split())):
             seeds = [int(s) for s in quoted.split(", ")]
             assert seed in seeds, f"{path.name}: its header quotes seeds {seeds}, it trains seed {seed}"
+
+
+def test_training_keys_read_from_transformers_source_are_the_dataclass_fields():
+    """The names a misspelled training key is checked against, read without importing
+    transformers, are TrainingArguments' init fields."""
+    from facemask.config.validation import _fields_in_source, training_argument_types
+
+    assert _fields_in_source() == set(training_argument_types())
+
+
+@pytest.mark.parametrize("entry", [["train.py"], ["pretrain.py"], ["-m", "facemask", "train"],
+                                   ["-m", "facemask", "pretrain"]])
+def test_a_misspelled_key_is_reported_before_torch_is_imported(entry, tmp_path):
+    """A typo used to cost the import of torch and transformers (seconds) before it was named: the
+    entry points check the config's keys first. Here those imports fail, so only a check made before
+    them can answer, with exit code 2 and the nearest key."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_runtime import BLOCKER
+
+    config = "configs/pretrain-quickstart.yaml" if "pretrain" in entry[-1] else "configs/quickstart.yaml"
+    for typo, nearest in (("data.trian_dir=photos", "did you mean 'train_dir'?"),
+                          ("training.learning_rat=1e-4", "did you mean 'learning_rate'?")):
+        argv = [*(entry if entry[0] != "-m" else ["facemask", entry[-1]]), config, typo,
+                f"training.output_dir={tmp_path / 'out'}"]
+        run = (f"runpy.run_module('facemask', run_name='__main__', alter_sys=True)" if entry[0] == "-m" else
+               f"runpy.run_path({str(REPO / entry[0])!r}, run_name='__main__')")
+        script = BLOCKER.format(absent={"torch"}) + textwrap.dedent(f"""
+            import runpy
+            sys.argv = {argv!r}
+            {run}
+        """)
+        # From another folder: the config is the one the package carries.
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert f"unknown key '{typo.split('=')[0]}'" in done.stderr and nearest in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_config_that_is_not_a_file_is_one_the_package_carries(tmp_path, monkeypatch):
+    """`configs/quickstart.yaml` (or `quickstart.yaml`) from any folder is the package's config, as
+    with an installed package; a file of the user's of that name wins; anything else is refused
+    with the names the package carries."""
+    import facemask
+    from facemask.config.loading import config_path
+
+    monkeypatch.chdir(tmp_path)
+    bundled = facemask.CONFIGS / "quickstart.yaml"
+    assert config_path("configs/quickstart.yaml") == bundled == config_path("quickstart.yaml")
+    assert config_path("configs/accelerate/multi-cpu.yaml") == facemask.CONFIGS / "accelerate" / "multi-cpu.yaml"
+    assert load_config("configs/quickstart.yaml") == load_config(bundled)
+    mine = tmp_path / "configs" / "quickstart.yaml"
+    mine.parent.mkdir()
+    mine.write_text(BASE, encoding="utf-8")
+    assert config_path("configs/quickstart.yaml") == Path("configs/quickstart.yaml")
+    assert load_config("configs/quickstart.yaml").training["output_dir"] == "OUT"
+    for missing in ("configs/quickstrat.yaml", "../facemask/configs/quickstart.yaml", str(tmp_path / "x.yaml")):
+        with pytest.raises(ConfigError, match=r"config file not found: .*configs/NAME.yaml with NAME one of .*"
+                                              r"quickstart, quickstart-beit"):
+            config_path(missing)

@@ -28,13 +28,40 @@ def test_overwrite_never_deletes_a_folder_it_did_not_make(tmp_path, monkeypatch)
         train.main([str(config), "--overwrite"])
     assert (mine / "thesis.tex").read_text() == "years of work"
     monkeypatch.chdir(tmp_path)
-    for protected in (".", str(tmp_path.parent), str(REPO), os.path.expanduser("~")):
+    for protected in (".", str(tmp_path.parent), str(REPO), str(REPO / "facemask"), os.path.expanduser("~")):
         assert "--overwrite would delete" in overwrite_refusal(__import__("pathlib").Path(protected))
     # An empty folder or a run's folder may go.
     assert overwrite_refusal(tmp_path / "empty") is None
     run = tmp_path / "run"
     (run / "checkpoint-5").mkdir(parents=True)
     assert overwrite_refusal(run) is None
+
+
+def test_the_commit_is_recorded_only_for_a_checkout_that_tracks_the_package(tmp_path, monkeypatch):
+    """A package installed inside some other repository (a virtual environment in a checkout) must
+    not record that repository's commit as the code's; a checkout that tracks it does."""
+    import subprocess
+
+    from facemask.training import provenance
+
+    repo = tmp_path / "other"
+    package = repo / "venv" / "facemask"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (repo / "notes.txt").write_text("another project")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "notes.txt")
+    git("commit", "-qm", "another project")
+    monkeypatch.setattr(provenance, "PACKAGE", package)
+    assert provenance.git_state() == {}
+    git("add", "venv/facemask/__init__.py")
+    git("commit", "-qm", "the package")
+    assert provenance.git_state() == {"commit": git("rev-parse", "HEAD"), "dirty": False}
 
 
 def test_experiment_yaml_keeps_settings_that_mention_tokens(tmp_path):

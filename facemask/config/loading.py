@@ -10,18 +10,32 @@ from typing import List
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from facemask import CONFIGS
 from facemask.config.overrides import let_overrides_pick_model, let_overrides_pick_source, parse_overrides
 from facemask.config.schema import ConfigError, ExperimentConfig
 from facemask.config.validation import check_keys, coerce_training_value, training_argument_types, validate
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` when it is a file; else the config of that name the package carries (the configs the
+    docs name: `configs/quickstart.yaml` or `quickstart.yaml` from any folder, with an installed
+    package too). A file of the user's always wins over a bundled one of the same name."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    parts = path.parts[1:] if len(path.parts) > 1 and path.parts[0] == CONFIGS.name else path.parts
+    if parts and not path.is_absolute() and ".." not in parts and CONFIGS.joinpath(*parts).is_file():
+        return CONFIGS.joinpath(*parts)
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (nor is it a config the package carries: configs/NAME.yaml "
+                      f"with NAME one of {names})")
 
 
 def load_config(path: str | Path | None, overrides: List[str] | None = None) -> ExperimentConfig:
     """Read a YAML config, apply `section.key=value` overrides, validate, return dataclasses."""
     layers = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = config_path(path)
         try:
             raw = OmegaConf.to_container(OmegaConf.load(path))
         except Exception as err:

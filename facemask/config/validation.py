@@ -4,12 +4,15 @@ values of the right type, and the rules between fields.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
+import importlib.util
 import re
 import types
 import typing
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Set
 
 from facemask.config.schema import ConfigError, ExperimentConfig, nearest
 
@@ -38,10 +41,10 @@ def check_keys(tree: Dict[str, Any], schema: type, prefix: str, origin: str) -> 
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{origin}: 'training' must be a mapping of TrainingArguments fields")
             for tkey in value or {}:
-                if tkey not in training_argument_types():
+                if tkey not in training_argument_names():
                     raise ConfigError(
                         f"{origin}: unknown key 'training.{tkey}' (not a transformers.TrainingArguments "
-                        f"field); {nearest(tkey, training_argument_types())}"
+                        f"field); {nearest(tkey, training_argument_names())}"
                     )
 
 
@@ -50,6 +53,45 @@ def _field_types(schema: type) -> Dict[str, Any]:
 
 
 _TRAINING_TYPES: Dict[str, Any] = {}
+_TRAINING_NAMES: Set[str] = set()
+
+
+def training_argument_names() -> Set[str]:
+    """TrainingArguments' init fields by name, read from transformers' source without importing it:
+    the import brings torch (seconds), and a misspelled key must be reported before any of that
+    (train.py and pretrain.py check the config first). The dataclass itself when the source cannot
+    be read this way (tests/test_config.py checks that both agree)."""
+    if not _TRAINING_NAMES:
+        _TRAINING_NAMES.update(_fields_in_source() or training_argument_types())
+    return _TRAINING_NAMES
+
+
+def _fields_in_source() -> Set[str]:
+    """The annotated class attributes of `TrainingArguments` in transformers/training_args.py, less
+    ClassVars and `field(init=False)`; empty when that file or class is not found."""
+    spec = importlib.util.find_spec("transformers")
+    places = list(spec.submodule_search_locations or []) if spec else []
+    source = next((Path(p) / "training_args.py" for p in places if (Path(p) / "training_args.py").is_file()), None)
+    if source is None:
+        return set()
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    found = next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "TrainingArguments"),
+                 None)
+    names = set()
+    for node in found.body if found else []:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        if "ClassVar" in ast.unparse(node.annotation):
+            continue
+        call = node.value
+        if isinstance(call, ast.Call) and any(k.arg == "init" and isinstance(k.value, ast.Constant) and
+                                              k.value.value is False for k in call.keywords):
+            continue
+        names.add(node.target.id)
+    return names
 
 
 def training_argument_types() -> Dict[str, Any]:

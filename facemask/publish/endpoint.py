@@ -1,5 +1,5 @@
 """`python -m facemask push --handler`: a Hugging Face Inference Endpoints handler beside the run's
-files, so that a deployed endpoint answers as `predict` does (endpoint_template/handler.py)."""
+files, so that a deployed endpoint answers as `predict` does (facemask/templates/endpoint/handler.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 from typing import List, Optional
 
-from facemask import REPO
+from facemask import TEMPLATES
 from facemask.run_folder import HANDLER, HANDLER_CONFIG, write_json
 
-TEMPLATE = REPO / "endpoint_template" / HANDLER.name
+TEMPLATE = TEMPLATES / "endpoint" / HANDLER.name
 
 
 def add_handler(run_dir: Path, threshold: Optional[str] = None, positive_label: Optional[str] = None) -> List[Path]:

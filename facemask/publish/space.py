@@ -1,9 +1,12 @@
 """python -m facemask space: the demo page as a Hugging Face Space that loads the model by its Hub id.
 
-The Space holds app.py and README.md (from space_template/), this package (the page is
+The Space holds app.py and README.md (from facemask/templates/space/), this package (the page is
 facemask/publish/demo.py, the code `python -m facemask demo` runs) with its face detector's weights,
-and the project's requirements.txt, so it runs the versions the page was tested with. They are
-written to a local folder first, then pushed.
+and the project's requirements.txt, so it runs the versions the page was tested with. Those pins are
+package data (facemask/requirements.txt; the checkout's requirements.txt links to it): an installed
+package has them too, and the versions installed here would not do (a local build such as
+torch 2.13.0+cpu is not on PyPI for the Space to install). They are written to a local folder
+first, then pushed.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from typing import Dict, Optional
 import jinja2
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from facemask import REPO
+from facemask import PACKAGE, REQUIREMENTS, TEMPLATES
 from facemask.detection.detectors import WEIGHTS_DIR
 from facemask.publish.card import hub_model_id, model_name
 from facemask.publish.hub import PushError, delete_stale
 from facemask.run_folder import CONFIG, read_run
 
-PACKAGE = REPO / "facemask"
-TEMPLATES = REPO / "space_template"
+SPACE_TEMPLATES = TEMPLATES / "space"
 
 
 def _pinned(requirements: str, package: str) -> str:
@@ -44,8 +46,8 @@ def space_model_id(run_dir: str | Path, model_id: Optional[str] = None) -> str:
 def space_files(run_dir: str | Path, model_id: str, revision: Optional[str] = None) -> Dict[str, bytes]:
     """Path in the Space -> content, for the Hub model `model_id` trained by the run in `run_dir`."""
     run = read_run(run_dir)
-    requirements = (REPO / "requirements.txt").read_text(encoding="utf-8")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True,
+    requirements = REQUIREMENTS.read_text(encoding="utf-8")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(SPACE_TEMPLATES), keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined)
     values = {
         "title": model_name(run, model_id), "model_id": model_id, "model_id_literal": repr(model_id),
@@ -56,7 +58,8 @@ def space_files(run_dir: str | Path, model_id: str, revision: Optional[str] = No
     files = {name[: -len(".j2")]: env.get_template(name).render(**values).encode()
              for name in ("app.py.j2", "README.md.j2")}
     files["requirements.txt"] = requirements.encode()
-    shipped = sorted(PACKAGE.rglob("*.py")) + sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_file())
+    # The code the page runs: the package's modules, not the templates it fills in elsewhere.
+    shipped = sorted(p for p in PACKAGE.rglob("*.py") if TEMPLATES not in p.parents) + sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_file())
     files.update({f"facemask/{path.relative_to(PACKAGE).as_posix()}": path.read_bytes() for path in shipped})
     return files
 

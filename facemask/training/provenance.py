@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from transformers import TrainingArguments
 
-from facemask import REPO
+from facemask import PACKAGE
 from facemask.config.schema import ExperimentConfig
 from facemask.data.sources import PreparedData
 from facemask.run_folder import EXPERIMENT, PRETRAINING, RUN_INFO, read_json, write_json
@@ -22,9 +22,13 @@ logger = logging.getLogger("facemask")
 
 
 def git_state() -> Dict[str, Any]:
-    """The code's commit and whether the working tree differed from it, if it is a git checkout."""
-    root = REPO
+    """The code's commit and whether the working tree differed from it, when the package runs from
+    a git checkout that tracks it; empty for an installed package (run_info's versions name it), even
+    one installed inside some other checkout (a virtual environment in a repository)."""
+    root = PACKAGE
     try:
+        subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], cwd=root, capture_output=True,
+                       timeout=10, check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -1,7 +1,7 @@
 """python -m facemask repeat CONFIG --seeds 0 1 2 | --folds K [key=value ...]: one config run several
 times, to say how far its figures can be trusted.
 
-Each run is `python train.py CONFIG ... training.output_dir=OUTPUT_DIR/seed-N` (or fold-N, with
+Each run is `python -m facemask train CONFIG ... training.output_dir=OUTPUT_DIR/seed-N` (or fold-N, with
 data.cv_folds / data.cv_fold: validation is fold N of K over the training data, duplicate groups
 on one side, classes stratified), one after another, each in a fresh process. A run whose folder
 holds its card (written last) is finished and is not run again, so the same command resumes an
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from facemask import CARD_TEMPLATES, REPO
+from facemask import CARD_TEMPLATES
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
 from facemask.run_folder import (CARD, INTERVALS, PREFIXES, REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON, RUN_INFO,
@@ -99,13 +99,14 @@ def finished(folder: Path) -> bool:
 
 def run_one(config: str, folder: Path, overrides: List[str], force: bool = False) -> None:
     # Each run keeps to its folder: none pushes to the Hub (they would all push to one model id).
-    command = [sys.executable, str(REPO / "train.py"), config, *overrides, "hub.push=false",
+    # Through the package, as `python -m facemask train`: the same code, installed or in a checkout.
+    command = [sys.executable, "-m", "facemask", "train", config, *overrides, "hub.push=false",
                f"training.output_dir={folder}"]
     if any((folder / marker).exists() for marker in RUN_MARKERS):
         command.append("--overwrite")  # an interrupted run of this repeat: started over
     if force:
         command.append("--force")
-    print(f"{folder.name}: {' '.join(command[1:])}", flush=True)
+    print(f"{folder.name}: python {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command)
     if done.returncode != 0:
         raise RepeatError(f"{folder.name} failed (exit code {done.returncode}; its log is {folder / 'train.log'}). "

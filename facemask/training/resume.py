@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-from facemask import REPO
+from facemask import PACKAGE
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
 from facemask.data.storage import pid_alive
@@ -103,10 +103,11 @@ def resolve_resume(output_dir: Path, resume: Optional[str], overwrite: bool) -> 
 def overwrite_refusal(output_dir: Path) -> Optional[str]:
     """Why --overwrite must not delete `output_dir`, or None: only an empty folder or one that is
     recognisably a run's (it holds run files or checkpoints), never the working directory, the
-    repository, the home folder or a folder holding any of them."""
+    package's own folder (in a checkout or where it is installed), the home folder or a folder
+    holding any of them."""
     target = output_dir.expanduser().resolve()
     protected = {"the current directory": Path.cwd().resolve(), "the home folder": Path.home().resolve(),
-                 "this repository": REPO}
+                 "the facemask package's folder": PACKAGE}
     for name, place in protected.items():
         if target == place or target in place.parents:
             return f"--overwrite would delete {target}, which is {name} or holds it; choose a run's own output folder"
