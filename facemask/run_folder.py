@@ -107,6 +107,14 @@ ERRORS = _split("errors.json", "the misclassified images with the highest loss")
 ERRORS_FIGURE = _split("errors.png", "those images, as a gallery (absent when nothing is misclassified)")
 SHORTCUT_TEST = _split("shortcut_test.json", "accuracy with each flagged shortcut attribute neutralised",
                        writer="train.py (test, else eval), evaluate.py --shortcut-test")
+ROBUSTNESS = _split("robustness.json", "accuracy under each corruption at 5 severities (Wilson intervals) beside "
+                    "the clean accuracy of the same images, and the occlusion test: the share of no-mask images "
+                    "read as masked with a hand, scarf or phone over the mouth",
+                    writer="train.py (test, else eval; data.robustness), evaluate.py --robustness")
+ROBUSTNESS_FIGURE = _split("robustness.png", "accuracy against severity, a line per corruption, the clean level",
+                           writer="train.py, evaluate.py --robustness")
+OCCLUSION_FIGURE = _split("occlusion.png", "the occluded no-mask images read as masked, with their maps (absent "
+                          "when none flipped)", writer="train.py, evaluate.py --robustness")
 # The card and what it shows.
 CARD = Output("README.md", "train.py, `python -m facemask card`", "the model card", True)
 CURVES_FIGURE = Output("training_curves.png", "card", "loss and evaluation metrics over training", True)
@@ -162,7 +170,7 @@ OUTPUTS: List[Output] = [
     CONFIG, WEIGHTS, SHARDS, SHARD_INDEX, PROCESSOR, TRAINING_ARGS, EXPERIMENT, RUN_INFO, TRAIN_LOG, TRAIN_TEXT_LOG,
     ADAPTER, TEACHER, LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
-    SHORTCUT_TEST, CARD, CURVES_FIGURE, PRETRAINING, PRETRAINING_IMAGES, PRETRAINING_LOSS_FIGURE, RECONSTRUCTIONS_FIGURE,
+    SHORTCUT_TEST, ROBUSTNESS, ROBUSTNESS_FIGURE, OCCLUSION_FIGURE, CARD, CURVES_FIGURE, PRETRAINING, PRETRAINING_IMAGES, PRETRAINING_LOSS_FIGURE, RECONSTRUCTIONS_FIGURE,
     ONNX_GRAPH, ONNX_INT8, PARITY, HANDLER, HANDLER_CONFIG, SPACE_DIR,
 ]
 ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}
@@ -239,6 +247,7 @@ class RunFiles:
     intervals: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     errors: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     shortcut_tests: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    robustness: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     operating_points: Dict[str, Any] = field(default_factory=dict)
     onnx: Dict[str, Any] = field(default_factory=dict)  # onnx/parity.json (python -m facemask export)
     teacher: Dict[str, Any] = field(default_factory=dict)  # teacher.json (recipe.distill)
@@ -288,6 +297,7 @@ def read_run(directory: str | Path) -> RunFiles:
     run.intervals = _per_split(directory, INTERVALS)
     run.errors = _per_split(directory, ERRORS)
     run.shortcut_tests = _per_split(directory, SHORTCUT_TEST)
+    run.robustness = _per_split(directory, ROBUSTNESS)
     run.operating_points = read_json(OPERATING_POINTS.path(directory))
     run.onnx = read_json(PARITY.path(directory))
     run.teacher = read_json(TEACHER.path(directory))

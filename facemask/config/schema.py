@@ -132,6 +132,11 @@ class DataConfig:
     # the gallery's 16 images get one; ablation costs a forward pass per patch each.
     error_maps: str = "ablation"
     max_class_ratio: float = 1.5
+    # At the end of training, the test split (else validation) under corruptions at 5 severities and
+    # the occlusion test (evaluation/robustness.py): about 37 more predictions of the split, so on
+    # a seeded sample of at most robustness_max_images (null: all of them).
+    robustness: bool = True
+    robustness_max_images: Optional[int] = 500
 
 
 @dataclass

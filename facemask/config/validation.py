@@ -268,6 +268,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"bad value for 'data.on_bad_image': expected 'error' or 'skip', got {d.on_bad_image!r}")
     if d.on_bad_image == "skip" and not d.audit:
         raise ConfigError("'data.on_bad_image: skip' needs the audit to find the bad images: set data.audit=true")
+    if d.robustness_max_images is not None and d.robustness_max_images < 1:
+        raise ConfigError(f"bad value for 'data.robustness_max_images': at least 1, or null for the whole split; got "
+                          f"{d.robustness_max_images}")
     if d.error_maps not in ("ablation", "gradcam", "none"):
         raise ConfigError(f"bad value for 'data.error_maps': expected 'ablation', 'gradcam' or 'none', got "
                           f"{d.error_maps!r}")

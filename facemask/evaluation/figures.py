@@ -283,3 +283,29 @@ def label_issues_png(images: List[Any], suspects: List[Dict[str, Any]], path: Pa
                       f"quality {suspect['label_quality']:.3f}\n{name}")
     return _gallery_png(images, titles, path, maps, [f"evidence for {s['suggested_label']}" for s in suspects],
                         columns, 2.9, 7)
+
+
+def robustness_png(record: Dict[str, Any], title: str, path: Path) -> bool:
+    """Accuracy against severity, a line per corruption, the clean accuracy as a level."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100, layout="constrained")
+    severities = [1, 2, 3, 4, 5]
+    for name, cells in record["corruptions"].items():
+        ax.plot(severities, [cells[str(s)]["accuracy"] for s in severities], marker="o", label=name.replace("_", " "))
+    ax.axhline(record["clean_accuracy"], color="black", linestyle="--", label="clean")
+    ax.set(xlabel="severity", ylabel="accuracy", xticks=severities, ylim=(0, 1.02),
+           title=f"{title}: {record['images']} images")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.savefig(path, metadata=_PNG_METADATA)
+    plt.close(fig)
+    return True
+
+
+def occlusion_png(images: List[Any], flips: List[Dict[str, Any]], path: Path, mask_class: str,
+                  maps: Optional[List[Any]] = None, columns: int = 4) -> bool:
+    """No-mask images read as masked once something that is not a mask covered the mouth: each
+    titled with its occluder and probability, with `maps` beside it the evidence for the mask class."""
+    titles = [f"{f['occluder']}\nP({mask_class}) {f['probability']:.2f}" for f in flips]
+    return _gallery_png(images, titles, path, maps, [f"evidence for {mask_class}"] * len(flips), columns, 2.7, 8)

@@ -133,7 +133,7 @@ def occlusion_test(originals: List[Image.Image], label_ids: np.ndarray, labels: 
             low, high = wilson(count, len(rows)) or (None, None)
             by_kind[kind] = {"flip_rate": count / len(rows), "low": low, "high": high, "pairs": len(rows)}
         order = np.argsort(-probs[:, mask])
-        gallery = [{"index": pairs[i][0], "occluder": pairs[i][1], f"prob_{labels[mask]}": round(float(probs[i, mask]), 4),
+        gallery = [{"row": int(pairs[i][0]), "occluder": pairs[i][1], "probability": round(float(probs[i, mask]), 4),
                     "image": occluded[i]} for i in order[:GALLERY_SIZE] if flipped[i]]
     low, high = wilson(flips, len(pairs)) or (None, None)
     return {"flip_rate": flips / len(pairs) if pairs else None, "low": low, "high": high, "images": len(faces),

@@ -107,3 +107,57 @@ def shortcut_test(trainer: Any, view: Callable[[datasets.Dataset, str], Any], fl
         run_folder.write_json(run_folder.SHORTCUT_TEST.path(out_dir, evaluated.prefix),
                               {"flagged": flagged, "tests": tests})
     return tests
+
+
+def robustness_split(trainer: Any, view: Callable[[datasets.Dataset, str], Any], split: SplitData, label_column: str,
+                     evaluated: EvaluatedSplit, processor: Any, out_dir: Path, max_images: Optional[int],
+                     seed: int = 0, maps: str = "ablation") -> Dict[str, Any]:
+    """The split under corruptions and occluders (evaluation/robustness.py): its record, figure and
+    gallery of flipped images with their maps. `view` turns a changed copy into what the Trainer
+    reads (the per-image path: the copies are small and used once)."""
+    import time
+
+    from facemask.detection.detectors import load_detector
+    from facemask.evaluation.explain import trainer_explainer
+    from facemask.evaluation.figures import occlusion_png, robustness_png
+    from facemask.evaluation.robustness import robustness_test
+
+    def predict(ds: datasets.Dataset, name: str) -> np.ndarray:
+        return softmax(trainer.predict(view(ds, name), metric_key_prefix="robustness").predictions)
+
+    start = time.perf_counter()
+    record = robustness_test(split.dataset, split.image_column, label_column, split.labels, evaluated.label_ids,
+                             processor, predict, load_detector(), max_images, seed,
+                             evaluated.metrics.get(f"{evaluated.prefix}_runtime"))
+    occlusion = record["occlusion"]
+    gallery = occlusion.pop("gallery", [])
+    if trainer.is_world_process_zero():
+        figure = run_folder.OCCLUSION_FIGURE.path(out_dir, evaluated.prefix)
+        if gallery:
+            explainer = trainer_explainer(trainer, maps) if maps != "none" else None
+            mask = split.labels.index(occlusion["mask_class"])
+            found = None
+            if explainer is not None:
+                try:
+                    found = explainer([g["image"] for g in gallery], [mask] * len(gallery))
+                except (RuntimeError, ValueError) as err:  # a map is extra: the gallery is drawn without it
+                    logger.warning("occlusion gallery drawn without maps: %s", str(err).splitlines()[0])
+            occlusion_png([g.pop("image") for g in gallery], gallery, figure, occlusion["mask_class"], found)
+        elif figure.exists():
+            figure.unlink()  # an earlier evaluation's flips would otherwise stand for this one
+        occlusion["flipped"] = gallery
+        run_folder.write_json(run_folder.ROBUSTNESS.path(out_dir, evaluated.prefix), record)
+        robustness_png(record, f"{run_folder.split_name(evaluated.prefix)} split",
+                       run_folder.ROBUSTNESS_FIGURE.path(out_dir, evaluated.prefix))
+    flips = (f"{occlusion['flip_rate']:.1%} of {occlusion['pairs']} occluded no-mask faces read as masked "
+             f"({occlusion['skipped']} images without a face found skipped)" if occlusion.get("flip_rate") is not None
+             else f"occlusion not measured: {occlusion.get('reason')}")
+    cost = record.get("cost_vs_clean_evaluation")
+    logger.info("robustness (%s): %d of %d images, %d corruptions x 5 severities and %d occluders in %.0f s%s; "
+                "accuracy %.4f clean, %.4f under corruption on average, worst under %s (%.4f); %s",
+                evaluated.prefix, record["images"], record["of_images"], len(record["corruptions"]),
+                len(occlusion.get("occluders", [])), time.perf_counter() - start,
+                f" ({cost:.0f}x the split's evaluation)" if cost else "", record["clean_accuracy"],
+                record["mean_corruption_accuracy"], record["worst_corruption"], record["worst_corruption_accuracy"],
+                flips)
+    return record

@@ -26,7 +26,8 @@ from facemask.data.shortcuts import FAMILIES
 from facemask.data.labels import resolve_positive_label
 from facemask.evaluation.eval_data import SplitData, evaluation_split
 from facemask.evaluation.loading import load_model
-from facemask.evaluation.split import EvaluatedSplit, evaluate_split, shortcut_test
+from facemask.evaluation.robustness import DEFAULT_MAX_IMAGES
+from facemask.evaluation.split import EvaluatedSplit, evaluate_split, robustness_split, shortcut_test
 from facemask.pipeline.inputs import eval_view
 from facemask.pipeline.processor import processor_image_size
 from facemask.publish.card import add_split_to_card
@@ -62,6 +63,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--error-maps", choices=["ablation", "gradcam", "none"], default="ablation",
                         help="the error gallery's explanation maps (docs/evaluation.md): one forward pass per patch "
                              "(ablation), one backward pass (gradcam), or none")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also evaluate the split under 7 corruptions at 5 severities and the occlusion test "
+                             "(a hand, scarf or phone over no-mask faces): about 37 more predictions of the split")
+    parser.add_argument("--robustness-max-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
+                        help=f"with --robustness: a seeded sample of at most N images (default {DEFAULT_MAX_IMAGES})")
     parser.add_argument("--shortcut-test", nargs="*", metavar="ATTRIBUTE",
                         help="also evaluate with each shortcut attribute neutralised: the named ones "
                              f"({', '.join(FAMILIES)}), or those an audit of DATA flags when none is named")
@@ -107,6 +113,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
         flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
         shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)
+    if args.robustness:
+
+        def per_image(ds: Any, name: str) -> Any:  # small copies, each predicted once: no cache
+            return eval_view(ds, name, split.image_column, found.label_column, processor, "per_image",
+                             args=training_args)
+
+        robustness_split(trainer, per_image, split, found.label_column, evaluated, processor, out_dir,
+                         args.robustness_max_images, args.seed, args.error_maps)
     if trainer.is_world_process_zero():
         logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split,
                     len(split.dataset), found.source, evaluated.metrics[f"{args.split}_samples_per_second"],

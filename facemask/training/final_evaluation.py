@@ -1,7 +1,7 @@
 """The end of a training run: its validation and test splits and the extra test sets evaluated
 (evaluation/split.py, the same evaluation evaluate.py runs), the operating points chosen on
-validation, and the shortcut reliance test of the attributes the audit flagged, on the split that
-reports the headline number."""
+validation, and on the split that reports the headline number the shortcut reliance test of the
+attributes the audit flagged and the robustness test (corruptions, occluders; data.robustness)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from facemask.data.audit import flagged_attributes
 from facemask.data.inspection import split_digest
 from facemask.data.prepare import Prepared
 from facemask.data.labels import resolve_positive_label
-from facemask.evaluation.split import EvaluatedSplit, SplitData, evaluate_split, shortcut_test, write_operating_points
+from facemask.evaluation.split import (EvaluatedSplit, SplitData, evaluate_split, robustness_split, shortcut_test,
+                                       write_operating_points)
 from facemask.pipeline.inputs import eval_view
 from facemask.recipe.distill import AsUsed, teacher_held_out
 from facemask.run_folder import TEACHER, prefix_of, split_name, write_json
@@ -46,15 +47,22 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
     trainer.save_state()
     if run.main_process and "validation" in evaluated:
         write_operating_points(evaluated["validation"], evaluated.get("test"), pos_label, data.labels, out)
-    if prepared.report is not None and evaluated and cfg.data.shortcut_test:
-        split = "test" if "test" in evaluated else "validation"
+    headline = "test" if "test" in evaluated else "validation"
+    if prepared.report is not None and headline in evaluated and cfg.data.shortcut_test:
 
         def view(ds: Any, name: str) -> Any:
             return eval_view(ds, name, data.image_column, data.label_column, run.processor, cfg.data.preprocess,
                              cfg.data.preprocess_dir, cfg.data.preprocess_num_proc, run.args)
 
-        shortcut_test(trainer, view, flagged_attributes(prepared.report), split_data(prepared, split),
-                      evaluated[split], run.image_side, out)
+        shortcut_test(trainer, view, flagged_attributes(prepared.report), split_data(prepared, headline),
+                      evaluated[headline], run.image_side, out)
+    if headline in evaluated and cfg.data.robustness:
+
+        def per_image(ds: Any, name: str) -> Any:  # small copies, each predicted once: no cache
+            return eval_view(ds, name, data.image_column, data.label_column, run.processor, "per_image", args=run.args)
+
+        robustness_split(trainer, per_image, split_data(prepared, headline), data.label_column, evaluated[headline],
+                         run.processor, out, cfg.data.robustness_max_images, cfg.seed, cfg.data.error_maps)
     if trainer.recipe is not None and trainer.recipe.teacher is not None:
         evaluate_teacher(run, pos_label, [split for split in ("validation", "test") if split in evaluated])
     return evaluated
