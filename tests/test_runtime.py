@@ -199,6 +199,28 @@ def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_i
             assert ours(kept).shape == (len(kept), *shapes.pop()[1:])
 
 
+@pytest.mark.parametrize("settings", [{}, {"do_normalize": False}, {"do_rescale": False},
+                                      {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}],
+                         ids=["standard", "not-normalised", "not-rescaled", "imagenet"])
+def test_seen_pixels_undo_the_processor_to_the_image_it_was_given(settings):
+    """The one de-normalisation (runtime/preprocess.py seen_pixels), as explain's overlays and the
+    pretraining figures use it, gives back the image the processor was given (already at the
+    model's size, so nothing is resampled), whichever steps the processor takes."""
+    import torch
+    from transformers import ViTImageProcessorPil
+
+    from facemask.evaluation.explain import seen_images
+    from facemask.runtime.preprocess import seen_pixels
+
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    theirs = ViTImageProcessorPil(size={"height": 24, "width": 24}, **settings)
+    pixels = theirs([Image.fromarray(image)], return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(seen_images(theirs, torch.from_numpy(pixels))[0], image)
+    np.testing.assert_array_equal(seen_pixels(pixels[0], theirs), image)
+    ours = Preprocessor.from_dict({**json.loads(theirs.to_json_string()), "image_processor_type": "ViTImageProcessor"})
+    np.testing.assert_array_equal(seen_pixels(ours([Image.fromarray(image)]), ours)[0], image)
+
+
 def test_an_image_processor_the_runtime_does_not_reproduce_is_refused_by_name(processor_folders, tmp_path):
     fields = read_json(PROCESSOR.path(processor_folders["beit"]))
     with pytest.raises(ConfigError, match="image_processor_type is 'ConvNextImageProcessor'.*--backend torch"):

@@ -188,3 +188,18 @@ def _size_with_aspect_ratio(height: int, width: int, size: int, max_size: int) -
     if width < height:
         return (int(raw_size * height / width) if raw_size is not None else int(size * height / width)), size
     return size, (int(raw_size * width / height) if raw_size is not None else int(size * width / height))
+
+
+def seen_pixels(pixels: np.ndarray, processor: Any) -> np.ndarray:
+    """A processor's output (... x 3 x H x W float) undone to the uint8 RGB it shows (... x H x W x 3):
+    the normalisation and the rescale reversed where the processor applies them. `processor` is a
+    Preprocessor or a transformers image processor (the same attribute names); the explanations'
+    overlays and the pretraining figures draw what the model saw through here."""
+    values = np.moveaxis(np.asarray(pixels, dtype=np.float32), -3, -1)
+    if getattr(processor, "do_normalize", True):
+        mean = np.asarray(getattr(processor, "image_mean", None) or _STANDARD, dtype=np.float32)
+        std = np.asarray(getattr(processor, "image_std", None) or _STANDARD, dtype=np.float32)
+        values = values * std + mean
+    if getattr(processor, "do_rescale", True):
+        values = values / float(getattr(processor, "rescale_factor", None) or 1 / 255)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
