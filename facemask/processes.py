@@ -68,19 +68,20 @@ def release_to_children(fd: int) -> None:
 
 
 def _in_child() -> None:
-    """After a fork, in the child: the guard of `forks_die_with_this_process`, then the held
-    descriptors closed. (The run lock's heartbeat thread is not copied into a child: a killed run's
-    heartbeat stops with it.)"""
+    """After a fork, in the child: the held descriptors closed first (a few system calls, so the
+    child holds the run's lock for as short a time as can be), then the guard of
+    `forks_die_with_this_process` (it loads libc). The run lock's heartbeat thread is not copied
+    into a child: a killed run's heartbeat stops with it."""
     global _FORKS_DIE_WITH
-    parent, _FORKS_DIE_WITH = _FORKS_DIE_WITH, None  # the child's own forks are its own concern
-    if parent is not None:
-        die_with_parent(parent)
     for fd in _HELD:
         try:
             os.close(fd)
         except OSError:
             pass
     _HELD.clear()
+    parent, _FORKS_DIE_WITH = _FORKS_DIE_WITH, None  # the child's own forks are its own concern
+    if parent is not None:
+        die_with_parent(parent)
 
 
 os.register_at_fork(after_in_child=_in_child)
