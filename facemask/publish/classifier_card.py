@@ -1,13 +1,10 @@
-"""Model cards from the files a run leaves, through huggingface_hub's ModelCard templates.
-
-Only the run folder's files are read (run_folder.read_run), never the model, so a card can be
-regenerated anywhere and the same files always give the same bytes.
-"""
+"""A fine-tuned classifier's card (template.md.j2, and architectures/ for the model family's
+title, description and citation): what it classifies, its data, training, metrics and diagnostics,
+from the run folder's files (publish/card.py picks the kind of card)."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -15,10 +12,9 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from facemask import CARD_TEMPLATES
-from facemask.config.schema import ConfigError
-from facemask.publish.card_figures import write_figures
+from facemask.publish.naming import hub_model_id, model_name
 from facemask.publish.public import local_folders, public_text
-from facemask.run_folder import CARD, CONFIG, REPEAT_RESULTS_JSON, RunFiles, read_run, split_files, split_name
+from facemask.run_folder import RunFiles, split_name
 
 TEMPLATE = CARD_TEMPLATES / "template.md.j2"
 NOT_RECORDED = "not recorded"
@@ -116,15 +112,6 @@ def _pretraining(run: RunFiles) -> Optional[Dict[str, Any]]:
             "masked": f"{ratio:.0%}" if isinstance(ratio, (int, float)) else NOT_RECORDED,
             "images": sum((pretraining.get("images") or {}).values()), "data": pretraining.get("data"),
             "started_from": pretraining.get("started_from")}
-
-
-def model_name(run: RunFiles, hub_model_id: Optional[str]) -> str:
-    card = run.experiment.get("card") or {}
-    return card.get("model_name") or (hub_model_id or "").split("/")[-1] or run.directory.resolve().name
-
-
-def hub_model_id(run: RunFiles, override: Optional[str] = None) -> Optional[str]:
-    return override or (run.experiment.get("hub") or {}).get("model_id")
 
 
 def card_data(run: RunFiles, model_id: Optional[str] = None) -> ModelCardData:
@@ -402,67 +389,3 @@ def _section_title(prefix: str) -> str:
     if prefix == "eval":
         return "Evaluation Metrics"
     return f"{split_name(prefix).replace('_', ' ').title()} Metrics"
-
-
-OBJECTIVES = {"simmim": "SimMIM (Xie et al., 2022): the masked patches are replaced by a learned mask token and the "
-                         "encoder's output is decoded back to pixels (a 1x1 convolution and a pixel shuffle); the loss "
-                         "is the L1 error on the masked pixels alone"}
-
-
-def render_pretraining_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] = None) -> str:
-    """A pretraining run's card: objective, data, image count, loss curve and reconstructions."""
-    record = run.pretraining
-    model_id = hub_model_id(run, model_id)
-    card = run.experiment.get("card") or {}
-    started = record.get("started_from", "")
-    base = started if started and "(" not in started and started != "random init" else None
-    data = ModelCardData(model_name=model_name(run, model_id), license=card.get("license", "apache-2.0"),
-                         library_name="transformers", base_model=base,
-                         tags=["vision", "masked-image-modeling", record.get("model_type", ""), "face-mask"])
-    history = run.state.get("log_history") or []
-    training = run.experiment.get("training") or {}
-    hyper = ", ".join(f"{k} {training[k]}" for k in ("learning_rate", "per_device_train_batch_size", "weight_decay")
-                      if k in training)
-    seconds = record.get("train_seconds")
-    names = {"vit": "ViT", "beit": "BEiT"}
-    return ModelCard.from_template(
-        data, template_path=str(CARD_TEMPLATES / "pretraining.md.j2"),
-        title=f"{model_name(run, model_id)}: a {names.get(record.get('model_type'), record.get('model_type'))} encoder "
-              "pretrained by masked image modelling",
-        architecture=names.get(record.get("model_type"), record.get("model_type")), record=record,
-        images_total=sum((record.get("images") or {}).values()), folder=run.directory.resolve().name,
-        model_id=model_id, objective_text=OBJECTIVES.get(record.get("objective"), record.get("objective")),
-        epochs=record.get("epochs"), steps=run.state.get("global_step", len(history)),
-        train_time=(f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.1f} s") + " of training"
-        if seconds else "time not recorded", hyper=hyper,
-        fmt=lambda v: "not measured" if v is None else f"{v:.4f}",
-        loss_figure=figures.get("pretraining_loss"), reconstructions_figure=figures.get("reconstructions"),
-    ).content
-
-
-def write_card(run_dir: str | Path, output: Optional[str | Path] = None, model_id: Optional[str] = None) -> Path:
-    """Regenerate a run's card (and its figures, beside it); returns the card's path."""
-    run = read_run(run_dir)
-    if not run.model_config:
-        # A card of nothing ("classifies a face image as .") would stand in a folder that is no model's.
-        repeat = (" It holds a repeat's summary, whose card `repeat` writes; a card is for one of its runs "
-                  "(seed-N/, fold-N/)." if (run.directory / REPEAT_RESULTS_JSON).is_file() else "")
-        raise ConfigError(f"{run.directory} is not a run folder: it holds no {CONFIG.name} (the model every training "
-                          f"and pretraining run saves). Point at a run's output folder.{repeat}")
-    path = Path(output) if output else CARD.path(run.directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(run, path.parent)
-    if run.pretraining:
-        path.write_text(render_pretraining_card(run, figures, model_id), encoding="utf-8")
-        return path
-    path.write_text(render_card(run, figures, model_id), encoding="utf-8")
-    return path
-
-
-def add_split_to_card(run_dir: Path, evaluated_in: Path, prefix: str) -> Path:
-    """evaluate.py --update-card: the split's files copied into the run folder (when they were
-    written elsewhere) and the card regenerated with the split in it."""
-    if Path(evaluated_in).resolve() != Path(run_dir).resolve():
-        for path in split_files(Path(evaluated_in), prefix):
-            shutil.copy(path, Path(run_dir) / path.name)
-    return write_card(run_dir)
