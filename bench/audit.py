@@ -12,10 +12,7 @@ Target: 1M hashes in under 60 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from facemask.data.duplicates import brute_force_pairs, near_pairs
+from bench.common import clocked, median_range, write_json  # noqa: E402
+from facemask.data.duplicates import brute_force_pairs, near_pairs  # noqa: E402
 
 
 def hashes(n: int, seed: int) -> np.ndarray:
@@ -36,12 +34,6 @@ def hashes(n: int, seed: int) -> np.ndarray:
         flips = rng.choice(256, int(rng.integers(0, 17)), replace=False)
         out[t, flips] ^= True
     return out
-
-
-def timed(fn, *args) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
 
 
 def main(argv=None) -> int:
@@ -60,18 +52,17 @@ def main(argv=None) -> int:
         fast, slow = [], []
         same = None
         for _ in range(args.repeats):
-            seconds, found = timed(near_pairs, data, args.distance)
+            seconds, found = clocked(near_pairs, data, args.distance)
             fast.append(seconds)
             if n <= args.max_brute_force:
-                seconds, expected = timed(brute_force_pairs, data, args.distance)
+                seconds, expected = clocked(brute_force_pairs, data, args.distance)
                 slow.append(seconds)
                 same = all(np.array_equal(a, b) for a, b in zip(found, expected))
         row = {"hashes": n, "pairs": int(len(found[0])), "multi_index_s": fast, "all_pairs_s": slow, "same_pairs": same}
         rows.append(row)
-        spread = lambda v: f"{statistics.median(v):8.2f} ({min(v):.2f}-{max(v):.2f})" if v else "not run"  # noqa: E731
+        spread = lambda v: median_range(v, 2, width=8) if v else "not run"  # noqa: E731
         print(f"{n:>9} {row['pairs']:>7} {spread(fast):>34} {spread(slow):>32}  {same if same is not None else '-'}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output, rows)
     return 0
 
 

@@ -25,10 +25,8 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 from unittest import mock
@@ -36,6 +34,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import clocked, median_range, write_json  # noqa: E402
 from facemask.config.schema import ModelConfig  # noqa: E402
 from facemask.data import storage  # noqa: E402
 from facemask.data.synthetic import synthetic_dataset  # noqa: E402
@@ -44,13 +43,7 @@ from facemask.pipeline.processor import load_image_processor  # noqa: E402
 
 
 def spread(values) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, result
+    return median_range(values, 3)
 
 
 def evict(files) -> None:
@@ -75,7 +68,7 @@ def hash_speeds(files) -> dict:
              "blake2b": lambda: hashlib.blake2b(view).digest(), "md5": lambda: hashlib.md5(view).digest()}
     speeds = {}
     for name, fn in found.items():
-        best = min(timed(fn)[0] for _ in range(3))
+        best = min(clocked(fn)[0] for _ in range(3))
         speeds[name] = len(data) / best / 1e9
     return speeds
 
@@ -83,14 +76,14 @@ def hash_speeds(files) -> dict:
 def measure(images: int, side: int, scale: float, repeats: int, work: Path) -> dict:
     processor = load_image_processor(ModelConfig(from_config={"model_type": "vit", "image_size": side}))
     spec = cache.CacheSpec.for_split(processor, train=True, scale=scale)
-    draw_s, ds = timed(synthetic_dataset, images, side, 0)
+    draw_s, ds = clocked(synthetic_dataset, images, side, 0)
     ds = ds.cast_column("image", cache.datasets.Image(decode=False))
     digest = storage.images_digest(ds, "image")
 
     def build(root: Path, sync: bool) -> tuple[float, Path]:
         shutil.rmtree(root, ignore_errors=True)
         with mock.patch.object(storage.os, "fsync", os.fsync if sync else (lambda fd: None)):
-            seconds, (_, report) = timed(cache.build_or_load, ds, "train", "image", "label", spec, processor, root,
+            seconds, (_, report) = clocked(cache.build_or_load, ds, "train", "image", "label", spec, processor, root,
                                          None, digest)
         assert not report.reused
         return seconds, Path(report.path)
@@ -103,15 +96,15 @@ def measure(images: int, side: int, scale: float, repeats: int, work: Path) -> d
         record = json.loads((folder / "cache.json").read_text())
         recorded = {name: entry["xxh3_64"] for name, entry in record["files"].items()}
         files = [folder / name for name in recorded]
-        hot.append(timed(storage.check_checksums, folder, recorded)[0])
+        hot.append(clocked(storage.check_checksums, folder, recorded)[0])
         evict(files)
-        cold.append(timed(storage.check_checksums, folder, recorded)[0])
-        seconds, (_, report) = timed(cache.build_or_load, ds, "train", "image", "label", spec, processor,
+        cold.append(clocked(storage.check_checksums, folder, recorded)[0])
+        seconds, (_, report) = clocked(cache.build_or_load, ds, "train", "image", "label", spec, processor,
                                      work / "synced", None, digest)
         assert report.reused
         reuse.append(seconds)
         with mock.patch.object(cache, "check_checksums", lambda folder, recorded: None):
-            reuse_unchecked.append(timed(cache.build_or_load, ds, "train", "image", "label", spec, processor,
+            reuse_unchecked.append(clocked(cache.build_or_load, ds, "train", "image", "label", spec, processor,
                                          work / "synced", None, digest)[0])
     size = sum(p.stat().st_size for p in files)
     speeds = hash_speeds(files)
@@ -149,8 +142,7 @@ def main(argv=None) -> int:
             print(f"  reuse (open), without the check         {spread(row['reuse_without_check_s'])}")
             print("  checksums over the cache's bytes in memory, GB/s: "
                   + ", ".join(f"{name} {speed:.2f}" for name, speed in row["checksum_gb_per_s"].items()))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output, rows)
     return 0
 
 

@@ -17,12 +17,10 @@ repeats. Threads: PyTorch's and onnxruntime's defaults (every core).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -32,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
+
+from bench.common import interleaved_rates, median_range, write_json  # noqa: E402
 
 SIZES = {"640x480": ((640, 480), ((40, 60, 0.8), (240, 200, 0.55), (420, 80, 1.0), (540, 330, 0.35))),
          "1920x1080": ((1920, 1080), ((100, 120, 2.0), (800, 400, 1.4), (1400, 160, 2.6), (1500, 700, 1.3),
@@ -94,23 +94,18 @@ def main(argv: List[str] | None = None) -> Dict[str, Dict]:
         for size in args.sizes:
             canvas, known = compose_scene(*SIZES[size])
             faces = {arm: run(canvas) for arm, run in arms.items()}  # warm-up, and the count
-            rates: Dict[str, List[float]] = {arm: [] for arm in arms}
-            for _ in range(args.repeats):
-                for arm, run in arms.items():
-                    start = time.perf_counter()
-                    for _ in range(args.iters):
-                        run(canvas)
-                    rates[arm].append(args.iters / (time.perf_counter() - start))
+            rates = interleaved_rates({arm: (lambda run=run: run(canvas)) for arm, run in arms.items()},
+                                      args.repeats, args.iters)
             print(f"\n{size}, {len(known)} faces pasted ({args.repeats} repeats of {args.iters} frames)")
             print(f"  {'arm':<26} {'faces found':>11}  {'images/s median (min-max)':<28} faces/s median")
             for arm, values in rates.items():
                 median = statistics.median(values)
                 results[f"{size} {arm}"] = {"faces": faces[arm], "images_per_s": median, "min": min(values),
                                             "max": max(values), "faces_per_s": median * faces[arm]}
-                print(f"  {arm:<26} {faces[arm]:>11}  {median:>8.2f} ({min(values):.2f}-{max(values):.2f}){'':<10}"
+                print(f"  {arm:<26} {faces[arm]:>11}  {median_range(values, 2, width=8)}{'':<10}"
                       f"{median * faces[arm]:>8.1f}")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_json(args.output, results)
     return results
 
 

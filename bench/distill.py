@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,15 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from facemask.run_folder import RESULTS, TEACHER, WEIGHTS  # noqa: E402
+from bench.common import interleaved_rates, median_range, paired, spread, trained_results  # noqa: E402
+from facemask.run_folder import TEACHER, WEIGHTS  # noqa: E402
 
 
 def _train(overrides: List[str], folder: Path) -> Dict:
-    if not RESULTS.path(folder, "test").is_file():
-        subprocess.run([sys.executable, "train.py", "configs/quickstart-distill.yaml", f"training.output_dir={folder}",
-                        *overrides, "--overwrite"], cwd=REPO, check=True, capture_output=True, text=True)
-    result = json.loads(RESULTS.path(folder, "test").read_text())
-    result["train_runtime"] = json.loads(RESULTS.path(folder, "train").read_text())["train_runtime"]
+    result = trained_results("configs/quickstart-distill.yaml", overrides, folder)
     teacher = TEACHER.path(folder)
     result["teacher"] = json.loads(teacher.read_text()) if teacher.is_file() else None
     return result
@@ -63,23 +59,20 @@ def accuracy(args: argparse.Namespace, teacher: Path) -> Dict[str, List[float]]:
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in rows.items()), flush=True)
     print(f"\ntest accuracy over seeds {args.seeds} (mean +- standard error, range), the same images per seed")
     for name, values in rows.items():
-        s = summarise([{"a": v} for v in values])["a"]
-        se = f"{s['se']:.4f}" if s["se"] is not None else "n/a"
         note = f", training {statistics.median(seconds[name]):.0f} s median" if name in seconds else ""
-        print(f"  {name:<12} {s['mean']:.4f} +- {se} ({s['min']:.4f}-{s['max']:.4f}){note}")
+        print(f"  {name:<12} {spread(summarise([{'a': v} for v in values])['a'], '+-')}{note}")
     for name in ("distilled", "labels only"):
         kept = [s / t for s, t in zip(rows[name], rows["teacher"])]
         print(f"  {name} keeps {statistics.mean(kept):.1%} of the teacher's accuracy "
               f"(range {min(kept):.1%}-{max(kept):.1%})")
     gain = [d - p for d, p in zip(rows["distilled"], rows["labels only"])]
-    print(f"  distilled - labels only, paired by seed: {statistics.mean(gain):+.4f} "
-          f"(range {min(gain):+.4f} to {max(gain):+.4f})")
+    print(f"  distilled - labels only, paired by seed: {paired(gain)}")
     return rows
 
 
 def speed(args: argparse.Namespace, models: Dict[str, Path]) -> Dict[str, Dict]:
     import torch
-    from inference import runners, timed_rates
+    from inference import runners
     from transformers import AutoModelForImageClassification
 
     loaded = {name: AutoModelForImageClassification.from_pretrained(path).eval() for name, path in models.items()}
@@ -98,10 +91,11 @@ def speed(args: argparse.Namespace, models: Dict[str, Path]) -> Dict[str, Dict]:
             iters = args.iters or (50 if batch == 1 else 10)
             for fn in run.values():
                 fn(pixels)
-            rates = timed_rates(run, pixels, args.repeats, iters)
+            rates = interleaved_rates({key: (lambda fn=fn: fn(pixels)) for key, fn in run.items()}, args.repeats,
+                                      iters, len(pixels))
             print(f"  batch {batch} ({args.repeats} repeats of {iters} calls): images/s median (min-max)")
             for key, values in rates.items():
-                print(f"    {key:<20} {statistics.median(values):>9.0f} ({min(values):.0f}-{max(values):.0f})")
+                print(f"    {key:<20} {median_range(values, 0, width=9)}")
             for backend in ("eager", "onnx-int8"):
                 ratio = [s / t for s, t in zip(rates[f"student {backend}"], rates[f"teacher {backend}"])]
                 print(f"    student / teacher, {backend}: {statistics.median(ratio):.2f}x "

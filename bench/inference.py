@@ -16,12 +16,10 @@ onnxruntime's default (both use every core here).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -31,6 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from bench.common import interleaved_rates, write_json  # noqa: E402
 
 BACKENDS = ("eager", "compile", "onnx", "onnx-int8")
 
@@ -60,20 +60,6 @@ def runners(model: torch.nn.Module, side: int, work: Path) -> Dict[str, Callable
             "onnx": onnx_runner(work / "model.onnx"), "onnx-int8": onnx_runner(work / "model_quantized.onnx")}
 
 
-def timed_rates(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarray, repeats: int,
-                iters: int) -> Dict[str, List[float]]:
-    """Images/s of each function, per repeat; the functions take turns within each repeat, so a
-    slow spell of a noisy machine hits them alike."""
-    rates: Dict[str, List[float]] = {name: [] for name in run}
-    for _ in range(repeats):
-        for name, fn in run.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn(pixels)
-            rates[name].append(len(pixels) * iters / (time.perf_counter() - start))
-    return rates
-
-
 def measure(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarray, repeats: int, iters: int,
             warmup: int) -> Dict[str, Dict[str, float]]:
     reference = run["eager"](pixels)
@@ -82,7 +68,8 @@ def measure(run: Dict[str, Callable[[np.ndarray], np.ndarray]], pixels: np.ndarr
         for _ in range(warmup):
             out = fn(pixels)
         diffs[name] = float(np.abs(out - reference).max())
-    rates = timed_rates(run, pixels, repeats, iters)
+    rates = interleaved_rates({name: (lambda fn=fn: fn(pixels)) for name, fn in run.items()}, repeats, iters,
+                              len(pixels))
     result = {}
     for name, values in rates.items():
         ratios = [v / e for v, e in zip(values, rates["eager"])]
@@ -126,7 +113,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Dict]:
                           f"{f['ratio_to_eager']:>5.2f} ({f['ratio_min']:.2f}-{f['ratio_max']:.2f}){'':<11}"
                           f"{f['max_abs_logit_diff']:.1e}")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_json(args.output, results)
     return results
 
 

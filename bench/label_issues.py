@@ -48,9 +48,8 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import spread, timed  # noqa: E402
-from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, REPEAT_RESULTS_JSON,  # noqa: E402
-                                 RESULTS)
+from bench.common import run_accuracy, spread, timed  # noqa: E402
+from facemask.run_folder import EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, REPEAT_RESULTS_JSON  # noqa: E402
 
 CONFIG = "configs/quickstart.yaml"
 TINY = ["training.num_train_epochs=1", "data.validation_split=0.2"]
@@ -107,10 +106,6 @@ def recovery(out: Path, moved: List[str]) -> Dict[str, Any]:
             "fold_accuracy": list(info["fold_accuracy"].values())}
 
 
-def accuracies(out: Path, seeds: List[int]) -> List[float]:
-    return [json.loads(RESULTS.path(out / f"seed-{s}", "test").read_text())["test_accuracy"] for s in seeds]
-
-
 def level(args: argparse.Namespace, rate: float, clean: Path, test: Path | None,
           overrides: List[str]) -> Dict[str, Any]:
     folder = Path(args.work) / f"noise-{round(100 * rate):02d}"
@@ -139,7 +134,7 @@ def level(args: argparse.Namespace, rate: float, clean: Path, test: Path | None,
         cost[arm] = timed(arm, [sys.executable, "-m", "facemask", "repeat", CONFIG, "--seeds", *seeds, *data, *extra,
                                 f"training.output_dir={out.resolve()}"], folder, (out / REPEAT_RESULTS_JSON).is_file())
         summary = json.loads((out / REPEAT_RESULTS_JSON).read_text())
-        result[arm] = {"accuracy": accuracies(out, args.seeds),
+        result[arm] = {"accuracy": [run_accuracy(out / f"seed-{s}") for s in args.seeds],
                        "summary": summary["summary"]["test_accuracy"]}
     pair = folder / "compare.json"
     a, b = folder / "noisy" / f"seed-{seeds[0]}", folder / "cleaned" / f"seed-{seeds[0]}"

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from facemask.run_folder import EXPERIMENT, RESULTS, WEIGHTS  # noqa: E402
+from bench.common import paired, run_accuracy, spread, trained_results  # noqa: E402
+from facemask.run_folder import EXPERIMENT, WEIGHTS  # noqa: E402
 
 
 def step_child(mode: str, batch: int, steps: int, tiny: bool) -> Dict[str, float]:
@@ -102,12 +103,7 @@ def cost(args: argparse.Namespace) -> Dict[str, List[Dict[str, float]]]:
 
 
 def _train(overrides: List[str], folder: Path) -> Dict[str, float]:
-    if not RESULTS.path(folder, "test").is_file():
-        subprocess.run([sys.executable, "train.py", "configs/quickstart-lora.yaml", f"training.output_dir={folder}",
-                        *overrides, "--overwrite"], cwd=REPO, check=True, capture_output=True, text=True)
-    result = json.loads(RESULTS.path(folder, "test").read_text())
-    result["train_runtime"] = json.loads(RESULTS.path(folder, "train").read_text())["train_runtime"]
-    return result
+    return trained_results("configs/quickstart-lora.yaml", overrides, folder)
 
 
 def transfer(args: argparse.Namespace) -> Dict[str, List[float]]:
@@ -131,17 +127,15 @@ def transfer(args: argparse.Namespace) -> Dict[str, List[float]]:
         zero = work / f"as-is-seed{seed}"
         subprocess.run([sys.executable, "evaluate.py", str(base), "--config", str(EXPERIMENT.path(run)),
                         "--split", "test", "--output-dir", str(zero)], cwd=REPO, check=True, capture_output=True)
-        accuracy["as is"].append(json.loads(RESULTS.path(zero, "test").read_text())["test_accuracy"])
+        accuracy["as is"].append(run_accuracy(zero))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accuracy.items()), flush=True)
     print(f"\nstudio -> street transfer from {args.base}, test accuracy over seeds {args.seeds} "
           f"(mean +- standard error, range); LoRA lr {args.lora_lr}, full lr {args.full_lr}")
     for arm, values in accuracy.items():
-        s = summarise([{"accuracy": v} for v in values])["accuracy"]
-        se = f"{s['se']:.4f}" if s["se"] is not None else "n/a"
         time_note = f", training {statistics.median(seconds[arm]):.0f} s median" if arm in seconds else ""
-        print(f"  {arm:<6} {s['mean']:.4f} +- {se} ({s['min']:.4f}-{s['max']:.4f}){time_note}")
+        print(f"  {arm:<6} {spread(summarise([{'accuracy': v} for v in values])['accuracy'], '+-')}{time_note}")
     gaps = [f - lo for f, lo in zip(accuracy["full"], accuracy["lora"])]
-    print(f"  full - LoRA, paired by seed: {statistics.mean(gaps):+.4f} (range {min(gaps):+.4f} to {max(gaps):+.4f})")
+    print(f"  full - LoRA, paired by seed: {paired(gaps)}")
     return accuracy
 
 

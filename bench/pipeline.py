@@ -39,6 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import median_range, write_json  # noqa: E402
+
 TRAIN_BATCH, EVAL_BATCH = 32, 128
 MODEL = {"model_type": "vit", "patch_size": 8, "num_channels": 3, "hidden_size": 64, "num_hidden_layers": 4,
          "num_attention_heads": 4, "intermediate_size": 128}
@@ -340,7 +342,7 @@ def main(argv: list | None = None) -> int:
             report["sizes"][str(size)] = row
             print_table(report, size)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     print(f"\nwrote {args.output}")
     return 0
 
@@ -353,10 +355,8 @@ def _pixels(path: Path) -> int:
 
 
 def spread(values: list, digits: int = 1, suffix: str = "") -> str:
-    """'median (min-max)' over the repeats."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}{suffix}"
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f}){suffix}"
+    """'median (min-max)' over the repeats; one run's value alone."""
+    return median_range(values, digits, suffix=suffix, one_alone=True)
 
 
 def print_table(report: dict, size: int) -> None:

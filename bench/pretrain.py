@@ -35,8 +35,8 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import spread, timed  # noqa: E402
-from facemask.run_folder import PRETRAINING, REPEAT_RESULTS_JSON, RESULTS  # noqa: E402
+from bench.common import run_accuracy, spread, timed  # noqa: E402
+from facemask.run_folder import PRETRAINING, REPEAT_RESULTS_JSON  # noqa: E402
 
 PRETRAIN_CONFIG = "configs/pretrain-quickstart.yaml"
 CONFIG = "configs/quickstart.yaml"
@@ -52,10 +52,6 @@ def street_folder(folder: Path, images: int) -> Path:
                        capture_output=True)
         partial.rename(folder)
     return folder
-
-
-def accuracy(run: Path, prefix: str) -> float:
-    return json.loads(RESULTS.path(run, prefix).read_text())[f"{prefix}_accuracy"]
 
 
 def compared(a: Path, b: Path, split: str, out: Path) -> Dict[str, Any]:
@@ -80,7 +76,7 @@ def labels(args: argparse.Namespace, count: int, encoder: Path, street: Path) ->
                                           *common, *extra, f"training.output_dir={out.resolve()}"], folder,
                                     (out / REPEAT_RESULTS_JSON).is_file())
         runs = [out / f"seed-{s}" for s in seeds]
-        result[arm] = {"test": [accuracy(r, "test") for r in runs], "street": [accuracy(r, "street") for r in runs],
+        result[arm] = {"test": [run_accuracy(r, "test") for r in runs], "street": [run_accuracy(r, "street") for r in runs],
                        "summary": json.loads((out / REPEAT_RESULTS_JSON).read_text())["summary"]}
     info = json.loads((folder / "scratch" / f"seed-{seeds[0]}" / "run_info.json").read_text())
     result["test_images"] = info["data"]["splits"]["test"]["num_images"]

@@ -11,7 +11,8 @@ from huggingface_hub import ModelCard
 
 import train
 from facemask.__main__ import main as cli
-from facemask.publish.card import METRICS, render_card, write_card
+from facemask.publish.card import write_card
+from facemask.publish.classifier_card import METRICS, render_card
 from facemask.run_folder import read_run
 
 

@@ -293,12 +293,3 @@ def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_t
 def _fold_train(config, k):
     cfg = load_config(str(config), ["data.cv_folds=2", f"data.cv_fold={k}"])
     return prepare_data(cfg.data, cfg.seed, 32).data.splits["train"], "image"
-
-
-def test_a_warning_when_the_folds_err_as_often_as_the_labels_are_noisy(capsys):
-    from facemask.training.label_issues import warn_if_errors_match_noise
-
-    warn_if_errors_match_noise({"fold-0": 0.80, "fold-1": 0.84}, noise=0.15)  # 18% error against 15% noise
-    assert "may be right labels the models get wrong" in capsys.readouterr().err
-    warn_if_errors_match_noise({"fold-0": 0.98, "fold-1": 0.97}, noise=0.15)
-    assert capsys.readouterr().err == ""

@@ -68,8 +68,8 @@ class Brightness:
     def __init__(self, threshold: float):
         self.threshold = threshold
 
-    def __call__(self, dataset, name):
-        means = np.array([np.asarray(image, np.float32).mean() for image in dataset["image"]])
+    def __call__(self, images):
+        means = np.array([np.asarray(image, np.float32).mean() for image in images])
         mask = (means < self.threshold).astype(np.float32)
         return np.stack([mask, 1 - mask], axis=1)
 
@@ -107,7 +107,7 @@ def test_the_record_holds_every_cell_with_its_interval_and_counts_skipped_faces(
     model = Brightness(min(brightness) - 25)
     detector = FixedFace(lambda pixels: pixels[:, :, 0].mean() > 0 and int(pixels[0, 0, 0]) % 3 != 0)
     missed = sum(int(np.asarray(im)[0, 0, 0]) % 3 == 0 for im in images)
-    record = robustness_test(rows, "image", "label", labels, label_ids, Identity(), model, detector, max_images=None)
+    record = robustness_test(rows, "image", labels, label_ids, Identity(), model, detector, max_images=None)
     assert record["images"] == 12 and record["clean_accuracy"] == 1.0 and not record["sampled"]
     assert set(record["corruptions"]) == set(SUITE)
     for name, severities in record["corruptions"].items():
@@ -132,5 +132,5 @@ def test_a_sample_is_seeded_and_stated():
 
 
 def test_occlusion_needs_a_mask_class_by_name():
-    result = occlusion_test([face(0)], np.array([0]), ["cat", "dog"], FixedFace(lambda p: True), None, None, None, 0)
+    result = occlusion_test([face(0)], np.array([0]), ["cat", "dog"], FixedFace(lambda p: True), None, None, 0)
     assert result["flip_rate"] is None and "mask class by name" in result["reason"]

@@ -120,21 +120,55 @@ def processor_folders(evaluated_run, tmp_path_factory):
     }
 
 
-def test_every_size_form_resizes_as_the_image_processor():
-    """Preprocessor.resized against transformers' own size functions (pipeline/processor.py's
-    twin calls them) over shapes that take every branch: square, tall, wide, already at size,
-    the longer side capped, one-pixel rows."""
-    from types import SimpleNamespace
+def _coordinates(height, width):
+    """An image whose pixels name their own source position, counted from 1 so that black is the
+    padding (R, G: x + 1 and y + 1 mod 256; B: the rest)."""
+    y, x = np.mgrid[1:height + 1, 1:width + 1]
+    return Image.fromarray(np.stack([x % 256, y % 256, (x // 256) * 16 + y // 256], -1).astype(np.uint8))
 
-    from facemask.pipeline.processor import _resized
 
-    shapes = [(h, w) for h in (1, 7, 32, 37, 60, 91, 224, 300, 1600) for w in (1, 7, 32, 37, 60, 91, 224, 300, 2400)]
-    for size in ({"height": 24, "width": 30}, {"shortest_edge": 32}, {"shortest_edge": 32, "longest_edge": 60},
-                 {"shortest_edge": 32, "longest_edge": 2000}, {"max_height": 30, "max_width": 50}):
-        ours = Preprocessor(size=size, resample=2)
-        for height, width in shapes:
-            expected = tuple(_resized(SimpleNamespace(size=size), width, height))
-            assert ours.resized(height, width) == expected, (size, height, width)
+def _source(pixel):
+    r, g, b = (int(v) for v in pixel)
+    return r + 256 * (b // 16) - 1, g + 256 * (b % 16) - 1
+
+
+@pytest.mark.parametrize("size", [{"height": 24, "width": 30}, {"shortest_edge": 32},
+                                  {"shortest_edge": 32, "longest_edge": 60}, {"max_height": 30, "max_width": 50}],
+                         ids=["height-width", "shortest", "shortest-longest", "max"])
+@pytest.mark.parametrize("crop", [False, True], ids=["no-crop", "centre-crop"])
+def test_every_size_form_resizes_as_the_image_processor(size, crop):
+    """Every form of 'size', with and without a centre crop, against transformers' PIL image
+    processor run on images of shapes that take every branch (square, tall, wide, already at size,
+    the longer side capped, one-pixel rows): the runtime resizes to the processor's output shape and
+    reads its input side, and the pipeline (pipeline/processor.py) reads the same side and the
+    part of the image the processor's pixels come from (nearest resampling, so each output pixel
+    names its source)."""
+    from transformers import ViTImageProcessorPil
+
+    from facemask.pipeline.processor import input_region, processor_image_size
+
+    crop_size = {"height": 20, "width": 26}
+    theirs = ViTImageProcessorPil(size=size, do_center_crop=crop, crop_size=crop_size, resample=0,
+                                  do_rescale=False, do_normalize=False)
+    ours = Preprocessor.from_dict({**json.loads(theirs.to_json_string()), "image_processor_type": "ViTImageProcessor"})
+    assert ours.size == size
+    assert processor_image_size(theirs) == ours.input_side == (crop_size["height"] if crop else next(iter(size.values())))
+    sides = (1, 7, 20, 32, 37, 60, 91, 300)
+    shapes = [(h, w) for h in sides for w in sides] + [(1, 2400), (1600, 1)]
+    for height, width in shapes:
+        where = (size, crop, height, width)
+        resized = ours.resized(height, width)
+        if 0 in resized:  # a one-pixel row capped to a zero side: refused (test_the_pixels_are_...)
+            continue
+        out = theirs([_coordinates(height, width)], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        assert out.shape[:2] == ((crop_size["height"], crop_size["width"]) if crop else resized), where
+        left, top, right, bottom = input_region(theirs, width, height)
+        sx, sy = width / resized[1], height / resized[0]
+        rows, cols = np.nonzero(out.any(-1) | (not crop))  # a crop larger than the image is padded
+        first, last = _source(out[rows.min(), cols.min()]), _source(out[rows.max(), cols.max()])
+        # Nearest resampling takes the source pixel under each output pixel's centre.
+        assert abs(first[0] - (left + sx / 2)) <= 1 and abs(first[1] - (top + sy / 2)) <= 1, (where, first)
+        assert abs(last[0] - (right - sx / 2)) <= 1 and abs(last[1] - (bottom - sy / 2)) <= 1, (where, last)
 
 
 def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_images):
@@ -163,6 +197,28 @@ def test_the_pixels_are_the_image_processors_to_1e_6(processor_folders, varied_i
             kept.append(image)
         if len(shapes) == 1:  # a fixed input size: the images batch together
             assert ours(kept).shape == (len(kept), *shapes.pop()[1:])
+
+
+@pytest.mark.parametrize("settings", [{}, {"do_normalize": False}, {"do_rescale": False},
+                                      {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}],
+                         ids=["standard", "not-normalised", "not-rescaled", "imagenet"])
+def test_seen_pixels_undo_the_processor_to_the_image_it_was_given(settings):
+    """The one de-normalisation (runtime/preprocess.py seen_pixels), as explain's overlays and the
+    pretraining figures use it, gives back the image the processor was given (already at the
+    model's size, so nothing is resampled), whichever steps the processor takes."""
+    import torch
+    from transformers import ViTImageProcessorPil
+
+    from facemask.evaluation.explain import seen_images
+    from facemask.runtime.preprocess import seen_pixels
+
+    image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    theirs = ViTImageProcessorPil(size={"height": 24, "width": 24}, **settings)
+    pixels = theirs([Image.fromarray(image)], return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(seen_images(theirs, torch.from_numpy(pixels))[0], image)
+    np.testing.assert_array_equal(seen_pixels(pixels[0], theirs), image)
+    ours = Preprocessor.from_dict({**json.loads(theirs.to_json_string()), "image_processor_type": "ViTImageProcessor"})
+    np.testing.assert_array_equal(seen_pixels(ours([Image.fromarray(image)]), ours)[0], image)
 
 
 def test_an_image_processor_the_runtime_does_not_reproduce_is_refused_by_name(processor_folders, tmp_path):

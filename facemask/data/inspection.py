@@ -25,8 +25,9 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from facemask.data.storage import (Damaged, cache_root, die_with_parent, discard, first_line, images_digest, mark_used,
-                                   read_checked, staged, write_checked)
+from facemask.data.storage import (Damaged, cache_root, discard, first_line, images_digest, mark_used, read_checked,
+                                   staged, write_checked)
+from facemask.processes import die_with_parent
 
 HASH_SIZE = 16  # 256-bit perceptual hash: 64 bits confuse simple, similar images
 INSPECTION_VERSION = 3  # 3: the kept file starts with its checksum (storage.write_checked)

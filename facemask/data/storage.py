@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from facemask.config.schema import ConfigError
+from facemask.processes import pid_alive
 
 logger = logging.getLogger("facemask")
 
@@ -287,65 +288,6 @@ def machine_by_machine(args: Any) -> Iterator[None]:
             dist.barrier()
         elif machine_first:
             dist.barrier()
-
-
-def die_with_parent(parent: int) -> None:
-    """Called first in a forked worker (a pool's initializer, or the first batch a worker maps): the
-    kernel kills the worker when `parent`, the process that forked it, dies. A run killed with
-    SIGKILL (out of memory, a cluster's hard limit) then leaves no workers behind that go on
-    decoding, or hold what the run held. Linux only (prctl); elsewhere a no-op."""
-    global _GUARDED
-    if os.getpid() in (parent, _GUARDED):
-        return  # not a worker (a map run in the process itself), or guarded already
-    _GUARDED = os.getpid()
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(1)  # the parent died before the line above: the kernel will not signal
-
-
-_GUARDED: Optional[int] = None
-_FORKS_DIE_WITH: Optional[int] = None
-
-
-@contextmanager
-def forks_die_with_this_process() -> Iterator[None]:
-    """Every process forked in this block dies with this one, from its first instruction: for
-    libraries that fork without an initializer to call (datasets' `map(num_proc=...)` forks its
-    pool's workers and a Manager server that would otherwise serve on forever, idle workers too)."""
-    global _FORKS_DIE_WITH
-    previous, _FORKS_DIE_WITH = _FORKS_DIE_WITH, os.getpid()
-    try:
-        yield
-    finally:
-        _FORKS_DIE_WITH = previous
-
-
-def _guard_fork() -> None:
-    global _FORKS_DIE_WITH
-    parent, _FORKS_DIE_WITH = _FORKS_DIE_WITH, None  # the child's own forks are its own concern
-    if parent is not None:
-        die_with_parent(parent)
-
-
-os.register_at_fork(after_in_child=_guard_fork)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host with that PID is running (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def remove_stale_partials(root: Path) -> List[Path]:

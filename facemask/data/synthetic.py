@@ -403,7 +403,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
 
 def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studio") -> datasets.Dataset:
     """The drawn set as PNG bytes, drawn on every core (samples depend only on seed and index)."""
-    from facemask.data.storage import die_with_parent
+    from facemask.processes import die_with_parent
 
     chunk = 250
     starts = range(0, num_images, chunk)

@@ -47,6 +47,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from facemask.runtime.preprocess import seen_pixels
+
 # torch is imported where it runs: the command's parser stays light (`python -m facemask --help`).
 METHODS = ("ablation", "gradcam")
 DEFAULT_METHOD = "ablation"
@@ -204,12 +206,8 @@ def attribute(model: Any, pixels: Any, targets: Sequence[int], method: str = DEF
 
 
 def seen_images(processor: Any, pixels: Any) -> np.ndarray:
-    """The processor's output undone to uint8 RGB (images x height x width x 3)."""
-    mean = np.asarray(getattr(processor, "image_mean", None) or [0.0, 0.0, 0.0], dtype=np.float32)
-    std = np.asarray(getattr(processor, "image_std", None) or [1.0, 1.0, 1.0], dtype=np.float32)
-    values = pixels.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * std + mean
-    scale = 1.0 if getattr(processor, "do_rescale", True) is False else 255.0
-    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    """The processor's output (a tensor) undone to uint8 RGB (images x height x width x 3)."""
+    return seen_pixels(pixels.detach().float().cpu().numpy(), processor)
 
 
 def resolve_target(model: Any, target: Union[None, str, int]) -> Optional[int]:
@@ -262,8 +260,13 @@ def trainer_explainer(trainer: Any, method: str = DEFAULT_METHOD) -> Optional[An
     has no patch grid or no image processor."""
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
         return None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    processor = getattr(trainer, "processing_class", None)
+    return model_explainer(trainer.accelerator.unwrap_model(trainer.model), getattr(trainer, "processing_class", None),
+                           method)
+
+
+def model_explainer(model: Any, processor: Any, method: str = DEFAULT_METHOD) -> Optional[Any]:
+    """explain_images bound to a model and its image processor; None where the model has no patch
+    grid (or, for gradcam, no blocks: an ONNX graph) or there is no processor."""
     try:
         patch_grid(model)
         if method == "gradcam":

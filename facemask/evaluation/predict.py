@@ -36,13 +36,18 @@ def class_labels(model: Any) -> List[str]:
     return [model.config.id2label[i] for i in sorted(model.config.id2label)]
 
 
-def class_probabilities(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-    """Each image's class probabilities (images x classes): the processor's preprocessing, in batches."""
+def class_probabilities(model: Any, processor: Any, images: Sequence[Image.Image], batch_size: int = 32,
+                        seen: bool = False) -> np.ndarray:
+    """Each image's class probabilities (images x classes): the processor's preprocessing, in batches.
+    `seen`: the images are already resized and cropped as the processor does (the model's view of
+    them, as the robustness test corrupts them), so they are only rescaled and normalised."""
     model.eval()
     chunks = [np.zeros((0, len(model.config.id2label)), dtype=np.float32)]
+    as_seen = {"do_resize": False, **({"do_center_crop": False} if hasattr(processor, "do_center_crop") else {})}
     for start in range(0, len(images), batch_size):
         with torch.no_grad():
-            pixels = processor(list(images[start:start + batch_size]), return_tensors="pt")["pixel_values"]
+            pixels = processor(list(images[start:start + batch_size]), return_tensors="pt",
+                               **(as_seen if seen else {}))["pixel_values"]
             logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits.float()
         chunks.append(softmax(logits.cpu().numpy()))
     return np.concatenate(chunks)

@@ -10,14 +10,13 @@
   pairs that were classified "no mask" flip to the mask class. Images without a face found are
   skipped and counted.
 
-The predictions come from `predict(dataset, name) -> probabilities`, the caller's Trainer (as the
-shortcut test's); each changed copy is a small in-memory dataset of PNG images (lossless: a JPEG
-corruption's artefacts are kept exactly).
+The predictions come from `predict(images) -> probabilities` on the model's view of each image
+(already resized and cropped: only normalised again), the clean images' included, so the clean
+level and every cell are measured the same way.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -56,40 +55,26 @@ def model_view(processor: Any) -> Callable[[Image.Image], Image.Image]:
     return view
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _copy(images: List[Image.Image], label_ids: np.ndarray, image_column: str, label_column: str,
-          labels: List[str]) -> datasets.Dataset:
-    features = datasets.Features({image_column: datasets.Image(), label_column: datasets.ClassLabel(names=labels)})
-    return datasets.Dataset.from_dict({image_column: [{"bytes": _png(im), "path": None} for im in images],
-                                       label_column: [int(k) for k in label_ids]}, features=features)
-
-
 def _accuracy(probs: np.ndarray, label_ids: np.ndarray) -> Dict[str, Any]:
     right = int((probs.argmax(axis=1) == label_ids).sum())
     low, high = wilson(right, len(label_ids)) or (None, None)
     return {"accuracy": right / len(label_ids), "low": low, "high": high}
 
 
-def corruption_table(seen: List[Image.Image], label_ids: np.ndarray, predict: Callable[[datasets.Dataset, str], np.ndarray],
-                     copy: Callable[[List[Image.Image]], datasets.Dataset], seed: int) -> Dict[str, Dict[str, Any]]:
+def corruption_table(seen: List[Image.Image], label_ids: np.ndarray, predict: Callable[[List[Image.Image]], np.ndarray],
+                     seed: int) -> Dict[str, Dict[str, Any]]:
     """{corruption: {severity "1".."5": accuracy, low, high}} on the model-view images `seen`."""
     table: Dict[str, Dict[str, Any]] = {}
     for name in SUITE:
         table[name] = {}
         for severity in SEVERITIES:
-            changed = copy([corrupt(image, name, severity, seed) for image in seen])
-            table[name][str(severity)] = _accuracy(predict(changed, f"{name}-{severity}"), label_ids)
+            changed = [corrupt(image, name, severity, seed) for image in seen]
+            table[name][str(severity)] = _accuracy(predict(changed), label_ids)
     return table
 
 
 def occlusion_test(originals: List[Image.Image], label_ids: np.ndarray, labels: List[str], detector: Any,
-                   predict: Callable[[datasets.Dataset, str], np.ndarray],
-                   copy: Callable[[List[Image.Image], np.ndarray], datasets.Dataset], view: Callable[[Image.Image], Image.Image],
+                   predict: Callable[[List[Image.Image]], np.ndarray], view: Callable[[Image.Image], Image.Image],
                    seed: int) -> Dict[str, Any]:
     """The no-mask images, their mouth and nose covered by each occluder: the share of those
     classified "no mask" before that flip to the mask class (with its Wilson interval)."""
@@ -112,7 +97,7 @@ def occlusion_test(originals: List[Image.Image], label_ids: np.ndarray, labels: 
         return {"flip_rate": None, "low": None, "high": None, "images": 0, "skipped": skipped, "occluders": list(KINDS),
                 "reason": "the detector found no face in any no-mask image"}
     rng = np.random.default_rng(seed)
-    clean = predict(copy([view(originals[k]) for k, _ in faces], np.full(len(faces), no_mask)), "occlusion-clean")
+    clean = predict([view(originals[k]) for k, _ in faces])
     base = clean.argmax(axis=1) == no_mask
     occluded, pairs = [], []
     for kind in KINDS:
@@ -124,7 +109,7 @@ def occlusion_test(originals: List[Image.Image], label_ids: np.ndarray, labels: 
     gallery = []
     flips = 0
     if pairs:
-        probs = predict(copy(occluded, np.full(len(occluded), no_mask)), "occlusion")
+        probs = predict(occluded)
         flipped = probs.argmax(axis=1) == mask
         flips = int(flipped.sum())
         for kind in KINDS:
@@ -141,8 +126,8 @@ def occlusion_test(originals: List[Image.Image], label_ids: np.ndarray, labels: 
             "occluders": list(KINDS), "by_occluder": by_kind, "mask_class": labels[mask], "gallery": gallery}
 
 
-def robustness_test(dataset: datasets.Dataset, image_column: str, label_column: str, labels: List[str],
-                    label_ids: np.ndarray, processor: Any, predict: Callable[[datasets.Dataset, str], np.ndarray],
+def robustness_test(dataset: datasets.Dataset, image_column: str, labels: List[str], label_ids: np.ndarray,
+                    processor: Any, predict: Callable[[List[Image.Image]], np.ndarray],
                     detector: Optional[Any], max_images: Optional[int] = DEFAULT_MAX_IMAGES, seed: int = 0,
                     clean_seconds: Optional[float] = None) -> Dict[str, Any]:
     """The split's robustness record (`<split>_robustness.json` without the gallery's images)."""
@@ -153,13 +138,9 @@ def robustness_test(dataset: datasets.Dataset, image_column: str, label_column: 
     truth = np.asarray(label_ids)[indices]
     view = model_view(processor)
     seen = [view(image) for image in originals]
-
-    def copy(images: List[Image.Image], ids: np.ndarray = truth) -> datasets.Dataset:
-        return _copy(images, ids, image_column, label_column, labels)
-
-    clean = _accuracy(predict(copy(seen), "clean"), truth)
-    corruptions = corruption_table(seen, truth, predict, copy, seed)
-    occlusion = (occlusion_test(originals, truth, labels, detector, predict, copy, view, seed) if detector is not None
+    clean = _accuracy(predict(seen), truth)
+    corruptions = corruption_table(seen, truth, predict, seed)
+    occlusion = (occlusion_test(originals, truth, labels, detector, predict, view, seed) if detector is not None
                  else {"flip_rate": None, "low": None, "high": None, "images": 0, "skipped": 0,
                        "reason": "no face detector"})
     means = [cell["accuracy"] for severities in corruptions.values() for cell in severities.values()]

@@ -109,32 +109,33 @@ def shortcut_test(trainer: Any, view: Callable[[datasets.Dataset, str], Any], fl
     return tests
 
 
-def robustness_split(trainer: Any, view: Callable[[datasets.Dataset, str], Any], split: SplitData, label_column: str,
-                     evaluated: EvaluatedSplit, processor: Any, out_dir: Path, max_images: Optional[int],
-                     seed: int = 0, maps: str = "ablation") -> Dict[str, Any]:
+def robustness_split(model: Any, split: SplitData, evaluated: EvaluatedSplit, processor: Any, out_dir: Path,
+                     max_images: Optional[int], seed: int = 0, maps: str = "ablation", main_process: bool = True,
+                     batch_size: int = 32) -> Dict[str, Any]:
     """The split under corruptions and occluders (evaluation/robustness.py): its record, figure and
-    gallery of flipped images with their maps. `view` turns a changed copy into what the Trainer
-    reads (the per-image path: the copies are small and used once)."""
+    gallery of flipped images with their maps, written by the main process (which alone runs it:
+    37 small predictions of at most max_images, not worth sharding)."""
     import time
 
     from facemask.detection.detectors import load_detector
-    from facemask.evaluation.explain import trainer_explainer
+    from facemask.evaluation.explain import model_explainer
     from facemask.evaluation.figures import occlusion_png, robustness_png
+    from facemask.evaluation.predict import class_probabilities
     from facemask.evaluation.robustness import robustness_test
 
-    def predict(ds: datasets.Dataset, name: str) -> np.ndarray:
-        return softmax(trainer.predict(view(ds, name), metric_key_prefix="robustness").predictions)
+    def predict(images: List[Any]) -> np.ndarray:
+        return class_probabilities(model, processor, images, batch_size, seen=True)
 
     start = time.perf_counter()
-    record = robustness_test(split.dataset, split.image_column, label_column, split.labels, evaluated.label_ids,
-                             processor, predict, load_detector(), max_images, seed,
+    record = robustness_test(split.dataset, split.image_column, split.labels, evaluated.label_ids, processor, predict,
+                             load_detector(), max_images, seed,
                              evaluated.metrics.get(f"{evaluated.prefix}_runtime"))
     occlusion = record["occlusion"]
     gallery = occlusion.pop("gallery", [])
-    if trainer.is_world_process_zero():
+    if main_process:
         figure = run_folder.OCCLUSION_FIGURE.path(out_dir, evaluated.prefix)
         if gallery:
-            explainer = trainer_explainer(trainer, maps) if maps != "none" else None
+            explainer = model_explainer(model, processor, maps) if maps != "none" else None
             mask = split.labels.index(occlusion["mask_class"])
             found = None
             if explainer is not None:

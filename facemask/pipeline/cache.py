@@ -31,9 +31,10 @@ import torch
 from PIL import Image
 
 from facemask.data.images import load_image
-from facemask.data.storage import (Damaged, check_checksums, checksum, discard, forks_die_with_this_process, first_line,
+from facemask.data.storage import (Damaged, check_checksums, checksum, discard, first_line,
                                    images_digest, mark_used, require_space, staged)
 from facemask.pipeline.geometry import region_pixels
+from facemask.processes import forks_die_with_this_process
 from facemask.progress import datasets_lines
 
 logger = logging.getLogger("facemask")

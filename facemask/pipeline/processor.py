@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import numpy as np
 from transformers import AutoImageProcessor
-from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
-from transformers.image_utils import ChannelDimension, SizeDict, get_image_size_for_max_height_width
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import (
     IMAGE_PROCESSOR_MAPPING_NAMES,
@@ -17,6 +14,7 @@ from transformers.models.auto.image_processing_auto import (
 
 from facemask.config.schema import ConfigError, ModelConfig, nearest
 from facemask.run_folder import PROCESSOR
+from facemask.runtime.preprocess import crop_offsets, input_side, resized_shape
 from facemask.runtime.source import model_folder
 
 # The PIL backend: torchvision has no CPU build everywhere this runs, and one backend everywhere
@@ -59,28 +57,24 @@ def load_image_processor(cfg: ModelConfig) -> Any:
     return processor_class(**{**defaults, **overrides})
 
 
+def _fields(size: Any) -> Dict[str, int]:
+    """A size as a plain dict (the processor holds transformers' SizeDict once loaded)."""
+    return {k: v for k, v in dict(size or {}).items() if v is not None}
+
+
 def processor_image_size(processor: Any) -> int:
-    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
-    if hasattr(size, "get"):  # a dict, or transformers' SizeDict once the processor is loaded
-        return int(size.get("height") or size.get("shortest_edge"))
-    return int(size)
+    crop = bool(getattr(processor, "do_center_crop", False))
+    chosen = processor.crop_size if crop else processor.size
+    if not hasattr(chosen, "get"):  # an old processor's bare int
+        return int(chosen)
+    return input_side(_fields(processor.size), _fields(getattr(processor, "crop_size", None)), crop)
 
 
 def _resized(processor: Any, width: int, height: int) -> tuple[int, int]:
-    """(height, width) after the processor's resize, by the rules of transformers' PilBackend.resize."""
+    """(height, width) after the processor's resize: the runtime's geometry (one owner)."""
     if not getattr(processor, "do_resize", True):
         return height, width
-    size = SizeDict(**dict(processor.size))
-    if size.shortest_edge and size.longest_edge:
-        return get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
-    if size.shortest_edge:
-        # A zero-stride stand-in: the helper reads the shape only.
-        shape_only = np.broadcast_to(np.zeros((), np.uint8), (1, height, width))
-        return get_resize_output_image_size(shape_only, size=size.shortest_edge, default_to_square=False,
-                                            input_data_format=ChannelDimension.FIRST)
-    if size.max_height and size.max_width:
-        return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
-    return size.height, size.width
+    return resized_shape(_fields(processor.size), height, width)
 
 
 def input_region(processor: Any, width: int, height: int) -> tuple[float, float, float, float]:
@@ -96,13 +90,13 @@ def input_region(processor: Any, width: int, height: int) -> tuple[float, float,
     if not getattr(processor, "do_center_crop", False):
         return 0.0, 0.0, float(width), float(height)
     resized_h, resized_w = _resized(processor, width, height)
-    crop = SizeDict(**dict(processor.crop_size))
-    # Offsets as transformers' center_crop rounds them; where the crop is larger than the resized
-    # image the processor pads with zeros, and training keeps to the image instead.
-    top, left = (resized_h - crop.height) // 2, (resized_w - crop.width) // 2
+    crop = _fields(processor.crop_size)
+    # Where the crop is larger than the resized image the processor pads with zeros, and training
+    # keeps to the image instead.
+    top, left = crop_offsets(resized_h, resized_w, crop["height"], crop["width"])
     sx, sy = width / resized_w, height / resized_h
     return (max(0.0, left * sx), max(0.0, top * sy),
-            min(float(width), (left + crop.width) * sx), min(float(height), (top + crop.height) * sy))
+            min(float(width), (left + crop["width"]) * sx), min(float(height), (top + crop["height"]) * sy))
 
 
 def square_resize(processor: Any) -> Dict[str, Any]:

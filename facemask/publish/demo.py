@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
-from facemask.publish.card import hub_model_id, model_name
+from facemask.publish.naming import hub_model_id, model_name
 from facemask.run_folder import (
     CARD,
     CONFUSION_FIGURE,

@@ -19,7 +19,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 from facemask import PACKAGE, REQUIREMENTS, TEMPLATES
 from facemask.detection.detectors import WEIGHTS_DIR
-from facemask.publish.card import hub_model_id, model_name
+from facemask.publish.naming import hub_model_id, model_name
 from facemask.publish.hub import PushError, delete_stale
 from facemask.run_folder import CONFIG, read_run
 

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -93,9 +93,7 @@ class Preprocessor:
 
     @property
     def input_side(self) -> int:
-        """The model's input side, as pipeline.processor.processor_image_size reads it."""
-        size = self.crop_size if self.do_center_crop else self.size
-        return int(size.get("height") or size.get("shortest_edge") or size.get("max_height"))
+        return input_side(self.size, self.crop_size, self.do_center_crop)
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
@@ -124,26 +122,13 @@ class Preprocessor:
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def resized(self, height: int, width: int) -> Tuple[int, int]:
-        """(height, width) after the resize, by the rules of transformers' PilBackend.resize for each
-        form of 'size' (get_size_with_aspect_ratio, get_resize_output_image_size,
-        get_image_size_for_max_height_width, or the fixed size)."""
-        size = self.size
-        if size.get("shortest_edge") and size.get("longest_edge"):
-            return _size_with_aspect_ratio(height, width, size["shortest_edge"], size["longest_edge"])
-        if size.get("shortest_edge"):
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
-            return (new_long, new_short) if width <= height else (new_short, new_long)
-        if size.get("max_height") and size.get("max_width"):
-            scale = min(size["max_height"] / height, size["max_width"] / width)
-            return int(height * scale), int(width * scale)
-        return size["height"], size["width"]
+        return resized_shape(self.size, height, width)
 
     def center_crop(self, array: np.ndarray) -> np.ndarray:
         """transformers' center_crop on C x H x W: the middle crop_size, zero-padded where the image is smaller."""
         height, width = array.shape[1:]
         crop_h, crop_w = self.crop_size["height"], self.crop_size["width"]
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        top, left = crop_offsets(height, width, crop_h, crop_w)
         if top >= 0 and left >= 0:
             return array[:, top:top + crop_h, left:left + crop_w]
         new_h, new_w = max(crop_h, height), max(crop_w, width)
@@ -152,6 +137,41 @@ class Preprocessor:
         canvas[:, top_pad:top_pad + height, left_pad:left_pad + width] = array
         top, left = top + top_pad, left + left_pad
         return canvas[:, max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
+
+
+def input_side(size: Mapping[str, Any], crop_size: Optional[Mapping[str, Any]], do_center_crop: bool) -> int:
+    """The model's input side: the centre crop's height where the processor crops, else the side
+    its resize gives (height, the shorter edge, or the height cap)."""
+    chosen = crop_size if do_center_crop else size
+    side = chosen.get("height") or chosen.get("shortest_edge") or chosen.get("max_height")
+    if not side:
+        raise ConfigError(f"no input side in {'crop_size' if do_center_crop else 'size'} {dict(chosen)!r}: "
+                          f"it needs height, shortest_edge or max_height")
+    return int(side)
+
+
+def resized_shape(size: Mapping[str, Any], height: int, width: int) -> Tuple[int, int]:
+    """(height, width) after the resize, by the rules of transformers' PilBackend.resize for each
+    form of 'size' in SIZE_FORMS' order (get_size_with_aspect_ratio, get_resize_output_image_size,
+    get_image_size_for_max_height_width, or the fixed size). The one owner of this geometry: the
+    runtime's preprocessing and the training pipeline's regions (pipeline/processor.py) both read it."""
+    if size.get("shortest_edge") and size.get("longest_edge"):
+        return _size_with_aspect_ratio(height, width, int(size["shortest_edge"]), int(size["longest_edge"]))
+    if size.get("shortest_edge"):
+        short, long = (width, height) if width <= height else (height, width)
+        new_short = int(size["shortest_edge"])
+        new_long = int(new_short * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+    if size.get("max_height") and size.get("max_width"):
+        scale = min(size["max_height"] / height, size["max_width"] / width)
+        return int(height * scale), int(width * scale)
+    return int(size["height"]), int(size["width"])
+
+
+def crop_offsets(height: int, width: int, crop_height: int, crop_width: int) -> Tuple[int, int]:
+    """(top, left) of a centre crop as transformers' center_crop rounds them; negative where the
+    crop is larger than the image (the processor pads there)."""
+    return (height - crop_height) // 2, (width - crop_width) // 2
 
 
 def _size_with_aspect_ratio(height: int, width: int, size: int, max_size: int) -> Tuple[int, int]:
@@ -168,3 +188,18 @@ def _size_with_aspect_ratio(height: int, width: int, size: int, max_size: int) -
     if width < height:
         return (int(raw_size * height / width) if raw_size is not None else int(size * height / width)), size
     return size, (int(raw_size * width / height) if raw_size is not None else int(size * width / height))
+
+
+def seen_pixels(pixels: np.ndarray, processor: Any) -> np.ndarray:
+    """A processor's output (... x 3 x H x W float) undone to the uint8 RGB it shows (... x H x W x 3):
+    the normalisation and the rescale reversed where the processor applies them. `processor` is a
+    Preprocessor or a transformers image processor (the same attribute names); the explanations'
+    overlays and the pretraining figures draw what the model saw through here."""
+    values = np.moveaxis(np.asarray(pixels, dtype=np.float32), -3, -1)
+    if getattr(processor, "do_normalize", True):
+        mean = np.asarray(getattr(processor, "image_mean", None) or _STANDARD, dtype=np.float32)
+        std = np.asarray(getattr(processor, "image_std", None) or _STANDARD, dtype=np.float32)
+        values = values * std + mean
+    if getattr(processor, "do_rescale", True):
+        values = values / float(getattr(processor, "rescale_factor", None) or 1 / 255)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

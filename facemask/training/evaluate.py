@@ -113,14 +113,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if args.shortcut_test is not None:  # every process predicts its share of the counterfactuals
         flagged = list(args.shortcut_test) or audit_flags(split, evaluated, found.source)
         shortcut_test(trainer, view, flagged, split, evaluated, image_side, out_dir)
-    if args.robustness:
-
-        def per_image(ds: Any, name: str) -> Any:  # small copies, each predicted once: no cache
-            return eval_view(ds, name, split.image_column, found.label_column, processor, "per_image",
-                             args=training_args)
-
-        robustness_split(trainer, per_image, split, found.label_column, evaluated, processor, out_dir,
-                         args.robustness_max_images, args.seed, args.error_maps)
+    if args.robustness and trainer.is_world_process_zero():
+        robustness_split(model, split, evaluated, processor, out_dir, args.robustness_max_images, args.seed,
+                         args.error_maps, batch_size=args.batch_size)
     if trainer.is_world_process_zero():
         logger.info("%s: %d images from %s at %.1f images/s with %d process(es); results in %s", args.split,
                     len(split.dataset), found.source, evaluated.metrics[f"{args.split}_samples_per_second"],

@@ -56,13 +56,14 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
 
         shortcut_test(trainer, view, flagged_attributes(prepared.report), split_data(prepared, headline),
                       evaluated[headline], run.image_side, out)
-    if headline in evaluated and cfg.data.robustness:
-
-        def per_image(ds: Any, name: str) -> Any:  # small copies, each predicted once: no cache
-            return eval_view(ds, name, data.image_column, data.label_column, run.processor, "per_image", args=run.args)
-
-        robustness_split(trainer, per_image, split_data(prepared, headline), data.label_column, evaluated[headline],
-                         run.processor, out, cfg.data.robustness_max_images, cfg.seed, cfg.data.error_maps)
+    if headline in evaluated and cfg.data.robustness and run.main_process:
+        if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+            logger.warning("robustness test skipped: the model's weights are sharded across processes; run "
+                           "evaluate.py RUN --robustness on the saved model")
+        else:
+            robustness_split(trainer.accelerator.unwrap_model(trainer.model), split_data(prepared, headline),
+                             evaluated[headline], run.processor, out, cfg.data.robustness_max_images, cfg.seed,
+                             cfg.data.error_maps, batch_size=run.args.per_device_eval_batch_size)
     if trainer.recipe is not None and trainer.recipe.teacher is not None:
         evaluate_teacher(run, pos_label, [split for split in ("validation", "test") if split in evaluated])
     return evaluated

@@ -10,9 +10,7 @@ probably wrong, found by confident learning (cleanlab) on out-of-fold probabilit
    those images' out-of-fold probabilities. Rows are matched to the training images by content
    digest (the audit's SHA-256): `file` is only a row index for images without a file (the drawn
    set, Hub data), and copies with equal digests are one duplicate group, so in one fold.
-3. cleanlab 2.x: `filter.find_label_issues` (prune_by_noise_rate) flags, `rank.get_label_quality_scores`
-   (self_confidence) ranks, `count.estimate_joint` (the calibrated confident joint) estimates the
-   noise per class pair; the suggested label is the out-of-fold arg-max.
+3. Confident learning on them (cleanlab; the statistics are evaluation/label_quality.py's).
 4. label_issues.csv / .json / .png and exclude.txt in OUTPUT_DIR, and a summary on the console.
 """
 
@@ -22,16 +20,17 @@ import argparse
 import csv
 import dataclasses
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
 from facemask.data.exclude import write_exclude_list
+from facemask.evaluation.label_quality import (Issues, OutOfFoldError, assemble_out_of_fold, find_issues, noise_table,
+                                               warn_if_errors_match_noise, warn_if_uninformed)
 from facemask.run_folder import (EXCLUDE_LIST, LABEL_ISSUES_CSV, LABEL_ISSUES_FIGURE, LABEL_ISSUES_JSON, PREDICTIONS,
                                  REPEAT_RESULTS_CSV, prefix_of, write_json)
 from facemask.training.repeat import NEAR_CHANCE, RepeatError, output_folder, runs_of, summarise_runs, train_runs, write_outputs
@@ -154,63 +153,29 @@ def check_classes(images: TrainingImages, folds: int) -> None:
 
 def out_of_fold(out: Path, names: Sequence[str], images: TrainingImages) -> Tuple[np.ndarray, np.ndarray]:
     """Per training image, its out-of-fold probabilities (columns in label order) and the index of the
-    fold they come from; a training image without exactly one, or a predicted one that is not a
-    training image, is an error: the folds were trained on other data than this config gives."""
+    fold they come from, from the folds' validation prediction files (label_quality assembles them)."""
     prefix = prefix_of("validation")
-    columns = [f"prob_{label}" for label in images.labels]
-    found: Dict[str, Tuple[int, np.ndarray]] = {}
-    predicted: Counter = Counter()
-    for k, name in enumerate(names):
+    fold_rows = []
+    for name in names:
         path = PREDICTIONS.path(out / name, prefix)
-        again = f"delete {out / name} and run the same command again to retrain it"
         if not path.is_file():
-            raise ConfigError(f"{path} is missing: {name} has no predictions of its validation fold; {again}")
+            raise ConfigError(f"{path} is missing: {name} has no predictions of its validation fold; "
+                              f"{_retrain(out, name)}")
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        header = set(rows[0]) if rows else set()
-        if not {"sha256", *columns} <= header or any(not row["sha256"] for row in rows):
-            raise ConfigError(f"{path} lacks the images' content digests or the classes {images.labels} (a fold "
-                              f"trained by an older version or with data.audit=false); {again}")
-        for row in rows:
-            digest = row["sha256"]
-            if digest in found and found[digest][0] != k:
-                raise ConfigError(f"image sha256:{digest} is in the validation folds of both {names[found[digest][0]]} "
-                                  f"and {name}: the folds were carved from other data; {again}")
-            found[digest] = (k, np.array([float(row[c]) for c in columns]))
-            predicted[(digest, row["true_label"])] += 1
-    given = Counter(zip(images.digests, (images.labels[i] for i in images.label_ids)))
-    if predicted != given:
-        lacking, extra = given - predicted, predicted - given
-        raise ConfigError(
-            f"the folds' validation predictions are not this config's training images: {sum(lacking.values())} of "
-            f"{len(images.digests)} training images have no out-of-fold probability and {sum(extra.values())} "
-            f"predicted images are not training images (e.g. "
-            f"{next(iter(lacking or extra))[0][:12]}). The config or the data changed since the folds were "
-            f"trained: give label-issues a new training.output_dir, or delete {out}/fold-* to train them again")
-    probs = np.stack([found[digest][1] for digest in images.digests])
-    fold = np.array([found[digest][0] for digest in images.digests])
-    return probs / probs.sum(axis=1, keepdims=True), fold  # the file rounds to 6 places
+            fold_rows.append(list(csv.DictReader(f)))
+    try:
+        return assemble_out_of_fold(fold_rows, names, images.digests, [images.labels[i] for i in images.label_ids],
+                                    images.labels)
+    except OutOfFoldError as err:
+        if err.fold is None:
+            raise ConfigError(f"{err}: give label-issues a new training.output_dir, or delete {out}/fold-* to train "
+                              "them again") from None
+        name = names[err.fold]
+        raise ConfigError(f"{PREDICTIONS.path(out / name, prefix)}: {err}; {_retrain(out, name)}") from None
 
 
-@dataclass
-class Issues:
-    is_issue: np.ndarray
-    quality: np.ndarray
-    suggested: np.ndarray
-    joint: np.ndarray  # p(given label i, true label j), cleanlab's estimate
-    order: List[int]  # most suspect first: flagged images by quality, then the rest by quality
-
-
-def find_issues(label_ids: np.ndarray, probs: np.ndarray, files: Sequence[str]) -> Issues:
-    from cleanlab.count import estimate_joint
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    is_issue = find_label_issues(label_ids, probs, filter_by="prune_by_noise_rate", n_jobs=1)
-    quality = get_label_quality_scores(label_ids, probs, method="self_confidence")
-    joint = estimate_joint(label_ids, probs)
-    order = sorted(range(len(label_ids)), key=lambda i: (not is_issue[i], quality[i], files[i]))
-    return Issues(np.asarray(is_issue, dtype=bool), np.asarray(quality), probs.argmax(axis=1), joint, order)
+def _retrain(out: Path, name: str) -> str:
+    return f"delete {out / name} and run the same command again to retrain it"
 
 
 def issue_rows(images: TrainingImages, issues: Issues) -> List[Dict[str, Any]]:
@@ -218,19 +183,6 @@ def issue_rows(images: TrainingImages, issues: Issues) -> List[Dict[str, Any]]:
     return [{"file": images.files[i], "given_label": images.labels[images.label_ids[i]],
              "suggested_label": images.labels[issues.suggested[i]], "label_quality": round(float(issues.quality[i]), 6),
              "is_issue": bool(issues.is_issue[i])} for i in issues.order]
-
-
-def noise_table(labels: List[str], joint: np.ndarray, images: int) -> List[Dict[str, Any]]:
-    """Per pair of classes (given, true), the estimated share of the given class's labels that are
-    the true class, and about how many training images that is."""
-    rows = []
-    for i, given in enumerate(labels):
-        for j, true in enumerate(labels):
-            if i != j:
-                share = joint[i, j] / joint[i].sum() if joint[i].sum() > 0 else 0.0
-                rows.append({"given_label": given, "true_label": true, "share_of_given": round(float(share), 6),
-                             "images": round(float(joint[i, j] * images), 1)})
-    return rows
 
 
 def suspect_images(images: TrainingImages, rows: List[Dict[str, Any]], order: List[int]) -> List[Any]:
@@ -338,8 +290,8 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
         writer.writerows(rows)
     flagged = [i for i in issues.order if issues.is_issue[i]]
     accuracy = {row["run"]: row.get(f"{prefix_of('validation')}_accuracy") for row in folds}
-    warn_if_uninformed(accuracy, images.label_ids)
-    warn_if_errors_match_noise(accuracy, float(1 - np.trace(issues.joint)))
+    warn_if_uninformed(accuracy, images.label_ids, NEAR_CHANCE)
+    warn_if_errors_match_noise(accuracy, issues.noise)
     per_class = {label: {"images": int((images.label_ids == c).sum()),
                          "issues": int((issues.is_issue & (images.label_ids == c)).sum())}
                  for c, label in enumerate(images.labels)}
@@ -367,34 +319,6 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
     print(summary_text(rows, per_class, accuracy, images, issues, out, drawn))
     print(f"retrain without them: {retrain_command(args.config, overrides, out)}")
     return 0
-
-
-def warn_if_uninformed(accuracy: Dict[str, Any], label_ids: np.ndarray) -> None:
-    """A fold model no better than answering the largest class gives probabilities that say little
-    about any label: confident learning then flags images at random."""
-    floor = float(np.bincount(label_ids).max() / len(label_ids))
-    weak = {name: value for name, value in accuracy.items() if value is not None and value < floor + NEAR_CHANCE}
-    if weak:
-        print(f"warning: {', '.join(f'{n} ({v:.3f})' for n, v in weak.items())}: validation accuracy within "
-              f"{NEAR_CHANCE * 100:.0f} points "
-              f"of always answering the largest class ({floor:.3f}); their flags mean little: train the folds "
-              "longer (training.num_train_epochs) and run again", file=sys.stderr)
-
-
-def warn_if_errors_match_noise(accuracy: Dict[str, Any], noise: float) -> None:
-    """Confident learning cannot tell a right label the fold model gets wrong from a wrong label:
-    where the folds' own error rate is as large as the noise it estimates, many flags are right
-    labels of hard images (bench/label_issues.py: 270 of 2000 clean labels flagged at fold
-    accuracies of 0.63-0.87, and training without them cost 4.6 points)."""
-    known = [value for value in accuracy.values() if value is not None]
-    if not known:
-        return
-    error = 1 - float(np.mean(known))
-    if error >= noise / 2:
-        print(f"warning: the fold models' validation error ({error:.1%}) is as large as the label noise estimated "
-              f"({noise:.1%}): many flagged images may be right labels the models get wrong. Look at "
-              f"{LABEL_ISSUES_FIGURE} before excluding them, or train the folds longer or on more data first",
-              file=sys.stderr)
 
 
 def summary_text(rows: List[Dict[str, Any]], per_class: Dict[str, Dict[str, int]], accuracy: Dict[str, Any],

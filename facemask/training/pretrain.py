@@ -176,26 +176,21 @@ def _write_images_used(run: RunSetup, prepared: Any) -> int:
 def _figures(trainer: PretrainingTrainer, run: RunSetup, output_dir: Path) -> None:
     """The loss curve, and held-out images masked beside their reconstructions."""
     from facemask.evaluation.figures import reconstructions_png, training_curves_png
+    from facemask.runtime.preprocess import seen_pixels
 
     training_curves_png(trainer.state.log_history, run_folder.PRETRAINING_LOSS_FIGURE.path(output_dir))
     count = run.cfg.pretrain.reconstructions
     if count == 0:
         return
     shown = trainer.reconstruct(count)
-    processor = run.processor
-    mean = np.asarray(getattr(processor, "image_mean", [0.5] * 3), dtype=np.float32)[:, None, None]
-    std = np.asarray(getattr(processor, "image_std", [0.5] * 3), dtype=np.float32)[:, None, None]
-
-    def image(chw: np.ndarray) -> np.ndarray:
-        return (np.clip(chw * std + mean, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
-
     patch = int(run.model.config.patch_size)
     rows = []
     for pixels, mask, rebuilt in zip(shown["pixel_values"].numpy(), shown["mask"].numpy(),
                                      shown["reconstruction"].numpy()):
         side = pixels.shape[-1] // patch
         hidden = mask.reshape(side, side).repeat(patch, 0).repeat(patch, 1)[None]
-        original = image(pixels)
-        masked = image(np.where(hidden, (0.5 - mean) / std, pixels))
-        rows.append((original, masked, image(np.where(hidden, rebuilt, pixels))))
+        original, filled = seen_pixels(np.stack([pixels, np.where(hidden, rebuilt, pixels)]), run.processor)
+        # The hidden patches drawn mid-grey.
+        masked = np.where(hidden[0, :, :, None], np.uint8(128), original)
+        rows.append((original, masked, filled))
     reconstructions_png(rows, run_folder.RECONSTRUCTIONS_FIGURE.path(output_dir))

@@ -16,12 +16,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional
 
 from facemask import PACKAGE
 from facemask.config.dump import redact
 from facemask.config.schema import ConfigError
-from facemask.data.storage import pid_alive
+from facemask.processes import keep_from_children, pid_alive, release_to_children, started_at
 from facemask.run_folder import CHECKPOINTS, EXPERIMENT, LOCK, RESULTS, RUN_MARKERS, STATE
 
 logger = logging.getLogger("facemask")
@@ -172,7 +172,7 @@ class RunLock:
     The file is locked with flock, which the kernel releases when the last descriptor of the open
     file goes. Forked workers (the drawing pool, the cache build, DataLoader workers) would inherit
     that descriptor and keep the folder locked after a SIGKILL of the run: each child closes it at
-    once (`_forget_in_child`); the heartbeat thread does not exist in a child at all.
+    once (facemask/processes.py `keep_from_children`); the heartbeat thread does not exist in a child at all.
 
     A taken flock proves nothing about another host: on BeeGFS, Lustre with `localflock` or NFS
     with `nolock` it is local to each node. So the record decides, the same way whether the flock
@@ -206,13 +206,13 @@ class RunLock:
             except ConfigError as err:
                 os.close(fd)
                 raise self._refuse(err) from None
-        mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _started_at(os.getpid()),
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": started_at(os.getpid()),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "command": redact(" ".join(sys.argv)), "heartbeat_s": HEARTBEAT_S}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         self._fd, self._owner = fd, os.getpid()
-        _HELD.add(fd)
+        keep_from_children(fd)
         self._heartbeat = _Heartbeat(fd, self.path, HEARTBEAT_S, mine)
         self._heartbeat.start()
         return self
@@ -319,7 +319,7 @@ class RunLock:
         # A record taken over stays: it is the new holder's.
         if heartbeat.owns(_read_lock(self._fd)) and _same_file(self.path, self._fd):
             self.path.unlink(missing_ok=True)  # removed while still held: no other run can take it half-way
-        _HELD.discard(self._fd)
+        release_to_children(self._fd)
         os.close(self._fd)
         self._fd = None
         if self._made_folder and not any(self.path.parent.iterdir()):
@@ -391,15 +391,6 @@ def _same_file(path: Path, fd: int) -> bool:
     return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _started_at(pid: int) -> Optional[int]:
-    """When a process of this host started (clock ticks since boot, /proc/PID/stat's 22nd field): a
-    PID and this tell a process from a later one given the same PID. None where not readable."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _process_state(holder: Dict[str, Any]) -> str:
     """Whether the run a record of this host names still runs: 'running', 'is no longer running' or
     'whose PID now belongs to another process'. A record without its PID's start time (an earlier
@@ -408,7 +399,7 @@ def _process_state(holder: Dict[str, Any]) -> str:
     if not isinstance(pid, int) or not pid_alive(pid):
         return "is no longer running"
     recorded = holder.get("pid_start")
-    if isinstance(recorded, int) and _started_at(pid) not in (None, recorded):
+    if isinstance(recorded, int) and started_at(pid) not in (None, recorded):
         return "whose PID now belongs to another process"
     return "running"
 
@@ -424,24 +415,6 @@ def _age(path: Path) -> str:
         return f"{max(0.0, time.time() - os.stat(path).st_mtime):.0f} s ago"
     except OSError:
         return "unknown"
-
-
-_HELD: Set[int] = set()  # descriptors of the run locks this process holds
-
-
-def _forget_in_child() -> None:
-    """After a fork, in the child: close the run locks' descriptors, so that only the run holds its
-    folder; a child left alive by a killed run then keeps nothing locked. (The heartbeat thread is
-    not copied into a child: a killed run's heartbeat stops with it.)"""
-    for fd in _HELD:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _processes_holding(path: Path) -> List[int]:
