@@ -134,3 +134,39 @@ def test_a_sample_is_seeded_and_stated():
 def test_occlusion_needs_a_mask_class_by_name():
     result = occlusion_test([face(0)], np.array([0]), ["cat", "dog"], FixedFace(lambda p: True), None, None, 0)
     assert result["flip_rate"] is None and "mask class by name" in result["reason"]
+
+
+def test_a_trained_run_records_its_robustness_and_the_card_shows_it(evaluated_run):
+    import json
+
+    record = json.loads((evaluated_run / "test_robustness.json").read_text())
+    assert {"clean_accuracy", "corruptions", "occlusion"} <= set(record)
+    assert set(record["occlusion"]) >= {"flip_rate", "low", "high", "images", "skipped"}
+    assert record["images"] == record["of_images"] > 0 and (evaluated_run / "test_robustness.png").is_file()
+    card = (evaluated_run / "README.md").read_text()
+    section = card[card.index("## Robustness"):card.index("## Slices")]
+    assert "| gaussian noise |" in section and "Mean corruption accuracy" in section
+    assert f"clean {record['clean_accuracy']:.4f}" in section and "A hand is not a mask" in section
+    assert "test_robustness.png" in section
+
+
+def test_evaluate_robustness_on_other_images_with_a_sample(evaluated_run, tmp_path):
+    import json
+
+    import evaluate
+
+    out = tmp_path / "eval"
+    evaluate.main([str(evaluated_run), "--data", "synthetic", "--num-images", "30", "--image-size", "48",
+                   "--split", "other", "--output-dir", str(out), "--robustness", "--robustness-max-images", "20",
+                   "--error-maps", "none"])
+    record = json.loads((out / "other_robustness.json").read_text())
+    assert record["images"] == 20 and record["of_images"] == 30 and record["sampled"]
+    assert all(len(cells) == 5 for cells in record["corruptions"].values())
+    # The occlusion test covers the sample's no-mask images: each one tested or skipped for want of a face.
+    import csv
+
+    with open(out / "other_predictions.csv", newline="") as f:
+        truth = [row["true_label"] for row in csv.DictReader(f)]
+    sampled = [truth[k] for k in sample_indices(30, 20, seed=1)]  # evaluate.py's --seed default
+    occlusion = record["occlusion"]
+    assert occlusion["images"] + occlusion["skipped"] == sampled.count("without_mask") > 0

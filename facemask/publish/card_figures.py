@@ -36,10 +36,15 @@ def write_figures(run: RunFiles, directory: Path) -> Dict[str, str]:
     if run.state.get("log_history") and not run.pretraining:
         path = run_folder.CURVES_FIGURE.path(directory)
         written["curves"] = path.name if figures.training_curves_png(run.state["log_history"], path) else None
-    for prefix in run.errors:
-        source = run_folder.ERRORS_FIGURE.path(run.directory, prefix)
+    # Drawn by the evaluation (from images the run's files do not keep): copied beside the card.
+    copied = [(prefix, run_folder.ERRORS_FIGURE, "errors") for prefix in run.errors]
+    copied += [(prefix, output, key) for prefix in run.robustness
+               for output, key in ((run_folder.ROBUSTNESS_FIGURE, "robustness"),
+                                   (run_folder.OCCLUSION_FIGURE, "occlusion"))]
+    for prefix, output, key in copied:
+        source = output.path(run.directory, prefix)
         if source.is_file():
             if source.resolve() != (directory / source.name).resolve():
                 shutil.copyfile(source, directory / source.name)
-            written[f"errors_{prefix}"] = source.name
+            written[f"{key}_{prefix}"] = source.name
     return {key: name for key, name in written.items() if name}

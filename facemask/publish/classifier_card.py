@@ -280,7 +280,23 @@ def _diagnostics(run: RunFiles, figures: Dict[str, str]) -> Dict[str, Any]:
         "calibration": [{"split": split_name(prefix), "ece": c["ece"], "images": c["images"],
                          "figure": figures.get(f"calibration_{prefix}")} for prefix, c in run.calibration.items()],
         "operating_points": run.operating_points or None,
+        "robustness": [_robustness(prefix, record, figures) for prefix, record in run.robustness.items()],
     }
+
+
+def _robustness(prefix: str, record: Dict[str, Any], figures: Dict[str, str]) -> Dict[str, Any]:
+    """The card's robustness table: a row per corruption, a column per severity, its mean and its
+    drop from the clean accuracy of the same images."""
+    clean = record["clean_accuracy"]
+    rows = []
+    for name, cells in record["corruptions"].items():
+        mean = sum(c["accuracy"] for c in cells.values()) / len(cells)
+        rows.append({"name": name.replace("_", " "), "cells": [cells[str(s)]["accuracy"] for s in range(1, 6)],
+                     "mean": mean, "drop": 100 * (clean - mean)})
+    worst = max(rows, key=lambda row: row["drop"])
+    return {"split": split_name(prefix), "record": record, "rows": rows, "worst": worst,
+            "occlusion": record.get("occlusion") or {}, "figure": figures.get(f"robustness_{prefix}"),
+            "occlusion_figure": figures.get(f"occlusion_{prefix}")}
 
 
 def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] = None) -> str:
