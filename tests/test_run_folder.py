@@ -23,11 +23,13 @@ def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(t
     assert run_folder.unknown_files(out) == []
     for prefix in ("eval", "test"):
         present = {o.name for o in run_folder.SPLIT_OUTPUTS if o.path(out, prefix).is_file()}
-        # Every per-split file but the gallery, which exists only when images were misclassified, and
-        # the shortcut test, which runs on the split that reports the headline number (test).
-        expected = {o.name for o in run_folder.SPLIT_OUTPUTS} - {run_folder.ERRORS_FIGURE.name}
+        # Every per-split file but the galleries, which exist only when images were misclassified or
+        # occluded faces flipped, and the shortcut and robustness tests, which run on the split that
+        # reports the headline number (test).
+        expected = {o.name for o in run_folder.SPLIT_OUTPUTS} - {run_folder.ERRORS_FIGURE.name,
+                                                                 run_folder.OCCLUSION_FIGURE.name}
         if prefix == "eval":
-            expected.discard(run_folder.SHORTCUT_TEST.name)
+            expected -= {run_folder.SHORTCUT_TEST.name, run_folder.ROBUSTNESS.name, run_folder.ROBUSTNESS_FIGURE.name}
         assert expected <= present, expected - present
         matrix = json.loads((out / f"{prefix}_confusion_matrix.json").read_text())["matrix"]
         rows = (out / f"{prefix}_predictions.csv").read_text().splitlines()
@@ -41,11 +43,13 @@ def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(t
     pushed = {p.relative_to(out).as_posix() for p in files_to_push(out)}
     expected = {"config.json", "model.safetensors", "preprocessor_config.json", "experiment.yaml", "run_info.json",
                 "trainer_state.json", "all_results.json", "train_results.json", "data_audit.json", "data_audit.md",
-                "operating_points.json", "README.md", "test_shortcut_test.json"}
+                "operating_points.json", "README.md", "test_shortcut_test.json", "test_robustness.json",
+                "test_robustness.png"}
     expected |= {f"{prefix}_{suffix}" for prefix in ("eval", "test") for suffix in (
         "results.json", "confusion_matrix.json", "confusion_matrix.png", "roc_curve.png", "slices.json",
         "calibration.json", "calibration.png", "intervals.json", "errors.json")}
-    expected |= {name for name in ("training_curves.png", "eval_errors.png", "test_errors.png") if (out / name).is_file()}
+    expected |= {name for name in ("training_curves.png", "eval_errors.png", "test_errors.png", "test_occlusion.png")
+                 if (out / name).is_file()}
     assert pushed == expected
     # A file no writer names is reported.
     (out / "notes.txt").write_text("mine")
