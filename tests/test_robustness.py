@@ -170,3 +170,19 @@ def test_evaluate_robustness_on_other_images_with_a_sample(evaluated_run, tmp_pa
     sampled = [truth[k] for k in sample_indices(30, 20, seed=1)]  # evaluate.py's --seed default
     occlusion = record["occlusion"]
     assert occlusion["images"] + occlusion["skipped"] == sampled.count("without_mask") > 0
+
+
+def test_the_drawn_set_draws_occluders_on_faces_without_a_mask_only_when_asked():
+    from facemask.data.synthetic import WITH_MASK, sample
+
+    for index in range(6):
+        plain, label = sample(3, index, 64)
+        occluded, same_label = sample(3, index, 64, occluders=1.0)
+        assert same_label == label  # an occluded face is still labelled without a mask
+        same = np.array_equal(np.asarray(plain), np.asarray(occluded))
+        assert same == (label == WITH_MASK), index  # masked faces untouched: the default set's pixels stand
+    with pytest.raises(Exception, match="synthetic_occluders"):
+        from facemask.config.loading import load_config
+        from conftest import REPO
+
+        load_config(REPO / "configs" / "quickstart.yaml", ["data.synthetic_occluders=1.5"])

@@ -75,6 +75,9 @@ class DataConfig:
     # "studio" portraits, or "street": the same kind of faces smaller, off-centre, tilted, in harsher
     # light and noisier (a shifted set: configs/quickstart-lora.yaml adapts a studio model to it).
     synthetic_style: str = "studio"
+    # The share of drawn faces without a mask that get a hand, scarf or phone over the mouth and
+    # nose (still labelled without a mask): teaches "something over the mouth is not a mask".
+    synthetic_occluders: float = 0.0
     image_column: str = "image"
     label_column: str = "label"
     # Fractions of the training split held out, stratified, when the source lacks that split.

@@ -251,6 +251,9 @@ def validate(cfg: ExperimentConfig) -> None:
         pair = getattr(d, key)
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise ConfigError(f"bad value for 'data.{key}': expected [low, high] with 0 < low <= high, got {pair}")
+    if not 0 <= d.synthetic_occluders <= 1:
+        raise ConfigError(f"bad value for 'data.synthetic_occluders': a share between 0 and 1, got "
+                          f"{d.synthetic_occluders}")
     if d.synthetic_style not in ("studio", "street", "mixed"):
         raise ConfigError(f"bad value for 'data.synthetic_style': expected 'studio', 'street' or 'mixed', got "
                           f"{d.synthetic_style!r}")

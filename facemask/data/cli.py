@@ -22,6 +22,9 @@ def _add_synth_arguments(parser: Any) -> None:
                         help="street: smaller, off-centre, tilted faces in harsher light (a shifted set)")
     parser.add_argument("--format", choices=["png", "jpg", "mixed"], default="mixed",
                         help="file format; mixed alternates JPEG and PNG independently of the class")
+    parser.add_argument("--occluders", type=float, default=0.0, metavar="SHARE",
+                        help="the share of faces without a mask drawn with a hand, scarf or phone over the mouth "
+                             "and nose (still without_mask; default 0)")
 
 
 def _synth(args: Any) -> int:
@@ -30,7 +33,10 @@ def _synth(args: Any) -> int:
 
     if args.num_images < 1:
         raise ConfigError("--num-images must be at least 1")
-    root = write_image_folder(args.directory, args.num_images, args.image_size, args.seed, args.format, args.style)
+    if not 0 <= args.occluders <= 1:
+        raise ConfigError("--occluders is a share of the faces without a mask: between 0 and 1")
+    root = write_image_folder(args.directory, args.num_images, args.image_size, args.seed, args.format, args.style,
+                              args.occluders)
     print(f"wrote {args.num_images} images to {root} (one sub-folder per class)")
     return 0
 

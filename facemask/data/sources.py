@@ -151,8 +151,9 @@ def _load_raw(cfg: DataConfig, seed: int) -> tuple[datasets.DatasetDict, str]:
         root = cache_root(cfg.preprocess_dir)
         root.mkdir(parents=True, exist_ok=True)
         full = stored_synthetic_dataset(cfg.synthetic_num_images, cfg.synthetic_image_size, seed, root,
-                                        cfg.synthetic_style)
-        style = "" if cfg.synthetic_style == "studio" else f", {cfg.synthetic_style} style"
+                                        cfg.synthetic_style, cfg.synthetic_occluders)
+        style = ("" if cfg.synthetic_style == "studio" else f", {cfg.synthetic_style} style") + (
+            f", occluders on {cfg.synthetic_occluders:.0%} of the faces without a mask" if cfg.synthetic_occluders else "")
         return (datasets.DatasetDict({"train": full}),
                 f"synthetic ({cfg.synthetic_num_images} images, seed {seed}{style})")
     if cfg.train_dir is not None:

@@ -181,11 +181,14 @@ def _draw_hand(draw: ImageDraw.ImageDraw, rng: random.Random, face, skin: Color)
 
 
 def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "studio",
-              regions: Optional[Dict[str, np.ndarray]] = None) -> Image.Image:
+              regions: Optional[Dict[str, np.ndarray]] = None, occluders: float = 0.0) -> Image.Image:
     """One face on a background; `size` is the side of the returned square RGB image. A `regions`
     dict is filled with where things were drawn, as size x size booleans: "face" (the head's
     ellipse) and, on positives, "mask" (the mask's fabric; ear loops left out): what a model
-    should look at, for checking explanation maps. The drawing is the same with or without it."""
+    should look at, for checking explanation maps. The drawing is the same with or without it.
+    `occluders`: the share of faces without a mask that get a hand, scarf or phone over the mouth
+    and nose (data/occluders.py, placed from the face's drawn landmarks), still labelled without
+    a mask: "something covers the mouth" is not "a mask". At 0 nothing is drawn or drawn for."""
     street = style == "street"
     scale = 2  # drawn at twice the size and downsampled, for smooth edges
     big = size * scale
@@ -272,6 +275,10 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "s
     angle = rng.uniform(-tilt, tilt)
     layer = layer.rotate(angle, resample=Image.BILINEAR, center=(cx, cy))
     img.paste(layer, (0, 0), layer)
+    if occluders and not wearing_mask and rng.random() < occluders:
+        points = [(cx - eye_dx, eye_y), (cx + eye_dx, eye_y), (cx - fw * 0.005, cy + fh * 0.13),
+                  (cx - mw, mouth_y), (cx + mw, mouth_y)]
+        img = _occluded(img, rng, points, (cx, cy), angle)
     img = img.resize((size, size), Image.LANCZOS)
     if regions is not None:
         head = Image.new("L", (big, big), 0)
@@ -297,10 +304,24 @@ def draw_face(rng: random.Random, size: int, wearing_mask: bool, style: str = "s
     return img
 
 
+def _occluded(img: Image.Image, rng: random.Random, points: List[Tuple[float, float]], centre: Tuple[float, float],
+              angle: float) -> Image.Image:
+    """`img` with one of data/occluders.py's kinds over the face whose unrotated landmarks are
+    `points`, turned as the face was (PIL's rotate: counter-clockwise by `angle` degrees)."""
+    from facemask.data.occluders import KINDS, draw_occluder
+
+    theta = math.radians(angle)
+    cx, cy = centre
+    turned = [(cx + (x - cx) * math.cos(theta) + (y - cy) * math.sin(theta),
+               cy - (x - cx) * math.sin(theta) + (y - cy) * math.cos(theta)) for x, y in points]
+    kind = KINDS[rng.randrange(len(KINDS))]
+    return draw_occluder(img, np.array(turned), kind, np.random.default_rng(rng.getrandbits(32)))
+
+
 def sample(seed: int, index: int, size: int, style: str = "studio",
-           regions: Optional[Dict[str, np.ndarray]] = None) -> Tuple[Image.Image, int]:
+           regions: Optional[Dict[str, np.ndarray]] = None, occluders: float = 0.0) -> Tuple[Image.Image, int]:
     """Image and label number `index` of the set with this seed; independent of how many are drawn.
-    `regions`: see draw_face."""
+    `regions`, `occluders`: see draw_face."""
     if style == MIXED:
         style = STYLES[(index // 2) % 2]
     if style not in STYLES:
@@ -308,11 +329,12 @@ def sample(seed: int, index: int, size: int, style: str = "studio",
     key = f"facemask-synthetic:{seed}:{index}" + ("" if style == "studio" else f":{style}")
     rng = random.Random(key)
     label = WITH_MASK if index % 2 == 0 else WITHOUT_MASK
-    return draw_face(rng, size, wearing_mask=label == WITH_MASK, style=style, regions=regions), label
+    return draw_face(rng, size, wearing_mask=label == WITH_MASK, style=style, regions=regions,
+                     occluders=occluders), label
 
 
 def write_image_folder(directory: str | Path, num_images: int, size: int, seed: int, fmt: str = "mixed",
-                       style: str = "studio") -> Path:
+                       style: str = "studio", occluders: float = 0.0) -> Path:
     """Write the set as an image folder (one sub-folder per class) of PNG and/or JPEG files."""
     if fmt not in ("png", "jpg", "mixed"):
         raise ValueError(f"unknown image format {fmt!r}: use png, jpg or mixed")
@@ -320,7 +342,7 @@ def write_image_folder(directory: str | Path, num_images: int, size: int, seed: 
     for name in CLASS_NAMES:
         (root / name).mkdir(parents=True, exist_ok=True)
     for index in range(num_images):
-        image, label = sample(seed, index, size, style)
+        image, label = sample(seed, index, size, style, occluders=occluders)
         # Format by index, not by class: a class-dependent format would be a shortcut to learn.
         ext = fmt if fmt != "mixed" else ("jpg" if (index // 2) % 2 == 0 else "png")
         path = root / CLASS_NAMES[label] / f"{index:06d}.{ext}"
@@ -334,14 +356,14 @@ def write_image_folder(directory: str | Path, num_images: int, size: int, seed: 
 PROBE_IMAGES = 64
 
 
-def probe_digest(seed: int, size: int, style: str = "studio") -> str:
+def probe_digest(seed: int, size: int, style: str = "studio", occluders: float = 0.0) -> str:
     """A short hash of the first PROBE_IMAGES images and labels a seed draws: the drawn set by its
     content, so an edit of this file that draws the same pixels keeps it (generator_digest does not)."""
     import hashlib
 
     h = hashlib.sha256()
     for index in range(PROBE_IMAGES):
-        image, label = sample(seed, index, size, style)
+        image, label = sample(seed, index, size, style, occluders=occluders)
         h.update(np.asarray(image, dtype=np.uint8).tobytes())
         h.update(bytes([label]))
     return h.hexdigest()[:16]
@@ -355,10 +377,11 @@ def generator_digest() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
-def _encoded_samples(seed: int, start: int, stop: int, size: int, style: str = "studio") -> List[tuple]:
+def _encoded_samples(seed: int, start: int, stop: int, size: int, style: str = "studio",
+                     occluders: float = 0.0) -> List[tuple]:
     out = []
     for index in range(start, stop):
-        image, label = sample(seed, index, size, style)
+        image, label = sample(seed, index, size, style, occluders=occluders)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         out.append((buffer.getvalue(), label))
@@ -370,7 +393,7 @@ CHECKSUMS = "checksums.json"
 
 
 def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
-                             style: str = "studio") -> datasets.Dataset:
+                             style: str = "studio", occluders: float = 0.0) -> datasets.Dataset:
     """The drawn set, drawn once and kept under `root` by its parameters and the generator's source:
     a second run, or the other processes of a distributed one, load it instead of drawing again.
     Its files' checksums are kept beside them (checksums.json) and compared on every load."""
@@ -378,7 +401,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
 
     from facemask.data.storage import Damaged, check_checksums, checksums, discard, first_line, mark_used, staged
 
-    styled = "" if style == "studio" else f"-{style}"
+    styled = ("" if style == "studio" else f"-{style}") + (f"-occluders{occluders:g}" if occluders else "")
     folder = root / f"synthetic-{num_images}x{size}px-seed{seed}{styled}-{generator_digest()}"
     if folder.is_dir():
         try:
@@ -391,7 +414,7 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
             return kept
         except (OSError, ValueError, Damaged) as err:  # pyarrow's errors are OSError / ValueError
             discard(folder, first_line(err) if not isinstance(err, Damaged) else str(err))
-    ds = synthetic_dataset(num_images, size, seed, style)
+    ds = synthetic_dataset(num_images, size, seed, style, occluders)
     try:
         with staged(folder) as staging:
             ds.save_to_disk(str(staging))
@@ -401,7 +424,8 @@ def stored_synthetic_dataset(num_images: int, size: int, seed: int, root: Path,
     return ds
 
 
-def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studio") -> datasets.Dataset:
+def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studio",
+                      occluders: float = 0.0) -> datasets.Dataset:
     """The drawn set as PNG bytes, drawn on every core (samples depend only on seed and index)."""
     from facemask.processes import die_with_parent
 
@@ -411,7 +435,7 @@ def synthetic_dataset(num_images: int, size: int, seed: int, style: str = "studi
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
         parts = pool.map(_encoded_samples,
-                         *zip(*[(seed, s, min(s + chunk, num_images), size, style) for s in starts]))
+                         *zip(*[(seed, s, min(s + chunk, num_images), size, style, occluders) for s in starts]))
         samples = [item for part in parts for item in part]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
     images = [{"bytes": data, "path": None} for data, _ in samples]

@@ -61,6 +61,8 @@ def drawn_set(cfg: ExperimentConfig) -> Dict[str, Any]:
 
     d = cfg.data
     styled = {} if d.synthetic_style == "studio" else {"style": d.synthetic_style}
+    if d.synthetic_occluders:
+        styled["occluders"] = d.synthetic_occluders
     return {"kind": "synthetic", "num_images": d.synthetic_num_images, "image_size": d.synthetic_image_size,
             **styled, "generator_sha256": synthetic.generator_digest()}
 
@@ -70,7 +72,8 @@ def drawn_probe(cfg: ExperimentConfig, seed: int) -> str:
     pixels whatever edits the generator's file has had since."""
     from facemask.data import synthetic
 
-    return synthetic.probe_digest(seed, cfg.data.synthetic_image_size, cfg.data.synthetic_style)
+    return synthetic.probe_digest(seed, cfg.data.synthetic_image_size, cfg.data.synthetic_style,
+                                  cfg.data.synthetic_occluders)
 
 
 # Keys that name a run rather than change what it measures.
