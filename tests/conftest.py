@@ -87,6 +87,17 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def six_step_run(tmp_path_factory):
+    """tiny_config's ViT run trained for 6 steps: a teacher for distillation, a run to compare with
+    another (the tests only read it)."""
+    import train
+
+    tmp = tmp_path_factory.mktemp("six-steps")
+    train.main([str(tiny_config(tmp, "vit", training={"max_steps": 6}))])
+    return tmp / "out"
+
+
+@pytest.fixture(scope="session")
 def evaluated_run(tmp_path_factory):
     """A tiny ViT run with validation and test results, hence operating points, galleries and
     confusion matrices: the model the demo and detect tests serve (they only read it)."""
