@@ -203,6 +203,7 @@ def test_a_new_export_without_int8_drops_the_earlier_int8_graph(exported, tmp_pa
     assert not (run / "onnx" / "model_quantized.onnx").exists()  # it matched the replaced model.onnx
 
 
+@pytest.mark.slow  # three facemask processes (a push, then predict by Hub id and locally): 14-19 s on 2 busy cores
 def test_card_shows_the_onnx_section_and_push_sends_onnx(onnx_run, images, tmp_path):
     exported = tmp_path / "run"  # card and push write into the run folder
     shutil.copytree(onnx_run, exported)
