@@ -166,7 +166,9 @@ def test_int8_beyond_the_allowed_accuracy_drop_is_removed(exported, tmp_path, ca
 def test_export_prints_only_its_own_lines(exported, tmp_path):
     """No warning about torchvision operators no model here uses, no torch-internal FutureWarning and
     no onnxruntime hint to pre-process (export does pre-process before quantizing)."""
-    done = subprocess.run([sys.executable, "-m", "facemask", "export", str(exported), "--quantize", "int8",
+    run = tmp_path / "run"  # the session's exported run stays as the other tests read it
+    shutil.copytree(exported, run)
+    done = subprocess.run([sys.executable, "-m", "facemask", "export", str(run), "--quantize", "int8",
                            "--max-accuracy-drop", "100", "--max-images", "8", "--output", str(tmp_path / "onnx")],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
