@@ -2,6 +2,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -51,6 +52,49 @@ def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = Non
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+class TrainedRun(NamedTuple):
+    """A finished run: its folder, the config it was trained from, what train.main returned and printed."""
+    out: Path
+    config: Path
+    results: dict
+    printed: str
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """tiny_config's own run (2 steps, validation and test splits) of `model_type`, trained once per
+    session: the tests that only read a plain run share it; one that writes into it copies it first."""
+    import contextlib
+    import io
+
+    import train
+
+    runs = {}
+
+    def get(model_type: str = "vit") -> TrainedRun:
+        if model_type not in runs:
+            tmp = tmp_path_factory.mktemp(f"tiny-{model_type}")
+            config = tiny_config(tmp, model_type)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                results = train.main([str(config)])
+            runs[model_type] = TrainedRun(tmp / "out", config, results, printed.getvalue())
+        return runs[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def six_step_run(tmp_path_factory):
+    """tiny_config's ViT run trained for 6 steps: a teacher for distillation, a run to compare with
+    another (the tests only read it)."""
+    import train
+
+    tmp = tmp_path_factory.mktemp("six-steps")
+    train.main([str(tiny_config(tmp, "vit", training={"max_steps": 6}))])
+    return tmp / "out"
 
 
 @pytest.fixture(scope="session")

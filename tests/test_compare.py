@@ -62,12 +62,16 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_compare_two_trained_runs(tmp_path, capsys):
+def test_compare_two_trained_runs(six_step_run, tmp_path, capsys):
     from scipy.stats import binomtest
 
-    for name, lr in (("a", 1e-3), ("b", 3e-3)):
-        train.main([str(tiny_config(tmp_path / name, training={"max_steps": 6})), f"training.learning_rate={lr}"])
-    a, b = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    # Run a: 6 steps at tiny_config's learning rate, 1e-3; run b the same at 3e-3.
+    train.main([str(tiny_config(tmp_path / "b", training={"max_steps": 6})), "training.learning_rate=3e-3"])
+    a, b = six_step_run, tmp_path / "b" / "out"
+    import yaml
+
+    assert {k: yaml.safe_load((a / "experiment.yaml").read_text())["training"][k]
+            for k in ("learning_rate", "max_steps")} == {"learning_rate": 1e-3, "max_steps": 6}
     assert main(["compare", str(a), str(b), "--split", "validation", "--output", str(tmp_path / "cmp.json")]) == 0
     assert "McNemar" in capsys.readouterr().out
     result = json.loads((tmp_path / "cmp.json").read_text())

@@ -21,10 +21,8 @@ SMALL = {**TINY_MODELS["vit"], "hidden_size": 16, "intermediate_size": 32, "num_
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("teacher")
-    train.main([str(tiny_config(tmp, "vit", training={"max_steps": 6}))])
-    return tmp / "out"
+def teacher_run(six_step_run):
+    return six_step_run
 
 
 def student_config(tmp_path, teacher, distill=None, recipe=None, data=None, training=None):

@@ -40,6 +40,20 @@ def eval_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def folder_evaluation(run_dir, eval_folder, tmp_path_factory):
+    """evaluate.py RUN --data FOLDER --shortcut-test, once: its output folder, the metrics it returned
+    and what it printed (the tests only read them)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("folder-evaluation") / "eval"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out), "--shortcut-test"])
+    return out, metrics, printed.getvalue()
+
+
 def model_probabilities(run_dir, files):
     """{label: probability} of each file, by transformers' own processor and model (no facemask code)."""
     import torch
@@ -59,10 +73,9 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_results_match_the_predictions_csv(run_dir, eval_folder, tmp_path, capsys):
-    out = tmp_path / "eval"
-    metrics = evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out)])
-    assert "***** test metrics *****" in capsys.readouterr().out
+def test_results_match_the_predictions_csv(run_dir, eval_folder, folder_evaluation):
+    out, metrics, printed = folder_evaluation
+    assert "***** test metrics *****" in printed
     saved = json.loads((out / "test_results.json").read_text())
     assert {f"test_{k}" for k in KEYS} <= set(saved) and saved == pytest.approx(metrics)
 
@@ -152,13 +165,12 @@ def test_a_split_the_run_holds_is_refused_and_replaced_only_with_overwrite(evalu
     assert (run / "eval_results.json").read_bytes() == before["eval_results.json"]  # other splits untouched
 
 
-def test_class_names_match_by_name_not_position(run_dir, eval_folder, tmp_path):
+def test_class_names_match_by_name_not_position(run_dir, eval_folder, folder_evaluation, tmp_path):
     # Sorted, "Without-Mask" comes before "with mask" here: matching by position would swap them.
     data = tmp_path / "renamed"
     shutil.copytree(eval_folder / "with_mask", data / "with mask")
     shutil.copytree(eval_folder / "without_mask", data / "Without-Mask")
-    reference = tmp_path / "ref"
-    evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(reference)])
+    reference = folder_evaluation[0]
     evaluate_main([str(run_dir), "--data", str(data), "--output-dir", str(tmp_path / "out")])
     a = json.loads((reference / "test_results.json").read_text())
     b = json.loads((tmp_path / "out" / "test_results.json").read_text())
@@ -332,9 +344,8 @@ def test_predict_threshold_moves_the_decision(run_dir, eval_folder, tmp_path, ca
     assert "'best F1'" in capsys.readouterr().err
 
 
-def test_evaluation_writes_slices_calibration_and_errors(run_dir, eval_folder, tmp_path):
-    out = tmp_path / "eval"
-    evaluate_main([str(run_dir), "--data", str(eval_folder), "--output-dir", str(out), "--shortcut-test"])
+def test_evaluation_writes_slices_calibration_and_errors(eval_folder, folder_evaluation):
+    out = folder_evaluation[0]
     slices = json.loads((out / "test_slices.json").read_text())
     assert slices["overall"]["images"] == 41 and {"file format", "sharpness"} <= set(slices["attributes"])
     formats = {s["value"]: s["images"] for s in slices["attributes"]["file format"]}

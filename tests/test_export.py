@@ -12,10 +12,9 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from conftest import REPO, tiny_config
+from conftest import REPO
 from fake_hub import FakeHub
 
-import train
 from facemask.__main__ import main as cli
 from facemask.publish.export import ExportError, export
 
@@ -25,13 +24,10 @@ _spec.loader.exec_module(evaluate_script)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny run, exported with int8 kept whatever its accuracy."""
-    tmp = tmp_path_factory.mktemp("export")
-    train.main([str(tiny_config(tmp, "vit"))])
-    out = tmp / "out"
-    assert cli(["export", str(out), "--quantize", "int8", "--max-accuracy-drop", "100"]) == 0
-    return out
+def exported(onnx_run):
+    """A tiny run, exported with int8 kept whatever its accuracy (the session's: tests that write into
+    it copy it first)."""
+    return onnx_run
 
 
 def test_a_pretraining_run_is_refused_for_having_no_classifier(evaluated_run, tmp_path, capsys):
@@ -96,11 +92,11 @@ def test_export_writes_both_graphs_and_their_parity(exported):
         assert got.shape == (batch, 2) and np.abs(got - expected).max() < 1e-4
 
 
-def test_a_beit_run_trained_with_sdpa_exports_with_parity(tmp_path):
+def test_a_beit_run_trained_with_sdpa_exports_with_parity(tiny_run, tmp_path):
     # BEiT's SDPA attention cannot be traced by the exporter: the graph is traced with eager
     # attention, and parity holds against the model as trained (SDPA).
-    train.main([str(tiny_config(tmp_path, "beit"))])
     out = tmp_path / "out"
+    shutil.copytree(tiny_run("beit").out, out)
     assert json.loads((out / "run_info.json").read_text())["switches"]["used"]["attn_implementation"] == "sdpa"
     assert cli(["export", str(out)]) == 0
     fp32 = json.loads((out / "onnx" / "parity.json").read_text())["fp32"]
@@ -170,7 +166,9 @@ def test_int8_beyond_the_allowed_accuracy_drop_is_removed(exported, tmp_path, ca
 def test_export_prints_only_its_own_lines(exported, tmp_path):
     """No warning about torchvision operators no model here uses, no torch-internal FutureWarning and
     no onnxruntime hint to pre-process (export does pre-process before quantizing)."""
-    done = subprocess.run([sys.executable, "-m", "facemask", "export", str(exported), "--quantize", "int8",
+    run = tmp_path / "run"  # the session's exported run stays as the other tests read it
+    shutil.copytree(exported, run)
+    done = subprocess.run([sys.executable, "-m", "facemask", "export", str(run), "--quantize", "int8",
                            "--max-accuracy-drop", "100", "--max-images", "8", "--output", str(tmp_path / "onnx")],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -207,7 +205,10 @@ def test_a_new_export_without_int8_drops_the_earlier_int8_graph(exported, tmp_pa
     assert not (run / "onnx" / "model_quantized.onnx").exists()  # it matched the replaced model.onnx
 
 
-def test_card_shows_the_onnx_section_and_push_sends_onnx(exported, images, tmp_path):
+@pytest.mark.slow  # three facemask processes (a push, then predict by Hub id and locally): 14-19 s on 2 busy cores
+def test_card_shows_the_onnx_section_and_push_sends_onnx(onnx_run, images, tmp_path):
+    exported = tmp_path / "run"  # card and push write into the run folder
+    shutil.copytree(onnx_run, exported)
     assert cli(["card", str(exported)]) == 0
     card = (exported / "README.md").read_text()
     section = card[card.index("## ONNX"):card.index("## Training data")]

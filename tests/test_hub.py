@@ -45,10 +45,17 @@ def snapshot(folder):
 
 @pytest.fixture(scope="module")
 def pushed_run(tmp_path_factory):
-    """A tiny run trained with hub.push=true, checkpoints on, against the stand-in Hub."""
+    """A tiny run of an image folder under a home directory (home/ana/masks), trained by a train.py
+    process with hub.push=true, checkpoints on, against the stand-in Hub: one process for the tests
+    of what a push sends and of the paths that must not leave the machine."""
+    from facemask.__main__ import main
+
     tmp = tmp_path_factory.mktemp("push")
-    config = tiny_config(tmp, "vit", training={"save_strategy": "steps", "save_steps": 1, "eval_strategy": "steps",
-                                               "eval_steps": 1, "logging_steps": 1})
+    data = tmp / "home" / "ana" / "masks"
+    assert main(["synth", str(data), "--num-images", "40", "--image-size", "48", "--seed", "3"]) == 0
+    config = tiny_config(tmp, "vit", data={"train_dir": str(data), "validation_split": 0.2, "test_split": 0.2},
+                         training={"save_strategy": "steps", "save_steps": 1, "eval_strategy": "steps",
+                                   "eval_steps": 1, "logging_steps": 1})
     with FakeHub() as hub:
         result = run(["train.py", str(config), "hub.push=true", "hub.model_id=tester/vit-facemask"], hub, tmp)
     return tmp, hub, result
@@ -149,26 +156,23 @@ def test_a_push_deletes_only_its_own_files_that_it_no_longer_has():
         "holdout_roc_curve.png", "model-00001-of-00002.safetensors", "onnx/model_quantized.onnx"]
 
 
-def test_no_local_path_leaves_the_machine(tmp_path, synth_folder):
+def test_no_local_path_leaves_the_machine(pushed_run):
     """A run on an image folder: the card and every pushed file name the data by its folder's name."""
-    data = tmp_path / "home" / "ana" / "masks"
-    shutil.copytree(synth_folder, data)
-    config = tiny_config(tmp_path, data={"train_dir": str(data), "validation_split": 0.2, "test_split": 0.2})
-    with FakeHub() as hub:
-        result = run(["train.py", str(config), "hub.push=true", "hub.model_id=tester/paths"], hub, tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        files = hub.commits[0]["files"]
-    out = tmp_path / "out"
+    tmp, hub, result = pushed_run
+    data = tmp / "home" / "ana" / "masks"
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.commits[0]["files"]
+    out = tmp / "out"
     for name, content in files.items():
-        assert str(tmp_path).encode() not in content, name
+        assert str(tmp).encode() not in content, name
     card = files["README.md"].decode()
     assert "Checked 40 images from masks." in card
     errors = json.loads(files["test_errors.json"])["worst"]
-    assert all(row["file"].startswith("masks/") for row in errors)
+    assert errors and all(row["file"].startswith("masks/") for row in errors)
     assert json.loads(files["run_info.json"])["data"]["source"] == "masks"
     # Locally, the full paths stay where they are useful.
     assert json.loads((out / "run_info.json").read_text())["data"]["source"] == str(data)
-    assert str(tmp_path) not in (out / "README.md").read_text()
+    assert str(tmp) not in (out / "README.md").read_text()
 
 
 @pytest.mark.slow  # a pretrain.py process pushing to the stand-in Hub: ~10 s

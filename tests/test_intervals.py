@@ -6,11 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 from scipy.stats import bootstrap
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, roc_auc_score
 
-import train
 from facemask.evaluation.analysis import calibration
 from facemask.evaluation.intervals import resample_counts, resampled_scores, split_intervals, wilson
 
@@ -86,9 +84,8 @@ def test_split_intervals_use_wilson_for_proportions_and_are_seeded():
     assert split_intervals(probs3, labels3, 1, resamples=200)["metrics"]["precision"]["method"] == "bootstrap"
 
 
-def test_a_run_writes_each_splits_intervals_and_its_card_shows_them(tmp_path):
-    train.main([str(tiny_config(tmp_path))])
-    out = tmp_path / "out"
+def test_a_run_writes_each_splits_intervals_and_its_card_shows_them(tiny_run):
+    out = tiny_run("vit").out
     for prefix in ("eval", "test"):
         payload = json.loads((out / f"{prefix}_intervals.json").read_text())
         results = json.loads((out / f"{prefix}_results.json").read_text())

@@ -23,11 +23,9 @@ LORA_TRAINING = {"max_steps": 4, "eval_strategy": "steps", "eval_steps": 2, "sav
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
+def base_run(tiny_run):
     """A tiny trained ViT: the checkpoint LoRA adapts (as configs/quickstart-lora.yaml adapts outputs/quickstart)."""
-    tmp = tmp_path_factory.mktemp("base")
-    train.main([str(tiny_config(tmp, "vit"))])
-    return tmp / "out"
+    return tiny_run("vit").out
 
 
 def lora_config(tmp_path, base, peft=None, recipe=None, training=None):
@@ -108,7 +106,7 @@ def test_lora_resumes_bit_for_bit(tmp_path, base_run):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tmp_path, monkeypatch):
+def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tiny_run, tmp_path, monkeypatch):
     import csv
 
     from facemask.__main__ import main
@@ -123,9 +121,7 @@ def test_lora_on_a_beit_checkpoint_and_its_rank_in_a_search(tmp_path, monkeypatc
 
     monkeypatch.setattr(lora, "add_adapters", recording)
 
-    base = tiny_config(tmp_path / "base", "beit")
-    train.main([str(base)])
-    config = tiny_config(tmp_path / "search", "beit", model={"name_or_path": str(tmp_path / "base" / "out"),
+    config = tiny_config(tmp_path / "search", "beit", model={"name_or_path": str(tiny_run("beit").out),
                                                             "peft": {"r": 2, "target_modules": ["q_proj", "v_proj"]}},
                          training={"max_steps": 2, "eval_strategy": "steps", "eval_steps": 1,
                                    "metric_for_best_model": "accuracy"})

@@ -340,6 +340,7 @@ def test_tensorboard_tracking_writes_event_files_offline(tmp_path):
     assert "train/loss" in accumulator.Tags()["scalars"]
 
 
+@pytest.mark.slow  # a train.py process: ~10 s on 2 busy cores
 def test_trackio_tracking_logs_locally_offline(tmp_path):
     # A subprocess: trackio fixes its storage folder (TRACKIO_DIR) when first imported.
     import os

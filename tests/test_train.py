@@ -12,11 +12,8 @@ RESULT_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "runt
 
 
 @pytest.mark.parametrize("model_type", ["vit", "beit"])
-def test_two_step_training_writes_a_loadable_model_and_results(tmp_path, capsys, model_type):
-    config = tiny_config(tmp_path, model_type)
-    results = train.main([str(config)])
-    out = tmp_path / "out"
-    printed = capsys.readouterr().out
+def test_two_step_training_writes_a_loadable_model_and_results(tiny_run, model_type):
+    out, config, results, printed = tiny_run(model_type)
     for block in ("train", "eval", "test"):
         assert f"***** {block} metrics *****" in printed
 
@@ -49,11 +46,10 @@ def test_two_step_training_writes_a_loadable_model_and_results(tmp_path, capsys,
     assert load_config(out / "experiment.yaml") == load_config(config)
 
 
-def test_saved_model_classifies_through_pipeline(tmp_path):
+def test_saved_model_classifies_through_pipeline(tiny_run):
     from transformers import pipeline
 
-    train.main([str(tiny_config(tmp_path, "vit"))])
-    classifier = pipeline("image-classification", model=str(tmp_path / "out"), device="cpu")
+    classifier = pipeline("image-classification", model=str(tiny_run("vit").out), device="cpu")
     image, _ = sample(seed=99, index=0, size=80)
     predictions = classifier(image)
     assert {p["label"] for p in predictions} == {"with_mask", "without_mask"}
@@ -114,6 +110,7 @@ def test_stock_trainer_reload_still_misses_the_weights(tmp_path):
     assert all(torch.equal(v, current[k]) for k, v in expected.items())
 
 
+@pytest.mark.slow  # a train.py process with a fresh font cache: ~14 s on 2 busy cores
 def test_the_console_says_what_the_run_does_and_the_rest_goes_to_train_log(tmp_path):
     import os
     import subprocess
@@ -139,15 +136,15 @@ def test_the_console_says_what_the_run_does_and_the_rest_goes_to_train_log(tmp_p
     assert "matplotlib.font_manager" in log  # a fresh font cache: said in the log, not on the console
 
 
-def test_total_flos_counts_each_image_as_its_patches_and_grows_with_images_seen(tmp_path):
+def test_total_flos_counts_each_image_as_its_patches_and_grows_with_images_seen(tiny_run, tmp_path):
     from transformers import ViTForImageClassification
 
-    flos = {}
-    for steps in (2, 4):
-        out = tmp_path / f"{steps}-steps"
-        train.main([str(tiny_config(out, training={"max_steps": steps, "per_device_train_batch_size": 8}))])
-        flos[steps * 8] = json.loads((out / "out" / "train_results.json").read_text())["total_flos"]
-    model = ViTForImageClassification.from_pretrained(tmp_path / "2-steps" / "out")
+    two_steps = tiny_run("vit").out  # tiny_config's run: 2 steps of 8 images
+    assert json.loads((two_steps / "trainer_state.json").read_text())["global_step"] == 2
+    train.main([str(tiny_config(tmp_path, training={"max_steps": 4, "per_device_train_batch_size": 8}))])
+    flos = {16: json.loads((two_steps / "train_results.json").read_text())["total_flos"],
+            32: json.loads((tmp_path / "out" / "train_results.json").read_text())["total_flos"]}
+    model = ViTForImageClassification.from_pretrained(two_steps)
     tokens = (32 // 8) ** 2 + 1  # the tiny ViT: 32 px in patches of 8, and the class token
     # 6 x non-embedding parameters x tokens per image (forward and backward), for each image trained on.
     assert flos[16] == pytest.approx(16 * 6 * tokens * model.num_parameters(exclude_embeddings=True), rel=1e-6)
