@@ -192,6 +192,10 @@ class RecipeConfig:
     rand_augment_n: int = 0
     rand_augment_m: int = 9
     random_erasing: float = 0.0
+    # Camera corruptions as augmentation (kornia): each of Gaussian blur, motion blur, Gaussian
+    # noise, JPEG and darkening (gamma) applied to an image with probability corruption_augment / 5,
+    # so about that share of images meets at least one: the robustness test's corruptions, trained on.
+    corruption_augment: float = 0.0
     # Distillation from a teacher: {teacher: RUN_OR_HUB_ID, alpha, temperature}; null trains on labels only.
     distill: Optional[DistillConfig] = None
 

@@ -341,7 +341,7 @@ def _validate_recipe(cfg: ExperimentConfig) -> None:
     if r.color_jitter < 0 or r.rand_augment_n < 0 or not 0 <= r.rand_augment_m <= 30:
         raise ConfigError("bad value in 'recipe': color_jitter and rand_augment_n must be >= 0 and "
                           "rand_augment_m in [0, 30]")
-    for key in ("mix_prob", "mix_switch_prob", "random_erasing"):
+    for key in ("mix_prob", "mix_switch_prob", "random_erasing", "corruption_augment"):
         if not 0.0 <= getattr(r, key) <= 1.0:
             raise ConfigError(f"bad value for 'recipe.{key}': expected a probability, got {getattr(r, key)}")
 

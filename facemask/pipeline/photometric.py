@@ -1,5 +1,6 @@
-"""Photometric augmentation of the device batch with kornia: colour jitter, RandAugment and
-random erasing (timm's --color-jitter, --aa rand-m9-n2, --reprob), after the crop and flip.
+"""Photometric augmentation of the device batch with kornia: colour jitter, RandAugment, camera
+corruptions and random erasing (timm's --color-jitter, --aa rand-m9-n2, --reprob), after the crop
+and flip.
 
 The batch arrives normalised; it is taken back to [0, 1] with the processor's mean and std,
 augmented, and normalised again. kornia draws its parameters from torch's global generator, so
@@ -19,7 +20,7 @@ from facemask.pipeline.augment import per_channel
 
 class PhotometricAugment:
     def __init__(self, color_jitter: float, rand_augment_n: int, rand_augment_m: int, random_erasing: float,
-                 processor: Any, seed: int = 0, process: int = 0) -> None:
+                 processor: Any, seed: int = 0, process: int = 0, corruption_augment: float = 0.0) -> None:
         import kornia.augmentation as K
         from kornia.augmentation.auto import RandAugment
 
@@ -29,6 +30,13 @@ class PhotometricAugment:
             photometric.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         if rand_augment_n > 0:
             photometric.append(RandAugment(n=rand_augment_n, m=rand_augment_m))
+        if corruption_augment > 0:
+            # What a poor camera does (evaluation/corruptions.py's suite, at its milder severities),
+            # each alone at a fifth of the rate: an image meets about `corruption_augment` of them.
+            p = corruption_augment / 5
+            photometric += [K.RandomGaussianBlur((5, 5), (0.1, 1.5), p=p), K.RandomMotionBlur(5, 45.0, 0.0, p=p),
+                            K.RandomGaussianNoise(std=0.08, p=p), K.RandomJPEG(jpeg_quality=(15.0, 75.0), p=p),
+                            K.RandomGamma(gamma=(1.0, 2.5), p=p)]
         self.photometric = photometric
         # On the normalised batch: erased boxes get the mean colour (0), as timm's 'const' mode.
         self.erasing = K.RandomErasing(p=random_erasing, value=0.0) if random_erasing > 0 else None

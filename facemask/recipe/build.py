@@ -42,11 +42,11 @@ def build_recipe(cfg: ExperimentConfig, labels: List[str], train_labels: List[in
                  processor: Any = None) -> Recipe:
     r = cfg.recipe
     photometric = None
-    if r.color_jitter or r.rand_augment_n or r.random_erasing:
+    if r.color_jitter or r.rand_augment_n or r.random_erasing or r.corruption_augment:
         from facemask.pipeline.photometric import PhotometricAugment, describe
 
         photometric = PhotometricAugment(r.color_jitter, r.rand_augment_n, r.rand_augment_m, r.random_erasing,
-                                         processor, cfg.seed, process)
+                                         processor, cfg.seed, process, r.corruption_augment)
         logger.info("batch augmentation after crop and flip: %s", describe(photometric))
     counts = {name: 0 for name in labels}
     for label in train_labels:
