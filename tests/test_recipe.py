@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODELS, tiny_config
+from conftest import REPO, TINY_MODELS, tiny_config
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -401,6 +401,24 @@ def test_photometric_augmentation_is_keyed_and_leaves_the_global_rng_alone():
     assert torch.equal(a, augment(pixels, step=5)) and not torch.equal(a, augment(pixels, step=6))
     assert a.shape == pixels.shape and not torch.equal(a, pixels)
     assert a.min() >= -1.0 - 1e-6 and a.max() <= 1.0 + 1e-6  # still within the normalised range
+
+
+def test_corruption_augmentation_corrupts_about_the_share_asked_and_is_keyed():
+    from facemask.pipeline.photometric import PhotometricAugment
+    from facemask.pipeline.processor import load_image_processor
+
+    processor = load_image_processor(ModelConfig(from_config=TINY_MODELS["vit"]))
+    pixels = torch.rand(400, 3, 32, 32) * 2 - 1
+    for share in (0.25, 1.0):
+        augment = PhotometricAugment(0, 0, 9, 0, processor, seed=0, corruption_augment=share)
+        out = augment(pixels, step=1)
+        assert torch.equal(out, augment(pixels, step=1))
+        changed = ((out - pixels).abs().flatten(1).amax(dim=1) > 0.02).float().mean().item()
+        # Five corruptions, each on share / 5 of the images: about 1 - (1 - share / 5) ** 5 meet one.
+        expected = 1 - (1 - share / 5) ** 5
+        assert abs(changed - expected) < 0.08, (share, changed, expected)
+    with pytest.raises(ConfigError, match="corruption_augment"):
+        load_config(REPO / "configs" / "quickstart.yaml", ["recipe.corruption_augment=2"])
 
 
 @pytest.mark.slow
