@@ -67,10 +67,10 @@ def test_card_blocks_are_what_log_metrics_printed(trained):
 def test_card_sections(trained):
     out, _ = trained
     text = (out / "README.md").read_text()
-    galleries = [p.name for p in out.glob("*_errors.png")]
+    galleries = [p.name for p in [*out.glob("*_errors.png"), *out.glob("*_robustness.png"), *out.glob("*_occlusion.png")]]
     assert text.count("![") == 3 + len(galleries) and (out / "training_curves.png").is_file()
     assert all(f"]({name})" in text for name in galleries)
-    for heading in ("## Shortcuts", "## Slices", "## Errors", "## Calibration and operating points"):
+    for heading in ("## Shortcuts", "## Robustness", "## Slices", "## Errors", "## Calibration and operating points"):
         assert heading in text
     # Sections with nothing to show say so, never a bare heading.
     assert "Attribute values that (almost) only one class has" in text and "- none found" in text

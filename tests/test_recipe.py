@@ -417,6 +417,7 @@ def test_corruption_augmentation_corrupts_about_the_share_asked_and_is_keyed():
         # Five corruptions, each on share / 5 of the images: about 1 - (1 - share / 5) ** 5 meet one.
         expected = 1 - (1 - share / 5) ** 5
         assert abs(changed - expected) < 0.08, (share, changed, expected)
+        assert out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6  # noise leaves no pixel outside [0, 1]
     with pytest.raises(ConfigError, match="corruption_augment"):
         load_config(REPO / "configs" / "quickstart.yaml", ["recipe.corruption_augment=2"])
 

@@ -66,7 +66,7 @@ class PhotometricAugment:
                 images = (images * std + mean).clamp_(0.0, 1.0)
                 for augment in self.photometric:
                     images = augment(images)
-                images = (images - mean) / std
+                images = (images.clamp_(0.0, 1.0) - mean) / std  # noise and gamma can leave [0, 1]
             if self.erasing is not None:
                 images = self.erasing(images)
         return images.to(pixel_values.dtype)

@@ -293,7 +293,7 @@ def _robustness(prefix: str, record: Dict[str, Any], figures: Dict[str, str]) ->
         mean = sum(c["accuracy"] for c in cells.values()) / len(cells)
         rows.append({"name": name.replace("_", " "), "cells": [cells[str(s)]["accuracy"] for s in range(1, 6)],
                      "mean": mean, "drop": 100 * (clean - mean)})
-    worst = max(rows, key=lambda row: row["drop"])
+    worst = next(row for row in rows if row["name"] == record["worst_corruption"].replace("_", " "))
     return {"split": split_name(prefix), "record": record, "rows": rows, "worst": worst,
             "occlusion": record.get("occlusion") or {}, "figure": figures.get(f"robustness_{prefix}"),
             "occlusion_figure": figures.get(f"occlusion_{prefix}")}

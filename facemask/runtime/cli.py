@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+
 def add_model_arguments(parser: Any) -> None:
     """The model options predict and detect share: batch size, decision rule, backend."""
     from facemask.runtime.decision import add_rule_arguments

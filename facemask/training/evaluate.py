@@ -55,7 +55,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="PyTorch, or MODEL's exported onnx/model.onnx (model_quantized.onnx) run by onnxruntime")
     parser.add_argument("--num-images", type=int, default=1000, help="with --data synthetic")
     parser.add_argument("--image-size", type=int, default=128, help="with --data synthetic")
-    parser.add_argument("--seed", type=int, default=1, help="with --data synthetic: other than training's 42")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="with --data synthetic: other than training's 42; with --robustness: its sample's and "
+                             "corruptions' seed")
     parser.add_argument("--preprocess", choices=["cache", "per_image"], default="cache",
                         help="decode each image once into the preprocessing cache (reused by later runs), "
                              "or open and resize each image as it is read")
@@ -67,7 +69,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="also evaluate the split under 7 corruptions at 5 severities and the occlusion test "
                              "(a hand, scarf or phone over no-mask faces): about 37 more predictions of the split")
     parser.add_argument("--robustness-max-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
-                        help=f"with --robustness: a seeded sample of at most N images (default {DEFAULT_MAX_IMAGES})")
+                        help=f"with --robustness: a sample of at most N images, drawn with --seed (default "
+                             f"{DEFAULT_MAX_IMAGES}; the whole split when N is at least its size)")
     parser.add_argument("--shortcut-test", nargs="*", metavar="ATTRIBUTE",
                         help="also evaluate with each shortcut attribute neutralised: the named ones "
                              f"({', '.join(FAMILIES)}), or those an audit of DATA flags when none is named")
@@ -76,6 +79,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error(f"--split must be letters, digits or _ (it names files and metric keys), got {args.split!r}")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.robustness_max_images < 1:
+        parser.error("--robustness-max-images must be at least 1 (a number at least the split's size takes it whole)")
     unknown = [a for a in args.shortcut_test or [] if a not in FAMILIES]
     if unknown:
         parser.error(f"--shortcut-test: unknown attribute(s) {unknown}; choose from: {', '.join(FAMILIES)}")

@@ -20,7 +20,7 @@ from facemask.evaluation.split import (EvaluatedSplit, SplitData, evaluate_split
                                        write_operating_points)
 from facemask.pipeline.inputs import eval_view
 from facemask.recipe.distill import AsUsed, teacher_held_out
-from facemask.run_folder import TEACHER, prefix_of, split_name, write_json
+from facemask.run_folder import EXPERIMENT, TEACHER, prefix_of, split_name, write_json
 from facemask.training.setup import RunSetup
 from facemask.training.trainer import evaluation_trainer
 
@@ -56,16 +56,18 @@ def evaluate_trained(run: RunSetup) -> Dict[str, EvaluatedSplit]:
 
         shortcut_test(trainer, view, flagged_attributes(prepared.report), split_data(prepared, headline),
                       evaluated[headline], run.image_side, out)
+    if trainer.recipe is not None and trainer.recipe.teacher is not None:
+        evaluate_teacher(run, pos_label, [split for split in ("validation", "test") if split in evaluated])
+    # Last: the main process alone, after every step the other processes share.
     if headline in evaluated and cfg.data.robustness and run.main_process:
         if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
-            logger.warning("robustness test skipped: the model's weights are sharded across processes; run "
-                           "evaluate.py RUN --robustness on the saved model")
+            logger.warning("robustness test skipped: the model's weights are sharded across processes; run it on "
+                           "the saved model: python evaluate.py %s --config %s --split %s --output-dir %s-robustness "
+                           "--robustness", out, EXPERIMENT.path(out), headline, out)
         else:
             robustness_split(trainer.accelerator.unwrap_model(trainer.model), split_data(prepared, headline),
                              evaluated[headline], run.processor, out, cfg.data.robustness_max_images, cfg.seed,
                              cfg.data.error_maps, batch_size=run.args.per_device_eval_batch_size)
-    if trainer.recipe is not None and trainer.recipe.teacher is not None:
-        evaluate_teacher(run, pos_label, [split for split in ("validation", "test") if split in evaluated])
     return evaluated
 
 

@@ -271,9 +271,11 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
 
     argv = ["label-issues", args.config, f"--folds {args.folds}", *overrides]
     try:
-        # The folds' own error galleries are not what label-issues shows: no maps for them (its
-        # figure maps the suspects); an override given on the command line still wins.
-        train_runs(args.config, out, runs, ["data.error_maps=none", *overrides, *FIXED_SCHEDULE], args.force)
+        # The folds' own error galleries and robustness are not what label-issues shows: no maps and
+        # no corrupted copies for them (its figure maps the suspects); an override given on the
+        # command line still wins.
+        train_runs(args.config, out, runs, ["data.error_maps=none", "data.robustness=false", *overrides,
+                                            *FIXED_SCHEDULE], args.force)
     except RepeatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
