@@ -23,10 +23,10 @@ PUSHED = {
     "eval_slices.json", "test_slices.json", "eval_calibration.json", "test_calibration.json",
     "eval_calibration.png", "test_calibration.png", "eval_errors.json", "test_errors.json",
     "operating_points.json", "test_shortcut_test.json", "eval_roc_curve.png", "test_roc_curve.png",
-    "eval_intervals.json", "test_intervals.json", "test_robustness.json", "test_robustness.png",
+    "eval_intervals.json", "test_intervals.json",
 }
-# Galleries exist where a split had misclassified images, or occluded faces that flipped.
-GALLERIES = {"eval_errors.png", "test_errors.png", "test_occlusion.png"}
+# Error galleries exist where a split had misclassified images.
+GALLERIES = {"eval_errors.png", "test_errors.png"}
 
 
 def run(args, hub, tmp_path, token=TOKEN):

@@ -150,21 +150,15 @@ def test_occlusion_needs_a_mask_class_by_name():
     assert result["flip_rate"] is None and "mask class by name" in result["reason"]
 
 
-def test_no_robustness_files_when_it_is_off(tiny_run, tmp_path):
-    import shutil
-
-    import train
-
+def test_no_robustness_files_when_it_is_off(tiny_run, evaluated_run):
     from facemask import run_folder
 
-    run = tiny_run("vit")
-    config = tmp_path / "config.yaml"
-    shutil.copy(run.config, config)
-    train.main([str(config), f"training.output_dir={tmp_path / 'out'}", "data.robustness=false"])
-    written = {p.name for p in (tmp_path / "out").iterdir()}
+    run = tiny_run("vit")  # tiny_config's run: data.robustness=false
+    written = {p.name for p in run.out.iterdir()}
     assert not any(name.endswith(("_robustness.json", "_robustness.png", "_occlusion.png")) for name in written)
-    assert run_folder.ROBUSTNESS.path(run.out, "test").is_file()  # the same run with it on has it
-    assert "## Robustness" in (tmp_path / "out" / "README.md").read_text()  # the section says it was not run
+    assert run_folder.ROBUSTNESS.path(evaluated_run, "test").is_file()  # the same config with it on has it
+    card = (run.out / "README.md").read_text()
+    assert "## Robustness\n\nnot recorded (data.robustness, or evaluate.py RUN --robustness)." in card
 
 
 def test_a_trained_run_records_its_robustness_and_the_card_shows_it(evaluated_run):

@@ -19,7 +19,8 @@ def test_docs_outputs_table_is_the_registry():
 
 def test_a_run_folder_holds_only_registered_names_and_each_split_has_its_files(tmp_path):
     out = tmp_path / "out"
-    train.main([str(tiny_config(tmp_path)), "training.save_strategy=steps", "training.save_steps=2"])
+    train.main([str(tiny_config(tmp_path)), "training.save_strategy=steps", "training.save_steps=2",
+                "data.robustness=true"])
     assert run_folder.unknown_files(out) == []
     for prefix in ("eval", "test"):
         present = {o.name for o in run_folder.SPLIT_OUTPUTS if o.path(out, prefix).is_file()}
