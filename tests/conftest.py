@@ -34,15 +34,16 @@ TINY_MODELS = {
 def tiny_config(tmp_path: Path, model_type: str = "vit", data: dict | None = None, training: dict | None = None,
                 recipe: dict | None = None, model: dict | None = None) -> Path:
     """A YAML config for a 2-step run of a tiny random-init model on a little synthetic data
-    (`model` replaces the model section: a checkpoint, LoRA). The end-of-run robustness test is off
-    unless `data` turns it on (a second or so a run, over a hundred runs): its tests ask for it."""
+    (`model` replaces the model section: a checkpoint, LoRA). The end-of-run robustness test and the
+    error gallery's maps are off unless `data` turns them on (a second or so a run each, over a
+    hundred runs): the tests of either ask for it."""
     import yaml
 
     data = data if data is not None else {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40,
                                           "test_split": 0.2}
     cfg = {
         "model": model or {"from_config": TINY_MODELS[model_type]},
-        "data": {"robustness": False, **data},
+        "data": {"robustness": False, "error_maps": "none", **data},
         "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8,
                      "per_device_eval_batch_size": 16, "learning_rate": 1e-3, "use_cpu": True,
                      "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True, "report_to": "none",
@@ -107,7 +108,7 @@ def evaluated_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("evaluated-run")
     data = {"synthetic": True, "synthetic_num_images": 60, "synthetic_image_size": 40, "test_split": 0.2,
-            "robustness": True}
+            "robustness": True, "error_maps": "ablation"}
     train.main([str(tiny_config(tmp, "vit", data=data, training={"eval_strategy": "steps", "eval_steps": 1}))])
     return tmp / "out"
 

@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     config = tiny_config(tmp, "vit", training={"eval_strategy": "steps", "eval_steps": 1, "logging_steps": 1})
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        train.main([str(config), "card.tags=[synthetic]", "data.robustness=true"])
+        train.main([str(config), "card.tags=[synthetic]", "data.robustness=true", "data.error_maps=ablation"])
     return tmp / "out", printed.getvalue()
 
 
