@@ -6,9 +6,9 @@
   interval, beside the clean accuracy of the same images.
 - Occlusion: each image of the no-mask class with a face the detector finds, its mouth and nose
   covered by things that are not masks (data/occluders.py: a hand, a scarf, a phone), placed from
-  the face's five landmarks at the image's own resolution: how many of the (image, occluder)
-  pairs that were classified "no mask" flip to the mask class. Images without a face found are
-  skipped and counted.
+  the face's five landmarks at the image's own resolution, one occluder at a time: of the faces
+  classified "no mask", the share that any occluder flips to the mask class, and each occluder's
+  own rate. Images without a face found are skipped and counted.
 
 The predictions come from `predict(images) -> probabilities` on the model's view of each image
 (already resized and cropped: only normalised again), the clean images' included, so the clean
@@ -17,7 +17,6 @@ level and every cell are measured the same way.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,7 +30,6 @@ from facemask.data.occluders import KINDS, draw_occluder
 from facemask.evaluation.corruptions import SEVERITIES, SUITE, corrupt
 from facemask.evaluation.intervals import wilson
 
-logger = logging.getLogger("facemask")
 
 DEFAULT_MAX_IMAGES = 500
 GALLERY_SIZE = 8
