@@ -110,11 +110,11 @@ def shortcut_test(trainer: Any, view: Callable[[datasets.Dataset, str], Any], fl
 
 
 def robustness_split(model: Any, split: SplitData, evaluated: EvaluatedSplit, processor: Any, out_dir: Path,
-                     max_images: Optional[int], seed: int = 0, maps: str = "ablation", main_process: bool = True,
+                     max_images: Optional[int], seed: int = 0, maps: str = "ablation",
                      batch_size: int = 32) -> Dict[str, Any]:
     """The split under corruptions and occluders (evaluation/robustness.py): its record, figure and
-    gallery of flipped images with their maps, written by the main process (which alone runs it:
-    37 small predictions of at most max_images, not worth sharding)."""
+    gallery of flipped images with their maps. Callers run it on the main process alone: 37 small
+    predictions of at most max_images, not worth sharding."""
     from facemask.detection.detectors import load_detector
     from facemask.evaluation.explain import model_explainer
     from facemask.evaluation.figures import occlusion_png, robustness_png
@@ -128,24 +128,23 @@ def robustness_split(model: Any, split: SplitData, evaluated: EvaluatedSplit, pr
                              load_detector(), max_images, seed)
     occlusion = record["occlusion"]
     gallery = occlusion.pop("gallery", [])
-    if main_process:
-        figure = run_folder.OCCLUSION_FIGURE.path(out_dir, evaluated.prefix)
-        if gallery:
-            explainer = model_explainer(model, processor, maps) if maps != "none" else None
-            mask = split.labels.index(occlusion["mask_class"])
-            found = None
-            if explainer is not None:
-                try:
-                    found = explainer([g["image"] for g in gallery], [mask] * len(gallery))
-                except (RuntimeError, ValueError) as err:  # a map is extra: the gallery is drawn without it
-                    logger.warning("occlusion gallery drawn without maps: %s", str(err).splitlines()[0])
-            occlusion_png([g.pop("image") for g in gallery], gallery, figure, occlusion["mask_class"], found)
-        elif figure.exists():
-            figure.unlink()  # an earlier evaluation's flips would otherwise stand for this one
-        occlusion["flipped"] = gallery
-        run_folder.write_json(run_folder.ROBUSTNESS.path(out_dir, evaluated.prefix), record)
-        robustness_png(record, f"{run_folder.split_name(evaluated.prefix)} split",
-                       run_folder.ROBUSTNESS_FIGURE.path(out_dir, evaluated.prefix))
+    figure = run_folder.OCCLUSION_FIGURE.path(out_dir, evaluated.prefix)
+    if gallery:
+        explainer = model_explainer(model, processor, maps) if maps != "none" else None
+        mask = split.labels.index(occlusion["mask_class"])
+        found = None
+        if explainer is not None:
+            try:
+                found = explainer([g["image"] for g in gallery], [mask] * len(gallery))
+            except (RuntimeError, ValueError) as err:  # a map is extra: the gallery is drawn without it
+                logger.warning("occlusion gallery drawn without maps: %s", str(err).splitlines()[0])
+        occlusion_png([g.pop("image") for g in gallery], gallery, figure, occlusion["mask_class"], found)
+    elif figure.exists():
+        figure.unlink()  # an earlier evaluation's flips would otherwise stand for this one
+    occlusion["flipped"] = gallery
+    run_folder.write_json(run_folder.ROBUSTNESS.path(out_dir, evaluated.prefix), record)
+    robustness_png(record, f"{run_folder.split_name(evaluated.prefix)} split",
+                   run_folder.ROBUSTNESS_FIGURE.path(out_dir, evaluated.prefix))
     flips = (f"{occlusion['flip_rate']:.1%} of {occlusion['tested']} no-mask faces read as masked once a hand, scarf "
              f"or phone covered the mouth ({occlusion['skipped']} images without a face found skipped)"
              if occlusion.get("flip_rate") is not None else f"occlusion not measured: {occlusion.get('reason')}")
