@@ -52,8 +52,7 @@ def robustness_record(run: Path, name: str, data: List[str], max_images: int) ->
 def figures(record: Dict[str, Any]) -> Dict[str, float]:
     clean = record["clean_accuracy"]
     row = {"clean accuracy": clean, "mean corruption accuracy": record["mean_corruption_accuracy"]}
-    for name, cells in record["corruptions"].items():
-        mean = sum(c["accuracy"] for c in cells.values()) / len(cells)
+    for name, mean in record["corruption_means"].items():
         row[f"drop: {name}{' (held out)' if name in HELD_OUT else ''}"] = 1 - mean / clean
     if record["occlusion"].get("flip_rate") is not None:
         row["occlusion flip rate"] = record["occlusion"]["flip_rate"]

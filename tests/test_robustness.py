@@ -117,6 +117,9 @@ def test_the_record_holds_every_cell_with_its_interval_and_counts_skipped_faces(
     # Darkening makes the brightness model say "mask": low light at its worst is below the clean level.
     assert record["corruptions"]["low_light"]["5"]["accuracy"] < 1.0
     assert record["worst_corruption"] in SUITE
+    for name, severities in record["corruptions"].items():  # one owner of each corruption's mean
+        assert record["corruption_means"][name] == pytest.approx(np.mean([c["accuracy"] for c in severities.values()]))
+    assert record["worst_corruption"] == min(record["corruption_means"], key=record["corruption_means"].get)
     occlusion = record["occlusion"]
     assert occlusion["skipped"] == missed and occlusion["images"] == occlusion["tested"] == 12 - missed
     assert 0 <= occlusion["low"] <= occlusion["flip_rate"] <= occlusion["high"]

@@ -169,6 +169,7 @@ def robustness_test(dataset: datasets.Dataset, image_column: str, labels: List[s
     return {"images": len(indices), "of_images": len(dataset), "sampled": bool(len(indices) < len(dataset)),
             "seed": seed, "clean_accuracy": clean["accuracy"], "clean_low": clean["low"], "clean_high": clean["high"],
             "mean_corruption_accuracy": float(np.mean(list(means.values()))), "worst_corruption": worst,
-            "worst_corruption_accuracy": means[worst], "corruptions": corruptions, "occlusion": occlusion,
+            "worst_corruption_accuracy": means[worst], "corruption_means": means, "corruptions": corruptions,
+            "occlusion": occlusion,
             "seconds": {**stages, "total": round(total, 1)},
             "cost_vs_clean": round(total / max(stages["clean"], 1e-3), 1)}

@@ -290,7 +290,7 @@ def _robustness(prefix: str, record: Dict[str, Any], figures: Dict[str, str]) ->
     clean = record["clean_accuracy"]
     rows = []
     for name, cells in record["corruptions"].items():
-        mean = sum(c["accuracy"] for c in cells.values()) / len(cells)
+        mean = record["corruption_means"][name]
         rows.append({"name": name.replace("_", " "), "cells": [cells[str(s)]["accuracy"] for s in range(1, 6)],
                      "mean": mean, "drop": 100 * (clean - mean)})
     worst = next(row for row in rows if row["name"] == record["worst_corruption"].replace("_", " "))
