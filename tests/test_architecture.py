@@ -17,6 +17,7 @@ LAYERS = [
     {"facemask.detection"},
     {"facemask.pipeline"},
     {"facemask.evaluation"},
+    {"facemask.curation"},
     {"facemask.recipe"},
     {"facemask.publish"},
     {"facemask.training"},
