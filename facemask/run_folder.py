@@ -160,6 +160,19 @@ REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.
 # files of those folds. The figure is absent when no label is flagged.
 LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, LABEL_ISSUES_FIGURE = "label_issues.csv", "label_issues.json", "label_issues.png"
 EXCLUDE_LIST = "exclude.txt"  # the flagged images, the list data.exclude reads
+# `python -m facemask select RUN POOL`: in its output folder, the images to label next (ranked) and
+# what was scored, skipped and why.
+TO_LABEL_CSV, SELECT_JSON = "to_label.csv", "select.json"
+# `python -m facemask review DIR`: in DIR (a label-issues or select output folder). The journal is
+# appended to, one line per decision, and never rewritten; the other files are made from it after
+# every decision (a reader never sees half a file). The reviewed exclude list has a name of its own:
+# label-issues' exclude.txt in the same folder is the blind list of every flag, the review's is what
+# a person excluded.
+REVIEW_JOURNAL, CORRECTIONS_CSV, REVIEW_EXCLUDE_LIST = "review.jsonl", "corrections.csv", "review_exclude.txt"
+# review --export: Label Studio tasks with the model's predictions and their labelling config; a
+# datasets imagefolder (links to the reviewed images and metadata.csv).
+LABEL_STUDIO_TASKS, LABEL_STUDIO_CONFIG = "label_studio_tasks.json", "label_studio_config.xml"
+IMAGEFOLDER_EXPORT, IMAGEFOLDER_METADATA = "imagefolder", "metadata.csv"
 # `python -m facemask detect`: the table of every face, in its output folder (default ./detections/).
 DETECTIONS_CSV, DETECTIONS_JSON = "detections.csv", "detections.json"
 # `python -m facemask explain`: every image's map, in its output folder (default ./explanations/),

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "facemask"
 # Lowest first. A module may import its own layer and the layers before it, never one after.
 LAYERS = [
-    {"facemask", "facemask.config", "facemask.run_folder", "facemask.progress", "facemask.processes"},
+    {"facemask", "facemask.config", "facemask.run_folder", "facemask.progress", "facemask.processes", "facemask.web"},
     {"facemask.data"},
     {"facemask.runtime"},
     {"facemask.detection"},

@@ -4,6 +4,7 @@ cleanlab, and the outputs named by the issue; bad input refused before any train
 
 import csv
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from facemask.evaluation.predict import prediction_rows
 from facemask.runtime.files import write_rows
 from facemask.run_folder import CARD, PREDICTIONS, RESULTS, write_json
 
-COLUMNS = ["file", "given_label", "suggested_label", "label_quality", "is_issue"]
+COLUMNS = ["file", "given_label", "suggested_label", "label_quality", "is_issue", "sha256", "suggested_probability", "fold"]
 
 
 def read_csv(path):
@@ -99,6 +100,14 @@ def test_issues_from_the_folds_predictions_ranked_listed_and_drawn(source, synth
     else:  # files: relative to the data folder, never absolute
         assert all(row["file"].split("/")[:2] == ["train", row["given_label"]] for row in rows)
         assert len(rows) == len(pool) == len({row["file"] for row in rows})
+        # Each row's digest is its file's bytes' (the review page and corrections.csv match by it).
+        folder = Path(json.loads((out / "label_issues.json").read_text())["data_folder"])
+        assert folder == (tmp_path / "hubstyle").resolve()
+        assert all(hashlib.sha256((folder / row["file"]).read_bytes()).hexdigest() == row["sha256"] for row in rows)
+    assert sorted((row["sha256"], row["given_label"]) for row in rows) == sorted(pool)
+    # The probability the page shows is the out-of-fold one of the suggestion: above one half for two classes.
+    assert all(0.5 <= float(row["suggested_probability"]) <= 1 for row in rows)
+    assert {row["fold"] for row in rows} == {"0", "1", "2"}
     flagged = [row for row in rows if row["is_issue"] == "True"]
     # The images whose out-of-fold probability favours the other class are the issues, ranked first.
     assert len(flagged) == len(suspects) and rows[:len(flagged)] == flagged

@@ -5,11 +5,11 @@ Face Space). __main__.py's table names `facemask.publish.cli:NAME`, each a names
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from facemask.web import add_page_arguments, warn_if_reachable
 
 
 def _add_card_arguments(parser: Any) -> None:
@@ -109,20 +109,9 @@ def _export(args: Any) -> int:
     return 0
 
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "yes", "1"):
-        return True
-    if value.lower() in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def _add_demo_arguments(parser: Any) -> None:
     parser.add_argument("model", help="a training run's output folder or a Hub model id")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--share", type=_bool, nargs="?", const=True, default=False, metavar="true|false",
-                        help="also open a public gradio.live link (default false)")
+    add_page_arguments(parser)
     parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     parser.add_argument("--revision", help="branch, tag or commit of a Hub model")
     parser.add_argument("--map", choices=["ablation", "gradcam", "none"], default="ablation",
@@ -134,8 +123,7 @@ def _demo(args: Any) -> int:
     from facemask.config.schema import ConfigError
     from facemask.publish.demo import launch
 
-    if args.host not in ("127.0.0.1", "localhost"):
-        print(f"warning: --host {args.host}: the page is reachable from other machines", file=sys.stderr)
+    warn_if_reachable(args)
     if args.map == "gradcam" and args.backend != "torch":
         raise ConfigError("--map gradcam needs the model's layers: use --backend torch, or --map ablation")
     launch(args.model, args.host, args.port, args.share, args.backend, args.revision, args.map)

@@ -37,7 +37,10 @@ from facemask.training.repeat import NEAR_CHANCE, RepeatError, output_folder, ru
 from facemask.training.resume import RunLock, add_force_argument
 
 DEFAULT_FOLDS = 5
-COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue")
+# sha256, suggested_probability and fold are what the review page needs: the image by content, the
+# out-of-fold probability it shows, and the fold model whose map it draws.
+COLUMNS = ("file", "given_label", "suggested_label", "label_quality", "is_issue", "sha256", "suggested_probability",
+           "fold")
 FIGURE_IMAGES = 16  # the most suspect flagged images drawn in label_issues.png
 PRINTED = 5  # and printed on the console
 # A fold model chosen by its accuracy on its validation fold (best-checkpoint reload, early stopping)
@@ -178,11 +181,13 @@ def _retrain(out: Path, name: str) -> str:
     return f"delete {out / name} and run the same command again to retrain it"
 
 
-def issue_rows(images: TrainingImages, issues: Issues) -> List[Dict[str, Any]]:
+def issue_rows(images: TrainingImages, issues: Issues, probs: np.ndarray, fold_of: np.ndarray) -> List[Dict[str, Any]]:
     """label_issues.csv's rows, most suspect first."""
     return [{"file": images.files[i], "given_label": images.labels[images.label_ids[i]],
              "suggested_label": images.labels[issues.suggested[i]], "label_quality": round(float(issues.quality[i]), 6),
-             "is_issue": bool(issues.is_issue[i])} for i in issues.order]
+             "is_issue": bool(issues.is_issue[i]), "sha256": images.digests[i],
+             "suggested_probability": round(float(probs[i, issues.suggested[i]]), 6), "fold": int(fold_of[i])}
+            for i in issues.order]
 
 
 def suspect_images(images: TrainingImages, rows: List[Dict[str, Any]], order: List[int]) -> List[Any]:
@@ -285,7 +290,7 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
     names = [name for name, _ in runs]
     probs, fold_of = out_of_fold(out, names, images)
     issues = find_issues(images.label_ids, probs, images.files)
-    rows = issue_rows(images, issues)
+    rows = issue_rows(images, issues, probs, fold_of)
     with (out / LABEL_ISSUES_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -307,6 +312,9 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
         "images_per_fold": np.bincount(fold_of, minlength=len(names)).tolist(),
         "method": {"library": f"cleanlab {cleanlab_version}", **METHOD},
         "files": f"a path relative to the training data folder ({folder})" if folder else None,
+        # Where the review page opens the files from, and the fold models that draw its maps.
+        "data_folder": str(images.folder.resolve()) if images.folder else None,
+        "labels": images.labels, "fold_runs": names,
     })
     header = (f"{len(flagged)} training labels flagged by python -m facemask label-issues ({Path(args.config).name}, "
               f"{args.folds} folds; cleanlab {cleanlab_version}), most suspect first.\n"
