@@ -106,7 +106,7 @@ def test_every_sub_package_is_in_a_layer_and_none_is_flat():
     for path in modules():
         layer(module_name(path))
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "processes.py", "progress.py", "run_folder.py"], flat
+    assert flat == ["__init__.py", "__main__.py", "processes.py", "progress.py", "run_folder.py", "web.py"], flat
 
 
 def test_the_checker_sees_an_upward_and_a_cyclic_import(tmp_path):
