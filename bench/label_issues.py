@@ -67,19 +67,21 @@ def draw(folder: Path, images: int, seed: int) -> Path:
     return folder
 
 
-def flip(clean: Path, folder: Path, rate: float) -> List[str]:
+def flip(clean: Path, folder: Path, rate: float, seed: int | None = None) -> List[str]:
     """A copy of `clean` with round(rate * files) of its files moved into the other class's folder;
-    the moved files' new paths, relative to `folder` (label-issues' `file` column)."""
+    the moved files' new paths, relative to `folder` (label-issues' `file` column). The draw is
+    seeded by the rate (and by `seed`, where given); a folder of symbolic links is copied as links."""
     record = folder.parent / "flips.json"
     if record.is_file() and folder.is_dir():
         return json.loads(record.read_text())["moved"]
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(clean, folder)
+    shutil.copytree(clean, folder, symlinks=True)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if len(classes) != 2:
         raise SystemExit(f"{clean} holds {classes}: flipping needs two classes")
     files = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*"))
-    chosen = random.Random(f"label-issues-bench:{rate}").sample(files, round(rate * len(files)))
+    key = f"label-issues-bench:{rate}" + ("" if seed is None else f":{seed}")
+    chosen = random.Random(key).sample(files, round(rate * len(files)))
     moved = []
     for name in sorted(chosen):
         old = Path(name)
