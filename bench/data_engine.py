@@ -100,7 +100,10 @@ def linked(source: Path, folder: Path, files: Optional[List[Path]] = None, flat:
 
 
 def images_of(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.glob("*/*") if p.is_file())
+    found = sorted(p for p in folder.glob("*/*") if p.is_file())
+    if not found:
+        raise SystemExit(f"{folder} holds no images in class folders: give the real photos with --fm12k")
+    return found
 
 
 def digest(path: Path) -> str:
