@@ -270,3 +270,55 @@ def test_runtime_bench_runs_its_code_path(tmp_path, capsys):
     sizes = results["install_bytes"]
     assert 0 < sizes["requirements-serve.txt"] < sizes["requirements.txt (this interpreter's environment)"] / 2
     assert "cold start of one image, tiny ViT, serve env, --backend onnx" in capsys.readouterr().out
+
+
+def test_data_engine_reviewer_answers_the_truth_in_the_pages_order_up_to_each_budget(tmp_path):
+    bench = load("data_engine")
+    clean = load("label_issues").draw(tmp_path / "clean", 20, seed=0)
+    train = tmp_path / "noisy"
+    moved = bench.flip(clean, train, 0.2, seed=3)
+    assert moved != load("label_issues").flip(clean, tmp_path / "other" / "noisy", 0.2)  # the seed draws its own
+    truth = {f: (f.split("/")[0] if f not in moved else
+                 ("without_mask" if f.startswith("with_mask/") else "with_mask"))
+             for f in (str(p.relative_to(train)) for p in train.glob("*/*"))}
+    # label-issues' output as it writes it, ranked so that 2 of the 4 moved files come in the first 4.
+    files = sorted(truth)
+    ranked = [moved[0], files[0] if files[0] not in moved else files[1], moved[1]]
+    ranked += [f for f in files if f not in ranked]
+    out = tmp_path / "found"
+    out.mkdir()
+    with (out / "label_issues.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "given_label", "suggested_label", "label_quality", "is_issue", "sha256",
+                         "suggested_probability", "fold"])
+        for name in ranked:
+            writer.writerow([name, name.split("/")[0], "with_mask", 0.5, False, bench.digest(train / name), 0.5, 0])
+    (out / "label_issues.json").write_text(json.dumps({"labels": ["with_mask", "without_mask"],
+                                                       "data_folder": str(train), "fold_runs": []}))
+    tallies = bench.simulate_review(out, truth, {4: tmp_path / "1x", 8: tmp_path / "2x"})
+    assert tallies[4] == {"reviewed": 4, "moved_reviewed": 2, "moved_fixed": 2, "right_changed": 0, "excluded": 0}
+    assert tallies[8]["reviewed"] == 8 and tallies[8]["right_changed"] == 0
+    with (tmp_path / "1x" / "corrections.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # The first 4 of the page's order, each with its true label; the journal holds them in that order.
+    assert [r["file"] for r in rows] == ranked[:4] and all(r["label"] == truth[r["file"]] for r in rows)
+    assert [json.loads(line)["decision"] for line in (out / "review.jsonl").read_text().splitlines()][:3] == \
+        ["label", "keep", "label"]
+    # Resumed: the journal replays, nothing is decided twice.
+    assert bench.simulate_review(out, truth, {8: tmp_path / "2x"})[8] == tallies[8]
+    assert len((out / "review.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.slow  # 2 label-issues runs (2 folds each) and 8 training processes of a tiny model: about 4 minutes on 2 cores
+def test_data_engine_bench_runs_its_review_code_path(tmp_path, capsys):
+    load("data_engine").main(["review", "--tiny", "--work", str(tmp_path), "--output", str(tmp_path / "review.json")])
+    (result,) = json.loads((tmp_path / "review.json").read_text())["results"]
+    assert result["moved"] == 8 and set(result["review"]) == {"1x", "2x", "3x"}
+    assert all(t["right_changed"] == 0 and t["moved_fixed"] == t["moved_reviewed"] for t in result["review"].values())
+    assert set(result["accuracy"]) == {"noisy", "blind", "true", "reviewed-1x", "reviewed-2x", "reviewed-3x",
+                                       "clean-blind", "clean-reviewed-2x"}
+    # The reviewed arms trained on the corrections: the run says how many labels it changed.
+    log = (tmp_path / "drawn" / "seed-0" / "reviewed-3x.log").read_text()
+    assert f"{result['review']['3x']['moved_fixed']} labels changed" in log
+    assert 0 <= result["compare"]["reviewed-2x vs noisy"]["mcnemar_p"] <= 1
+    assert "| reviewed-2x vs true |" in capsys.readouterr().out
