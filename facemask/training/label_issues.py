@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,15 @@ def data_folder(data: Any) -> Optional[Path]:
 def _relative(path: Optional[str], folder: Optional[Path]) -> Optional[str]:
     if not path or folder is None:
         return None
-    try:
-        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
-    except ValueError:
-        return None
+    # A folder of symbolic links (images linked in, not copied) names its images by their links: the
+    # targets lie elsewhere. Resolved paths still match a folder reached through a linked parent.
+    for image, base in ((Path(os.path.abspath(path)), Path(os.path.abspath(folder))),
+                        (Path(path).resolve(), folder.resolve())):
+        try:
+            return image.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return None
 
 
 def training_images(cfg: Any, folds: int) -> TrainingImages:
