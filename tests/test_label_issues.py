@@ -302,3 +302,21 @@ def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_t
 def _fold_train(config, k):
     cfg = load_config(str(config), ["data.cv_folds=2", f"data.cv_fold={k}"])
     return prepare_data(cfg.data, cfg.seed, 32).data.splits["train"], "image"
+
+
+def test_a_training_folder_of_symbolic_links_keeps_its_images_names(tmp_path):
+    from facemask.training.label_issues import _relative
+
+    photos = tmp_path / "photos" / "with_mask"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
+    folder = tmp_path / "train"
+    (folder / "without_mask").mkdir(parents=True)
+    # The image linked in (not copied) under the other class: its name is the link's, not the target's.
+    (folder / "without_mask" / "b.png").symlink_to(photos / "a.png")
+    assert _relative(str(folder / "without_mask" / "b.png"), folder) == "without_mask/b.png"
+    # A folder reached through a linked parent still matches its images' resolved paths.
+    (tmp_path / "via").symlink_to(tmp_path / "photos")
+    assert _relative(str(photos / "a.png"), tmp_path / "via") == "with_mask/a.png"
+    assert _relative(str(photos / "a.png"), tmp_path / "photos") == "with_mask/a.png"
+    assert _relative(str(tmp_path / "elsewhere.png"), folder) is None
