@@ -355,3 +355,25 @@ def test_review_page_in_headless_chromium_keys_journal_restart_undo_and_two_tabs
             browser.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_copies_the_audit_found_are_shown_beside_the_image(flagged):
+    folder, data = flagged["folder"], flagged["data"].resolve()
+    rows = flagged["rows"]
+    fold = folder / "fold-0"
+    fold.mkdir()
+    # The audit names files as the dataset holds them (absolute for an image folder).
+    side = lambda k, split="train": {"split": split, "file": str(data / rows[k]["file"]), "label": rows[k]["given_label"]}
+    (fold / "data_audit.json").write_text(json.dumps({
+        "duplicates_within_splits": [{"a": side(0), "b": side(4), "distance": 2}],
+        "label_conflicts": [{"a": side(1), "b": side(5), "distance": 0}], "leaks": []}))
+    queue = load_queue(folder)
+    items = queue.items
+    assert [(c["file"], c["distance"]) for c in queue.copies[items[0].sha256]] == [(str(data / rows[4]["file"]), 2)]
+    assert [c["label"] for c in queue.copies[items[5].sha256]] == [rows[1]["given_label"]]
+    assert items[2].sha256 not in queue.copies
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, _, _, text, _, copies = review.view()
+        assert "img4.png [with_mask] at distance 2" in text
+        assert len(copies) == 1 and copies[0][0].size == (40, 40) and "distance 2" in copies[0][1]
