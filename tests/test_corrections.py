@@ -80,7 +80,7 @@ def test_a_write_is_atomic(tmp_path, monkeypatch):
     (None, "does not exist"),
     ("folder", "is a folder"),
     (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", r"not a CSV \(it holds NUL bytes"),
-    (b"file,sha256,given_label,label\ncaf\xe9.png,x,,y\n", r"not a CSV \(byte 34 is not UTF-8"),
+    (b"file,sha256,given_label,label\ncaf\xe9.png,x,,y\n", r"not a CSV \(byte 33 is not UTF-8"),
     (b"", "is empty"),
     (b"file,sha,given_label,labels\n", r"line 1: no column 'sha256', 'label' \(rename 'sha' -> 'sha256', "
                                        r"'labels' -> 'label'\).*file,sha256,given_label,label \(fixed names\)"),
@@ -189,17 +189,18 @@ def test_new_images_join_train_after_the_carving_and_copies_of_held_out_images_d
                                        **{str(p): p.name.split("_3")[0] for p in new}}
     assert after.data.digests["train"] != before.data.digests["train"]
     record = after.data.corrections
-    assert (record["added"], record["not_added"], record["unmatched"]) == (6, 2, 0)
-    assert record["relabelled"] == {"train": 0, "validation": 0}
+    # The exact copy has a test image's digest: it is that test image (kept as given), not a new one.
+    assert (record["added"], record["not_added"], record["unmatched"]) == (6, 1, 0)
+    assert record["kept_in_evaluation"] == {"test": 1} and record["relabelled"] == {"train": 0, "validation": 0}
+    assert str(leak) not in _labels(after, "train")
     removed = {entry["file"]: entry["copy_of"]["file"] for entry in after.report["leaks_removed"]["train"]}
-    assert removed[str(leak)] == str(tests["with_mask"][1]) and removed[str(near)] == str(held_out)
-    assert after.report["leaks"] == []
+    assert removed == {str(near): str(held_out)} and after.report["leaks"] == []
+    assert after.removed["train_leaked_images_removed"] == 1
 
-    # on_leak=keep trains on them, and the audit reports both leaks.
+    # on_leak=keep trains on the near copy, and the audit reports the leak.
     kept = _prepare(cfg, path, on_leak="keep")
-    assert {str(leak), str(near)} <= set(_labels(kept, "train"))
-    assert {frozenset((e["a"]["file"], e["b"]["file"])) for e in kept.report["leaks"]} >= {
-        frozenset((str(leak), str(tests["with_mask"][1]))), frozenset((str(near), str(held_out)))}
+    assert str(near) in _labels(kept, "train") and kept.data.corrections["not_added"] == 0
+    assert [(e["a"]["file"], e["b"]["file"]) for e in kept.report["leaks"]] == [(str(held_out), str(near))]
 
 
 def test_a_new_image_that_changed_or_went_is_refused(tmp_path, folders):
@@ -267,6 +268,7 @@ def test_a_training_run_records_and_shows_the_corrections(tmp_path):
     new = draw(pool, "with_mask", 2, seed=41, size=32)
     rows = [Correction(0, "", f.sha256, labels[k], labels[1 - k]) for f, k in zip(flipped, was)]
     rows += [Correction(0, str(p), _sha(p), None, "with_mask") for p in new]
+    (tmp_path / "review").mkdir()
     path = write_corrections(tmp_path / "review" / "corrections.csv", rows)
     train.main([str(tiny_config(tmp_path / "run", data={**data, "corrections": str(path)},
                                 training={"max_steps": 1}))])
@@ -279,5 +281,11 @@ def test_a_training_run_records_and_shows_the_corrections(tmp_path):
     assert info["data_fingerprint"]["corrections_sha256"] == record["sha256"]
     card = (out / "README.md").read_text()
     assert "- Labels corrected by `corrections.csv` (4 rows): 2 labels changed (train 2, validation 0), " \
-           "2 new images added to train" in card
+           "0 confirmed, 2 new images added to train; the table below counts the corrected data." in card
     assert str(tmp_path) not in card
+    # The pushed experiment.yaml names the file by its name alone.
+    from facemask.publish.public import local_folders, public_text
+    from facemask.run_folder import read_run
+
+    published = public_text((out / "experiment.yaml").read_text(), local_folders(read_run(out)))
+    assert "corrections: corrections.csv" in published and str(tmp_path) not in published

@@ -69,9 +69,8 @@ class Corrections:
         return hashlib.sha256("".join(f"{d} {label}\n" for d, label in decided).encode()).hexdigest()
 
 
-def _hint(where: str) -> str:
-    return (f"{where}: expected a CSV with the header {','.join(COLUMNS)} (python -m facemask review writes one: "
-            "corrections.csv; docs/data.md)")
+_HINT = (f"expected a CSV with the header {','.join(COLUMNS)} (python -m facemask review writes one: corrections.csv; "
+         "docs/data.md)")
 
 
 def read_corrections(path: str | Path) -> Corrections:
@@ -86,16 +85,16 @@ def read_corrections(path: str | Path) -> Corrections:
     raw = path.read_bytes()
     if b"\0" in raw:
         raise ConfigError(f"data.corrections: {path} is not a CSV (it holds NUL bytes: an image or another binary "
-                          f"file?); {_hint('data.corrections')}")
+                          f"file?); {_HINT}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(f"data.corrections: {path} is not a CSV (byte {err.start} is not UTF-8: an image or another "
-                          f"binary file?); {_hint('data.corrections')}") from None
+                          f"binary file?); {_HINT}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
-        raise ConfigError(f"data.corrections: {path} is empty; {_hint('data.corrections')}")
+        raise ConfigError(f"data.corrections: {path} is empty; {_HINT}")
     header = [name.strip() for name in header]
     missing = [name for name in COLUMNS if name not in header]
     if missing:
