@@ -289,3 +289,34 @@ def test_a_training_run_records_and_shows_the_corrections(tmp_path):
 
     published = public_text((out / "experiment.yaml").read_text(), local_folders(read_run(out)))
     assert "corrections: corrections.csv" in published and str(tmp_path) not in published
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (f"file,sha256,given_label,label\na.jpg,{'0' * 64},,\n", "line 2: the label is empty"),
+    (f"file,sha256,given_label,label\na.jpg,{'0' * 64},,masked\n", "line 2: 'masked' is not a class of this data"),
+])
+def test_a_bad_file_stops_train_py(tmp_path, content, message):
+    from conftest import tiny_config
+
+    import train
+
+    path = tmp_path / "corrections.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        train.main([str(tiny_config(tmp_path)), f"data.corrections={path}"])
+    # A file that cannot be read stops before the run folder is touched; a label is checked against
+    # the classes once they are known, before any image is inspected.
+    assert not (tmp_path / "out" / "run_info.json").exists()
+    if "class" not in message:
+        assert not (tmp_path / "out").exists()
+
+
+def test_corrections_need_the_audit(tmp_path):
+    from conftest import tiny_config
+
+    from facemask.config.loading import load_config
+
+    with pytest.raises(ConfigError, match=r"'data.corrections' needs the audit.*data.audit=true"):
+        load_config(str(tiny_config(tmp_path)), [f"data.corrections={tmp_path / 'c.csv'}", "data.audit=false"])

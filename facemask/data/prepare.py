@@ -26,6 +26,7 @@ import numpy as np
 from facemask.config.schema import ConfigError, DataConfig
 from facemask.data import audit
 from facemask.data.corrections import Corrections, apply_corrections, new_images, read_corrections
+from facemask.data.corrections import label_ids as label_ids_of
 from facemask.data.duplicates import duplicate_pairs, groups, image_records
 from facemask.data.exclude import ExcludeList, apply_exclusion, read_exclude_list
 from facemask.data.inspection import inspect_splits
@@ -116,6 +117,8 @@ def prepare_data(cfg: DataConfig, seed: int, image_side: int = 224, exclude: Opt
         raise ConfigError("'data.corrections' needs the audit: images are matched to the file by the content digests "
                           "it takes; set data.audit=true (or remove data.corrections)")
     given = load_sources(cfg, seed, labelled)
+    if corrections is not None:
+        label_ids_of(corrections, given.labels)  # a label that is no class stops before any image is read
     # Each image read once for its digest: the inspections' key, the carved splits' digests (the
     # cache key, run_info.json) are made from these.
     per_image = {name: image_digests(ds, given.image_column) for name, ds in given.splits.items()}
@@ -223,12 +226,10 @@ def _positions(given: PreparedData) -> tuple[Dict[str, int], List[str], Dict[str
 def _added_split(given: PreparedData, corrections: Corrections, known: set) -> Optional[datasets.Dataset]:
     """The corrections' new images (rows whose digest no image of the data has) as a split with the
     train split's columns, each labelled as decided; None when there is none."""
-    from facemask.data.corrections import label_ids as decided_ids
-
     found = new_images(corrections, known)
     if not found:
         return None
-    decided = decided_ids(corrections, given.labels)
+    decided = label_ids_of(corrections, given.labels)
     train = given.splits["train"]
     features = train.features
     columns = {given.image_column: [{"bytes": None, "path": str(path)} for _, path in found],
