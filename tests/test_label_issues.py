@@ -284,7 +284,7 @@ def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_t
     report = json.loads((out / "label_issues.json").read_text())
     fold_rows = read_csv(out / "repeat_results.csv")
     assert report["fold_accuracy"] == {r["run"]: pytest.approx(float(r["eval_accuracy"])) for r in fold_rows}
-    assert "label-issues:" in first and "retrain without them: python train.py" in first
+    assert "label-issues:" in first and "retrain without them (blind): python train.py" in first and "python -m facemask review " in first
     # Resumed: the finished folds are not trained again, the outputs are the same.
     cards = [CARD.path(out / f"fold-{k}").stat().st_mtime_ns for k in range(2)]
     assert main(["label-issues", str(config), "--folds", "2", "data.shortcut_test=false"]) == 0

@@ -264,3 +264,116 @@ def test_label_studio_export_follows_its_documented_task_format(flagged, tmp_pat
         assert result["value"]["choices"] == [item.suggested_label] and prediction["score"] == item.probability
     assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["without_mask"]
     assert "annotations" not in tasks[1]
+
+
+def _start(folder: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "-m", "facemask", "review", str(folder), "--port", str(port)],
+                              env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            return server
+        except OSError:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "the review page did not start in 180 s"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow  # two servers started, a browser: ~40 s
+def test_review_page_in_headless_chromium_keys_journal_restart_undo_and_two_tabs(tiny_run, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_demo import _browser, _free_port, _listening_addresses
+
+    made = make_label_issues_folder(tmp_path, model=tiny_run("vit").out)
+    folder, items = made["folder"], load_queue(made["folder"]).items
+    log = tmp_path / "review.log"
+    port = _free_port()
+    server = _start(folder, port, log)
+    browser = None
+    try:
+        assert _listening_addresses(port) == {"127.0.0.1"}  # this machine only, by default
+        browser = _browser()
+        wait = WebDriverWait(browser, 60)
+
+        def shows(k: int) -> None:
+            wait.until(lambda b: items[k].file in b.find_element(By.ID, "info").text)
+
+        def press(key: str, lines: int) -> None:
+            ActionChains(browser).send_keys(key).perform()
+            wait.until(lambda b: (folder / "review.jsonl").exists() and len(_lines(folder)) == lines)
+
+        browser.get(f"http://127.0.0.1:{port}/")
+        shows(0)
+        assert "0 reviewed" in browser.find_element(By.ID, "progress").text
+        assert "Suggested: without_mask" in browser.find_element(By.ID, "info").text
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#map img"))  # the fold model's map
+        press("2", 1)  # the second class: without_mask
+        shows(1)
+        press("a", 2)  # keep the given label
+        shows(2)
+        press("x", 3)  # exclude
+        shows(3)
+        assert [(line["decision"], line["label"]) for line in _lines(folder)] == [
+            ("label", "without_mask"), ("keep", "without_mask"), ("exclude", None)]
+        wait.until(lambda b: "3 reviewed" in b.find_element(By.ID, "progress").text
+                   and "1 labels changed" in b.find_element(By.ID, "progress").text)
+        press("u", 4)  # undo: the exclusion is taken back, its image shown again
+        shows(2)
+        assert _lines(folder)[-1] == {**_lines(folder)[-1], "decision": "undo", "undoes": 3}
+        assert items[2].sha256 not in (folder / "review_exclude.txt").read_text()
+
+        # A killed server loses nothing: a new one resumes at the first undecided image.
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        port = _free_port()
+        server = _start(folder, port, log)
+        browser.get(f"http://127.0.0.1:{port}/")
+        shows(2)
+
+        # Two tabs on the same image: the second tab's key writes nothing.
+        first = browser.current_window_handle
+        browser.switch_to.new_window("tab")
+        browser.get(f"http://127.0.0.1:{port}/")
+        shows(2)
+        second = browser.current_window_handle
+        browser.switch_to.window(first)
+        press("1", 5)
+        shows(3)
+        browser.switch_to.window(second)
+        ActionChains(browser).send_keys("2").perform()
+        shows(3)  # refreshed to the next image, not decided twice
+        time.sleep(1)
+        assert len(_lines(folder)) == 5 and _lines(folder)[-1]["label"] == "with_mask"
+        assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+        assert all(_digest(item.path) == item.sha256 for item in items)  # the images untouched
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_copies_the_audit_found_are_shown_beside_the_image(flagged):
+    folder, data = flagged["folder"], flagged["data"].resolve()
+    rows = flagged["rows"]
+    fold = folder / "fold-0"
+    fold.mkdir()
+    # The audit names files as the dataset holds them (absolute for an image folder).
+    side = lambda k, split="train": {"split": split, "file": str(data / rows[k]["file"]), "label": rows[k]["given_label"]}
+    (fold / "data_audit.json").write_text(json.dumps({
+        "duplicates_within_splits": [{"a": side(0), "b": side(4), "distance": 2}],
+        "label_conflicts": [{"a": side(1), "b": side(5), "distance": 0}], "leaks": []}))
+    queue = load_queue(folder)
+    items = queue.items
+    assert [(c["file"], c["distance"]) for c in queue.copies[items[0].sha256]] == [(str(data / rows[4]["file"]), 2)]
+    assert [c["label"] for c in queue.copies[items[5].sha256]] == [rows[1]["given_label"]]
+    assert items[2].sha256 not in queue.copies
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, _, _, text, _, copies = review.view()
+        assert "img4.png [with_mask] at distance 2" in text
+        assert len(copies) == 1 and copies[0][0].size == (40, 40) and "distance 2" in copies[0][1]

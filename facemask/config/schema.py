@@ -119,6 +119,9 @@ class DataConfig:
     # Drop the listed images from the test split and the extra test sets too (a test figure on a
     # cleaned test set is another figure: the card says so); by default they stay and are reported.
     exclude_test: bool = False
+    # A CSV of label decisions (data/corrections.py: file, sha256, given_label, label), matched by
+    # content: training-side images relabelled, new images added to train after the carving.
+    corrections: Optional[str] = None
     # Copies shared by splits the source provides: "drop" removes the training-side copy (and
     # validation's copy of a test image), "error" stops, "keep" trains on them (the card warns).
     on_leak: str = "drop"

@@ -280,6 +280,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.exclude is not None and not d.audit:
         raise ConfigError("'data.exclude' needs the audit: images are matched to the list by the content digests it "
                           "takes; set data.audit=true (or remove data.exclude)")
+    if d.corrections is not None and not d.audit:
+        raise ConfigError("'data.corrections' needs the audit: images are matched to the file by the content digests "
+                          "it takes; set data.audit=true (or remove data.corrections)")
     if d.exclude_test and d.exclude is None:
         raise ConfigError("'data.exclude_test' is true but 'data.exclude' names no list of images to leave out")
     if d.num_labels is not None and d.num_labels < 2:

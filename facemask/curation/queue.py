@@ -99,10 +99,14 @@ def _label_issues(folder: Path) -> Queue:
 
 def _selected(folder: Path) -> Queue:
     report = json.loads((folder / SELECT_JSON).read_text(encoding="utf-8")) if (folder / SELECT_JSON).is_file() else {}
+    rows = _rows(folder / TO_LABEL_CSV, "select")
     items = [Item(row["sha256"], row["file"], Path(row["file"]), None, row["suggested_label"] or None,
-                  _number(row["probability"])) for row in _rows(folder / TO_LABEL_CSV, "select")]
-    labels = list(report.get("labels") or sorted({item.suggested_label for item in items if item.suggested_label}))
-    return Queue(folder, "select", labels, items, model=report.get("model"))
+                  _number(row["probability"])) for row in rows]
+    # The model's classes in its label order: the prob_<label> columns select writes.
+    labels = [column[len("prob_"):] for column in (rows[0] if rows else {}) if column.startswith("prob_")]
+    if not labels:
+        raise ConfigError(f"{folder / TO_LABEL_CSV} has no prob_<label> columns (the model's classes): run select again")
+    return Queue(folder, "select", labels, items, model=report.get("run"))
 
 
 def _copies(fold_runs: List[Path], data_folder: Optional[Path], by_digest: Dict[str, Item]) -> Dict[str, List[Dict]]:

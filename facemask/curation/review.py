@@ -152,7 +152,8 @@ class Review:
         if copies:
             lines.append("Copies and near-copies (audit): " + "; ".join(
                 f"{Path(c['file']).name} [{c['label']}] at distance {c['distance']}" for c in copies[:5]))
-        lines.append(" · ".join(f"`{k}` {a.replace('label:', '')}" for k, a in self.keys.items()))
+        lines.append(" · ".join(f"`{k}` {a.replace('label:', '')}" for k, a in self.keys.items()
+                                if a != "keep" or self.queue.kind == "label-issues"))
         return "\n\n".join(lines)
 
     def view(self) -> Tuple[str, Optional[Any], Optional[Any], str, str, List[Any]]:

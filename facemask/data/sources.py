@@ -34,6 +34,8 @@ class PreparedData:
     digests: Dict[str, str] = field(default_factory=dict)
     # What data.exclude left out, per split (data/exclude.py apply_exclusion); None without a list.
     exclusion: Optional[Dict[str, Any]] = None
+    # What data.corrections relabelled and added (data/corrections.py apply_corrections); None without a file.
+    corrections: Optional[Dict[str, Any]] = None
 
     def images_digest(self, split: str) -> str:
         """The split's images digest (storage.images_digest): the one data preparation computed,

@@ -326,6 +326,7 @@ def render_card(run: RunFiles, figures: Dict[str, str], model_id: Optional[str] 
         labels=labels,
         splits=splits,
         exclude=info_data.get("exclude"),
+        corrections=info_data.get("corrections"),
         hyperparameters=_hyperparameters(run),
         augmentation=_augmentation(run),
         selection=_selection(run),

@@ -18,9 +18,11 @@ from typing import Dict
 from facemask.config.dump import redact
 from facemask.run_folder import RunFiles
 
-# Config keys that may hold a local folder or file (a local checkpoint or dataset folder, an exclude list).
+# Config keys that may hold a local folder or file (a local checkpoint or dataset folder, an exclude list,
+# a corrections file).
 FOLDER_KEYS = {
-    "data": ("train_dir", "validation_dir", "test_dir", "dataset_name", "cache_dir", "preprocess_dir", "exclude"),
+    "data": ("train_dir", "validation_dir", "test_dir", "dataset_name", "cache_dir", "preprocess_dir", "exclude",
+             "corrections"),
     "model": ("name_or_path", "cache_dir"),
     "training": ("output_dir", "logging_dir"),
 }

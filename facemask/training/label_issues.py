@@ -333,7 +333,8 @@ def find_and_write(args: argparse.Namespace, out: Path, runs: List[Tuple[str, Li
     suggested = [images.labels.index(rows[k]["suggested_label"]) for k in range(len(opened))]
     drawn = write_figure(out, opened, rows, suspect_maps(out, names, fold_of, shown, opened, suggested))
     print(summary_text(rows, per_class, accuracy, images, issues, out, drawn))
-    print(f"retrain without them: {retrain_command(args.config, overrides, out)}")
+    print(f"review them in the browser, one key each: python -m facemask review {out}")
+    print(f"retrain without them (blind): {retrain_command(args.config, overrides, out)}")
     return 0
 
 

@@ -41,11 +41,15 @@ def git_state() -> Dict[str, Any]:
 def data_fingerprint(cfg: ExperimentConfig, data: PreparedData) -> Dict[str, Any]:
     """One fingerprint of the images the run read, split by split: the same digest the
     preprocessing cache and the audit are keyed by (bytes, or path, size, mtime and ctime), plus
-    where they came from (Hub id and revision, folders, or the generator)."""
+    where they came from (Hub id and revision, folders, or the generator), and with data.corrections
+    the digest of its decisions (labels change what a run trains on, not its images)."""
     d = cfg.data
     per_split = {split: data.images_digest(split) for split in data.splits}
     combined = hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()
     record: Dict[str, Any] = {"images_sha256": combined, "images": sum(len(ds) for ds in data.splits.values())}
+    if data.corrections is not None:
+        # The same images with other labels are other data: the decisions' digest tells them apart.
+        record["corrections_sha256"] = data.corrections["sha256"]
     if d.synthetic:
         return {**drawn_set(cfg), "seed": cfg.seed, "probe_sha256": drawn_probe(cfg, cfg.seed), **record}
     if d.dataset_name:
@@ -155,6 +159,9 @@ def run_info(argv: List[str], data: PreparedData, args: TrainingArguments, cfg: 
             # data.exclude: the list by its file name, the images it left out per split, and those it
             # names in the evaluation splits that stayed (data/exclude.py apply_exclusion).
             **({"exclude": data.exclusion} if data.exclusion is not None else {}),
+            # data.corrections: the file by its name, the labels it changed and confirmed per split, the
+            # images it added to train (data/corrections.py apply_corrections).
+            **({"corrections": data.corrections} if data.corrections is not None else {}),
         },
         # Read from the installed distributions: importing a library only to ask its version is slow.
         "versions": {"Python": platform.python_version(),

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from transformers import TrainingArguments, set_seed
 
 from facemask.config.schema import ConfigError, ExperimentConfig
+from facemask.data.corrections import Corrections, read_corrections
 from facemask.data.exclude import ExcludeList, read_exclude_list
 from facemask.data.prepare import Prepared, prepare_data
 from facemask.data.seen import read_seen_images
@@ -50,6 +51,7 @@ class RunSetup:
     model: Any = None
     trainer: Optional[FaceMaskTrainer] = None
     exclude: Optional[ExcludeList] = None  # data.exclude's list, read (and checked) by `start`
+    corrections: Optional[Corrections] = None  # data.corrections' file, read (and checked) by `start`
 
     @classmethod
     def start(cls, cfg: ExperimentConfig) -> "RunSetup":
@@ -75,7 +77,8 @@ class RunSetup:
         check_model_folder(cfg.model)
         # A bad list costs seconds, not a data audit (and fails before --overwrite clears a run folder).
         exclude = read_exclude_list(cfg.data.exclude) if cfg.data.exclude is not None else None
-        return cls(cfg, args, exclude=exclude)
+        corrections = read_corrections(cfg.data.corrections) if cfg.data.corrections is not None else None
+        return cls(cfg, args, exclude=exclude, corrections=corrections)
 
     @property
     def main_process(self) -> bool:
@@ -103,7 +106,8 @@ class RunSetup:
             # (another machine's first process keeps its own where the machines share no storage).
             # A run fine-tuned from a pretraining run checks its test images against the images that run used.
             seen = read_seen_images(self.cfg.model.name_or_path, self.cfg.model.revision) if labelled else None
-            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude, labelled, seen)
+            self.prepared = prepare_data(self.cfg.data, self.args.seed, self.image_side, self.exclude, labelled, seen,
+                                         self.corrections)
         if self.cfg.recipe.distill is not None:
             check_teacher(self.cfg.recipe.distill, self.prepared.data.labels)  # names and order, before the model
         return self.prepared
