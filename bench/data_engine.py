@@ -304,8 +304,13 @@ def review_command(args: argparse.Namespace) -> None:
     if args.tiny:
         args.images, args.test_images, args.folds, args.seeds, args.epochs = 80, 40, 2, args.seeds[:1], 1
         args.sources, args.set = ["drawn"], [*TINY, *args.set]
-    results = []
     out = Path(args.output)
+    if args.report_only:
+        written = json.loads(out.read_text())
+        written["tables"] = report_review(written["results"])
+        write_json(out, written)
+        return
+    results = []
     found = sources(args)
     for source in args.sources:
         for seed in args.seeds:
@@ -367,8 +372,11 @@ def select_command(args: argparse.Namespace) -> None:
     everything = [p.resolve() for p in images_of(source)]
     truth = {digest(p): p.parent.name for p in everything}
     out = Path(args.output)
-    results: Dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    results.setdefault("curves", {})
+    if args.report_only:
+        results = json.loads(out.read_text())
+        report_select(results)
+        write_json(out, results)
+        return
     for seed in args.seeds:
         folder = work / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -377,7 +385,9 @@ def select_command(args: argparse.Namespace) -> None:
         for strategy in args.strategies:
             curve = select_curve(args, seed, strategy, start, labelled0, truth, everything,
                                  Path(args.fm12k) / "validation", folder)
-            results["curves"].setdefault(strategy, {})[str(seed)] = {str(k): v for k, v in curve.items()}
+            # Read again just before writing: another process may run other seeds into the same file.
+            results = json.loads(out.read_text()) if out.is_file() else {}
+            results.setdefault("curves", {}).setdefault(strategy, {})[str(seed)] = {str(k): v for k, v in curve.items()}
             write_json(out, results)
     report_select(results)
     write_json(out, results)
@@ -478,6 +488,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--work", default="/tmp/data-engine")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     parser.add_argument("--output", help="the JSON written (default bench/results/data-engine-PART.json)")
+    parser.add_argument("--report-only", action="store_true", help="review, select: print the tables of --output "
+                                                                  "as written, running nothing")
     parser.add_argument("--tiny", action="store_true", help="review: the code path, 80 + 40 drawn images, 1 epoch")
     args = parser.parse_args(argv)
     args.output = args.output or str(RESULTS_DIR / f"data-engine-{args.part}.json")
