@@ -289,14 +289,21 @@ def report_review(results: List[Dict[str, Any]]) -> Dict[str, Any]:
             values = [r["accuracy"][arm] for r in rows if arm in r["accuracy"]]
             accuracy[arm] = {"values": values, "summary": summary(values)}
             print(f"| {arm} | {spread(accuracy[arm]['summary'])} | {' '.join(f'{v:.4f}' for v in values)} |")
-        print("\n| pair (B vs A) | B - A per seed | McNemar p per seed |")
-        print("|---|---|---|")
+        # McNemar tests two trained models on the same test images; a second training of the same
+        # arm differs too, so the paired differences' spread over seeds is the figure to weigh it by.
+        print("\n| pair (B vs A) | B - A, mean over seeds ± standard error | B - A per seed | McNemar p per seed |")
+        print("|---|---:|---|---|")
         pairs = list(dict.fromkeys(p for r in rows for p in r["compare"]))
+        paired_by_seed = {}
         for p in pairs:
             got = [r["compare"][p] for r in rows if p in r["compare"]]
+            paired_by_seed[p] = summary([g["b_minus_a"] for g in got])
             differences = " ".join(f"{g['b_minus_a']:+.4f}" for g in got)
-            print(f"| {p} | {differences} | {' '.join(format(g['mcnemar_p'], '.2g') for g in got)} |")
-        table[source] = {"seeds": seeds, "accuracy": accuracy}
+            d = paired_by_seed[p]
+            se = f"{d['se']:.4f}" if d.get("se") is not None else "n/a"
+            print(f"| {p} | {d['mean']:+.4f} ± {se} ({d['min']:+.4f} to {d['max']:+.4f}) | {differences} | "
+                  f"{' '.join(format(g['mcnemar_p'], '.2g') for g in got)} |")
+        table[source] = {"seeds": seeds, "accuracy": accuracy, "paired": paired_by_seed}
     return table
 
 
