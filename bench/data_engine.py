@@ -424,6 +424,16 @@ def report_select(results: Dict[str, Any]) -> None:
         for strategy, m in means.items():
             reached = next((s for s in sorted(m) if m[s] >= target), None)
             print(f"  {strategy}: {reached if reached is not None else f'not reached within {max(m)}'}")
+        per_seed = {}
+        for seed, curve in curves["random"].items():
+            if str(top) not in curve:
+                continue
+            aim = curve[str(top)]
+            per_seed[seed] = {s: next((k for k in sorted(int(x) for x in c[seed]) if c[seed][str(k)] >= aim), None)
+                              for s, c in curves.items() if seed in c}
+            print(f"  seed {seed} (random at {top}: {aim:.4f}): " + ", ".join(
+                f"{s} {v if v is not None else 'not reached'}" for s, v in per_seed[seed].items()))
+        results["per_seed_labels_needed"] = per_seed
         results["target"] = {"random_at": top, "accuracy": target,
                              "labels_needed": {s: next((k for k in sorted(m) if m[k] >= target), None)
                                                for s, m in means.items()}}
