@@ -182,11 +182,12 @@ def review_seed(args: argparse.Namespace, source: str, clean: Path, test: Path, 
     truth = {f: (Path(f).parent.name if f not in moved_set else
                  next(c.name for c in clean.iterdir() if c.is_dir() and c.name != Path(f).parent.name))
              for f in files}
-    common = [f"training.seed={seed}", f"training.num_train_epochs={args.epochs}", "data.synthetic=false",
-              f"data.test_dir={test.resolve()}", *args.set]
+    common = [f"training.seed={seed}", "data.synthetic=false", f"data.test_dir={test.resolve()}", *args.set]
+    folds = [*common, f"training.num_train_epochs={args.fold_epochs or args.epochs}"]
+    common = [*common, f"training.num_train_epochs={args.epochs}"]
     print(f"\n{source}, seed {seed}: {len(moved)} of {len(files)} labels moved", flush=True)
     result: Dict[str, Any] = {"source": source, "seed": seed, "images": len(files), "moved": len(moved)}
-    found = label_issues(folder, "label-issues", [f"data.train_dir={noisy.resolve()}", *common],
+    found = label_issues(folder, "label-issues", [f"data.train_dir={noisy.resolve()}", *folds],
                          folder / "label-issues", args.folds)
     ranked = found.pop("ranked")
     found["moved_in_first"] = {f"{k}x": sum(f in moved_set for f in ranked[:k * len(moved)]) for k in BUDGETS}
@@ -216,7 +217,8 @@ def review_seed(args: argparse.Namespace, source: str, clean: Path, test: Path, 
         truth_clean = {str(p.relative_to(clean)): p.parent.name for p in images_of(clean)}
         clean_data = [f"data.train_dir={clean.resolve()}", *common]
         result["clean_label_issues"] = {k: v for k, v in label_issues(
-            folder, "clean-label-issues", clean_data, folder / "clean-label-issues", args.folds).items() if k != "ranked"}
+            folder, "clean-label-issues", [f"data.train_dir={clean.resolve()}", *folds], folder / "clean-label-issues",
+            args.folds).items() if k != "ranked"}
         budget = CLEAN_BUDGET * len(moved)
         snap = folder / f"clean-review-{CLEAN_BUDGET}x"
         result["clean_review"] = simulate_review(folder / "clean-label-issues", truth_clean, {budget: snap})[budget]
@@ -323,9 +325,11 @@ def review_command(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             results.append(review_seed(args, source, *found[source], seed))
             # Written after every seed, so a stopped run leaves what it finished.
-            write_json(out, {"epochs": args.epochs, "folds": args.folds, "noise": NOISE, "results": results})
+            write_json(out, {"epochs": args.epochs, "fold_epochs": args.fold_epochs or args.epochs, "folds": args.folds,
+                             "noise": NOISE, "results": results})
     tables = report_review(results)
-    write_json(out, {"epochs": args.epochs, "folds": args.folds, "noise": NOISE, "results": results, "tables": tables})
+    write_json(out, {"epochs": args.epochs, "fold_epochs": args.fold_epochs or args.epochs, "folds": args.folds,
+                     "noise": NOISE, "results": results, "tables": tables})
 
 
 def select_curve(args: argparse.Namespace, seed: int, strategy: str, start: Path, labelled0: List[Path],
@@ -491,6 +495,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                                                        "reviewed-3x"])
     parser.add_argument("--no-clean-case", dest="clean_case", action="store_false")
     parser.add_argument("--epochs", type=int, default=5, help="every review arm's and label-issues' folds' epochs")
+    parser.add_argument("--fold-epochs", type=int, help="label-issues' folds' epochs, where not --epochs")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2000, help="drawn training images")
     parser.add_argument("--test-images", type=int, default=1000, help="drawn test images")
