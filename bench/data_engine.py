@@ -3,6 +3,8 @@ does `select` pick pool images that teach the model more than random ones? (issu
 
     # a. review, on real photos and on the drawn set, seeds 0 1 2 (each step resumes from --work)
     .venv/bin/python bench/data_engine.py review --sources real drawn --seeds 0 1 2 --work /tmp/data-engine
+    # the drawn set's arms at the config's 10 epochs, label-issues' folds at 5 (docs/benchmarks.md says why)
+    .venv/bin/python bench/data_engine.py review --sources drawn --epochs 10 --fold-epochs 5 --work /tmp/de-10
     # b. selection: learning curves on the real photos' pool
     .venv/bin/python bench/data_engine.py select --strategies random margin clusters --seeds 0 --work /tmp/data-engine
     # c. the review page's cost per image (maps made ahead, a key 1-2 s later), on a label-issues output of a
@@ -14,7 +16,7 @@ does `select` pick pool images that teach the model more than random ones? (issu
 symbolic links, never copied; drawn: --images of generator seed 0) with 10% of its files moved into
 the other class's folder, a different draw per seed (bench/label_issues.py's flip; flips.json
 records which). Every run uses configs/quickstart.yaml with training.num_train_epochs=--epochs
-(the same in every arm and in label-issues' folds), training.seed=SEED, and a test folder that is
+(the same in every arm; label-issues' folds too, unless --fold-epochs), training.seed=SEED, and a test folder that is
 never noisy (data.test_dir: real: FM12K dev's validation/, 800 photos; drawn: --test-images of
 generator seed 1). Then `label-issues --folds 3`, and a simulated truthful reviewer goes through its
 output with the review page's own handler (curation/review.py's Review.act, maps off: the key
