@@ -170,7 +170,8 @@ def label_issues(folder: Path, name: str, data: List[str], out: Path, folds: int
     with (out / LABEL_ISSUES_CSV).open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     info = json.loads((out / LABEL_ISSUES_JSON).read_text())
-    return {"listed": len(rows), "flagged": sum(r["is_issue"] == "True" for r in rows), "ranked": [r["file"] for r in rows],
+    return {"listed": len(rows), "flagged": sum(r["is_issue"] == "True" for r in rows),
+            "ranked": [r["file"] for r in rows],
             "fold_accuracy": list(info["fold_accuracy"].values())}
 
 

@@ -309,7 +309,7 @@ def test_data_engine_reviewer_answers_the_truth_in_the_pages_order_up_to_each_bu
     assert len((out / "review.jsonl").read_text().splitlines()) == 8
 
 
-@pytest.mark.slow  # 2 label-issues runs (2 folds each) and 8 training processes of a tiny model: about 4 minutes on 2 cores
+@pytest.mark.slow  # 2 label-issues runs (2 folds each), 8 training processes of a tiny model: ~4 minutes on 2 cores
 def test_data_engine_bench_runs_its_review_code_path(tmp_path, capsys):
     load("data_engine").main(["review", "--tiny", "--work", str(tmp_path), "--output", str(tmp_path / "review.json")])
     (result,) = json.loads((tmp_path / "review.json").read_text())["results"]
