@@ -144,7 +144,8 @@ def simulate_review(found: Path, truth: Dict[str, str], budgets: Dict[int, Path]
             while journal.counts()["reviewed"] < budget and (item := journal.current()) is not None:
                 true = truth[item.file]
                 page.act(item.sha256, "keep" if true == item.given_label else f"label:{true}")
-            decided = [d for d in journal.standing if d.decision in ("label", "keep", "exclude")]
+            # The first `budget` reviewed: a resumed journal may already hold a larger budget's decisions.
+            decided = [d for d in journal.standing if d.decision in ("label", "keep", "exclude")][:budget]
             tallies[budget] = {
                 "reviewed": len(decided),
                 "moved_reviewed": sum(truth[d.file] != d.given_label for d in decided),

@@ -307,6 +307,7 @@ def test_data_engine_reviewer_answers_the_truth_in_the_pages_order_up_to_each_bu
     # Resumed: the journal replays, nothing is decided twice.
     assert bench.simulate_review(out, truth, {8: tmp_path / "2x"})[8] == tallies[8]
     assert len((out / "review.jsonl").read_text().splitlines()) == 8
+    assert bench.simulate_review(out, truth, {4: tmp_path / "1x"})[4] == tallies[4]  # a smaller budget, counted alone
 
 
 @pytest.mark.slow  # 2 label-issues runs (2 folds each), 8 training processes of a tiny model: ~4 minutes on 2 cores
