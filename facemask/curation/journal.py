@@ -167,13 +167,14 @@ class Journal:
             return last
 
     def counts(self) -> Dict[str, int]:
-        standing = self.standing
+        standing, decided = self.standing, self.decided
         return {"images": len(self.queue.items),
                 "reviewed": sum(d.decision in REVIEWED for d in standing),
                 "changed": sum(d.changed for d in standing),
                 "excluded": sum(d.decision == "exclude" for d in standing),
                 "skipped": sum(d.decision == "skip" for d in standing),
-                "remaining": len(self.queue.items) - len(standing)}
+                # Decisions on images no longer listed (a label-issues run again) leave none out.
+                "remaining": sum(item.sha256 not in decided for item in self.queue.items)}
 
     def write_outputs(self) -> None:
         """corrections.csv (every label a person gave or confirmed) and review_exclude.txt (every
@@ -187,8 +188,9 @@ class Journal:
                           [Correction(0, d.file, d.sha256, d.given_label, d.label) for d in labelled])
         excluded = [d for d in self.standing if d.decision == "exclude"]
         items = self._items
+        paths = {d.sha256: items[d.sha256].path if d.sha256 in items else None for d in excluded}
         with staged(self.queue.folder / REVIEW_EXCLUDE_LIST) as partial:
-            write_exclude_list(partial, [(str(items[d.sha256].path) if items[d.sha256].path else None, d.sha256)
+            write_exclude_list(partial, [(str(paths[d.sha256]) if paths[d.sha256] else None, d.sha256)
                                          for d in excluded],
                                f"{len(excluded)} images excluded by a person in python -m facemask review "
                                f"({self.path.name}); data.exclude reads this list.")
