@@ -377,3 +377,24 @@ def test_copies_the_audit_found_are_shown_beside_the_image(flagged):
         _, _, _, text, _, copies = review.view()
         assert "img4.png [with_mask] at distance 2" in text
         assert len(copies) == 1 and copies[0][0].size == (40, 40) and "distance 2" in copies[0][1]
+
+
+def test_decisions_outlive_a_new_label_issues_run_that_no_longer_lists_the_image(flagged):
+    from facemask.data.corrections import read_corrections
+
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "label", "without_mask")
+        journal.record(items[1].sha256, "exclude")
+    csv_path = flagged["folder"] / "label_issues.csv"
+    rows = list(csv.DictReader(csv_path.open()))
+    with csv_path.open("w", newline="") as f:  # label-issues run again: image 0 and 1 no longer listed
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[2:])
+    with open_journal(flagged["folder"]) as journal:
+        assert journal.current() == items[2] and journal.counts()["remaining"] == 6
+        journal.record(items[2].sha256, "keep")
+        assert {c.sha256 for c in read_corrections(flagged["folder"] / "corrections.csv").rows} == {
+            items[0].sha256, items[2].sha256}
+        assert "sha256:" + items[1].sha256 in (flagged["folder"] / "review_exclude.txt").read_text()
