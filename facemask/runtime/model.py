@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,6 +15,16 @@ from facemask.config.schema import ConfigError
 from facemask.run_folder import CONFIG, ONNX_DIR, ONNX_FILES
 from facemask.runtime.preprocess import Preprocessor
 from facemask.runtime.source import graph_files, model_folder
+
+
+BACKENDS = ("torch", *ONNX_FILES)
+
+
+def add_backend_argument(parser: Any) -> None:
+    """--backend, as every command that runs a run's model takes it (predict, detect, select)."""
+    parser.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                        help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
+                             "with onnxruntime on the CPU")
 
 
 def missing_onnxruntime() -> str:
