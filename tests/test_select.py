@@ -154,19 +154,37 @@ def test_select_leaves_out_the_runs_images_and_copies_and_writes_the_ranked_tabl
     assert len(read_table(out)) == 3
 
 
-def test_onnx_ranks_as_torch_does(onnx_run, tmp_path):
+@pytest.mark.parametrize("strategy", ["margin", "coreset"])
+def test_onnx_ranks_as_torch_does(onnx_run, tmp_path, strategy):
     pool = tmp_path / "pool"
     drawn_pool(pool, count=16, seed=4)
     tables = {}
     for backend in ("torch", "onnx"):
         out = tmp_path / backend
-        assert cli(["select", str(onnx_run), str(pool), "--budget", "8", "--strategy", "margin", "--backend",
+        assert cli(["select", str(onnx_run), str(pool), "--budget", "8", "--strategy", strategy, "--backend",
                     backend, "--output", str(out)]) == 0
         tables[backend] = read_table(out)
         assert json.loads((out / SELECT_JSON).read_text())["backend"] == backend
     assert [r["file"] for r in tables["torch"]] == [r["file"] for r in tables["onnx"]]
     assert np.allclose([float(r["probability"]) for r in tables["torch"]],
                        [float(r["probability"]) for r in tables["onnx"]], atol=1e-4)
+
+
+def test_a_graph_exported_without_the_embedding_runs_uncertainty_and_says_what_diversity_needs(
+        onnx_run, tmp_path, capsys):
+    import onnx
+
+    run = tmp_path / "run"
+    shutil.copytree(onnx_run, run)
+    graph = onnx.load(str(run / "onnx" / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["logits", "embedding"]
+    del graph.graph.output[1]
+    onnx.save(graph, str(run / "onnx" / "model.onnx"))
+    pool = tmp_path / "pool"
+    drawn_pool(pool, count=4)
+    assert cli(["select", str(run), str(pool), "--budget", "2", "--backend", "onnx", "--strategy", "clusters"]) == 2
+    assert "export the run again" in capsys.readouterr().err
+    assert cli(["select", str(run), str(pool), "--budget", "2", "--backend", "onnx", "--strategy", "entropy"]) == 0
 
 
 def test_bad_input_gets_a_clear_error(tiny_run, tmp_path, capsys):

@@ -26,8 +26,8 @@ from PIL import Image
 from facemask.config.schema import ConfigError, DataConfig, WorkFailed
 from facemask.curation.strategies import DEFAULT_STRATEGY, EMBEDDING_STRATEGIES, STRATEGIES, select
 from facemask.run_folder import SELECT_DIR, SELECT_JSON, TO_LABEL_CSV, write_json
+from facemask.runtime.model import EMBEDDING_OUTPUT
 
-EMBEDDING_OUTPUT = "embedding"  # the exported graph's second output (publish/export.py)
 SHOWN_UNREADABLE = 20  # unreadable files named on stderr; select.json lists them all
 
 

@@ -18,6 +18,9 @@ from facemask.runtime.source import graph_files, model_folder
 
 
 BACKENDS = ("torch", *ONNX_FILES)
+# The exported graph's second output (publish/export.py): the pooled feature before the classifier
+# head, which select's diverse strategies read; graphs exported before it have `logits` alone.
+EMBEDDING_OUTPUT = "embedding"
 
 
 def add_backend_argument(parser: Any) -> None:
