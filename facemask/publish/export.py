@@ -156,7 +156,7 @@ def _with_embedding(model: Any) -> Any:
                 hook.remove()
             return logits, captured[0]
 
-    return WithEmbedding()
+    return WithEmbedding().train(model.training)  # the mode the model was given in, unchanged
 
 
 @contextmanager
