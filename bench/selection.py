@@ -2,14 +2,15 @@
 the same pool: each file read for its digest, decoded, hashed (phash) and scored; what select.json
 reports as images_per_s.
 
-    .venv/bin/python bench/select.py                          # drawn faces, the ViT-B/16 (224 px)
-    .venv/bin/python bench/select.py --models tiny vit-base --photos ../shared/data/fm12k-dev/validation
+    .venv/bin/python bench/selection.py                          # drawn faces, the ViT-B/16 (224 px)
+    .venv/bin/python bench/selection.py --models tiny vit-base --photos ../shared/data/fm12k-dev/validation
 
 Models: random-init classifiers saved as run folders and exported (bench/detect.py's run_folder;
 speed does not depend on the weights), with an empty run_images.csv (nothing of the pool is theirs).
 Pools: the drawn set written by `synth` (--images, 128 px), and with --photos real photos read in
 place (never copied). The backends take turns within each repeat (margin: probabilities only;
 clusters: the embeddings too); printed: the median images/s and the range over --repeats.
+Named selection.py: a bench/select.py would hide the standard library's select module here.
 """
 
 from __future__ import annotations
