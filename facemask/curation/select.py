@@ -152,7 +152,8 @@ def score_pool(scorer: Any, paths: Sequence[Path], seen: Dict[str, frozenset], b
         for path in paths:
             bar.update(1)
             try:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                with path.open("rb") as f:  # in blocks: a stray video in the pool costs no memory
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
             except OSError as err:
                 pool.unreadable.append((str(path), str(err).splitlines()[0]))
                 continue
