@@ -103,7 +103,7 @@ class OnnxScorer:
     def __init__(self, run: str, backend: str, embeddings: bool) -> None:
         from facemask.runtime.model import load_onnx_model
 
-        self.model = load_onnx_model(run, backend)
+        self.model = load_onnx_model(run, backend, spinning=False)  # the pool is decoded between runs
         self.labels = self.model.labels
         self.input_side = self.model.input_side
         outputs = [o.name for o in self.model.session.get_outputs()]
