@@ -141,8 +141,7 @@ def test_select_leaves_out_the_runs_images_and_copies_and_writes_the_ranked_tabl
         assert float(row["probability"]) == max(float(row["prob_with_mask"]), float(row["prob_without_mask"]))
         assert float(row["probability"]) == float(row[f"prob_{row['suggested_label']}"])
     summary = json.loads((out / SELECT_JSON).read_text())
-    assert summary["skipped"] == {"in the run's train data": 1, "exact copy of another pool image": 1,
-                                  "unreadable": 1, "near copy of another pool image": 1}
+    assert summary["skipped"] == {"in_train_data": 1, "exact_copy": 1, "unreadable": 1, "near_copy": 1}
     assert summary["pool_files"] == 43 and summary["candidates"] == 39 and summary["images_per_s"] > 0
     assert "broken.png" in capsys.readouterr().err
     # An existing table is never replaced unless asked.

@@ -159,10 +159,10 @@ def score_pool(scorer: Any, paths: Sequence[Path], seen: Dict[str, frozenset], b
                 continue
             split = next((name for name, digests in seen.items() if digest in digests), None)
             if split is not None:
-                pool.skipped[f"in the run's {split} data"] += 1
+                pool.skipped[f"in_{split}_data"] += 1
                 continue
             if digest in first_of:
-                pool.skipped["exact copy of another pool image"] += 1
+                pool.skipped["exact_copy"] += 1
                 continue
             image, reason = read_input(path, 2 * scorer.input_side)
             if image is None:
@@ -195,6 +195,16 @@ def near_copies(hashes: List[np.ndarray], max_distance: int) -> np.ndarray:
     group = groups(len(hashes), list(zip(i.tolist(), j.tolist())))
     _, first = np.unique(group, return_index=True)
     return np.sort(first)
+
+
+SKIP_REASONS = {"exact_copy": "exact copies of another pool image", "near_copy": "near copies of another pool image",
+                "unreadable": "unreadable"}
+
+
+def described(skipped: Counter) -> str:
+    """select.json's skip counts in words: '3 in the run's train data, 1 unreadable'."""
+    words = {**SKIP_REASONS, **{k: f"in the run's {k[3:-5]} data" for k in skipped if k.startswith("in_")}}
+    return ", ".join(f"{n} {words.get(why, why)}" for why, n in skipped.items())
 
 
 def output_folder(args: Any) -> Path:
@@ -264,10 +274,10 @@ def command(args: Any) -> int:
               file=sys.stderr)
     kept = near_copies(pool.hashes, args.near_distance)
     if len(pool.files) - len(kept):
-        pool.skipped["near copy of another pool image"] = len(pool.files) - len(kept)
+        pool.skipped["near_copy"] = len(pool.files) - len(kept)
     if not len(kept):
         raise WorkFailed(f"no image of {pool_dir} can be picked: of {len(paths)} files, "
-                         + ", ".join(f"{n} {why}" for why, n in pool.skipped.items()))
+                         + described(pool.skipped))
     probs = np.concatenate(pool.probs)[kept]
     vectors = np.concatenate(pool.embeddings)[kept] if embeddings else None
     picked, scores = select(args.strategy, probs, args.budget, vectors, args.seed)
@@ -282,7 +292,7 @@ def command(args: Any) -> int:
                "images_per_s": round(pool.scored / pool.seconds, 2) if pool.seconds else None,
                "unreadable": [{"file": f, "reason": r} for f, r in pool.unreadable]}
     write_json(out / SELECT_JSON, summary)
-    skipped = ", ".join(f"{n} {why}" for why, n in pool.skipped.items()) or "none"
+    skipped = described(pool.skipped) or "none"
     print(f"picked {len(table)} of {len(kept)} candidate images ({len(paths)} files; skipped: {skipped}) by "
           f"{args.strategy}; scored {pool.scored} images in {pool.seconds:.1f} s ({summary['images_per_s']} images/s, "
           f"{args.backend}); wrote {out / TO_LABEL_CSV}")
