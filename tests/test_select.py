@@ -3,8 +3,10 @@ and the command on a tiny run and generated pools: the run's own images and copi
 table, both backends, bad input."""
 
 import csv
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +119,7 @@ def test_select_leaves_out_the_runs_images_and_copies_and_writes_the_ranked_tabl
     files = sorted(p for p in pool.rglob("*") if p.is_file())
     # A pool image the run trained on (its digest in the run's record), an exact copy, a near copy
     # (re-encoded as JPEG: other bytes, the same picture) and a file that is no image.
-    digest = __import__("hashlib").sha256(files[0].read_bytes()).hexdigest()
+    digest = hashlib.sha256(files[0].read_bytes()).hexdigest()
     with RUN_IMAGES.path(run).open("a", encoding="utf-8") as f:
         f.write(f"train,{digest}\n")
     shutil.copy(files[1], pool / "exact.png")
@@ -133,7 +135,7 @@ def test_select_leaves_out_the_runs_images_and_copies_and_writes_the_ranked_tabl
     assert str(files[0].resolve()) not in picked
     assert sum(name in (str(files[1]), str(pool / "exact.png")) for name in picked) == 1
     assert sum(name in (str(files[2]), str(pool / "near.jpg")) for name in picked) == 1
-    assert all(name.startswith("/") and __import__("pathlib").Path(name).is_file() for name in picked)
+    assert all(name.startswith("/") and Path(name).is_file() for name in picked)
     assert [int(row["rank"]) for row in table] == list(range(1, 40))
     scores = [float(row["score"]) for row in table]
     assert scores == sorted(scores, reverse=True)
