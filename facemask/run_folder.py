@@ -167,9 +167,6 @@ REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.
 # files of those folds. The figure is absent when no label is flagged.
 LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, LABEL_ISSUES_FIGURE = "label_issues.csv", "label_issues.json", "label_issues.png"
 EXCLUDE_LIST = "exclude.txt"  # the flagged images, the list data.exclude reads
-# `python -m facemask select RUN POOL`: in its output folder, the images to label next (ranked) and
-# what was scored, skipped and why.
-TO_LABEL_CSV, SELECT_JSON = "to_label.csv", "select.json"
 # `python -m facemask review DIR`: in DIR (a label-issues or select output folder). The journal is
 # appended to, one line per decision, and never rewritten; the other files are made from it after
 # every decision (a reader never sees half a file). The reviewed exclude list has a name of its own:
