@@ -398,3 +398,40 @@ def test_decisions_outlive_a_new_label_issues_run_that_no_longer_lists_the_image
         assert {c.sha256 for c in read_corrections(flagged["folder"] / "corrections.csv").rows} == {
             items[0].sha256, items[2].sha256}
         assert "sha256:" + items[1].sha256 in (flagged["folder"] / "review_exclude.txt").read_text()
+
+
+def test_a_select_output_is_reviewed_without_given_labels_and_its_labels_join_training(tiny_run, synth_folder,
+                                                                                      tmp_path):
+    """The loop closed: select picks pool images, a person labels them on the page's state,
+    corrections.csv names them by absolute path and digest with no given label, and a run given
+    data.corrections trains on them (run_info.json counts them) with nothing else to set."""
+    import shutil
+
+    import train
+    from conftest import tiny_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run().out, run)
+    assert main(["select", str(run), str(synth_folder), "--budget", "5", "--strategy", "margin",
+                 "--output", str(tmp_path / "picked")]) == 0
+    queue = load_queue(tmp_path / "picked")
+    assert queue.kind == "select" and len(queue.items) == 5 and queue.model == str(run.resolve())
+    assert queue.labels == list(CLASSES)  # the model's classes, in its order
+    assert all(item.given_label is None and item.path.is_absolute() for item in queue.items)
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, image, _, text, shown, _ = review.view()
+        assert "Given label: none" in text and "`a` keep" not in text
+        review.act(shown, "keep")  # no given label to keep: nothing written
+        assert not journal.standing
+        for item in queue.items[:4]:
+            review.act(item.sha256, f"label:{item.path.parent.name}")  # the drawn set's folder is the truth
+        review.act(queue.items[4].sha256, "exclude")
+    rows = list(csv.DictReader((tmp_path / "picked" / "corrections.csv").open()))
+    assert [(r["file"], r["given_label"]) for r in rows] == [(str(item.path), "") for item in queue.items[:4]]
+
+    data = {"synthetic": True, "synthetic_num_images": 40, "synthetic_image_size": 32, "test_split": 0.25}
+    train.main([str(tiny_config(tmp_path / "t", data={**data, "corrections": str(tmp_path / "picked" / "corrections.csv")},
+                                training={"max_steps": 1}))])
+    record = json.loads((tmp_path / "t" / "out" / "run_info.json").read_text())["data"]["corrections"]
+    assert record["added"] == 4 and record["rows"] == 4 and record["unmatched"] == 0
