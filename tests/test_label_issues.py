@@ -302,3 +302,20 @@ def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_t
 def _fold_train(config, k):
     cfg = load_config(str(config), ["data.cv_folds=2", f"data.cv_fold={k}"])
     return prepare_data(cfg.data, cfg.seed, 32).data.splits["train"], "image"
+
+
+def test_images_data_corrections_added_are_listed_by_their_absolute_path(tmp_path):
+    """A second round: the pool images a review labelled joined training through data.corrections;
+    label-issues lists them by their own file (the review page can show them), not as bare digests."""
+    from facemask.data.corrections import Correction, write_corrections
+    from facemask.training.label_issues import training_images
+
+    new = draw(tmp_path / "pool", "with_mask", 2, seed=41, size=32)
+    path = write_corrections(tmp_path / "corrections.csv", [
+        Correction(0, str(p), hashlib.sha256(p.read_bytes()).hexdigest(), None, "with_mask") for p in new])
+    data = {"synthetic": True, "synthetic_num_images": 40, "synthetic_image_size": 32, "test_split": 0.25,
+            "corrections": str(path)}
+    images = training_images(load_config(str(tiny_config(tmp_path, data=data))), 2)
+    listed = [f for f in images.files if not f.startswith("sha256:")]
+    assert sorted(listed) == sorted(str(p.resolve()) for p in new)
+    assert all(images.has_file[images.files.index(f)] for f in listed)

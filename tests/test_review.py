@@ -102,7 +102,7 @@ def test_decisions_are_journalled_at_once_and_resume_where_they_stopped(flagged)
         assert journal.record(items[0].sha256, "label", "with_mask") is None  # decided: nothing written
         assert len(_lines(flagged["folder"])) == 4
         assert journal.counts() == {"images": 8, "reviewed": 3, "changed": 1, "excluded": 1, "skipped": 1,
-                                    "remaining": 4}
+                                    "remaining": 5}  # a skipped image remains to be decided
     line = _lines(flagged["folder"])[0]
     assert set(line) == {"seq", "time", "file", "sha256", "given_label", "decision", "label"}
     assert (line["file"], line["sha256"], line["given_label"], line["label"]) == (
@@ -219,7 +219,7 @@ def test_the_map_comes_from_the_fold_model_and_is_made_ahead(tiny_run, tmp_path)
     assert np.array_equal(np.asarray(shown_map), np.asarray(explanation_image(expected.seen, expected.grid)))
 
 
-def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged, tmp_path):
+def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged, tmp_path, capsys):
     import datasets
 
     items = load_queue(flagged["folder"]).items
@@ -236,8 +236,9 @@ def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged
     assert ds[0]["image"].size == (40, 40)
     # The user's images are where they were, unchanged.
     assert all(_digest(item.path) == item.sha256 for item in items)
-    with pytest.raises(FileExistsError):
-        main(["review", str(flagged["folder"]), "--export", "imagefolder", "--output", str(tmp_path / "ex")])
+    # A second export is refused, not mixed into the first.
+    assert main(["review", str(flagged["folder"]), "--export", "imagefolder", "--output", str(tmp_path / "ex")]) == 2
+    assert "exists (an earlier export)" in capsys.readouterr().err
 
 
 def test_label_studio_export_follows_its_documented_task_format(flagged, tmp_path):
@@ -252,7 +253,8 @@ def test_label_studio_export_follows_its_documented_task_format(flagged, tmp_pat
     image, choices = config.find("Image"), config.find("Choices")
     assert image.get("value") == "$image" and choices.get("toName") == image.get("name")
     assert [c.get("value") for c in choices.findall("Choice")] == list(CLASSES)
-    assert len(tasks) == len(items)
+    # The flagged images (the first half), and the one decided.
+    assert [task["data"]["sha256"] for task in tasks] == [item.sha256 for item in items if item.flagged]
     for task, item in zip(tasks, items):
         # https://labelstud.io/guide/predictions: data holds the object's value; each prediction's
         # result names the control (from_name) and the object (to_name) of the config.
@@ -435,3 +437,81 @@ def test_a_select_output_is_reviewed_without_given_labels_and_its_labels_join_tr
                                 training={"max_steps": 1}))])
     record = json.loads((tmp_path / "t" / "out" / "run_info.json").read_text())["data"]["corrections"]
     assert record["added"] == 4 and record["rows"] == 4 and record["unmatched"] == 0
+
+
+def test_a_skipped_image_comes_back_once_the_others_are_decided(flagged):
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "skip")
+        assert journal.record(items[0].sha256, "skip") is None  # skipped already: nothing written
+        for item in items[1:]:
+            journal.record(item.sha256, "keep")
+        assert journal.current() == items[0] and journal.counts()["remaining"] == 1
+        review = Review(journal, "none")
+        _, _, _, text, shown, _ = review.view()
+        assert shown == items[0].sha256 and "Skipped earlier" in text
+        _, _, _, _, shown, _ = review.act(shown, "label:without_mask")
+        assert shown == "" and journal.counts()["remaining"] == 0 and journal.counts()["changed"] == 1
+        review.act("", "undo")  # the label taken back: the skip stands again
+        assert journal.decided[items[0].sha256].decision == "skip" and journal.current() == items[0]
+
+
+def test_exact_copies_under_two_labels_are_one_image_and_keep_is_refused(flagged):
+    import shutil
+
+    data, rows = flagged["data"], flagged["rows"]
+    shutil.copy(data / rows[0]["file"], data / "train" / "without_mask" / "copy0.png")  # a label conflict
+    copy = {**rows[0], "file": "train/without_mask/copy0.png", "given_label": "without_mask",
+            "suggested_label": "without_mask", "is_issue": False}
+    with (flagged["folder"] / "label_issues.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([rows[0], *rows[1:4], copy, *rows[4:]])
+    queue = load_queue(flagged["folder"])
+    assert len(queue.items) == 8 and queue.items[0].conflict and queue.items[0].file == rows[0]["file"]
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, _, _, text, shown, _ = review.view()
+        assert "listed under other labels" in text
+        review.act(shown, "keep")
+        assert not journal.standing  # no one label to keep
+        with pytest.raises(ValueError, match="choose its class"):
+            journal.record(shown, "keep")
+        review.act(shown, "label:with_mask")
+        assert journal.standing[0].file == rows[0]["file"] and journal.standing[0].label == "with_mask"
+
+
+def test_a_kill_between_a_decision_and_the_files_is_repaired_when_the_journal_opens(flagged, monkeypatch):
+    from facemask.data.corrections import read_corrections
+
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "label", "without_mask")
+        monkeypatch.setattr(Journal, "write_outputs", lambda self: None)  # the process dies here
+        journal.record(items[1].sha256, "keep")
+        monkeypatch.undo()
+    assert len(read_corrections(flagged["folder"] / "corrections.csv").rows) == 1  # a decision behind
+    with open_journal(flagged["folder"]):
+        assert len(read_corrections(flagged["folder"] / "corrections.csv").rows) == 2
+
+
+def test_an_export_reads_beside_an_open_page_and_creates_nothing(flagged, tmp_path):
+    with open_journal(flagged["folder"]) as journal:  # the page is open
+        journal.record(load_queue(flagged["folder"]).items[0].sha256, "label", "without_mask")
+        assert main(["review", str(flagged["folder"]), "--export", "label-studio", "--output", str(tmp_path)]) == 0
+    tasks = json.loads((tmp_path / "label_studio_tasks.json").read_text())
+    assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["without_mask"]
+    fresh = make_label_issues_folder(tmp_path / "fresh")
+    assert main(["review", str(fresh["folder"]), "--export", "label-studio", "--output", str(tmp_path / "x")]) == 0
+    assert not (fresh["folder"] / "review.jsonl").exists()
+
+
+def test_the_page_keeps_the_maps_of_the_images_ahead_only(tiny_run, tmp_path):
+    made = make_label_issues_folder(tmp_path, model=tiny_run("vit").out)
+    queue = load_queue(made["folder"])
+    with Journal(queue) as journal:
+        review = Review(journal, "ablation")
+        shown = review.view()[4]
+        for _ in range(4):
+            shown = review.act(shown, "skip")[4]
+        assert set(review.maps._done) == {item.sha256 for item in queue.items[4:7]}

@@ -12,7 +12,6 @@ batch at a time, so only probabilities, embeddings and hashes are held. Near cop
 from __future__ import annotations
 
 import csv
-import hashlib
 import sys
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from facemask.config.schema import ConfigError, DataConfig, WorkFailed
+from facemask.data.storage import file_sha256
 from facemask.curation.strategies import DEFAULT_STRATEGY, EMBEDDING_STRATEGIES, STRATEGIES, select
 from facemask.run_folder import SELECT_DIR, SELECT_JSON, TO_LABEL_CSV, write_json
 from facemask.runtime.model import EMBEDDING_OUTPUT
@@ -152,8 +152,7 @@ def score_pool(scorer: Any, paths: Sequence[Path], seen: Dict[str, frozenset], b
         for path in paths:
             bar.update(1)
             try:
-                with path.open("rb") as f:  # in blocks: a stray video in the pool costs no memory
-                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = file_sha256(path)
             except OSError as err:
                 pool.unreadable.append((str(path), str(err).splitlines()[0]))
                 continue

@@ -14,19 +14,17 @@ relative PATH is taken from the list's folder. `label-issues` writes lists of th
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from facemask.config.schema import ConfigError
+from facemask.data.storage import SHA256_HEX, file_sha256
 
 logger = logging.getLogger("facemask")
 
 PREFIX = "sha256:"
-_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class ExcludeList:
 
 def _digest(text: str, where: str) -> str:
     hex_part = text[len(PREFIX):]
-    if not _HEX.fullmatch(hex_part):
+    if not SHA256_HEX.fullmatch(hex_part):
         raise ConfigError(f"{where}: {text!r} is not a digest: expected sha256: followed by 64 hexadecimal digits")
     return hex_part.lower()
 
@@ -61,8 +59,7 @@ def _file_digest(path: Path, where: str) -> Optional[str]:
     if path.is_dir():
         raise ConfigError(f"{where}: {path} is a folder; list image files, one per line")
     try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError as err:
         raise ConfigError(f"{where}: cannot read {path}: {err.strerror or err}") from None
 
@@ -112,7 +109,7 @@ def write_exclude_list(path: str | Path, items: Iterable[Tuple[Optional[str], st
     matches once the list or the images move."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     for name, digest in items:
-        if not _HEX.fullmatch(digest or ""):
+        if not SHA256_HEX.fullmatch(digest or ""):
             raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
         if name is None:
             lines.append(f"{PREFIX}{digest.lower()}")

@@ -138,8 +138,11 @@ def write_run_images(folder: Path, inspections: Optional[Dict[str, List[object]]
         return None
     import csv
 
+    from facemask.data.storage import staged
+
     path = run_folder.RUN_IMAGES.path(folder)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    # Whole or not at all: a record cut short by a kill would let select pick the run's own images.
+    with staged(path) as partial, partial.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "sha256"])
         for split, found in inspections.items():
