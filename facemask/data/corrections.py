@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from facemask.config.schema import ConfigError
+from facemask.data.exclude import read_user_text
 from facemask.data.sources import label_key
 from facemask.data.storage import SHA256_HEX, file_sha256, staged
 
@@ -75,19 +76,8 @@ def read_corrections(path: str | Path) -> Corrections:
     CSV, a missing column, a malformed digest, an empty label or one digest given two labels is a
     ConfigError naming the file and the line. Nothing is matched yet (`apply_corrections`)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"data.corrections: {path} {what}: give the CSV of label decisions "
-                          "(python -m facemask review writes one: corrections.csv)")
-    raw = path.read_bytes()
-    if b"\0" in raw:
-        raise ConfigError(f"data.corrections: {path} is not a CSV (it holds NUL bytes: an image or another binary "
-                          f"file?); {_HINT}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"data.corrections: {path} is not a CSV (byte {err.start} is not UTF-8: an image or another "
-                          f"binary file?); {_HINT}") from None
+    text = read_user_text(path, "data.corrections", "a CSV", _HINT,
+                          "give the CSV of label decisions (python -m facemask review writes one: corrections.csv)")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:

@@ -64,25 +64,32 @@ def _file_digest(path: Path, where: str) -> Optional[str]:
         raise ConfigError(f"{where}: cannot read {path}: {err.strerror or err}") from None
 
 
+def read_user_text(path: Path, key: str, what: str, hint: str, missing: str) -> str:
+    """The text of a file a user names under config key `key` (data.exclude, data.corrections): a
+    ConfigError naming the key, the file and what to do when it is missing, a folder, binary (an
+    image given by mistake) or not UTF-8. `what`: "a text list", "a CSV"; `missing`: what to give."""
+    if not path.is_file():
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{key}: {path} {found}: {missing}")
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise ConfigError(f"{key}: {path} is not {what} (it holds NUL bytes: an image or another binary file?); {hint}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{key}: {path} is not {what} (byte {err.start} is not UTF-8: an image or another binary "
+                          f"file?); {hint}") from None
+
+
 def read_exclude_list(path: str | Path) -> ExcludeList:
     """The list at `path`, each line's digest found (see the module docstring). A listed file that
     is missing and has no digest is kept as an entry without one (ExcludeList.not_found); a file
     that is not a text list, or a malformed digest, is a ConfigError naming the file and line."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"data.exclude: {path} {what}: give a text file listing the images to leave out "
-                          "(python -m facemask label-issues writes one: exclude.txt)")
-    raw = path.read_bytes()
-    hint = "expected a text list of image files or sha256: digests, one per line (docs/data.md)"
-    if b"\0" in raw:
-        raise ConfigError(f"data.exclude: {path} is not a text list (it holds NUL bytes: an image or another "
-                          f"binary file?); {hint}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"data.exclude: {path} is not a text list (byte {err.start} is not UTF-8: an image or "
-                          f"another binary file?); {hint}") from None
+    text = read_user_text(path, "data.exclude", "a text list",
+                          "expected a text list of image files or sha256: digests, one per line (docs/data.md)",
+                          "give a text file listing the images to leave out (python -m facemask label-issues writes "
+                          "one: exclude.txt)")
     folder = path.parent
     entries = []
     for number, line in enumerate(text.splitlines(), start=1):
