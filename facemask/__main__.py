@@ -29,6 +29,7 @@ COMMANDS = {  # name: (where its add_arguments and command live, its one-line he
     "repeat": ("facemask.training.repeat", "a config once per seed or fold: each run's metrics, mean and spread"),
     "label-issues": ("facemask.training.label_issues", "training labels that are probably wrong (cleanlab)"),
     "review": ("facemask.curation.review", "review flagged or selected images in the browser, one key a decision"),
+    "select": ("facemask.curation.select", "the unlabelled images to label next: uncertain, diverse, no copies"),
     "pretrain": ("facemask.training.pretrain", "masked image modelling (SimMIM) on unlabelled images"),
     "card": ("facemask.publish.cli:card", "regenerate a run's model card from the files it left"),
     "push": ("facemask.publish.cli:push", "push a finished run (model, card, results, plots) to the Hub"),

@@ -130,6 +130,13 @@ PRETRAINING_LOSS_FIGURE = Output("pretraining_loss.png", "`python -m facemask pr
                                  "the reconstruction loss over training", True)
 RECONSTRUCTIONS_FIGURE = Output("reconstructions.png", "`python -m facemask pretrain`",
                                 "held-out images, masked, and the model's reconstructions", True)
+RUN_IMAGES = Output("run_images.csv", "train.py", "split, content SHA-256 of every image each split holds (the audit's "
+                    "digest; absent with data.audit false): `select` leaves them out of a pool", False)
+# python -m facemask select: its own folder (default RUN/select-<strategy>-<budget>, or --output),
+# inside the run folder by default.
+SELECT_DIR = Output("select-*", "`python -m facemask select`", "the images to label next (to_label.csv) and how they "
+                    "were picked (select.json), a folder per strategy and budget", False)
+TO_LABEL_CSV, SELECT_JSON = "to_label.csv", "select.json"
 # python -m facemask export.
 ONNX_DIR = "onnx"
 ONNX_GRAPH = Output("onnx/model.onnx", "`python -m facemask export`", "the model as an ONNX graph (fp32)", True)
@@ -160,9 +167,6 @@ REPEAT_RESULTS_CSV, REPEAT_RESULTS_JSON = "repeat_results.csv", "repeat_results.
 # files of those folds. The figure is absent when no label is flagged.
 LABEL_ISSUES_CSV, LABEL_ISSUES_JSON, LABEL_ISSUES_FIGURE = "label_issues.csv", "label_issues.json", "label_issues.png"
 EXCLUDE_LIST = "exclude.txt"  # the flagged images, the list data.exclude reads
-# `python -m facemask select RUN POOL`: in its output folder, the images to label next (ranked) and
-# what was scored, skipped and why.
-TO_LABEL_CSV, SELECT_JSON = "to_label.csv", "select.json"
 # `python -m facemask review DIR`: in DIR (a label-issues or select output folder). The journal is
 # appended to, one line per decision, and never rewritten; the other files are made from it after
 # every decision (a reader never sees half a file). The reviewed exclude list has a name of its own:
@@ -184,6 +188,7 @@ OUTPUTS: List[Output] = [
     ADAPTER, TEACHER, LOCK, STATE, ALL_RESULTS, CHECKPOINTS, TRACKER_LOGS, AUDIT_JSON, AUDIT_MD, OPERATING_POINTS, RESULTS, PREDICTIONS, CONFUSION,
     CONFUSION_FIGURE, REPORT, ROC_FIGURE, SLICES, CALIBRATION, CALIBRATION_FIGURE, INTERVALS, ERRORS, ERRORS_FIGURE,
     SHORTCUT_TEST, ROBUSTNESS, ROBUSTNESS_FIGURE, OCCLUSION_FIGURE, CARD, CURVES_FIGURE, PRETRAINING, PRETRAINING_IMAGES, PRETRAINING_LOSS_FIGURE, RECONSTRUCTIONS_FIGURE,
+    RUN_IMAGES, SELECT_DIR,
     ONNX_GRAPH, ONNX_INT8, PARITY, HANDLER, HANDLER_CONFIG, SPACE_DIR,
 ]
 ONNX_FILES = {"onnx": ONNX_GRAPH.name.split("/")[-1], "onnx-int8": ONNX_INT8.name.split("/")[-1]}

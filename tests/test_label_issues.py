@@ -320,3 +320,20 @@ def test_a_training_folder_of_symbolic_links_keeps_its_images_names(tmp_path):
     assert _relative(str(photos / "a.png"), tmp_path / "via") == "with_mask/a.png"
     assert _relative(str(photos / "a.png"), tmp_path / "photos") == "with_mask/a.png"
     assert _relative(str(tmp_path / "elsewhere.png"), folder) is None
+
+
+def test_images_data_corrections_added_are_listed_by_their_absolute_path(tmp_path):
+    """A second round: the pool images a review labelled joined training through data.corrections;
+    label-issues lists them by their own file (the review page can show them), not as bare digests."""
+    from facemask.data.corrections import Correction, write_corrections
+    from facemask.training.label_issues import training_images
+
+    new = draw(tmp_path / "pool", "with_mask", 2, seed=41, size=32)
+    path = write_corrections(tmp_path / "corrections.csv", [
+        Correction(0, str(p), hashlib.sha256(p.read_bytes()).hexdigest(), None, "with_mask") for p in new])
+    data = {"synthetic": True, "synthetic_num_images": 40, "synthetic_image_size": 32, "test_split": 0.25,
+            "corrections": str(path)}
+    images = training_images(load_config(str(tiny_config(tmp_path, data=data))), 2)
+    listed = [f for f in images.files if not f.startswith("sha256:")]
+    assert sorted(listed) == sorted(str(p.resolve()) for p in new)
+    assert all(images.has_file[images.files.index(f)] for f in listed)

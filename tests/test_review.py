@@ -102,7 +102,7 @@ def test_decisions_are_journalled_at_once_and_resume_where_they_stopped(flagged)
         assert journal.record(items[0].sha256, "label", "with_mask") is None  # decided: nothing written
         assert len(_lines(flagged["folder"])) == 4
         assert journal.counts() == {"images": 8, "reviewed": 3, "changed": 1, "excluded": 1, "skipped": 1,
-                                    "remaining": 4}
+                                    "remaining": 5}  # a skipped image remains to be decided
     line = _lines(flagged["folder"])[0]
     assert set(line) == {"seq", "time", "file", "sha256", "given_label", "decision", "label"}
     assert (line["file"], line["sha256"], line["given_label"], line["label"]) == (
@@ -219,7 +219,7 @@ def test_the_map_comes_from_the_fold_model_and_is_made_ahead(tiny_run, tmp_path)
     assert np.array_equal(np.asarray(shown_map), np.asarray(explanation_image(expected.seen, expected.grid)))
 
 
-def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged, tmp_path):
+def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged, tmp_path, capsys):
     import datasets
 
     items = load_queue(flagged["folder"]).items
@@ -236,8 +236,9 @@ def test_imagefolder_export_is_read_by_datasets_with_the_reviewed_labels(flagged
     assert ds[0]["image"].size == (40, 40)
     # The user's images are where they were, unchanged.
     assert all(_digest(item.path) == item.sha256 for item in items)
-    with pytest.raises(FileExistsError):
-        main(["review", str(flagged["folder"]), "--export", "imagefolder", "--output", str(tmp_path / "ex")])
+    # A second export is refused, not mixed into the first.
+    assert main(["review", str(flagged["folder"]), "--export", "imagefolder", "--output", str(tmp_path / "ex")]) == 2
+    assert "exists (an earlier export)" in capsys.readouterr().err
 
 
 def test_label_studio_export_follows_its_documented_task_format(flagged, tmp_path):
@@ -252,7 +253,8 @@ def test_label_studio_export_follows_its_documented_task_format(flagged, tmp_pat
     image, choices = config.find("Image"), config.find("Choices")
     assert image.get("value") == "$image" and choices.get("toName") == image.get("name")
     assert [c.get("value") for c in choices.findall("Choice")] == list(CLASSES)
-    assert len(tasks) == len(items)
+    # The flagged images (the first half), and the one decided.
+    assert [task["data"]["sha256"] for task in tasks] == [item.sha256 for item in items if item.flagged]
     for task, item in zip(tasks, items):
         # https://labelstud.io/guide/predictions: data holds the object's value; each prediction's
         # result names the control (from_name) and the object (to_name) of the config.
@@ -377,3 +379,139 @@ def test_copies_the_audit_found_are_shown_beside_the_image(flagged):
         _, _, _, text, _, copies = review.view()
         assert "img4.png [with_mask] at distance 2" in text
         assert len(copies) == 1 and copies[0][0].size == (40, 40) and "distance 2" in copies[0][1]
+
+
+def test_decisions_outlive_a_new_label_issues_run_that_no_longer_lists_the_image(flagged):
+    from facemask.data.corrections import read_corrections
+
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "label", "without_mask")
+        journal.record(items[1].sha256, "exclude")
+    csv_path = flagged["folder"] / "label_issues.csv"
+    rows = list(csv.DictReader(csv_path.open()))
+    with csv_path.open("w", newline="") as f:  # label-issues run again: image 0 and 1 no longer listed
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[2:])
+    with open_journal(flagged["folder"]) as journal:
+        assert journal.current() == items[2] and journal.counts()["remaining"] == 6
+        journal.record(items[2].sha256, "keep")
+        assert {c.sha256 for c in read_corrections(flagged["folder"] / "corrections.csv").rows} == {
+            items[0].sha256, items[2].sha256}
+        assert "sha256:" + items[1].sha256 in (flagged["folder"] / "review_exclude.txt").read_text()
+
+
+def test_a_select_output_is_reviewed_without_given_labels_and_its_labels_join_training(tiny_run, synth_folder,
+                                                                                      tmp_path):
+    """The loop closed: select picks pool images, a person labels them on the page's state,
+    corrections.csv names them by absolute path and digest with no given label, and a run given
+    data.corrections trains on them (run_info.json counts them) with nothing else to set."""
+    import shutil
+
+    import train
+    from conftest import tiny_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run().out, run)
+    assert main(["select", str(run), str(synth_folder), "--budget", "5", "--strategy", "margin",
+                 "--output", str(tmp_path / "picked")]) == 0
+    queue = load_queue(tmp_path / "picked")
+    assert queue.kind == "select" and len(queue.items) == 5 and queue.model == str(run.resolve())
+    assert queue.labels == list(CLASSES)  # the model's classes, in its order
+    assert all(item.given_label is None and item.path.is_absolute() for item in queue.items)
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, image, _, text, shown, _ = review.view()
+        assert "Given label: none" in text and "`a` keep" not in text
+        review.act(shown, "keep")  # no given label to keep: nothing written
+        assert not journal.standing
+        for item in queue.items[:4]:
+            review.act(item.sha256, f"label:{item.path.parent.name}")  # the drawn set's folder is the truth
+        review.act(queue.items[4].sha256, "exclude")
+    rows = list(csv.DictReader((tmp_path / "picked" / "corrections.csv").open()))
+    assert [(r["file"], r["given_label"]) for r in rows] == [(str(item.path), "") for item in queue.items[:4]]
+
+    data = {"synthetic": True, "synthetic_num_images": 40, "synthetic_image_size": 32, "test_split": 0.25}
+    train.main([str(tiny_config(tmp_path / "t", data={**data, "corrections": str(tmp_path / "picked" / "corrections.csv")},
+                                training={"max_steps": 1}))])
+    record = json.loads((tmp_path / "t" / "out" / "run_info.json").read_text())["data"]["corrections"]
+    assert record["added"] == 4 and record["rows"] == 4 and record["unmatched"] == 0
+
+
+def test_a_skipped_image_comes_back_once_the_others_are_decided(flagged):
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "skip")
+        assert journal.record(items[0].sha256, "skip") is None  # skipped already: nothing written
+        for item in items[1:]:
+            journal.record(item.sha256, "keep")
+        assert journal.current() == items[0] and journal.counts()["remaining"] == 1
+        review = Review(journal, "none")
+        _, _, _, text, shown, _ = review.view()
+        assert shown == items[0].sha256 and "Skipped earlier" in text
+        _, _, _, _, shown, _ = review.act(shown, "label:without_mask")
+        assert shown == "" and journal.counts()["remaining"] == 0 and journal.counts()["changed"] == 1
+        review.act("", "undo")  # the label taken back: the skip stands again
+        assert journal.decided[items[0].sha256].decision == "skip" and journal.current() == items[0]
+
+
+def test_exact_copies_under_two_labels_are_one_image_and_keep_is_refused(flagged):
+    import shutil
+
+    data, rows = flagged["data"], flagged["rows"]
+    shutil.copy(data / rows[0]["file"], data / "train" / "without_mask" / "copy0.png")  # a label conflict
+    copy = {**rows[0], "file": "train/without_mask/copy0.png", "given_label": "without_mask",
+            "suggested_label": "without_mask", "is_issue": False}
+    with (flagged["folder"] / "label_issues.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([rows[0], *rows[1:4], copy, *rows[4:]])
+    queue = load_queue(flagged["folder"])
+    assert len(queue.items) == 8 and queue.items[0].conflict and queue.items[0].file == rows[0]["file"]
+    with Journal(queue) as journal:
+        review = Review(journal, "none")
+        _, _, _, text, shown, _ = review.view()
+        assert "listed under other labels" in text
+        review.act(shown, "keep")
+        assert not journal.standing  # no one label to keep
+        with pytest.raises(ValueError, match="choose its class"):
+            journal.record(shown, "keep")
+        review.act(shown, "label:with_mask")
+        assert journal.standing[0].file == rows[0]["file"] and journal.standing[0].label == "with_mask"
+
+
+def test_a_kill_between_a_decision_and_the_files_is_repaired_when_the_journal_opens(flagged, monkeypatch):
+    from facemask.data.corrections import read_corrections
+
+    items = load_queue(flagged["folder"]).items
+    with open_journal(flagged["folder"]) as journal:
+        journal.record(items[0].sha256, "label", "without_mask")
+        monkeypatch.setattr(Journal, "write_outputs", lambda self: None)  # the process dies here
+        journal.record(items[1].sha256, "keep")
+        monkeypatch.undo()
+    assert len(read_corrections(flagged["folder"] / "corrections.csv").rows) == 1  # a decision behind
+    with open_journal(flagged["folder"]):
+        assert len(read_corrections(flagged["folder"] / "corrections.csv").rows) == 2
+
+
+def test_an_export_reads_beside_an_open_page_and_creates_nothing(flagged, tmp_path):
+    with open_journal(flagged["folder"]) as journal:  # the page is open
+        journal.record(load_queue(flagged["folder"]).items[0].sha256, "label", "without_mask")
+        assert main(["review", str(flagged["folder"]), "--export", "label-studio", "--output", str(tmp_path)]) == 0
+    tasks = json.loads((tmp_path / "label_studio_tasks.json").read_text())
+    assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["without_mask"]
+    fresh = make_label_issues_folder(tmp_path / "fresh")
+    assert main(["review", str(fresh["folder"]), "--export", "label-studio", "--output", str(tmp_path / "x")]) == 0
+    assert not (fresh["folder"] / "review.jsonl").exists()
+
+
+def test_the_page_keeps_the_maps_of_the_images_ahead_only(tiny_run, tmp_path):
+    made = make_label_issues_folder(tmp_path, model=tiny_run("vit").out)
+    queue = load_queue(made["folder"])
+    with Journal(queue) as journal:
+        review = Review(journal, "ablation")
+        shown = review.view()[4]
+        for _ in range(4):
+            shown = review.act(shown, "skip")[4]
+        assert set(review.maps._done) == {item.sha256 for item in queue.items[4:7]}

@@ -18,9 +18,12 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
+from facemask.config.schema import ConfigError
 from facemask.curation.journal import Journal
+from facemask.data.storage import staged
 from facemask.curation.queue import Item, Queue
 from facemask.run_folder import IMAGEFOLDER_EXPORT, IMAGEFOLDER_METADATA, LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS
 
@@ -36,24 +39,27 @@ def label_studio_config(labels: List[str]) -> str:
 
 
 def _local_files_url(item: Item, queue: Queue) -> str:
-    """Label Studio's local-files URL of the image: relative to the data folder (its document root)."""
+    """Label Studio's local-files URL of the image: relative to the data folder (its document root),
+    percent-encoded (a name with a space, # or & stays one path)."""
     if queue.data_folder is not None and not Path(item.file).is_absolute():
-        return f"/data/local-files/?d={item.file}"
-    return f"/data/local-files/?d={str(item.path).lstrip('/')}"
+        return f"/data/local-files/?d={quote(item.file)}"
+    return f"/data/local-files/?d={quote(str(item.path).lstrip('/'))}"
 
 
-def _choice(label: str, score: float | None = None) -> Dict[str, Any]:
-    value = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}
-    return value
+def _choice(label: str) -> Dict[str, Any]:
+    return {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}
 
 
 def label_studio_tasks(journal: Journal, model_version: str) -> List[Dict[str, Any]]:
-    """One task per image of the queue, in its order: data (the image, its file, digest and given
-    label), the suggestion as a prediction with its probability, and a standing label or keep decision
-    as an annotation (an excluded or skipped image has none)."""
+    """One task per image to review, in the queue's order: label-issues' flagged images and any other
+    image a person decided, or every select pick. Data (the image, its file, digest and given label),
+    the suggestion as a prediction with its probability, and a standing label or keep decision as an
+    annotation (an excluded or skipped image has none)."""
     queue, decided = journal.queue, journal.decided
+    shown = [item for item in queue.items
+             if queue.kind != "label-issues" or item.flagged or item.sha256 in decided]
     tasks = []
-    for number, item in enumerate(queue.items, start=1):
+    for number, item in enumerate(shown, start=1):
         task: Dict[str, Any] = {"id": number,
                                 "data": {"image": _local_files_url(item, queue), "file": item.file,
                                          "sha256": item.sha256, "given_label": item.given_label or ""}}
@@ -71,11 +77,14 @@ def write_label_studio(journal: Journal, out: Path) -> List[Path]:
     queue = journal.queue
     version = queue.model or (f"label-issues {queue.folder.name}" if queue.kind == "label-issues" else "select")
     out.mkdir(parents=True, exist_ok=True)
-    tasks_path, config_path = out / LABEL_STUDIO_TASKS, out / LABEL_STUDIO_CONFIG
-    tasks_path.write_text(json.dumps(label_studio_tasks(journal, version), indent=1, ensure_ascii=False) + "\n",
-                          encoding="utf-8")
-    config_path.write_text(label_studio_config(queue.labels), encoding="utf-8")
-    return [tasks_path, config_path]
+    written = []
+    for path, text in ((out / LABEL_STUDIO_TASKS,
+                        json.dumps(label_studio_tasks(journal, version), indent=1, ensure_ascii=False) + "\n"),
+                       (out / LABEL_STUDIO_CONFIG, label_studio_config(queue.labels))):
+        with staged(path) as partial:  # a reader, Label Studio's import among them, never sees half a file
+            partial.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def _link(source: Path, target: Path) -> None:
@@ -95,25 +104,26 @@ def write_imagefolder(journal: Journal, out: Path) -> List[Path]:
     collide), and metadata.csv. An earlier export there is refused rather than mixed with this one."""
     folder = out / IMAGEFOLDER_EXPORT
     if folder.exists():
-        raise FileExistsError(f"{folder} exists (an earlier export): move it away or give another --output")
+        raise ConfigError(f"{folder} exists (an earlier export): move it away or give another --output")
     items = journal.queue.by_digest()
-    rows = []
-    for made in journal.standing:
-        item = items.get(made.sha256)
-        if made.label is None or item is None or item.path is None:
-            continue
-        name = f"images/{made.sha256[:16]}{item.path.suffix.lower()}"
-        _link(item.path, folder / name)
-        rows.append({"file_name": name, "label": made.label, "sha256": made.sha256,
-                     "given_label": made.given_label or "", "decision": made.decision, "source_file": made.file})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / IMAGEFOLDER_METADATA
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["file_name", "label", "sha256", "given_label", "decision",
-                                               "source_file"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return [path]
+    out.mkdir(parents=True, exist_ok=True)
+    # Made under a temporary name and renamed when whole: a failure leaves no half export behind.
+    with staged(folder, folder=True) as partial:
+        rows = []
+        for made in journal.decided.values():
+            item = items.get(made.sha256)
+            if made.label is None or item is None or item.path is None:
+                continue
+            name = f"images/{made.sha256[:16]}{item.path.suffix.lower()}"
+            _link(item.path, partial / name)
+            rows.append({"file_name": name, "label": made.label, "sha256": made.sha256,
+                         "given_label": made.given_label or "", "decision": made.decision, "source_file": made.file})
+        with (partial / IMAGEFOLDER_METADATA).open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["file_name", "label", "sha256", "given_label", "decision",
+                                                   "source_file"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return [folder / IMAGEFOLDER_METADATA]
 
 
 def export(journal: Journal, fmt: str, out: Path) -> List[Path]:

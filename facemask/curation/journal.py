@@ -60,25 +60,41 @@ class Journal:
     """
 
     def __init__(self, queue: Queue, lock: bool = True) -> None:
+        """`lock=False`: read only (an export beside an open page): nothing is written or created."""
         self.queue = queue
         self.path = queue.folder / REVIEW_JOURNAL
         self.standing: List[Decision] = []  # in the order made; undo pops the last
         self.damaged = 0
+        self.writable = lock
         self._seq = 0
         self._mutex = threading.Lock()
         self._items = queue.by_digest()
+        self._handle: Optional[Any] = None
+        if not lock:
+            if self.path.is_file():
+                with self.path.open(encoding="utf-8") as handle:
+                    self._replay(handle.read())
+            return
         self._handle = self.path.open("a+", encoding="utf-8")
-        if lock:
-            try:
-                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._handle.close()
-                raise ReviewBusy(f"another review is open on {queue.folder} ({self.path} is locked): close it first, "
-                                 "so that no decision is written twice") from None
-        self._replay()
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise ReviewBusy(f"another review is open on {queue.folder} ({self.path} is locked): close it first, "
+                             "so that no decision is written twice") from None
+        self._handle.seek(0)
+        text = self._handle.read()
+        self._replay(text)
+        if text and not text.endswith("\n"):
+            # A half-written last line stays as it is (nothing is rewritten); the next line starts afresh.
+            self._append_raw("\n")
+        if self.standing or (queue.folder / CORRECTIONS_CSV).exists():
+            # A process killed between a decision and these files left them a decision behind.
+            self.write_outputs()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     def __enter__(self) -> "Journal":
         return self
@@ -86,9 +102,7 @@ class Journal:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _replay(self) -> None:
-        self._handle.seek(0)
-        text = self._handle.read()
+    def _replay(self, text: str) -> None:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -106,11 +120,10 @@ class Journal:
                 self.damaged += 1
                 logger.warning("%s, line %d: not a decision (a write a killed process left half done?): passed over",
                                self.path, number)
-        if text and not text.endswith("\n"):
-            # A half-written last line stays as it is (nothing is rewritten); the next line starts afresh.
-            self._append_raw("\n")
 
     def _append_raw(self, text: str) -> None:
+        if self._handle is None:
+            raise RuntimeError(f"{self.path} is open read only")
         self._handle.write(text)
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -120,12 +133,17 @@ class Journal:
 
     @property
     def decided(self) -> Dict[str, Decision]:
+        """Each image's decision standing (the last made: a skipped image decided later is decided)."""
         return {d.sha256: d for d in self.standing}
 
     def current(self) -> Optional[Item]:
-        """The first image of the queue with no decision standing: where the page resumes."""
+        """Where the page resumes: the first image of the queue with no decision standing; once every
+        image has one, the first skipped image (skip is "not now"), in the queue's order."""
         decided = self.decided
-        return next((item for item in self.queue.items if item.sha256 not in decided), None)
+        undecided = next((item for item in self.queue.items if item.sha256 not in decided), None)
+        if undecided is not None:
+            return undecided
+        return next((item for item in self.queue.items if decided[item.sha256].decision == "skip"), None)
 
     def record(self, sha256: str, decision: str, label: Optional[str] = None) -> Optional[Decision]:
         """Decide image `sha256`: appended and synced before this returns, then the corrections and
@@ -141,11 +159,16 @@ class Journal:
         elif decision == "keep":
             if item.given_label is None:
                 raise ValueError(f"{item.file} has no given label to keep: choose its class")
+            if item.conflict:
+                raise ValueError(f"{item.file} has exact copies listed under other labels: choose its class")
             label = item.given_label
         else:
             label = None
         with self._mutex:
-            if sha256 in self.decided:
+            standing = self.decided.get(sha256)
+            # Decided already (another tab, a key pressed twice): nothing written. A skip is "not
+            # now": a later decision on that image stands over it.
+            if standing is not None and (standing.decision != "skip" or decision == "skip"):
                 return None
             self._seq += 1
             made = Decision(self._seq, _now(), item.file, item.sha256, item.given_label, decision, label)
@@ -167,13 +190,17 @@ class Journal:
             return last
 
     def counts(self) -> Dict[str, int]:
-        standing = self.standing
+        decided = self.decided
+        made = list(decided.values())
         return {"images": len(self.queue.items),
-                "reviewed": sum(d.decision in REVIEWED for d in standing),
-                "changed": sum(d.changed for d in standing),
-                "excluded": sum(d.decision == "exclude" for d in standing),
-                "skipped": sum(d.decision == "skip" for d in standing),
-                "remaining": len(self.queue.items) - len(standing)}
+                "reviewed": sum(d.decision in REVIEWED for d in made),
+                "changed": sum(d.changed for d in made),
+                "excluded": sum(d.decision == "exclude" for d in made),
+                "skipped": sum(d.decision == "skip" for d in made),
+                # Skipped images remain to be decided; decisions on images no longer listed (a
+                # label-issues run again) take none away.
+                "remaining": sum(item.sha256 not in decided or decided[item.sha256].decision == "skip"
+                                 for item in self.queue.items)}
 
     def write_outputs(self) -> None:
         """corrections.csv (every label a person gave or confirmed) and review_exclude.txt (every
@@ -182,13 +209,15 @@ class Journal:
         from facemask.data.exclude import write_exclude_list
         from facemask.data.storage import staged
 
-        labelled = [d for d in self.standing if d.decision in ("label", "keep")]
+        made = list(self.decided.values())
+        labelled = [d for d in made if d.decision in ("label", "keep")]
         write_corrections(self.queue.folder / CORRECTIONS_CSV,
                           [Correction(0, d.file, d.sha256, d.given_label, d.label) for d in labelled])
-        excluded = [d for d in self.standing if d.decision == "exclude"]
+        excluded = [d for d in made if d.decision == "exclude"]
         items = self._items
+        paths = {d.sha256: items[d.sha256].path if d.sha256 in items else None for d in excluded}
         with staged(self.queue.folder / REVIEW_EXCLUDE_LIST) as partial:
-            write_exclude_list(partial, [(str(items[d.sha256].path) if items[d.sha256].path else None, d.sha256)
+            write_exclude_list(partial, [(str(paths[d.sha256]) if paths[d.sha256] else None, d.sha256)
                                          for d in excluded],
                                f"{len(excluded)} images excluded by a person in python -m facemask review "
                                f"({self.path.name}); data.exclude reads this list.")
@@ -198,8 +227,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def open_journal(folder: str | Path) -> Journal:
-    """The queue of `folder` and its journal, replayed (a ConfigError if either cannot be read)."""
+def open_journal(folder: str | Path, lock: bool = True) -> Journal:
+    """The queue of `folder` and its journal, replayed (a ConfigError if either cannot be read);
+    `lock=False` reads it only."""
     from facemask.curation.queue import load_queue
 
-    return Journal(load_queue(folder))
+    return Journal(load_queue(folder), lock)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +27,8 @@ class Item:
     probability: Optional[float]  # the model's (out-of-fold for label-issues) probability of the suggestion
     flagged: bool = False  # label-issues' is_issue
     fold: Optional[int] = None  # the fold model that did not train on it (its map)
+    # Exact copies (one digest) listed under different given labels: there is no one label to keep.
+    conflict: bool = False
 
 
 @dataclass
@@ -82,17 +84,25 @@ def _label_issues(folder: Path) -> Queue:
         raise ConfigError(f"{folder / LABEL_ISSUES_JSON} is missing or from an older version: run label-issues again "
                           "with the same command (it reuses its finished folds)")
     data_folder = Path(report["data_folder"]) if report.get("data_folder") else None
-    items, without = [], 0
+    items: Dict[str, Item] = {}  # one item per digest: exact copies are one image, decided once
+    without = 0
     for row in _rows(folder / LABEL_ISSUES_CSV, "label-issues"):
-        has_file = data_folder is not None and not row["file"].startswith("sha256:")
+        # A file outside the data folder (an image data.corrections added) is listed by its absolute path.
+        has_file = not row["file"].startswith("sha256:") and (data_folder is not None or Path(row["file"]).is_absolute())
         if not has_file:
             without += 1
             continue
-        items.append(Item(row["sha256"], row["file"], data_folder / row["file"], row["given_label"],
-                          row["suggested_label"], _number(row["suggested_probability"]),
-                          row.get("is_issue") == "True", int(row["fold"])))
+        first = items.get(row["sha256"])
+        if first is not None:
+            if first.given_label != row["given_label"]:
+                items[row["sha256"]] = replace(first, conflict=True)
+            continue
+        items[row["sha256"]] = Item(row["sha256"], row["file"], (data_folder or Path("/")) / row["file"],
+                                    row["given_label"], row["suggested_label"], _number(row["suggested_probability"]),
+                                    row.get("is_issue") == "True", int(row["fold"]))
     fold_runs = [folder / name for name in report.get("fold_runs", [])]
-    queue = Queue(folder, "label-issues", list(report["labels"]), items, data_folder, fold_runs, without_file=without)
+    queue = Queue(folder, "label-issues", list(report["labels"]), list(items.values()), data_folder, fold_runs,
+                  without_file=without)
     queue.copies = _copies(fold_runs, data_folder, queue.by_digest())
     return queue
 

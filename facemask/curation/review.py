@@ -11,7 +11,6 @@ shows, looked up in the queue; no path from the browser is read.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from facemask.config.schema import ConfigError
 from facemask.curation.journal import Journal
 from facemask.curation.queue import Item, Queue
+from facemask.data.storage import file_sha256
 from facemask.web import add_page_arguments, warn_if_reachable
 
 logger = logging.getLogger("facemask")
@@ -87,9 +87,14 @@ class Maps:
             return None
 
     def ahead(self, items: List[Item]) -> None:
+        """Start the maps of `items` (the image shown and the next ones); the others are dropped, so a
+        long review holds a few maps, not one per image seen."""
         if self.method == "none":
             return
         with self._lock:
+            wanted = {item.sha256 for item in items}
+            for digest in [d for d in self._done if d not in wanted]:
+                self._done.pop(digest).cancel()
             for item in items:
                 if item.sha256 not in self._done:
                     self._done[item.sha256] = self._worker.submit(self._safe, item)
@@ -97,8 +102,9 @@ class Maps:
     def get(self, item: Item) -> Optional[Any]:
         if self.method == "none":
             return None
-        self.ahead([item])
-        return self._done[item.sha256].result()
+        with self._lock:
+            found = self._done.get(item.sha256) or self._worker.submit(self._safe, item)
+        return found.result()
 
 
 def open_item(item: Item, side: int = SHOWN_SIDE) -> Tuple[Optional[Any], str]:
@@ -111,8 +117,7 @@ def open_item(item: Item, side: int = SHOWN_SIDE) -> Tuple[Optional[Any], str]:
     image, why = read_input(item.path, side)
     if image is None:
         return None, f"cannot be opened: {why}"
-    with item.path.open("rb") as handle:
-        now = hashlib.file_digest(handle, "sha256").hexdigest()
+    now = file_sha256(item.path)
     note = "" if now == item.sha256 else ("the file changed since it was listed: the decision applies to the "
                                           "listed content (its digest), which this file no longer has")
     return image, note
@@ -129,13 +134,18 @@ class Review:
         self.maps = Maps(self.queue, method)
 
     def _upcoming(self, count: int) -> List[Item]:
+        """The image the page shows and the next ones: those with no decision, then the skipped ones."""
         decided = self.journal.decided
-        return [item for item in self.queue.items if item.sha256 not in decided][:count]
+        fresh = [item for item in self.queue.items if item.sha256 not in decided]
+        if len(fresh) < count:
+            fresh += [item for item in self.queue.items if item.sha256 in decided
+                      and decided[item.sha256].decision == "skip"]
+        return fresh[:count]
 
     def progress(self) -> str:
         c = self.journal.counts()
-        return (f"**{c['reviewed']} reviewed**, {c['remaining']} remaining of {c['images']}; "
-                f"{c['changed']} labels changed, {c['excluded']} excluded, {c['skipped']} skipped")
+        return (f"**{c['reviewed']} reviewed**, {c['remaining']} remaining of {c['images']} ({c['skipped']} of them "
+                f"skipped); {c['changed']} labels changed, {c['excluded']} excluded")
 
     def describe(self, item: Item) -> str:
         lines = [f"**{item.file}**"]
@@ -143,6 +153,11 @@ class Review:
             lines.append(f"Given label: **{item.given_label}**")
         else:
             lines.append("Given label: none (a pool image)")
+        if item.conflict:
+            lines.append("Its exact copies are listed under other labels: choose its class (`a` cannot keep one).")
+        made = self.journal.decided.get(item.sha256)
+        if made is not None and made.decision == "skip":
+            lines.append("Skipped earlier: every other image is decided.")
         if item.suggested_label:
             where = "out-of-fold, from the model that did not train on it" if self.queue.kind == "label-issues" \
                 else "the run's model"
@@ -189,10 +204,12 @@ class Review:
             # last decision) refreshes instead.
             if shown == (current.sha256 if current else ""):
                 self.journal.undo()
-        elif shown and shown in self.queue.by_digest():
+        elif shown and current is not None and shown == current.sha256:
+            # Only the image the tab shows, when it is still the current one: a tab left on an image
+            # decided elsewhere (or a skipped one shown again elsewhere) refreshes instead.
             if action.startswith("label:"):
                 self.journal.record(shown, "label", action.split(":", 1)[1])
-            elif action == "keep" and self.queue.kind == "label-issues":
+            elif action == "keep" and current.given_label is not None and not current.conflict:
                 self.journal.record(shown, "keep")
             elif action in ("exclude", "skip"):
                 self.journal.record(shown, action)
@@ -259,7 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     from facemask.curation.journal import open_journal
 
-    journal = open_journal(args.folder)
+    # An export only reads the journal: it runs beside an open page, and creates nothing in DIR.
+    journal = open_journal(args.folder, lock=not args.export)
     try:
         if journal.queue.without_file:
             print(f"note: {journal.queue.without_file} listed images have no file of their own (images held in a "

@@ -29,19 +29,18 @@ import difflib
 import hashlib
 import io
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from facemask.config.schema import ConfigError
+from facemask.data.exclude import read_user_text
 from facemask.data.sources import label_key
-from facemask.data.storage import staged
+from facemask.data.storage import SHA256_HEX, file_sha256, staged
 
 logger = logging.getLogger("facemask")
 
 COLUMNS = ("file", "sha256", "given_label", "label")
-_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _PREFIX = "sha256:"
 
 
@@ -77,19 +76,8 @@ def read_corrections(path: str | Path) -> Corrections:
     CSV, a missing column, a malformed digest, an empty label or one digest given two labels is a
     ConfigError naming the file and the line. Nothing is matched yet (`apply_corrections`)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"data.corrections: {path} {what}: give the CSV of label decisions "
-                          "(python -m facemask review writes one: corrections.csv)")
-    raw = path.read_bytes()
-    if b"\0" in raw:
-        raise ConfigError(f"data.corrections: {path} is not a CSV (it holds NUL bytes: an image or another binary "
-                          f"file?); {_HINT}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"data.corrections: {path} is not a CSV (byte {err.start} is not UTF-8: an image or another "
-                          f"binary file?); {_HINT}") from None
+    text = read_user_text(path, "data.corrections", "a CSV", _HINT,
+                          "give the CSV of label decisions (python -m facemask review writes one: corrections.csv)")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -117,7 +105,7 @@ def read_corrections(path: str | Path) -> Corrections:
         value = {name: fields[at[name]].strip() for name in COLUMNS}
         digest = value["sha256"]
         digest = digest[len(_PREFIX):] if digest.lower().startswith(_PREFIX) else digest
-        if not _HEX.fullmatch(digest):
+        if not SHA256_HEX.fullmatch(digest):
             raise ConfigError(f"{where}: sha256 {value['sha256']!r} is not a digest: expected the 64 hexadecimal "
                               "digits of the SHA-256 of the image file's bytes")
         if not value["label"]:
@@ -141,7 +129,7 @@ def write_corrections(path: str | Path, rows: Iterable[Correction]) -> Path:
     writer.writerow(COLUMNS)
     decided: Dict[str, str] = {}
     for row in rows:
-        if not _HEX.fullmatch(row.sha256 or ""):
+        if not SHA256_HEX.fullmatch(row.sha256 or ""):
             raise ValueError(f"not a SHA-256 hex digest: {row.sha256!r}")
         if not (row.label or "").strip():
             raise ValueError(f"an empty label for {row.file or row.sha256}")
@@ -193,8 +181,7 @@ def new_images(corrections: Corrections, known: Set[str]) -> List[Tuple[Correcti
             raise ConfigError(f"{where}: the image {file} {what}, and no image of the data has its digest "
                               f"{row.sha256[:12]}...: put the labelled image back, or remove its row")
         try:
-            with file.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest = file_sha256(file)
         except OSError as err:
             raise ConfigError(f"{where}: cannot read {file}: {err.strerror or err}") from None
         if digest != row.sha256:

@@ -14,19 +14,17 @@ relative PATH is taken from the list's folder. `label-issues` writes lists of th
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from facemask.config.schema import ConfigError
+from facemask.data.storage import SHA256_HEX, file_sha256
 
 logger = logging.getLogger("facemask")
 
 PREFIX = "sha256:"
-_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class ExcludeList:
 
 def _digest(text: str, where: str) -> str:
     hex_part = text[len(PREFIX):]
-    if not _HEX.fullmatch(hex_part):
+    if not SHA256_HEX.fullmatch(hex_part):
         raise ConfigError(f"{where}: {text!r} is not a digest: expected sha256: followed by 64 hexadecimal digits")
     return hex_part.lower()
 
@@ -61,10 +59,26 @@ def _file_digest(path: Path, where: str) -> Optional[str]:
     if path.is_dir():
         raise ConfigError(f"{where}: {path} is a folder; list image files, one per line")
     try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError as err:
         raise ConfigError(f"{where}: cannot read {path}: {err.strerror or err}") from None
+
+
+def read_user_text(path: Path, key: str, what: str, hint: str, missing: str) -> str:
+    """The text of a file a user names under config key `key` (data.exclude, data.corrections): a
+    ConfigError naming the key, the file and what to do when it is missing, a folder, binary (an
+    image given by mistake) or not UTF-8. `what`: "a text list", "a CSV"; `missing`: what to give."""
+    if not path.is_file():
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"{key}: {path} {found}: {missing}")
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise ConfigError(f"{key}: {path} is not {what} (it holds NUL bytes: an image or another binary file?); {hint}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{key}: {path} is not {what} (byte {err.start} is not UTF-8: an image or another binary "
+                          f"file?); {hint}") from None
 
 
 def read_exclude_list(path: str | Path) -> ExcludeList:
@@ -72,20 +86,10 @@ def read_exclude_list(path: str | Path) -> ExcludeList:
     is missing and has no digest is kept as an entry without one (ExcludeList.not_found); a file
     that is not a text list, or a malformed digest, is a ConfigError naming the file and line."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ConfigError(f"data.exclude: {path} {what}: give a text file listing the images to leave out "
-                          "(python -m facemask label-issues writes one: exclude.txt)")
-    raw = path.read_bytes()
-    hint = "expected a text list of image files or sha256: digests, one per line (docs/data.md)"
-    if b"\0" in raw:
-        raise ConfigError(f"data.exclude: {path} is not a text list (it holds NUL bytes: an image or another "
-                          f"binary file?); {hint}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"data.exclude: {path} is not a text list (byte {err.start} is not UTF-8: an image or "
-                          f"another binary file?); {hint}") from None
+    text = read_user_text(path, "data.exclude", "a text list",
+                          "expected a text list of image files or sha256: digests, one per line (docs/data.md)",
+                          "give a text file listing the images to leave out (python -m facemask label-issues writes "
+                          "one: exclude.txt)")
     folder = path.parent
     entries = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -112,7 +116,7 @@ def write_exclude_list(path: str | Path, items: Iterable[Tuple[Optional[str], st
     matches once the list or the images move."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     for name, digest in items:
-        if not _HEX.fullmatch(digest or ""):
+        if not SHA256_HEX.fullmatch(digest or ""):
             raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
         if name is None:
             lines.append(f"{PREFIX}{digest.lower()}")

@@ -128,3 +128,44 @@ def seen_members(seen: SeenImages, members: Dict[str, List[int]], digests: List[
     """Per evaluation split, the members whose image the pretraining used."""
     return {name: [k for k in members.get(name, []) if digests[k] in seen.digests] for name in evaluation
             if name in members}
+
+
+# A fine-tuned run's own images, by content (run_folder.RUN_IMAGES): `select` leaves them out of a pool.
+def write_run_images(folder: Path, inspections: Optional[Dict[str, List[object]]]) -> Optional[Path]:
+    """split,sha256 for every image of each split (the audit's inspections, so no byte is read
+    again); nothing without inspections (data.audit=false)."""
+    if not inspections:
+        return None
+    import csv
+
+    from facemask.data.storage import staged
+
+    path = run_folder.RUN_IMAGES.path(folder)
+    # Whole or not at all: a record cut short by a kill would let select pick the run's own images.
+    with staged(path) as partial, partial.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "sha256"])
+        for split, found in inspections.items():
+            writer.writerows((split, d) for d in sorted({getattr(i, "sha256", None) for i in found} - {None}))
+    return path
+
+
+def read_run_images(folder: Path) -> Dict[str, FrozenSet[str]]:
+    """{split: digests} a run folder recorded, or a ConfigError that says why there is none."""
+    import csv
+
+    path = run_folder.RUN_IMAGES.path(Path(folder))
+    if not path.is_file():
+        raise ConfigError(f"{folder} records no per-image digests ({run_folder.RUN_IMAGES.name} is missing: a run "
+                          "trained before it was written, with data.audit=false, or not a training run folder), so "
+                          "the images it trained and was tested on cannot be left out of the pool. Retrain the run "
+                          "(data.audit=true, the default), or point at a run folder that has the file")
+    found: Dict[str, set] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.DictReader(f), 2):
+            digest = (row.get("sha256") or "").strip()
+            if not _HEX.fullmatch(digest):
+                raise ConfigError(f"{path}:{number}: {digest[:80]!r} is not a SHA-256 digest: the file is damaged; "
+                                  "retrain the run to write it again")
+            found.setdefault(row.get("split") or "", set()).add(digest)
+    return {split: frozenset(d) for split, d in found.items()}

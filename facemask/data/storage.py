@@ -26,6 +26,18 @@ if TYPE_CHECKING:  # imported where used: the CLI's --help reaches this module t
     import numpy as np
 
 
+# An image's content digest as the audit records it (inspection.Inspection.sha256): the SHA-256 of
+# its file's bytes, in lower-case hex. Exclude lists, corrections, the run's image record, select
+# and the review page name images by it.
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes, read in blocks (a stray video costs no memory); OSError as open raises it."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def stored_images(ds: datasets.Dataset, image_column: str) -> Iterator[Any]:
     """The undecoded image column as Arrow struct arrays ({bytes, path}), in order, a chunk at a
     time: reading it never decodes, nor holds every image's bytes at once."""

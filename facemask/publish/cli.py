@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from facemask.runtime.model import add_backend_argument
 from facemask.web import add_page_arguments, warn_if_reachable
 
 
@@ -112,7 +113,7 @@ def _export(args: Any) -> int:
 def _add_demo_arguments(parser: Any) -> None:
     parser.add_argument("model", help="a training run's output folder or a Hub model id")
     add_page_arguments(parser)
-    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
+    add_backend_argument(parser)
     parser.add_argument("--revision", help="branch, tag or commit of a Hub model")
     parser.add_argument("--map", choices=["ablation", "gradcam", "none"], default="ablation",
                         help="the Classify tab's explanation map (docs/evaluation.md; gradcam: one backward pass, for "

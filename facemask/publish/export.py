@@ -118,19 +118,45 @@ def export_graph(model: torch.nn.Module, side: int, path: Path, opset: int) -> N
     checked against the model as it was trained, attention included."""
     import torch
 
+    from facemask.runtime.model import EMBEDDING_OUTPUT
+
     example = torch.zeros(2, 3, side, side)
     batch = torch.export.Dim("batch", min=1)
     trained_attention = model.config._attn_implementation
     model.set_attn_implementation("eager")
+    head = getattr(model, "classifier", None)
+    traced, outputs = (_with_embedding(model), ["logits", EMBEDDING_OUTPUT]) if isinstance(head, torch.nn.Module) \
+        else (model, ["logits"])
     try:
         with _exporter_quiet():
-            program = torch.onnx.export(model, (), kwargs={"pixel_values": example}, dynamo=True,
-                                        opset_version=opset, input_names=["pixel_values"], output_names=["logits"],
+            program = torch.onnx.export(traced, (), kwargs={"pixel_values": example}, dynamo=True,
+                                        opset_version=opset, input_names=["pixel_values"], output_names=outputs,
                                         dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
     finally:
         model.set_attn_implementation(trained_attention)
     program.save(str(path))
     _drop_stack_traces(path)
+
+
+def _with_embedding(model: Any) -> Any:
+    """The model as a module returning (logits, the input of its classifier head): one graph for both."""
+    import torch
+
+    class WithEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> Any:
+            captured: List[torch.Tensor] = []
+            hook = self.model.classifier.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+            try:
+                logits = self.model(pixel_values=pixel_values).logits
+            finally:
+                hook.remove()
+            return logits, captured[0]
+
+    return WithEmbedding().train(model.training)  # the mode the model was given in, unchanged
 
 
 @contextmanager

@@ -15,12 +15,11 @@ from typing import Any
 def add_model_arguments(parser: Any) -> None:
     """The model options predict and detect share: batch size, decision rule, backend."""
     from facemask.runtime.decision import add_rule_arguments
+    from facemask.runtime.model import add_backend_argument
 
     parser.add_argument("--batch-size", type=int, default=32)
     add_rule_arguments(parser)
-    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                        help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
-                             "with onnxruntime on the CPU")
+    add_backend_argument(parser)
 
 
 def add_arguments(parser: Any) -> None:

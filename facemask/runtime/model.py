@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,6 +15,19 @@ from facemask.config.schema import ConfigError
 from facemask.run_folder import CONFIG, ONNX_DIR, ONNX_FILES
 from facemask.runtime.preprocess import Preprocessor
 from facemask.runtime.source import graph_files, model_folder
+
+
+BACKENDS = ("torch", *ONNX_FILES)
+# The exported graph's second output (publish/export.py): the pooled feature before the classifier
+# head, which select's diverse strategies read; graphs exported before it have `logits` alone.
+EMBEDDING_OUTPUT = "embedding"
+
+
+def add_backend_argument(parser: Any) -> None:
+    """--backend, as every command that runs a run's model takes it (predict, detect, select)."""
+    parser.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                        help="run PyTorch, or the run's exported onnx/model.onnx (or model_quantized.onnx) "
+                             "with onnxruntime on the CPU")
 
 
 def missing_onnxruntime() -> str:
@@ -57,13 +70,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class OnnxModel:
     """A Classifier (runtime.predict) over an onnxruntime session."""
 
-    def __init__(self, graph: str | Path, labels: List[str], preprocessor: Preprocessor, threads: int = 0) -> None:
+    def __init__(self, graph: str | Path, labels: List[str], preprocessor: Preprocessor, threads: int = 0,
+                 spinning: bool = True) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise ConfigError(missing_onnxruntime()) from None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        if not spinning:
+            # Idle worker threads otherwise spin between runs, taking the cores a caller that decodes
+            # the next batch meanwhile needs (select: twice the images/s of a tiny model on 2 cores).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(graph)
         self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.labels = labels
@@ -72,9 +90,10 @@ class OnnxModel:
 
     @classmethod
     def from_folder(cls, folder: str | Path, backend: str = "onnx", source: Optional[str] = None,
-                    threads: int = 0) -> "OnnxModel":
+                    threads: int = 0, spinning: bool = True) -> "OnnxModel":
         folder = Path(folder)
-        return cls(graph_path(folder, backend, source), read_labels(folder), Preprocessor.from_folder(folder), threads)
+        return cls(graph_path(folder, backend, source), read_labels(folder), Preprocessor.from_folder(folder), threads,
+                   spinning)
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)})[0]
@@ -89,10 +108,10 @@ class OnnxModel:
 
 
 def load_onnx_model(source: str, backend: str = "onnx", revision: Optional[str] = None,
-                    folder: Optional[Path] = None, threads: int = 0) -> OnnxModel:
+                    folder: Optional[Path] = None, threads: int = 0, spinning: bool = True) -> OnnxModel:
     """The exported graph of a run folder or a Hub model (its config, preprocessing and graph are
     downloaded, not its weights); `folder`: SOURCE already resolved by model_folder."""
     if backend not in ONNX_FILES:
         raise ConfigError(f"backend {backend!r} is not an exported graph: choose one of {', '.join(ONNX_FILES)}")
     folder = folder if folder is not None else model_folder(source, revision, graph_files(backend))
-    return OnnxModel.from_folder(folder, backend, source, threads)
+    return OnnxModel.from_folder(folder, backend, source, threads, spinning)

@@ -110,6 +110,10 @@ def _relative(path: Optional[str], folder: Optional[Path]) -> Optional[str]:
     return None
 
 
+def _outside(path: Optional[str]) -> Optional[str]:
+    return str(Path(path).resolve()) if path and Path(path).is_absolute() and Path(path).is_file() else None
+
+
 def training_images(cfg: Any, folds: int) -> TrainingImages:
     """The training images as every fold run carves them (fold 0's train + validation, before
     max_train_samples thins a fold's train), with their given labels and content digests."""
@@ -131,8 +135,10 @@ def training_images(cfg: Any, folds: int) -> TrainingImages:
         for chunk in stored_images(ds, column):
             contents, paths = chunk.field("bytes"), chunk.field("path")
             for i in range(len(chunk)):
-                # An image held in the dataset has no file of its own, whatever its `path` says.
-                local = None if contents[i].is_valid else _relative(paths[i].as_py(), folder)
+                # An image held in the dataset has no file of its own, whatever its `path` says. A file
+                # outside the data folder (one data.corrections added) is named by its absolute path.
+                path = None if contents[i].is_valid else paths[i].as_py()
+                local = _relative(path, folder) or _outside(path)
                 files.append(local or f"sha256:{digests[len(files)]}")
                 has_file.append(local is not None)
                 rows.append((ds, row))

@@ -79,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[str, Dict[str, float]]:
     from facemask.config.dump import to_yaml
     from facemask.data.audit import check_audit
+    from facemask.data.seen import write_run_images
     from facemask.publish.card import write_card
     from facemask.publish.hub import check_write_access, push_run
     from facemask.run_folder import TRAIN_TEXT_LOG
@@ -117,6 +118,7 @@ def train(run: RunSetup, args: Any, argv: List[str], held: ExitStack) -> Dict[st
         info["peft"] = adapter_record(run.model, cfg.model.peft)
     if run.main_process:
         write_run_record(cfg.output_dir, info, to_yaml(cfg), resuming=checkpoint is not None)
+        write_run_images(cfg.output_dir, prepared.inspections)
 
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
