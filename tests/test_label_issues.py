@@ -24,7 +24,8 @@ from facemask.evaluation.predict import prediction_rows
 from facemask.runtime.files import write_rows
 from facemask.run_folder import CARD, PREDICTIONS, RESULTS, write_json
 
-COLUMNS = ["file", "given_label", "suggested_label", "label_quality", "is_issue", "sha256", "suggested_probability", "fold"]
+COLUMNS = ["file", "given_label", "suggested_label", "label_quality", "is_issue", "sha256", "suggested_probability",
+           "fold"]
 
 
 def read_csv(path):
@@ -284,7 +285,8 @@ def test_label_issues_trains_resumable_folds_and_scores_each_image_by_the_fold_t
     report = json.loads((out / "label_issues.json").read_text())
     fold_rows = read_csv(out / "repeat_results.csv")
     assert report["fold_accuracy"] == {r["run"]: pytest.approx(float(r["eval_accuracy"])) for r in fold_rows}
-    assert "label-issues:" in first and "retrain without them (blind): python train.py" in first and "python -m facemask review " in first
+    assert "label-issues:" in first and "retrain without them (blind): python train.py" in first
+    assert "python -m facemask review " in first
     # Resumed: the finished folds are not trained again, the outputs are the same.
     cards = [CARD.path(out / f"fold-{k}").stat().st_mtime_ns for k in range(2)]
     assert main(["label-issues", str(config), "--folds", "2", "data.shortcut_test=false"]) == 0

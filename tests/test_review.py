@@ -364,8 +364,10 @@ def test_copies_the_audit_found_are_shown_beside_the_image(flagged):
     rows = flagged["rows"]
     fold = folder / "fold-0"
     fold.mkdir()
-    # The audit names files as the dataset holds them (absolute for an image folder).
-    side = lambda k, split="train": {"split": split, "file": str(data / rows[k]["file"]), "label": rows[k]["given_label"]}
+
+    def side(k: int) -> dict:  # the audit names files as the dataset holds them (absolute for a folder)
+        return {"split": "train", "file": str(data / rows[k]["file"]), "label": rows[k]["given_label"]}
+
     (fold / "data_audit.json").write_text(json.dumps({
         "duplicates_within_splits": [{"a": side(0), "b": side(4), "distance": 2}],
         "label_conflicts": [{"a": side(1), "b": side(5), "distance": 0}], "leaks": []}))
@@ -433,8 +435,8 @@ def test_a_select_output_is_reviewed_without_given_labels_and_its_labels_join_tr
     assert [(r["file"], r["given_label"]) for r in rows] == [(str(item.path), "") for item in queue.items[:4]]
 
     data = {"synthetic": True, "synthetic_num_images": 40, "synthetic_image_size": 32, "test_split": 0.25}
-    train.main([str(tiny_config(tmp_path / "t", data={**data, "corrections": str(tmp_path / "picked" / "corrections.csv")},
-                                training={"max_steps": 1}))])
+    data["corrections"] = str(tmp_path / "picked" / "corrections.csv")
+    train.main([str(tiny_config(tmp_path / "t", data=data, training={"max_steps": 1}))])
     record = json.loads((tmp_path / "t" / "out" / "run_info.json").read_text())["data"]["corrections"]
     assert record["added"] == 4 and record["rows"] == 4 and record["unmatched"] == 0
 

@@ -88,7 +88,8 @@ def _label_issues(folder: Path) -> Queue:
     without = 0
     for row in _rows(folder / LABEL_ISSUES_CSV, "label-issues"):
         # A file outside the data folder (an image data.corrections added) is listed by its absolute path.
-        has_file = not row["file"].startswith("sha256:") and (data_folder is not None or Path(row["file"]).is_absolute())
+        has_file = not row["file"].startswith("sha256:") and (data_folder is not None
+                                                               or Path(row["file"]).is_absolute())
         if not has_file:
             without += 1
             continue
@@ -115,7 +116,8 @@ def _selected(folder: Path) -> Queue:
     # The model's classes in its label order: the prob_<label> columns select writes.
     labels = [column[len("prob_"):] for column in (rows[0] if rows else {}) if column.startswith("prob_")]
     if not labels:
-        raise ConfigError(f"{folder / TO_LABEL_CSV} has no prob_<label> columns (the model's classes): run select again")
+        raise ConfigError(f"{folder / TO_LABEL_CSV} has no prob_<label> columns (the model's classes): "
+                          "run select again")
     return Queue(folder, "select", labels, items, model=report.get("run"))
 
 

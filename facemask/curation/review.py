@@ -242,7 +242,8 @@ def build_app(review: Review) -> Any:
         shown = gr.State("")
         with gr.Row():
             image = gr.Image(type="pil", interactive=False, label="Image", elem_id="image", height=520)
-            where = gr.Image(type="pil", interactive=False, elem_id="map", height=520, visible=review.maps.method != "none",
+            where = gr.Image(type="pil", interactive=False, elem_id="map", height=520,
+                             visible=review.maps.method != "none",
                              label="Where the model finds its evidence for the suggested class")
         with gr.Row():
             info = gr.Markdown(elem_id="info")
