@@ -184,13 +184,14 @@ class Review:
         return self.progress(), image, self.maps.get(item), text, item.sha256, self._copies(item)
 
     def _copies(self, item: Item) -> List[Any]:
+        from facemask.runtime.files import read_input
+
         shown = []
         for copy in self.queue.copies.get(item.sha256, [])[:4]:
             path = Path(copy["file"])
             path = path if path.is_absolute() else (self.queue.data_folder or Path()) / path
             # Only files the audit named beside a listed image: never a path from the browser.
-            image, _ = open_item(Item(copy["file"], copy["file"], path, None, None, None), 256) if path.is_file() \
-                else (None, "")
+            image, _ = read_input(path, 256) if path.is_file() else (None, "")
             if image is not None:
                 shown.append((image, f"{copy['label']} (distance {copy['distance']})"))
         return shown
